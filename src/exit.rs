@@ -1,0 +1,180 @@
+//! Configuration from the environment, the report at exit, and `fork`.
+//!
+//! Owns `LEAKSCOPE_REPORT` and `LEAKSCOPE_UNWIND`, the `atexit` hook that
+//! writes the report (also after `std::process::exit`), and the `fork` hooks
+//! that keep the child from inheriting a held lock. [`init`] runs once, inside
+//! the first allocation, with the thread's re-entrancy flag up: it may allocate
+//! (untracked) but must not block on anything the allocation path holds.
+//! Nothing here panics the host program: bad input and write errors are one
+//! line on stderr.
+
+use crate::{blocks, callsite, report, scope, thread, unwind};
+use std::ffi::CStr;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Where the exit report goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Dest {
+    Stderr,
+    Stdout,
+    /// JSON document; `%p` in the path becomes the process id.
+    Json(String),
+    /// Text report; `%p` in the path becomes the process id.
+    Text(String),
+}
+
+impl Dest {
+    /// Parses a `LEAKSCOPE_REPORT` value.
+    pub(crate) fn parse(value: &str) -> Result<Dest, String> {
+        match value.trim() {
+            "" => Err("LEAKSCOPE_REPORT is empty: expected stderr, stdout, <path>.json or <path>".to_owned()),
+            "stderr" => Ok(Dest::Stderr),
+            "stdout" => Ok(Dest::Stdout),
+            v if v.ends_with(".json") => Ok(Dest::Json(v.to_owned())),
+            v => Ok(Dest::Text(v.to_owned())),
+        }
+    }
+}
+
+static DEST: parking_lot::Mutex<Option<Dest>> = parking_lot::const_mutex(None);
+static HOOKED: AtomicBool = AtomicBool::new(false);
+static REPORTED: AtomicBool = AtomicBool::new(false);
+static UNTRACKED: AtomicU64 = AtomicU64::new(0);
+
+/// A block went untracked for lack of table memory.
+pub(crate) fn note_untracked() {
+    UNTRACKED.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn untracked_count() -> u64 {
+    UNTRACKED.load(Ordering::Relaxed)
+}
+
+/// One line on stderr, straight to the file descriptor: no lock, no buffer.
+pub(crate) fn warn(msg: &str) {
+    let line = format!("leakscope: {msg}\n");
+    let mut rest = line.as_bytes();
+    while !rest.is_empty() {
+        // SAFETY: writes from a valid buffer of `rest.len()` bytes.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            break;
+        }
+        rest = rest.get(n as usize..).unwrap_or(&[]);
+    }
+}
+
+fn env(name: &CStr) -> Option<String> {
+    // SAFETY: getenv takes a NUL-terminated name and returns null or a
+    // NUL-terminated string, which is copied at once.
+    unsafe {
+        let p = libc::getenv(name.as_ptr());
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+/// Reads the environment and installs the hooks. Runs once, from the first
+/// allocation, with this thread's allocations untracked.
+pub(crate) fn init() {
+    match env(c"LEAKSCOPE_UNWIND").as_deref().map(str::trim) {
+        None | Some("") | Some("fp") => {}
+        Some("dwarf") => unwind::set_dwarf(true),
+        Some(other) => warn(&format!(
+            "LEAKSCOPE_UNWIND={other:?} is not fp or dwarf; using frame pointers"
+        )),
+    }
+    if let Some(value) = env(c"LEAKSCOPE_REPORT") {
+        match Dest::parse(&value) {
+            Ok(dest) => {
+                *DEST.lock() = Some(dest);
+                hook_exit();
+            }
+            Err(msg) => warn(&format!("{msg}; no report will be written")),
+        }
+    }
+    // SAFETY: the three handlers are `extern "C"` functions that only take and
+    // release the tracker's spin locks.
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+}
+
+/// Writes the report when the process exits (text to stderr unless
+/// `LEAKSCOPE_REPORT` says where), also after `std::process::exit`.
+pub fn report_on_exit() {
+    thread::untracked(|| {
+        DEST.lock().get_or_insert(Dest::Stderr);
+        hook_exit();
+    });
+}
+
+fn hook_exit() {
+    if !HOOKED.swap(true, Ordering::AcqRel) {
+        // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.
+        if unsafe { libc::atexit(at_exit) } != 0 {
+            warn("could not register the exit report (atexit failed)");
+        }
+    }
+}
+
+extern "C" fn at_exit() {
+    if REPORTED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let done = std::panic::catch_unwind(|| thread::untracked(write_exit_report));
+    if done.is_err() {
+        warn("the exit report failed");
+    }
+}
+
+fn write_exit_report() {
+    let Some(dest) = DEST.lock().clone() else { return };
+    let report = report::snapshot();
+    let pid = std::process::id().to_string();
+    let (path, body) = match dest {
+        Dest::Stderr => {
+            let _ = std::io::stderr().write_all(report.to_string().as_bytes());
+            return;
+        }
+        Dest::Stdout => {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(report.to_string().as_bytes()).and_then(|_| out.flush());
+            return;
+        }
+        Dest::Json(path) => (path.replace("%p", &pid), report.to_json()),
+        Dest::Text(path) => (path.replace("%p", &pid), report.to_string()),
+    };
+    if let Err(e) = std::fs::write(&path, body) {
+        warn(&format!("cannot write the report to {path}: {e}"));
+    }
+}
+
+extern "C" fn before_fork() {
+    // Locks are taken in the order the allocation path nests them.
+    scope::lock_for_fork();
+    callsite::lock_for_fork();
+    blocks::lock_for_fork();
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: `before_fork` took exactly these locks in this process (or in the
+    // parent this child was forked from), and nothing used them since.
+    unsafe {
+        blocks::unlock_after_fork();
+        callsite::unlock_after_fork();
+        scope::unlock_after_fork();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dest;
+
+    #[test]
+    fn parses_report_destinations() {
+        assert_eq!(Dest::parse("stderr"), Ok(Dest::Stderr));
+        assert_eq!(Dest::parse(" stdout "), Ok(Dest::Stdout));
+        assert_eq!(Dest::parse("/tmp/r-%p.json"), Ok(Dest::Json("/tmp/r-%p.json".into())));
+        assert_eq!(Dest::parse("leaks.txt"), Ok(Dest::Text("leaks.txt".into())));
+        assert!(Dest::parse("  ").is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! # leakscope
+//!
+//! A global allocator that turns a Rust program into its own leak checker. It
+//! counts live blocks per call-site (the stack that allocated them), exactly,
+//! on every thread; tags each block with the request scope that opened it; and
+//! reports what is outstanding, per call-site and per scope, with how much each
+//! scope grows per run.
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
+//!
+//! fn users() -> Vec<String> {
+//!     vec!["ada".to_owned(), "grace".to_owned()]
+//! }
+//!
+//! fn main() {
+//!     for _ in 0..10 {
+//!         let page = leakscope::track_scope("GET /users", users);
+//!         std::mem::forget(page); // a leak: 3 blocks per call
+//!     }
+//!     let report = leakscope::snapshot();
+//!     assert_eq!(report.scope("GET /users").unwrap().outstanding_blocks, 30);
+//!     println!("{report}");
+//! }
+//! // Or, with no code beyond the allocator line:
+//! // LEAKSCOPE_REPORT=stderr ./service   -> outstanding-allocation report at exit
+//! ```
+//!
+//! Where the hot path lives: [`LeakTracker`]'s `GlobalAlloc` impl in
+//! `tracker.rs`, and the per-thread state it uses in `thread.rs`.
+
+mod blocks;
+mod callsite;
+mod exit;
+mod render;
+mod report;
+mod scope;
+mod sync;
+mod thread;
+mod tracker;
+mod unwind;
+
+pub use exit::report_on_exit;
+pub use report::{snapshot, CallsiteStats, Frame, Report, ScopeCallsite, ScopeStats, Totals};
+pub use scope::{scope, scoped, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped, TrackScopeExt};
+pub use tracker::LeakTracker;

@@ -1,0 +1,231 @@
+//! Text and JSON renderings of a [`Report`].
+//!
+//! The text follows valgrind's leak summary (`==PID==` prefix, loss records
+//! largest first, "at"/"by" stack lines), with a per-scope table at the top.
+//! The JSON is schema `leakscope/1`: fields may be added, never renamed.
+
+use crate::report::{Frame, Report};
+use serde_json::{json, Value};
+use std::fmt::{self, Display, Formatter};
+
+/// `1234567` as `1,234,567`, as valgrind prints counts.
+pub(crate) struct Thousands(pub(crate) u64);
+
+impl Display for Thousands {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let digits = self.0.to_string();
+        let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        f.pad(&out)
+    }
+}
+
+/// Frames of a stack shown in the text (the JSON has them all).
+const MAX_TEXT_FRAMES: usize = 16;
+
+fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+fn write_frame(f: &mut Formatter<'_>, p: &str, first: bool, fr: &Frame) -> fmt::Result {
+    let word = if first { "at" } else { "by" };
+    write!(f, "{p}    {word} {:#x}: {}", fr.ip, fr.function.as_deref().unwrap_or("???"))?;
+    // The standard library's sources as `library/std/...`, not `/rustc/<hash>/library/...`.
+    let file = fr.file.as_deref().map(|p| match p.strip_prefix("/rustc/").and_then(|r| r.split_once('/')) {
+        Some((_, rest)) => rest,
+        None => p,
+    });
+    match (file, fr.line) {
+        (Some(file), Some(line)) => writeln!(f, " ({file}:{line})"),
+        (Some(file), None) => writeln!(f, " ({file})"),
+        _ => writeln!(f),
+    }
+}
+
+impl Display for Report {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        // The tracker's own formatting stays out of the counts.
+        crate::thread::untracked(|| self.write_text(f))
+    }
+}
+
+impl Report {
+    fn write_text(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let p = format!("=={}==", self.pid);
+        writeln!(f, "{p} leakscope: outstanding allocations")?;
+        if !self.scopes.is_empty() {
+            writeln!(f, "{p}")?;
+            writeln!(f, "{p} Scopes (blocks opened in a run of the scope and never freed):")?;
+            let width = self.scopes.iter().map(|s| s.name.len()).max().unwrap_or(0);
+            for s in &self.scopes {
+                writeln!(
+                    f,
+                    "{p}   {:<width$}  {} {}, {} {} / {} bytes outstanding, {:+.2} blocks ({:+.0} bytes) per run",
+                    format!("{}:", s.name),
+                    Thousands(s.runs),
+                    plural(s.runs, "run", "runs"),
+                    Thousands(s.outstanding_blocks),
+                    plural(s.outstanding_blocks, "block", "blocks"),
+                    Thousands(s.outstanding_bytes),
+                    s.blocks_per_run(),
+                    s.bytes_per_run(),
+                    width = width + 1,
+                )?;
+            }
+        }
+
+        let live: Vec<_> = self.callsites.iter().filter(|c| c.live_blocks > 0).collect();
+        for (i, c) in live.iter().enumerate() {
+            writeln!(f, "{p}")?;
+            writeln!(
+                f,
+                "{p} {} bytes in {} {} are outstanding in loss record {} of {}",
+                Thousands(c.live_bytes),
+                Thousands(c.live_blocks),
+                plural(c.live_blocks, "block", "blocks"),
+                Thousands(i as u64 + 1),
+                Thousands(live.len() as u64),
+            )?;
+            if c.frames.is_empty() {
+                writeln!(f, "{p}    (no stack: built without frame pointers, or past the call-site cap)")?;
+            }
+            // Like valgrind's --num-callers: the first frames, down to main.
+            let shown = c.frames.iter().take_while(|fr| !crate::report::is_runtime_boundary(fr));
+            for (j, fr) in shown.take(MAX_TEXT_FRAMES).enumerate() {
+                write_frame(f, &p, j == 0, fr)?;
+            }
+            for s in &self.scopes {
+                for sc in s.by_callsite.iter().filter(|sc| sc.callsite == c.id) {
+                    writeln!(
+                        f,
+                        "{p}    in scope \"{}\": {} {} / {} bytes",
+                        s.name,
+                        Thousands(sc.blocks),
+                        plural(sc.blocks, "block", "blocks"),
+                        Thousands(sc.bytes)
+                    )?;
+                }
+            }
+            writeln!(
+                f,
+                "{p}    call-site {}: {} {} / {} bytes allocated in total, peak {} bytes live",
+                c.id,
+                Thousands(c.total_blocks),
+                plural(c.total_blocks, "block", "blocks"),
+                Thousands(c.total_bytes),
+                Thousands(c.peak_live_bytes)
+            )?;
+        }
+
+        let t = &self.totals;
+        writeln!(f, "{p}")?;
+        writeln!(f, "{p} SUMMARY:")?;
+        writeln!(
+            f,
+            "{p}    outstanding: {} bytes in {} blocks at {} call-sites",
+            Thousands(t.live_bytes),
+            Thousands(t.live_blocks),
+            Thousands(live.len() as u64)
+        )?;
+        writeln!(
+            f,
+            "{p}    allocated:   {} bytes in {} blocks in total",
+            Thousands(t.total_bytes),
+            Thousands(t.total_blocks)
+        )?;
+        writeln!(f, "{p}    peak live:   {} bytes", Thousands(t.peak_live_bytes))?;
+        if self.untracked_blocks > 0 {
+            writeln!(
+                f,
+                "{p}    untracked:   {} blocks (no memory left for the tracker's tables)",
+                Thousands(self.untracked_blocks)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    /// The JSON document, schema `leakscope/1`.
+    pub fn to_json(&self) -> String {
+        crate::thread::untracked(|| self.to_json_value().to_string())
+    }
+
+    fn to_json_value(&self) -> Value {
+        let t = &self.totals;
+        let callsites: Vec<Value> = self
+            .callsites
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id,
+                    "live_blocks": c.live_blocks,
+                    "live_bytes": c.live_bytes,
+                    "total_blocks": c.total_blocks,
+                    "total_bytes": c.total_bytes,
+                    "peak_live_bytes": c.peak_live_bytes,
+                    "frames": c.frames.iter().map(|fr| json!({
+                        "ip": format!("{:#x}", fr.ip),
+                        "function": fr.function,
+                        "file": fr.file,
+                        "line": fr.line,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let scopes: Vec<Value> = self
+            .scopes
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "runs": s.runs,
+                    "outstanding_blocks": s.outstanding_blocks,
+                    "outstanding_bytes": s.outstanding_bytes,
+                    "blocks_per_run": s.blocks_per_run(),
+                    "bytes_per_run": s.bytes_per_run(),
+                    "by_callsite": s.by_callsite.iter().map(|c| json!({
+                        "callsite": c.callsite, "blocks": c.blocks, "bytes": c.bytes,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "schema": "leakscope/1",
+            "pid": self.pid,
+            "totals": {
+                "live_blocks": t.live_blocks,
+                "live_bytes": t.live_bytes,
+                "total_blocks": t.total_blocks,
+                "total_bytes": t.total_bytes,
+                "peak_live_bytes": t.peak_live_bytes,
+            },
+            "untracked_blocks": self.untracked_blocks,
+            "callsites": callsites,
+            "scopes": scopes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Thousands;
+
+    #[test]
+    fn thousands() {
+        assert_eq!(Thousands(0).to_string(), "0");
+        assert_eq!(Thousands(999).to_string(), "999");
+        assert_eq!(Thousands(1000).to_string(), "1,000");
+        assert_eq!(Thousands(150_000).to_string(), "150,000");
+        assert_eq!(Thousands(1_234_567).to_string(), "1,234,567");
+    }
+}

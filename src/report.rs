@@ -1,0 +1,420 @@
+//! The report model and how a snapshot of the live state is taken.
+//!
+//! Owns [`Report`] and its parts, the merge of the per-thread counters, the
+//! per-scope view (from the block table) and symbolization. Runs outside the
+//! allocation path with the thread's own allocations untracked; symbolizing
+//! (the backtrace crate) happens only here.
+
+use crate::blocks;
+use crate::callsite;
+use crate::scope;
+use crate::thread;
+use std::collections::HashMap;
+
+/// One frame of an allocating stack, innermost first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Frame {
+    /// The return address (the same for the inlined frames of one call).
+    pub ip: usize,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+/// Whole-process counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Totals {
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+    pub total_blocks: u64,
+    pub total_bytes: u64,
+    /// Exact when one thread at a time allocates; with several threads it may be
+    /// off by up to 64 KiB per other thread (threads publish live bytes in batches).
+    pub peak_live_bytes: u64,
+}
+
+/// Counts of one call-site (one distinct allocating stack).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallsiteStats {
+    pub id: u32,
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+    pub total_blocks: u64,
+    pub total_bytes: u64,
+    /// As precise as [`Totals::peak_live_bytes`].
+    pub peak_live_bytes: u64,
+    /// Innermost first, the allocator's own frames left out.
+    pub frames: Vec<Frame>,
+}
+
+impl CallsiteStats {
+    /// The function of the first frame: the code that allocated.
+    pub fn function(&self) -> Option<&str> {
+        self.frames.first().and_then(|f| f.function.as_deref())
+    }
+}
+
+/// Blocks of one scope at one call-site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScopeCallsite {
+    pub callsite: u32,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// One scope name over all its runs.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ScopeStats {
+    pub name: String,
+    pub runs: u64,
+    /// Blocks opened in a run of this scope and never freed since.
+    pub outstanding_blocks: u64,
+    pub outstanding_bytes: u64,
+    /// Largest first.
+    pub by_callsite: Vec<ScopeCallsite>,
+}
+
+impl ScopeStats {
+    /// Outstanding blocks per run: how fast this scope grows the heap.
+    pub fn blocks_per_run(&self) -> f64 {
+        per_run(self.outstanding_blocks, self.runs)
+    }
+
+    /// Outstanding bytes per run.
+    pub fn bytes_per_run(&self) -> f64 {
+        per_run(self.outstanding_bytes, self.runs)
+    }
+}
+
+fn per_run(n: u64, runs: u64) -> f64 {
+    if runs == 0 {
+        0.0
+    } else {
+        n as f64 / runs as f64
+    }
+}
+
+/// The tracker's view of the heap at one moment.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Report {
+    pub pid: u32,
+    pub totals: Totals,
+    /// Every call-site that allocated, largest live bytes first.
+    pub callsites: Vec<CallsiteStats>,
+    /// Every scope name opened so far, largest outstanding bytes first.
+    pub scopes: Vec<ScopeStats>,
+    /// Blocks the tracker could not record for lack of memory for its tables.
+    pub untracked_blocks: u64,
+}
+
+impl Report {
+    pub fn callsite(&self, id: u32) -> Option<&CallsiteStats> {
+        self.callsites.iter().find(|c| c.id == id)
+    }
+
+    pub fn scope(&self, name: &str) -> Option<&ScopeStats> {
+        self.scopes.iter().find(|s| s.name == name)
+    }
+
+    /// Call-sites whose first frame (the code that allocated) is in a function
+    /// whose name contains `function`.
+    pub fn callsites_in<'a>(&'a self, function: &'a str) -> impl Iterator<Item = &'a CallsiteStats> + 'a {
+        self.callsites.iter().filter(move |c| c.function().is_some_and(|f| f.contains(function)))
+    }
+}
+
+/// The live state now: totals, per call-site, per scope.
+pub fn snapshot() -> Report {
+    thread::untracked(build)
+}
+
+#[derive(Default, Clone, Copy)]
+struct Sum {
+    alloc_blocks: u64,
+    alloc_bytes: u64,
+    free_blocks: u64,
+    free_bytes: u64,
+}
+
+impl Sum {
+    fn add(&mut self, c: &crate::thread::Counts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.alloc_blocks = self.alloc_blocks.wrapping_add(c.alloc_blocks.load(Relaxed));
+        self.alloc_bytes = self.alloc_bytes.wrapping_add(c.alloc_bytes.load(Relaxed));
+        self.free_blocks = self.free_blocks.wrapping_add(c.free_blocks.load(Relaxed));
+        self.free_bytes = self.free_bytes.wrapping_add(c.free_bytes.load(Relaxed));
+    }
+
+    fn live(&self) -> (u64, u64) {
+        (
+            self.alloc_blocks.saturating_sub(self.free_blocks),
+            self.alloc_bytes.saturating_sub(self.free_bytes),
+        )
+    }
+}
+
+fn build() -> Report {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n = callsite::count();
+    let mut sums = vec![Sum::default(); n as usize];
+    let mut totals = Sum::default();
+    for slot in thread::slots() {
+        totals.add(&slot.totals);
+        for (id, sum) in sums.iter_mut().enumerate() {
+            if let Some(c) = slot.site_counts(id as u32) {
+                sum.add(c);
+            }
+        }
+    }
+
+    // Per scope and call-site, from the live blocks themselves.
+    let mut by_scope: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
+    blocks::for_each(|_, meta| {
+        if meta.scope != 0 {
+            let e = by_scope.entry((meta.scope, meta.site)).or_default();
+            e.0 += 1;
+            e.1 += meta.size as u64;
+        }
+    });
+
+    let mut symbols = Symbolizer::default();
+    let mut callsites: Vec<CallsiteStats> = sums
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.alloc_blocks > 0)
+        .filter_map(|(id, s)| {
+            let site = callsite::get(id as u32)?;
+            let (live_blocks, live_bytes) = s.live();
+            Some(CallsiteStats {
+                id: id as u32,
+                live_blocks,
+                live_bytes,
+                total_blocks: s.alloc_blocks,
+                total_bytes: s.alloc_bytes,
+                peak_live_bytes: site.peak.peak.load(Relaxed).max(live_bytes),
+                frames: symbols.stack(&site.frames()),
+            })
+        })
+        .collect();
+    callsites.sort_by(|a, b| (b.live_bytes, b.live_blocks, a.id).cmp(&(a.live_bytes, a.live_blocks, b.id)));
+
+    let mut scopes: Vec<ScopeStats> = scope::scope_entries()
+        .into_iter()
+        .map(|(id, entry)| {
+            let mut by_callsite: Vec<ScopeCallsite> = by_scope
+                .iter()
+                .filter(|((s, _), _)| *s == id)
+                .map(|(&(_, callsite), &(blocks, bytes))| ScopeCallsite { callsite, blocks, bytes })
+                .collect();
+            by_callsite.sort_by(|a, b| (b.bytes, b.blocks, a.callsite).cmp(&(a.bytes, a.blocks, b.callsite)));
+            ScopeStats {
+                name: entry.name.clone(),
+                runs: entry.runs.load(Relaxed),
+                outstanding_blocks: by_callsite.iter().map(|c| c.blocks).sum(),
+                outstanding_bytes: by_callsite.iter().map(|c| c.bytes).sum(),
+                by_callsite,
+            }
+        })
+        .collect();
+    scopes.sort_by(|a, b| {
+        (b.outstanding_bytes, b.outstanding_blocks)
+            .cmp(&(a.outstanding_bytes, a.outstanding_blocks))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+
+    let (live_blocks, live_bytes) = totals.live();
+    Report {
+        pid: std::process::id(),
+        totals: Totals {
+            live_blocks,
+            live_bytes,
+            total_blocks: totals.alloc_blocks,
+            total_bytes: totals.alloc_bytes,
+            peak_live_bytes: thread::TOTAL_PEAK.peak.load(Relaxed).max(live_bytes),
+        },
+        callsites,
+        scopes,
+        untracked_blocks: crate::exit::untracked_count(),
+    }
+}
+
+/// Symbolizes return addresses, each once per report.
+#[derive(Default)]
+struct Symbolizer {
+    cache: HashMap<usize, Vec<Frame>>,
+    cwd: Option<String>,
+}
+
+impl Symbolizer {
+    /// The frames of a stack, innermost first, allocator frames left out.
+    fn stack(&mut self, ips: &[usize]) -> Vec<Frame> {
+        let mut frames: Vec<Frame> = Vec::new();
+        for &ip in ips {
+            if !self.cache.contains_key(&ip) {
+                let resolved = self.resolve(ip);
+                self.cache.insert(ip, resolved);
+            }
+            if let Some(f) = self.cache.get(&ip) {
+                frames.extend(f.iter().cloned());
+            }
+        }
+        strip_allocator_frames(frames)
+    }
+
+    fn resolve(&mut self, ip: usize) -> Vec<Frame> {
+        if self.cwd.is_none() {
+            let mut cwd = std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default();
+            if !cwd.is_empty() && !cwd.ends_with('/') {
+                cwd.push('/');
+            }
+            self.cwd = Some(cwd);
+        }
+        let cwd = self.cwd.as_deref().unwrap_or("");
+        let mut out = Vec::new();
+        // A return address points after the call; the call itself is one byte before.
+        backtrace::resolve(ip.saturating_sub(1) as *mut std::ffi::c_void, |sym| {
+            let file = sym.filename().map(|p| {
+                let p = p.display().to_string();
+                match p.strip_prefix(cwd) {
+                    Some(rel) if !cwd.is_empty() => rel.to_owned(),
+                    _ => p,
+                }
+            });
+            out.push(Frame {
+                ip,
+                function: sym.name().map(|n| format!("{n:#}")),
+                file,
+                line: sym.lineno(),
+            });
+        });
+        if out.is_empty() {
+            out.push(Frame {
+                ip,
+                function: None,
+                file: None,
+                line: None,
+            });
+        }
+        out
+    }
+}
+
+/// Leaves out the frames of the tracker, the allocator shims and the standard
+/// library's allocation plumbing (`alloc::`, `core::`), so that the first frame
+/// is the user's code that allocated. Keeps everything if that would leave nothing.
+fn strip_allocator_frames(frames: Vec<Frame>) -> Vec<Frame> {
+    let name = |f: &Frame| f.function.clone().unwrap_or_default();
+    // Everything up to the global allocator's entry (`__rust_alloc` and
+    // friends) is the allocator itself; without a shim in the stack (a direct
+    // `GlobalAlloc` call), the leading frames of the tracker are.
+    let own = match frames.iter().position(|f| is_alloc_shim(&name(f))) {
+        Some(i) => i + 1,
+        None => frames.iter().position(|f| !is_tracker_frame(&name(f))).unwrap_or(frames.len()),
+    };
+    let user = frames.iter().skip(own).position(|f| !is_std_alloc_frame(&name(f))).map(|i| i + own);
+    let start = match user {
+        Some(i) => i,
+        None if own < frames.len() => own,
+        None => 0,
+    };
+    frames.into_iter().skip(start).collect()
+}
+
+fn is_alloc_shim(f: &str) -> bool {
+    ["__rust_alloc", "__rust_realloc", "__rust_dealloc", "__rg_alloc", "__rg_realloc", "__rdl_alloc", "__rdl_realloc"]
+        .iter()
+        .any(|shim| f.contains(shim))
+}
+
+fn is_tracker_frame(f: &str) -> bool {
+    f.starts_with("leakscope::")
+        || f.starts_with("<leakscope::")
+        || f.starts_with("std::thread::local::")
+        || f.starts_with("<std::thread::local::")
+        || f.contains(" as core::alloc::global::GlobalAlloc>::")
+}
+
+fn is_std_alloc_frame(f: &str) -> bool {
+    let f = f.strip_prefix('<').unwrap_or(f);
+    let crate_of = |s: &str| s.starts_with("alloc::") || s.starts_with("core::");
+    // `<T as alloc::string::ToString>::to_string` belongs to the trait's crate.
+    let path = match f.split_once(" as ") {
+        Some((ty, tr)) if !crate_of(ty) => tr,
+        _ => f,
+    };
+    crate_of(path)
+}
+
+/// Whether `f` is the runtime's frame just below `main`, where a stack shown to
+/// a person can stop.
+pub(crate) fn is_runtime_boundary(f: &Frame) -> bool {
+    f.function.as_deref().is_some_and(|n| n.contains("__rust_begin_short_backtrace"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(name: &str) -> Frame {
+        Frame {
+            ip: 1,
+            function: Some(name.to_owned()),
+            file: None,
+            line: None,
+        }
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames.iter().filter_map(|f| f.function.as_deref()).collect()
+    }
+
+    #[test]
+    fn strips_tracker_shims_and_std_plumbing() {
+        let frames = vec![
+            frame("std::thread::local::LocalKey<T>::try_with"),
+            frame("leakscope::thread::with_tracking"),
+            frame("<leakscope::LeakTracker<A> as core::alloc::global::GlobalAlloc>::alloc"),
+            frame("<bench::Switch as core::alloc::global::GlobalAlloc>::alloc"),
+            frame("__rustc::__rust_alloc"),
+            frame("alloc::raw_vec::RawVecInner<A>::finish_grow"),
+            frame("<alloc::string::String as core::fmt::Write>::write_str"),
+            frame("<str as alloc::string::ToString>::to_string"),
+            frame("app::handler"),
+            frame("alloc::vec::Vec<T>::push"),
+            frame("main"),
+        ];
+        assert_eq!(names(&strip_allocator_frames(frames)), ["app::handler", "alloc::vec::Vec<T>::push", "main"]);
+    }
+
+    #[test]
+    fn keeps_std_frames_when_nothing_else_is_left() {
+        let frames = vec![frame("__rust_alloc"), frame("alloc::alloc::alloc"), frame("core::ops::function::FnOnce::call_once")];
+        assert_eq!(names(&strip_allocator_frames(frames)), ["alloc::alloc::alloc", "core::ops::function::FnOnce::call_once"]);
+    }
+
+    #[test]
+    fn without_a_shim_strips_leading_tracker_frames() {
+        let frames = vec![
+            frame("leakscope::tracker::on_alloc"),
+            frame("<leakscope::LeakTracker<A> as core::alloc::global::GlobalAlloc>::alloc"),
+            frame("app::direct_call"),
+            frame("std::sys::backtrace::__rust_begin_short_backtrace"),
+        ];
+        assert_eq!(
+            names(&strip_allocator_frames(frames)),
+            ["app::direct_call", "std::sys::backtrace::__rust_begin_short_backtrace"]
+        );
+    }
+
+    #[test]
+    fn per_run_growth() {
+        assert_eq!(per_run(150, 50), 3.0);
+        assert_eq!(per_run(5, 0), 0.0);
+    }
+}

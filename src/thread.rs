@@ -1,0 +1,343 @@
+//! Per-thread state: the re-entrancy flag, the thread's counters and its
+//! call-site cache.
+//!
+//! Counters are per thread and merged when a report is made, so two threads do
+//! not fight over one cache line on every allocation. Each thread owns a
+//! [`Slot`] from a global registry; a slot outlives its thread and is reused by
+//! a later one, keeping the counts it holds (they are running totals, so reuse
+//! loses nothing). Must never allocate through the global allocator, never
+//! panic, and work during and after thread-local destruction.
+
+use crate::callsite::{self, Peak, OTHER};
+use crate::scope::RunRecord;
+use crate::sync::leak_zeroed;
+use crate::unwind::{self, Frames, MAX_FRAMES};
+use std::cell::{Cell, UnsafeCell};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicU8, Ordering};
+
+/// A thread's running counts for one call-site (or for all of them). Written
+/// only by the owning thread (plain load + store, no locked instruction), read
+/// by reports from any thread.
+#[derive(Default)]
+pub(crate) struct Counts {
+    pub(crate) alloc_blocks: AtomicU64,
+    pub(crate) alloc_bytes: AtomicU64,
+    pub(crate) free_blocks: AtomicU64,
+    pub(crate) free_bytes: AtomicU64,
+    /// Live bytes this thread added since it last flushed into the [`Peak`].
+    pending: AtomicI64,
+}
+
+/// Live-byte drift a thread keeps to itself before it touches a shared line.
+const FLUSH_BYTES: i64 = 64 * 1024;
+
+#[inline]
+fn bump(c: &AtomicU64, by: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+}
+
+impl Counts {
+    #[inline]
+    fn on_alloc(&self, size: usize, peak: &Peak) {
+        bump(&self.alloc_blocks, 1);
+        bump(&self.alloc_bytes, size as u64);
+        self.drift(size as i64, peak);
+    }
+
+    #[inline]
+    fn on_free(&self, size: usize, peak: &Peak) {
+        bump(&self.free_blocks, 1);
+        bump(&self.free_bytes, size as u64);
+        self.drift(-(size as i64), peak);
+    }
+
+    #[inline]
+    fn drift(&self, by: i64, peak: &Peak) {
+        let mut pending = self.pending.load(Ordering::Relaxed).wrapping_add(by);
+        if by > 0 {
+            peak.observe(pending);
+        }
+        if !(-FLUSH_BYTES..FLUSH_BYTES).contains(&pending) {
+            peak.flushed.fetch_add(pending, Ordering::Relaxed);
+            pending = 0;
+        }
+        self.pending.store(pending, Ordering::Relaxed);
+    }
+}
+
+const SITE_CHUNK: usize = 1024;
+const SITE_CHUNKS: usize = callsite::MAX_SITES / SITE_CHUNK;
+const CACHE: usize = 256;
+
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    hash: u64,
+    id: u32,
+}
+
+/// One thread's counters. Lives for the rest of the process once made.
+pub(crate) struct Slot {
+    next: AtomicPtr<Slot>,
+    in_use: AtomicBool,
+    pub(crate) totals: Counts,
+    sites: [AtomicPtr<[Counts; SITE_CHUNK]>; SITE_CHUNKS],
+    /// Direct-mapped cache from stack hash to call-site id; owner only.
+    cache: UnsafeCell<[CacheEntry; CACHE]>,
+}
+
+// SAFETY: `cache` is touched only by the thread that owns the slot (`in_use`
+// hands it to one thread at a time); every other field is atomic.
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    /// This thread's counts for call-site `id`, made on first use.
+    #[inline]
+    fn site(&self, id: u32) -> Option<&Counts> {
+        let id = id as usize;
+        let cell = self.sites.get(id / SITE_CHUNK)?;
+        let mut p = cell.load(Ordering::Acquire);
+        if p.is_null() {
+            p = leak_zeroed::<[Counts; SITE_CHUNK]>();
+            if p.is_null() {
+                return None;
+            }
+            // Only the owner stores here, so a plain store publishes it.
+            cell.store(p, Ordering::Release);
+        }
+        // SAFETY: chunks are zeroed `Counts` (valid: all atomics) and never freed.
+        unsafe { (*p).get(id % SITE_CHUNK) }
+    }
+
+    /// This slot's counts for call-site `id` if it ever touched it: for reports.
+    pub(crate) fn site_counts(&self, id: u32) -> Option<&Counts> {
+        let id = id as usize;
+        let p = self.sites.get(id / SITE_CHUNK)?.load(Ordering::Acquire);
+        // SAFETY: as in `site`: published chunks are valid and never freed.
+        (!p.is_null()).then(|| unsafe { (*p).get(id % SITE_CHUNK) }).flatten()
+    }
+
+    /// The call-site id of `frames`, from the cache or the shared table.
+    #[inline]
+    fn intern(&self, frames: &[usize]) -> u32 {
+        let hash = unwind::hash_frames(frames);
+        // SAFETY: the cache is only used by the slot's owner, which is us.
+        let cache = unsafe { &mut *self.cache.get() };
+        let Some(entry) = cache.get_mut(hash as usize % CACHE) else {
+            return OTHER;
+        };
+        if entry.hash == hash && callsite::get(entry.id).is_some_and(|s| s.matches(hash, frames)) {
+            return entry.id;
+        }
+        let id = callsite::intern(hash, frames);
+        *entry = CacheEntry { hash, id };
+        id
+    }
+}
+
+static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Every slot ever made, for reports.
+pub(crate) fn slots() -> impl Iterator<Item = &'static Slot> {
+    let mut p = SLOTS.load(Ordering::Acquire);
+    std::iter::from_fn(move || {
+        // SAFETY: slots are never freed, and `next` links only published slots.
+        let s = unsafe { p.as_ref()? };
+        p = s.next.load(Ordering::Acquire);
+        Some(s)
+    })
+}
+
+/// Takes a free slot, or makes one.
+fn acquire_slot() -> Option<&'static Slot> {
+    for s in slots() {
+        if !s.in_use.load(Ordering::Relaxed)
+            && s.in_use.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        {
+            return Some(s);
+        }
+    }
+    let p = leak_zeroed::<Slot>();
+    // SAFETY: a zeroed Slot is valid (atomics, null pointers, zero cache entries)
+    // and never freed.
+    let s = unsafe { p.as_ref()? };
+    s.in_use.store(true, Ordering::Relaxed);
+    let mut head = SLOTS.load(Ordering::Relaxed);
+    loop {
+        s.next.store(head, Ordering::Relaxed);
+        match SLOTS.compare_exchange_weak(head, p, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return Some(s),
+            Err(h) => head = h,
+        }
+    }
+}
+
+/// Per-thread state. `const`-initialised and without a destructor, so it is
+/// there for every allocation, including during thread-local destruction.
+struct State {
+    busy: Cell<bool>,
+    slot: Cell<Option<&'static Slot>>,
+    bounds: Cell<Option<(usize, usize)>>,
+    /// The innermost scope run open on this thread (null: none).
+    run: Cell<*const RunRecord>,
+    release: Cell<u8>,
+}
+
+const RELEASE_NONE: u8 = 0;
+const RELEASE_ARMED: u8 = 1;
+const RELEASE_DONE: u8 = 2;
+
+thread_local! {
+    static STATE: State = const {
+        State {
+            busy: Cell::new(false),
+            slot: Cell::new(None),
+            bounds: Cell::new(None),
+            run: Cell::new(std::ptr::null()),
+            release: Cell::new(RELEASE_NONE),
+        }
+    };
+    /// Gives the slot back when the thread ends.
+    static RELEASE: SlotRelease = const { SlotRelease };
+}
+
+struct SlotRelease;
+
+impl Drop for SlotRelease {
+    fn drop(&mut self) {
+        let _ = STATE.try_with(|st| {
+            st.release.set(RELEASE_DONE);
+            if let Some(slot) = st.slot.take() {
+                slot.in_use.store(false, Ordering::Release);
+            }
+        });
+    }
+}
+
+/// What the allocation path sees of the current thread while tracking.
+pub(crate) struct Tracking<'a> {
+    state: &'a State,
+    slot: &'static Slot,
+}
+
+impl Tracking<'_> {
+    /// Captures the current stack and returns its call-site id.
+    #[inline]
+    pub(crate) fn callsite(&self) -> u32 {
+        let bounds = match self.state.bounds.get() {
+            Some(b) => b,
+            None => {
+                let b = unwind::current_stack_bounds();
+                self.state.bounds.set(Some(b));
+                b
+            }
+        };
+        let mut frames: Frames = [0; MAX_FRAMES];
+        let n = unwind::capture(&mut frames, bounds);
+        self.slot.intern(frames.get(..n).unwrap_or(&[]))
+    }
+
+    #[inline]
+    pub(crate) fn count_alloc(&self, site: u32, size: usize) {
+        self.slot.totals.on_alloc(size, &TOTAL_PEAK);
+        if let (Some(c), Some(s)) = (self.slot.site(site), callsite::get(site)) {
+            c.on_alloc(size, &s.peak);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn count_free(&self, site: u32, size: usize) {
+        self.slot.totals.on_free(size, &TOTAL_PEAK);
+        if let (Some(c), Some(s)) = (self.slot.site(site), callsite::get(site)) {
+            c.on_free(size, &s.peak);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn current_run(&self) -> *const RunRecord {
+        self.state.run.get()
+    }
+}
+
+/// Live bytes of the whole process, for the peak.
+pub(crate) static TOTAL_PEAK: Peak = Peak::new();
+
+/// One-time set-up (environment, exit and fork hooks), run by the first
+/// allocation with the re-entrancy flag up.
+static INIT: AtomicU8 = AtomicU8::new(0);
+
+/// Runs `f` with tracking entered on this thread: the re-entrancy flag is up,
+/// so whatever `f` allocates goes straight to the inner allocator. Returns
+/// `None`, without running `f`, when the thread is already inside the tracker.
+#[inline]
+pub(crate) fn with_tracking<R>(f: impl FnOnce(&Tracking<'_>) -> R) -> Option<R> {
+    STATE
+        .try_with(|st| {
+            if st.busy.replace(true) {
+                return None;
+            }
+            if INIT.load(Ordering::Relaxed) != 2 {
+                init_once();
+            }
+            let r = match st.slot.get() {
+                Some(slot) => Some(f(&Tracking { state: st, slot })),
+                None => enter_new_thread(st, f),
+            };
+            st.busy.set(false);
+            r
+        })
+        .ok()
+        .flatten()
+}
+
+#[cold]
+fn init_once() {
+    if INIT.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        crate::exit::init();
+        INIT.store(2, Ordering::Release);
+    }
+}
+
+#[cold]
+fn enter_new_thread<R>(st: &State, f: impl FnOnce(&Tracking<'_>) -> R) -> Option<R> {
+    if st.release.get() == RELEASE_NONE {
+        st.release.set(RELEASE_ARMED);
+        // Touching RELEASE registers its destructor; after destruction it fails.
+        if RELEASE.try_with(|_| ()).is_err() {
+            st.release.set(RELEASE_DONE);
+        }
+    }
+    let slot = acquire_slot()?;
+    let r = f(&Tracking { state: st, slot });
+    if st.release.get() == RELEASE_DONE {
+        // The thread is past its destructors: borrow a slot for this one call.
+        slot.in_use.store(false, Ordering::Release);
+    } else {
+        st.slot.set(Some(slot));
+    }
+    Some(r)
+}
+
+/// Runs `f` with this thread's allocations untracked (the re-entrancy flag up):
+/// for the tracker's own work outside the allocation path, such as reports and
+/// scope bookkeeping. Nests.
+pub(crate) fn untracked<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let was = self.0;
+            let _ = STATE.try_with(|st| st.busy.set(was));
+        }
+    }
+    let was = STATE.try_with(|st| st.busy.replace(true)).unwrap_or(true);
+    let _restore = Restore(was);
+    f()
+}
+
+/// The innermost scope run open on this thread.
+pub(crate) fn current_run() -> *const RunRecord {
+    STATE.try_with(|st| st.run.get()).unwrap_or(std::ptr::null())
+}
+
+pub(crate) fn set_current_run(run: *const RunRecord) {
+    let _ = STATE.try_with(|st| st.run.set(run));
+}

@@ -1,0 +1,143 @@
+//! Call-site capture: the return addresses of the stack that is allocating.
+//!
+//! Owns the frame-pointer walk (the default) and the opt-in DWARF unwinder.
+//! Must never allocate, lock or fault: every step of the walk is checked
+//! against the current thread's stack bounds and alignment, so code built
+//! without frame pointers yields a shorter stack, never a crash.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Deepest stack kept per call-site.
+pub(crate) const MAX_FRAMES: usize = 32;
+
+/// Return addresses, innermost first.
+pub(crate) type Frames = [usize; MAX_FRAMES];
+
+/// `LEAKSCOPE_UNWIND=dwarf`: use the backtrace crate's unwinder instead of
+/// frame pointers, for code that cannot be rebuilt with them.
+static DWARF: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_dwarf(on: bool) {
+    DWARF.store(on, Ordering::Relaxed);
+}
+
+/// The bounds `[lo, hi)` of the calling thread's stack, or `(0, 0)` when the
+/// system does not say. Calls into libc, which may use libc's own `malloc`
+/// (never ours), so callers compute it once per thread.
+pub(crate) fn current_stack_bounds() -> (usize, usize) {
+    // SAFETY: `attr` is initialised by pthread_getattr_np before it is read and
+    // destroyed once; the out-pointers are valid locals.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return (0, 0);
+        }
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 || addr.is_null() {
+            return (0, 0);
+        }
+        (addr as usize, addr as usize + size)
+    }
+}
+
+/// Fills `out` with the return addresses of the calling stack, innermost first,
+/// and returns how many it found. `bounds` are the thread's stack bounds.
+#[inline(never)]
+pub(crate) fn capture(out: &mut Frames, bounds: (usize, usize)) -> usize {
+    if DWARF.load(Ordering::Relaxed) {
+        return capture_dwarf(out);
+    }
+    walk_frame_pointers(out, bounds)
+}
+
+#[inline(always)]
+fn frame_pointer() -> usize {
+    let fp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads a register, touches no memory.
+    unsafe {
+        std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads a register, touches no memory.
+    unsafe {
+        std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        fp = 0;
+    }
+    fp
+}
+
+/// Follows the chain of saved frame pointers. On x86_64 and aarch64 a frame
+/// record is `[saved fp, return address]` at the frame pointer.
+///
+/// Soundness of every read: a frame record is read only when it lies wholly
+/// between the current stack pointer and the top of this thread's stack (memory
+/// that is mapped for as long as this function runs), is 8-byte aligned, and
+/// lies strictly above the previous one, so the walk also ends.
+#[inline(always)]
+fn walk_frame_pointers(out: &mut Frames, (stack_lo, stack_hi): (usize, usize)) -> usize {
+    let marker = 0u8;
+    let sp = &marker as *const u8 as usize;
+    // Not on this thread's own stack (a signal stack, a coroutine): no walk.
+    if stack_hi == 0 || sp < stack_lo || sp >= stack_hi {
+        return 0;
+    }
+    let mut lo = sp;
+    let mut fp = frame_pointer();
+    let mut n = 0;
+    while n < MAX_FRAMES {
+        if fp < lo || fp % 8 != 0 || fp > stack_hi - 16 {
+            break;
+        }
+        // SAFETY: `fp..fp + 16` is inside `[sp, stack_hi)` and aligned (checked
+        // above); that range is this thread's live, mapped stack.
+        let (next, ret) = unsafe {
+            (
+                std::ptr::read_volatile(fp as *const usize),
+                std::ptr::read_volatile((fp + 8) as *const usize),
+            )
+        };
+        if ret == 0 {
+            break;
+        }
+        if let Some(slot) = out.get_mut(n) {
+            *slot = ret;
+        }
+        n += 1;
+        lo = fp + 16;
+        fp = next;
+    }
+    n
+}
+
+fn capture_dwarf(out: &mut Frames) -> usize {
+    let mut n = 0;
+    // SAFETY: the tracker's re-entrancy flag is up on this thread, so nothing
+    // the unwinder does re-enters tracking; the unwinder takes no lock of ours.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            if let Some(slot) = out.get_mut(n) {
+                *slot = frame.ip() as usize;
+                n += 1;
+            }
+            n < MAX_FRAMES
+        });
+    }
+    n
+}
+
+/// Hash of a stack, used to intern it (every frame counts, not just the first).
+#[inline]
+pub(crate) fn hash_frames(frames: &[usize]) -> u64 {
+    let mut h = frames.len() as u64;
+    for &ip in frames {
+        h = (h.rotate_left(5) ^ ip as u64).wrapping_mul(0x517C_C1B7_2722_0A95);
+    }
+    crate::sync::mix(h)
+}
