@@ -1,1 +1,248 @@
-fn main() {}
+//! Scopes: outstanding counts per run and per name, nesting, panics, blocks
+//! freed after their scope closed, guards dropped out of order.
+
+#[global_allocator]
+static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::Mutex;
+
+/// Where planted leaks go, so that they stay live (and reachable).
+static KEEP: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+#[inline(never)]
+fn leak_bytes(n: usize) {
+    let b = black_box(vec![7u8; n].into_boxed_slice());
+    KEEP.lock().unwrap().push(b);
+}
+
+#[inline(never)]
+fn temp_bytes(n: usize) -> usize {
+    let v = black_box(vec![1u8; n]);
+    v.len()
+}
+
+fn main() {
+    // Grow KEEP once, outside any scope, so its own reallocations do not land
+    // in the scopes under test.
+    KEEP.lock().unwrap().reserve(10_000);
+    common::run(&[
+        ("outstanding_per_run", outstanding_per_run),
+        ("summary_of_one_run", summary_of_one_run),
+        ("nested_scopes", nested_scopes),
+        ("panic_closes_scope", panic_closes_scope),
+        ("freed_after_close", freed_after_close),
+        ("guards_dropped_out_of_order", guards_dropped_out_of_order),
+        ("text_report_scope_table", text_report_scope_table),
+    ]);
+}
+
+fn outstanding_per_run() {
+    for _ in 0..50 {
+        leakscope::track_scope("GET /leak", || {
+            for _ in 0..3 {
+                leak_bytes(1000);
+            }
+            temp_bytes(500);
+            temp_bytes(64);
+        });
+    }
+    let r = leakscope::snapshot();
+    let s = r.scope("GET /leak").expect("scope GET /leak");
+    assert_eq!(s.runs, 50);
+    assert_eq!(s.outstanding_blocks, 150);
+    assert_eq!(s.outstanding_bytes, 150_000);
+    assert_eq!(s.blocks_per_run(), 3.0);
+    assert_eq!(s.bytes_per_run(), 3000.0);
+    // All of it at one call-site, in leak_bytes.
+    assert_eq!(s.by_callsite.len(), 1);
+    let c = r.callsite(s.by_callsite[0].callsite).unwrap();
+    assert!(
+        c.function().unwrap().contains("leak_bytes"),
+        "{:?}",
+        c.function()
+    );
+    assert_eq!(
+        (s.by_callsite[0].blocks, s.by_callsite[0].bytes),
+        (150, 150_000)
+    );
+    let t = common::site(&r, "temp_bytes");
+    assert_eq!(
+        (t.live_blocks, t.total_blocks, t.total_bytes),
+        (0, 100, 50 * 564)
+    );
+}
+
+fn summary_of_one_run() {
+    let guard = leakscope::scope("POST /orders");
+    for _ in 0..2 {
+        leak_bytes(96); // one call-site: the same stack both times
+    }
+    temp_bytes(40);
+    let sum = guard.finish();
+    assert_eq!(sum.name, "POST /orders");
+    assert_eq!((sum.allocated_blocks, sum.allocated_bytes), (3, 232));
+    assert_eq!((sum.outstanding_blocks, sum.outstanding_bytes), (2, 192));
+    let r = leakscope::snapshot();
+    let top = &sum.by_callsite[0];
+    assert_eq!(
+        (
+            top.allocated_blocks,
+            top.outstanding_blocks,
+            top.outstanding_bytes
+        ),
+        (2, 2, 192)
+    );
+    assert!(r
+        .callsite(top.callsite)
+        .unwrap()
+        .function()
+        .unwrap()
+        .contains("leak_bytes"));
+    assert_eq!(sum.by_callsite.len(), 2);
+    assert_eq!(
+        (
+            sum.by_callsite[1].allocated_bytes,
+            sum.by_callsite[1].outstanding_blocks
+        ),
+        (40, 0)
+    );
+    let s = r.scope("POST /orders").unwrap();
+    assert_eq!(
+        (s.runs, s.outstanding_blocks, s.outstanding_bytes),
+        (1, 2, 192)
+    );
+}
+
+fn nested_scopes() {
+    let outer = leakscope::scope("outer");
+    leak_bytes(10);
+    let inner_sum = {
+        let inner = leakscope::scope("inner");
+        leak_bytes(20);
+        leak_bytes(20);
+        leakscope::track_scope("innermost", || leak_bytes(30));
+        inner.finish()
+    };
+    leak_bytes(10);
+    let outer_sum = outer.finish();
+    // A block belongs to the innermost open scope only.
+    assert_eq!(
+        (outer_sum.outstanding_blocks, outer_sum.outstanding_bytes),
+        (2, 20)
+    );
+    assert_eq!(
+        (inner_sum.outstanding_blocks, inner_sum.outstanding_bytes),
+        (2, 40)
+    );
+    let r = leakscope::snapshot();
+    let get = |n: &str| {
+        let s = r.scope(n).unwrap();
+        (s.runs, s.outstanding_blocks, s.outstanding_bytes)
+    };
+    assert_eq!(get("outer"), (1, 2, 20));
+    assert_eq!(get("inner"), (1, 2, 40));
+    assert_eq!(get("innermost"), (1, 1, 30));
+}
+
+fn panic_closes_scope() {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let caught = std::panic::catch_unwind(|| {
+        leakscope::track_scope("panicky", || {
+            leak_bytes(77);
+            panic!("handler failed");
+        })
+    });
+    std::panic::set_hook(hook);
+    // The panic payload (a boxed `&str`, 16 bytes) was allocated in the scope
+    // too, and is live while `caught` holds it.
+    let s = leakscope::snapshot().scope("panicky").unwrap().clone();
+    assert_eq!(
+        (s.runs, s.outstanding_blocks, s.outstanding_bytes),
+        (1, 2, 93)
+    );
+    assert!(caught.is_err());
+    drop(caught);
+    // The scope is closed: this block belongs to no scope.
+    leak_bytes(55);
+    let r = leakscope::snapshot();
+    let s = r.scope("panicky").unwrap();
+    assert_eq!(
+        (s.runs, s.outstanding_blocks, s.outstanding_bytes),
+        (1, 1, 77)
+    );
+    let in_scopes: u64 = r
+        .scopes
+        .iter()
+        .flat_map(|s| &s.by_callsite)
+        .map(|c| c.bytes)
+        .sum();
+    let all_live = common::site(&r, "leak_bytes").live_bytes;
+    assert_eq!(
+        all_live - in_scopes,
+        55,
+        "exactly the 55-byte block is outside every scope"
+    );
+}
+
+fn freed_after_close() {
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let b = leakscope::track_scope("GET /held", || black_box(vec![0u64; 8]));
+        held.push(b);
+    }
+    let before = leakscope::snapshot();
+    let s = before.scope("GET /held").unwrap();
+    assert_eq!(
+        (s.runs, s.outstanding_blocks, s.outstanding_bytes),
+        (10, 10, 640)
+    );
+    held.truncate(4);
+    let after = leakscope::snapshot();
+    let s = after.scope("GET /held").unwrap();
+    assert_eq!(
+        (s.runs, s.outstanding_blocks, s.outstanding_bytes),
+        (10, 4, 256)
+    );
+    drop(held);
+    let s = leakscope::snapshot().scope("GET /held").unwrap().clone();
+    assert_eq!((s.outstanding_blocks, s.outstanding_bytes), (0, 0));
+}
+
+fn guards_dropped_out_of_order() {
+    let a = leakscope::scope("order-a");
+    let b = leakscope::scope("order-b");
+    drop(a);
+    leak_bytes(11); // b is still open: the block is b's
+    let b_sum = b.finish();
+    leak_bytes(13); // nothing is open
+    assert_eq!((b_sum.outstanding_blocks, b_sum.outstanding_bytes), (1, 11));
+    let r = leakscope::snapshot();
+    assert_eq!(r.scope("order-a").unwrap().outstanding_blocks, 0);
+    assert_eq!(r.scope("order-b").unwrap().outstanding_bytes, 11);
+}
+
+fn text_report_scope_table() {
+    for _ in 0..4 {
+        leakscope::track_scope("GET /table", || leak_bytes(250));
+    }
+    let text = leakscope::snapshot().to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("GET /table:"))
+        .expect("a scope line");
+    assert!(
+        line.ends_with(
+            "4 runs, 4 blocks / 1,000 bytes outstanding, +1 blocks (+250 bytes) per run"
+        ),
+        "{line}"
+    );
+    assert!(
+        text.contains("are outstanding in loss record 1 of"),
+        "{text}"
+    );
+    assert!(text.contains("leak_bytes"), "{text}");
+}

@@ -32,7 +32,8 @@ const REGION_SHIFT: u32 = 26;
 #[repr(align(64))]
 struct Shard(SpinLock<HashTable<(usize, Meta), MetaAlloc>>);
 
-static TABLE: [Shard; SHARDS] = [const { Shard(SpinLock::new(HashTable::new_in(MetaAlloc {}))) }; SHARDS];
+static TABLE: [Shard; SHARDS] =
+    [const { Shard(SpinLock::new(HashTable::new_in(MetaAlloc {}))) }; SHARDS];
 
 #[inline]
 fn shard(addr: usize) -> &'static Shard {
@@ -75,7 +76,9 @@ pub(crate) fn insert(addr: usize, meta: Meta) -> Inserted {
 pub(crate) fn remove(addr: usize) -> Option<Meta> {
     let h = hash(addr);
     let mut t = shard(addr).0.lock();
-    t.find_entry(h, |e| e.0 == addr).ok().map(|e| e.remove().0 .1)
+    t.find_entry(h, |e| e.0 == addr)
+        .ok()
+        .map(|e| e.remove().0 .1)
 }
 
 /// Calls `f` for every live block, one shard at a time. `f` runs with a shard

@@ -58,7 +58,11 @@ impl Site {
     pub(crate) fn matches(&self, hash: u64, frames: &[usize]) -> bool {
         self.hash.load(Ordering::Relaxed) == hash
             && self.len.load(Ordering::Relaxed) as usize == frames.len()
-            && self.frames.iter().zip(frames).all(|(a, &b)| a.load(Ordering::Relaxed) == b)
+            && self
+                .frames
+                .iter()
+                .zip(frames)
+                .all(|(a, &b)| a.load(Ordering::Relaxed) == b)
     }
 
     fn hash(&self) -> u64 {
@@ -68,11 +72,16 @@ impl Site {
     /// The stack's return addresses, innermost first.
     pub(crate) fn frames(&self) -> Vec<usize> {
         let len = self.len.load(Ordering::Relaxed) as usize;
-        self.frames.iter().take(len).map(|f| f.load(Ordering::Relaxed)).collect()
+        self.frames
+            .iter()
+            .take(len)
+            .map(|f| f.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
-static ARENA: [AtomicPtr<[Site; CHUNK]>; CHUNKS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS];
+static ARENA: [AtomicPtr<[Site; CHUNK]>; CHUNKS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS];
 /// Ids handed out so far; id 0 ([`OTHER`]) is reserved from the start.
 static COUNT: AtomicU32 = AtomicU32::new(1);
 static INDEX: SpinLock<HashTable<u32, MetaAlloc>> = SpinLock::new(HashTable::new_in(MetaAlloc {}));
@@ -108,7 +117,12 @@ fn chunk(index: usize) -> Option<&'static [Site; CHUNK]> {
         if fresh.is_null() {
             return None;
         }
-        p = match cell.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+        p = match cell.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => fresh,
             // Another thread made it first; our zeroed chunk stays unused (rare, small).
             Err(existing) => existing,
@@ -127,7 +141,11 @@ pub(crate) fn intern(hash: u64, frames: &[usize]) -> u32 {
         return id;
     }
     let id = COUNT.load(Ordering::Relaxed);
-    if id as usize >= MAX_SITES || index.try_reserve(1, |&id| get(id).map_or(0, Site::hash)).is_err() {
+    if id as usize >= MAX_SITES
+        || index
+            .try_reserve(1, |&id| get(id).map_or(0, Site::hash))
+            .is_err()
+    {
         return OTHER;
     }
     let Some(site) = chunk(id as usize / CHUNK).and_then(|c| c.get(id as usize % CHUNK)) else {
@@ -136,7 +154,8 @@ pub(crate) fn intern(hash: u64, frames: &[usize]) -> u32 {
     // `id` is not published yet (COUNT is bumped below, under the lock we
     // hold), so no reader sees these stores half done.
     site.hash.store(hash, Ordering::Relaxed);
-    site.len.store(frames.len().min(MAX_FRAMES) as u32, Ordering::Relaxed);
+    site.len
+        .store(frames.len().min(MAX_FRAMES) as u32, Ordering::Relaxed);
     for (slot, &ip) in site.frames.iter().zip(frames) {
         slot.store(ip, Ordering::Relaxed);
     }

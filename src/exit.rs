@@ -28,7 +28,10 @@ impl Dest {
     /// Parses a `LEAKSCOPE_REPORT` value.
     pub(crate) fn parse(value: &str) -> Result<Dest, String> {
         match value.trim() {
-            "" => Err("LEAKSCOPE_REPORT is empty: expected stderr, stdout, <path>.json or <path>".to_owned()),
+            "" => Err(
+                "LEAKSCOPE_REPORT is empty: expected stderr, stdout, <path>.json or <path>"
+                    .to_owned(),
+            ),
             "stderr" => Ok(Dest::Stderr),
             "stdout" => Ok(Dest::Stdout),
             v if v.ends_with(".json") => Ok(Dest::Json(v.to_owned())),
@@ -127,7 +130,9 @@ extern "C" fn at_exit() {
 }
 
 fn write_exit_report() {
-    let Some(dest) = DEST.lock().clone() else { return };
+    let Some(dest) = DEST.lock().clone() else {
+        return;
+    };
     let report = report::snapshot();
     let pid = std::process::id().to_string();
     let (path, body) = match dest {
@@ -137,7 +142,9 @@ fn write_exit_report() {
         }
         Dest::Stdout => {
             let mut out = std::io::stdout();
-            let _ = out.write_all(report.to_string().as_bytes()).and_then(|_| out.flush());
+            let _ = out
+                .write_all(report.to_string().as_bytes())
+                .and_then(|_| out.flush());
             return;
         }
         Dest::Json(path) => (path.replace("%p", &pid), report.to_json()),
@@ -173,7 +180,10 @@ mod tests {
     fn parses_report_destinations() {
         assert_eq!(Dest::parse("stderr"), Ok(Dest::Stderr));
         assert_eq!(Dest::parse(" stdout "), Ok(Dest::Stdout));
-        assert_eq!(Dest::parse("/tmp/r-%p.json"), Ok(Dest::Json("/tmp/r-%p.json".into())));
+        assert_eq!(
+            Dest::parse("/tmp/r-%p.json"),
+            Ok(Dest::Json("/tmp/r-%p.json".into()))
+        );
         assert_eq!(Dest::parse("leaks.txt"), Ok(Dest::Text("leaks.txt".into())));
         assert!(Dest::parse("  ").is_err());
     }

@@ -43,5 +43,7 @@ mod unwind;
 
 pub use exit::report_on_exit;
 pub use report::{snapshot, CallsiteStats, Frame, Report, ScopeCallsite, ScopeStats, Totals};
-pub use scope::{scope, scoped, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped, TrackScopeExt};
+pub use scope::{
+    scope, scoped, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped, TrackScopeExt,
+};
 pub use tracker::LeakTracker;

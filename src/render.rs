@@ -28,6 +28,20 @@ impl Display for Thousands {
 /// Frames of a stack shown in the text (the JSON has them all).
 const MAX_TEXT_FRAMES: usize = 16;
 
+/// Growth per run: `+3` when whole, `+2.50` otherwise, `+1,024` for large values.
+struct PerRun(f64);
+
+impl Display for PerRun {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        if (v - v.round()).abs() < 0.005 || v >= 1000.0 {
+            write!(f, "+{}", Thousands(v.round() as u64))
+        } else {
+            write!(f, "+{v:.2}")
+        }
+    }
+}
+
 fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 {
         one
@@ -38,11 +52,18 @@ fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
 
 fn write_frame(f: &mut Formatter<'_>, p: &str, first: bool, fr: &Frame) -> fmt::Result {
     let word = if first { "at" } else { "by" };
-    write!(f, "{p}    {word} {:#x}: {}", fr.ip, fr.function.as_deref().unwrap_or("???"))?;
+    write!(
+        f,
+        "{p}    {word} {:#x}: {}",
+        fr.ip,
+        fr.function.as_deref().unwrap_or("???")
+    )?;
     // The standard library's sources as `library/std/...`, not `/rustc/<hash>/library/...`.
-    let file = fr.file.as_deref().map(|p| match p.strip_prefix("/rustc/").and_then(|r| r.split_once('/')) {
-        Some((_, rest)) => rest,
-        None => p,
+    let file = fr.file.as_deref().map(|p| {
+        match p.strip_prefix("/rustc/").and_then(|r| r.split_once('/')) {
+            Some((_, rest)) => rest,
+            None => p,
+        }
     });
     match (file, fr.line) {
         (Some(file), Some(line)) => writeln!(f, " ({file}:{line})"),
@@ -64,26 +85,33 @@ impl Report {
         writeln!(f, "{p} leakscope: outstanding allocations")?;
         if !self.scopes.is_empty() {
             writeln!(f, "{p}")?;
-            writeln!(f, "{p} Scopes (blocks opened in a run of the scope and never freed):")?;
+            writeln!(
+                f,
+                "{p} Scopes (blocks opened in a run of the scope and never freed):"
+            )?;
             let width = self.scopes.iter().map(|s| s.name.len()).max().unwrap_or(0);
             for s in &self.scopes {
                 writeln!(
                     f,
-                    "{p}   {:<width$}  {} {}, {} {} / {} bytes outstanding, {:+.2} blocks ({:+.0} bytes) per run",
+                    "{p}   {:<width$}  {} {}, {} {} / {} bytes outstanding, {} blocks ({} bytes) per run",
                     format!("{}:", s.name),
                     Thousands(s.runs),
                     plural(s.runs, "run", "runs"),
                     Thousands(s.outstanding_blocks),
                     plural(s.outstanding_blocks, "block", "blocks"),
                     Thousands(s.outstanding_bytes),
-                    s.blocks_per_run(),
-                    s.bytes_per_run(),
+                    PerRun(s.blocks_per_run()),
+                    PerRun(s.bytes_per_run()),
                     width = width + 1,
                 )?;
             }
         }
 
-        let live: Vec<_> = self.callsites.iter().filter(|c| c.live_blocks > 0).collect();
+        let live: Vec<_> = self
+            .callsites
+            .iter()
+            .filter(|c| c.live_blocks > 0)
+            .collect();
         for (i, c) in live.iter().enumerate() {
             writeln!(f, "{p}")?;
             writeln!(
@@ -96,10 +124,16 @@ impl Report {
                 Thousands(live.len() as u64),
             )?;
             if c.frames.is_empty() {
-                writeln!(f, "{p}    (no stack: built without frame pointers, or past the call-site cap)")?;
+                writeln!(
+                    f,
+                    "{p}    (no stack: built without frame pointers, or past the call-site cap)"
+                )?;
             }
             // Like valgrind's --num-callers: the first frames, down to main.
-            let shown = c.frames.iter().take_while(|fr| !crate::report::is_runtime_boundary(fr));
+            let shown = c
+                .frames
+                .iter()
+                .take_while(|fr| !crate::report::is_runtime_boundary(fr));
             for (j, fr) in shown.take(MAX_TEXT_FRAMES).enumerate() {
                 write_frame(f, &p, j == 0, fr)?;
             }
@@ -142,7 +176,11 @@ impl Report {
             Thousands(t.total_bytes),
             Thousands(t.total_blocks)
         )?;
-        writeln!(f, "{p}    peak live:   {} bytes", Thousands(t.peak_live_bytes))?;
+        writeln!(
+            f,
+            "{p}    peak live:   {} bytes",
+            Thousands(t.peak_live_bytes)
+        )?;
         if self.untracked_blocks > 0 {
             writeln!(
                 f,
@@ -218,7 +256,7 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::Thousands;
+    use super::{PerRun, Thousands};
 
     #[test]
     fn thousands() {
@@ -227,5 +265,14 @@ mod tests {
         assert_eq!(Thousands(1000).to_string(), "1,000");
         assert_eq!(Thousands(150_000).to_string(), "150,000");
         assert_eq!(Thousands(1_234_567).to_string(), "1,234,567");
+    }
+
+    #[test]
+    fn growth_per_run() {
+        assert_eq!(PerRun(3.0).to_string(), "+3");
+        assert_eq!(PerRun(0.0).to_string(), "+0");
+        assert_eq!(PerRun(2.5).to_string(), "+2.50");
+        assert_eq!(PerRun(0.333_333).to_string(), "+0.33");
+        assert_eq!(PerRun(96_000.4).to_string(), "+96,000");
     }
 }

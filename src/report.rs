@@ -124,8 +124,13 @@ impl Report {
 
     /// Call-sites whose first frame (the code that allocated) is in a function
     /// whose name contains `function`.
-    pub fn callsites_in<'a>(&'a self, function: &'a str) -> impl Iterator<Item = &'a CallsiteStats> + 'a {
-        self.callsites.iter().filter(move |c| c.function().is_some_and(|f| f.contains(function)))
+    pub fn callsites_in<'a>(
+        &'a self,
+        function: &'a str,
+    ) -> impl Iterator<Item = &'a CallsiteStats> + 'a {
+        self.callsites
+            .iter()
+            .filter(move |c| c.function().is_some_and(|f| f.contains(function)))
     }
 }
 
@@ -202,7 +207,9 @@ fn build() -> Report {
             })
         })
         .collect();
-    callsites.sort_by(|a, b| (b.live_bytes, b.live_blocks, a.id).cmp(&(a.live_bytes, a.live_blocks, b.id)));
+    callsites.sort_by(|a, b| {
+        (b.live_bytes, b.live_blocks, a.id).cmp(&(a.live_bytes, a.live_blocks, b.id))
+    });
 
     let mut scopes: Vec<ScopeStats> = scope::scope_entries()
         .into_iter()
@@ -210,9 +217,15 @@ fn build() -> Report {
             let mut by_callsite: Vec<ScopeCallsite> = by_scope
                 .iter()
                 .filter(|((s, _), _)| *s == id)
-                .map(|(&(_, callsite), &(blocks, bytes))| ScopeCallsite { callsite, blocks, bytes })
+                .map(|(&(_, callsite), &(blocks, bytes))| ScopeCallsite {
+                    callsite,
+                    blocks,
+                    bytes,
+                })
                 .collect();
-            by_callsite.sort_by(|a, b| (b.bytes, b.blocks, a.callsite).cmp(&(a.bytes, a.blocks, b.callsite)));
+            by_callsite.sort_by(|a, b| {
+                (b.bytes, b.blocks, a.callsite).cmp(&(a.bytes, a.blocks, b.callsite))
+            });
             ScopeStats {
                 name: entry.name.clone(),
                 runs: entry.runs.load(Relaxed),
@@ -269,7 +282,9 @@ impl Symbolizer {
 
     fn resolve(&mut self, ip: usize) -> Vec<Frame> {
         if self.cwd.is_none() {
-            let mut cwd = std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default();
+            let mut cwd = std::env::current_dir()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             if !cwd.is_empty() && !cwd.ends_with('/') {
                 cwd.push('/');
             }
@@ -315,9 +330,16 @@ fn strip_allocator_frames(frames: Vec<Frame>) -> Vec<Frame> {
     // `GlobalAlloc` call), the leading frames of the tracker are.
     let own = match frames.iter().position(|f| is_alloc_shim(&name(f))) {
         Some(i) => i + 1,
-        None => frames.iter().position(|f| !is_tracker_frame(&name(f))).unwrap_or(frames.len()),
+        None => frames
+            .iter()
+            .position(|f| !is_tracker_frame(&name(f)))
+            .unwrap_or(frames.len()),
     };
-    let user = frames.iter().skip(own).position(|f| !is_std_alloc_frame(&name(f))).map(|i| i + own);
+    let user = frames
+        .iter()
+        .skip(own)
+        .position(|f| !is_std_alloc_frame(&name(f)))
+        .map(|i| i + own);
     let start = match user {
         Some(i) => i,
         None if own < frames.len() => own,
@@ -327,9 +349,17 @@ fn strip_allocator_frames(frames: Vec<Frame>) -> Vec<Frame> {
 }
 
 fn is_alloc_shim(f: &str) -> bool {
-    ["__rust_alloc", "__rust_realloc", "__rust_dealloc", "__rg_alloc", "__rg_realloc", "__rdl_alloc", "__rdl_realloc"]
-        .iter()
-        .any(|shim| f.contains(shim))
+    [
+        "__rust_alloc",
+        "__rust_realloc",
+        "__rust_dealloc",
+        "__rg_alloc",
+        "__rg_realloc",
+        "__rdl_alloc",
+        "__rdl_realloc",
+    ]
+    .iter()
+    .any(|shim| f.contains(shim))
 }
 
 fn is_tracker_frame(f: &str) -> bool {
@@ -354,7 +384,9 @@ fn is_std_alloc_frame(f: &str) -> bool {
 /// Whether `f` is the runtime's frame just below `main`, where a stack shown to
 /// a person can stop.
 pub(crate) fn is_runtime_boundary(f: &Frame) -> bool {
-    f.function.as_deref().is_some_and(|n| n.contains("__rust_begin_short_backtrace"))
+    f.function
+        .as_deref()
+        .is_some_and(|n| n.contains("__rust_begin_short_backtrace"))
 }
 
 #[cfg(test)]
@@ -371,7 +403,10 @@ mod tests {
     }
 
     fn names(frames: &[Frame]) -> Vec<&str> {
-        frames.iter().filter_map(|f| f.function.as_deref()).collect()
+        frames
+            .iter()
+            .filter_map(|f| f.function.as_deref())
+            .collect()
     }
 
     #[test]
@@ -389,13 +424,26 @@ mod tests {
             frame("alloc::vec::Vec<T>::push"),
             frame("main"),
         ];
-        assert_eq!(names(&strip_allocator_frames(frames)), ["app::handler", "alloc::vec::Vec<T>::push", "main"]);
+        assert_eq!(
+            names(&strip_allocator_frames(frames)),
+            ["app::handler", "alloc::vec::Vec<T>::push", "main"]
+        );
     }
 
     #[test]
     fn keeps_std_frames_when_nothing_else_is_left() {
-        let frames = vec![frame("__rust_alloc"), frame("alloc::alloc::alloc"), frame("core::ops::function::FnOnce::call_once")];
-        assert_eq!(names(&strip_allocator_frames(frames)), ["alloc::alloc::alloc", "core::ops::function::FnOnce::call_once"]);
+        let frames = vec![
+            frame("__rust_alloc"),
+            frame("alloc::alloc::alloc"),
+            frame("core::ops::function::FnOnce::call_once"),
+        ];
+        assert_eq!(
+            names(&strip_allocator_frames(frames)),
+            [
+                "alloc::alloc::alloc",
+                "core::ops::function::FnOnce::call_once"
+            ]
+        );
     }
 
     #[test]
@@ -408,7 +456,10 @@ mod tests {
         ];
         assert_eq!(
             names(&strip_allocator_frames(frames)),
-            ["app::direct_call", "std::sys::backtrace::__rust_begin_short_backtrace"]
+            [
+                "app::direct_call",
+                "std::sys::backtrace::__rust_begin_short_backtrace"
+            ]
         );
     }
 

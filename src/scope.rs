@@ -57,12 +57,22 @@ fn intern_name(name: &str) -> u32 {
 
 /// The entry of scope id `id` (ids start at 1).
 pub(crate) fn scope_entry(id: u32) -> Option<&'static ScopeEntry> {
-    NAMES.read().list.get((id as usize).checked_sub(1)?).copied()
+    NAMES
+        .read()
+        .list
+        .get((id as usize).checked_sub(1)?)
+        .copied()
 }
 
 /// Every scope name seen so far, with its id.
 pub(crate) fn scope_entries() -> Vec<(u32, &'static ScopeEntry)> {
-    NAMES.read().list.iter().enumerate().map(|(i, e)| (i as u32 + 1, *e)).collect()
+    NAMES
+        .read()
+        .list
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as u32 + 1, *e))
+        .collect()
 }
 
 // ---------------------------------------------------------------- run records
@@ -97,7 +107,8 @@ pub(crate) struct RunRecord {
 const RUN_CHUNK: usize = 256;
 const RUN_CHUNKS: usize = 256;
 
-static RUNS: [AtomicPtr<RunRecord>; RUN_CHUNKS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; RUN_CHUNKS];
+static RUNS: [AtomicPtr<RunRecord>; RUN_CHUNKS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; RUN_CHUNKS];
 
 struct FreeList {
     head: u32,
@@ -121,7 +132,8 @@ fn run_record(slot: u32) -> Option<&'static RunRecord> {
 }
 
 fn new_chunk(index: usize) -> *mut RunRecord {
-    let layout = std::alloc::Layout::array::<RunRecord>(RUN_CHUNK).unwrap_or(std::alloc::Layout::new::<RunRecord>());
+    let layout = std::alloc::Layout::array::<RunRecord>(RUN_CHUNK)
+        .unwrap_or(std::alloc::Layout::new::<RunRecord>());
     // SAFETY: the layout is non-zero-sized.
     let p = unsafe { std::alloc::GlobalAlloc::alloc(&MetaAlloc {}, layout) }.cast::<RunRecord>();
     if p.is_null() {
@@ -248,7 +260,9 @@ fn close_run(rec: &'static RunRecord) -> ScopeSummary {
     thread::untracked(|| {
         let mut d = rec.data.lock();
         let mut summary = ScopeSummary {
-            name: scope_entry(d.scope).map(|e| e.name.clone()).unwrap_or_default(),
+            name: scope_entry(d.scope)
+                .map(|e| e.name.clone())
+                .unwrap_or_default(),
             ..ScopeSummary::default()
         };
         for s in d.sites.iter() {
@@ -269,16 +283,21 @@ fn close_run(rec: &'static RunRecord) -> ScopeSummary {
         d.sites.clear();
         drop(d);
         release_record(rec);
-        summary
-            .by_callsite
-            .sort_by(|a, b| (b.outstanding_bytes, b.allocated_bytes, a.callsite).cmp(&(a.outstanding_bytes, a.allocated_bytes, b.callsite)));
+        summary.by_callsite.sort_by(|a, b| {
+            (b.outstanding_bytes, b.allocated_bytes, a.callsite).cmp(&(
+                a.outstanding_bytes,
+                a.allocated_bytes,
+                b.callsite,
+            ))
+        });
         summary
     })
 }
 
 /// Makes `rec` the innermost run on this thread.
 fn enter(rec: &'static RunRecord) {
-    rec.parent.store(thread::current_run() as *mut RunRecord, Ordering::Relaxed);
+    rec.parent
+        .store(thread::current_run() as *mut RunRecord, Ordering::Relaxed);
     thread::set_current_run(rec);
 }
 

@@ -33,7 +33,10 @@ const FLUSH_BYTES: i64 = 64 * 1024;
 
 #[inline]
 fn bump(c: &AtomicU64, by: u64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
 
 impl Counts {
@@ -113,7 +116,9 @@ impl Slot {
         let id = id as usize;
         let p = self.sites.get(id / SITE_CHUNK)?.load(Ordering::Acquire);
         // SAFETY: as in `site`: published chunks are valid and never freed.
-        (!p.is_null()).then(|| unsafe { (*p).get(id % SITE_CHUNK) }).flatten()
+        (!p.is_null())
+            .then(|| unsafe { (*p).get(id % SITE_CHUNK) })
+            .flatten()
     }
 
     /// The call-site id of `frames`, from the cache or the shared table.
@@ -151,7 +156,9 @@ pub(crate) fn slots() -> impl Iterator<Item = &'static Slot> {
 fn acquire_slot() -> Option<&'static Slot> {
     for s in slots() {
         if !s.in_use.load(Ordering::Relaxed)
-            && s.in_use.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            && s.in_use
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
         {
             return Some(s);
         }
@@ -291,7 +298,10 @@ pub(crate) fn with_tracking<R>(f: impl FnOnce(&Tracking<'_>) -> R) -> Option<R> 
 
 #[cold]
 fn init_once() {
-    if INIT.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+    if INIT
+        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+    {
         crate::exit::init();
         INIT.store(2, Ordering::Release);
     }
@@ -335,7 +345,9 @@ pub(crate) fn untracked<R>(f: impl FnOnce() -> R) -> R {
 
 /// The innermost scope run open on this thread.
 pub(crate) fn current_run() -> *const RunRecord {
-    STATE.try_with(|st| st.run.get()).unwrap_or(std::ptr::null())
+    STATE
+        .try_with(|st| st.run.get())
+        .unwrap_or(std::ptr::null())
 }
 
 pub(crate) fn set_current_run(run: *const RunRecord) {

@@ -1,0 +1,71 @@
+//! A tiny test runner for the scenario programs. Each scenario is its own
+//! process (`harness = false`) with its own `#[global_allocator]`; the tests in
+//! one program run one after another on the main thread, so that the counts
+//! they read are not disturbed by other tests allocating at the same time.
+//! Each test reads only call-sites in its own planted functions and scopes with
+//! its own names.
+
+#![allow(dead_code)]
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Runs `tests` in order, prints libtest-like lines, exits 1 on any failure.
+/// A test name given on the command line (as `cargo test -- NAME` passes it)
+/// runs only the tests whose names contain it.
+pub fn run(tests: &[(&str, fn())]) {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let selected: Vec<_> = tests
+        .iter()
+        .filter(|(name, _)| filter.as_deref().map_or(true, |f| name.contains(f)))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    let mut failed = Vec::new();
+    for (name, test) in &selected {
+        match catch_unwind(AssertUnwindSafe(test)) {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed.push(*name);
+            }
+        }
+    }
+    let passed = selected.len() - failed.len();
+    if failed.is_empty() {
+        println!("\ntest result: ok. {passed} passed; 0 failed\n");
+    } else {
+        println!("\nfailures: {failed:?}");
+        println!(
+            "\ntest result: FAILED. {passed} passed; {} failed\n",
+            failed.len()
+        );
+        std::process::exit(1);
+    }
+}
+
+/// Live blocks and bytes, and total blocks and bytes, summed over the
+/// call-sites whose allocating function's name contains `function`.
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+pub struct Site {
+    pub sites: usize,
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+    pub total_blocks: u64,
+    pub total_bytes: u64,
+}
+
+pub fn site(report: &leakscope::Report, function: &str) -> Site {
+    let mut s = Site::default();
+    for c in report.callsites_in(function) {
+        s.sites += 1;
+        s.live_blocks += c.live_blocks;
+        s.live_bytes += c.live_bytes;
+        s.total_blocks += c.total_blocks;
+        s.total_bytes += c.total_bytes;
+    }
+    s
+}
+
+/// `site` of a fresh snapshot.
+pub fn site_now(function: &str) -> Site {
+    site(&leakscope::snapshot(), function)
+}
