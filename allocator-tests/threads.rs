@@ -1,1 +1,182 @@
-fn main() {}
+//! Threads: blocks freed on other threads than the one that allocated them,
+//! hundreds of thousands of them; scopes whose blocks are freed elsewhere;
+//! threads that end and hand their slot to later ones; allocation and free
+//! during thread-local destruction.
+
+#[global_allocator]
+static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+const PRODUCERS: usize = 4;
+const CONSUMERS: usize = 3;
+const PER_PRODUCER: usize = 60_000;
+const BATCH: usize = 100;
+
+/// A block of 16, 32, 48 or 64 bytes whose first word is its number.
+#[inline(never)]
+fn produce_block(i: usize) -> Box<[u64]> {
+    let mut b = vec![0u64; 2 + 2 * (i % 4)].into_boxed_slice();
+    b[0] = i as u64;
+    black_box(b)
+}
+
+fn block_size(i: usize) -> u64 {
+    8 * (2 + 2 * (i % 4)) as u64
+}
+
+static LEAKED: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+#[inline(never)]
+fn leak_from_thread(n: usize) {
+    let b = black_box(vec![3u8; n].into_boxed_slice());
+    LEAKED.lock().unwrap().push(b);
+}
+
+fn main() {
+    LEAKED.lock().unwrap().reserve(1000);
+    common::run(&[
+        ("cross_thread_frees_are_exact", cross_thread_frees_are_exact),
+        ("ended_threads_keep_their_counts", ended_threads_keep_their_counts),
+        ("allocation_in_thread_local_destructors", allocation_in_thread_local_destructors),
+    ]);
+}
+
+fn cross_thread_frees_are_exact() {
+    let mut senders = Vec::new();
+    let mut consumers = Vec::new();
+    for _ in 0..CONSUMERS {
+        let (tx, rx) = mpsc::channel::<Vec<Box<[u64]>>>();
+        senders.push(tx);
+        // Each consumer frees what it receives, except blocks whose number is
+        // a multiple of 10: those it keeps, to hand back at the end.
+        consumers.push(std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            for batch in rx {
+                for b in batch {
+                    if b[0] % 10 == 0 {
+                        kept.push(b);
+                    }
+                }
+            }
+            kept
+        }));
+    }
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let senders = senders.clone();
+            std::thread::spawn(move || {
+                let mut i = 0;
+                let mut turn = p;
+                while i < PER_PRODUCER {
+                    let batch = leakscope::track_scope("produce", || {
+                        (i..i + BATCH).map(produce_block).collect::<Vec<_>>()
+                    });
+                    i += BATCH;
+                    turn += 1;
+                    senders[turn % CONSUMERS].send(batch).unwrap();
+                }
+            })
+        })
+        .collect();
+    drop(senders);
+    for p in producers {
+        p.join().unwrap();
+    }
+    let kept: Vec<Box<[u64]>> = consumers.into_iter().flat_map(|c| c.join().unwrap()).collect();
+
+    let all = PRODUCERS * PER_PRODUCER;
+    let want_kept = all / 10;
+    assert_eq!(kept.len(), want_kept);
+    let total_bytes = PRODUCERS as u64 * (0..PER_PRODUCER).map(block_size).sum::<u64>();
+    let kept_bytes = PRODUCERS as u64 * (0..PER_PRODUCER).filter(|i| i % 10 == 0).map(block_size).sum::<u64>();
+
+    let r = leakscope::snapshot();
+    let s = common::site(&r, "produce_block");
+    assert_eq!(s.total_blocks, all as u64);
+    assert_eq!(s.total_bytes, total_bytes);
+    assert_eq!((s.live_blocks, s.live_bytes), (want_kept as u64, kept_bytes));
+    // Every block was allocated in a run of "produce"; the kept ones are its
+    // outstanding blocks now (the batches' vectors and the channels' blocks
+    // were all freed by the consumers).
+    let scope = r.scope("produce").unwrap();
+    assert_eq!(scope.runs, (all / BATCH) as u64);
+    assert_eq!((scope.outstanding_blocks, scope.outstanding_bytes), (want_kept as u64, kept_bytes));
+
+    drop(kept);
+    let r = leakscope::snapshot();
+    let s = common::site(&r, "produce_block");
+    assert_eq!((s.live_blocks, s.live_bytes), (0, 0));
+    assert_eq!(r.scope("produce").unwrap().outstanding_blocks, 0);
+}
+
+fn ended_threads_keep_their_counts() {
+    // One after another, so that each reuses the slot the last one gave back.
+    for n in 1..=20 {
+        std::thread::spawn(move || leak_from_thread(n)).join().unwrap();
+    }
+    // And 8 at once, with frees of their blocks on this thread.
+    let handles: Vec<_> = (0..8).map(|_| std::thread::spawn(|| black_box(vec![0u8; 1000]))).collect();
+    let vs: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    drop(vs);
+    let s = common::site_now("leak_from_thread");
+    assert_eq!((s.live_blocks, s.live_bytes, s.total_blocks), (20, 210, 20));
+}
+
+/// Allocates and keeps `n` blocks when the thread's locals are destroyed, and
+/// frees the vector it held.
+struct AllocOnDrop {
+    held: Vec<u64>,
+    n: usize,
+}
+
+impl Drop for AllocOnDrop {
+    fn drop(&mut self) {
+        self.held = Vec::new();
+        for _ in 0..self.n {
+            dtor_block();
+        }
+    }
+}
+
+#[inline(never)]
+fn dtor_block() {
+    let b = black_box(vec![9u8; 100].into_boxed_slice());
+    LEAKED.lock().unwrap().push(b);
+}
+
+#[inline(never)]
+fn held_vec() -> Vec<u64> {
+    black_box(vec![1u64; 50])
+}
+
+thread_local! {
+    // Made before the thread allocates anything, so its destructor is
+    // registered before the tracker's own (and runs after it or before it,
+    // depending on the platform's order): both orders must count.
+    static EARLY: std::cell::RefCell<Option<AllocOnDrop>> = const { std::cell::RefCell::new(None) };
+    static LATE: std::cell::RefCell<Option<AllocOnDrop>> = const { std::cell::RefCell::new(None) };
+}
+
+fn allocation_in_thread_local_destructors() {
+    let before = common::site_now("dtor_block");
+    for _ in 0..4 {
+        std::thread::spawn(|| {
+            EARLY.with(|_| ());
+            let held = held_vec();
+            EARLY.with(|e| *e.borrow_mut() = Some(AllocOnDrop { held, n: 3 }));
+            let held = held_vec();
+            LATE.with(|l| *l.borrow_mut() = Some(AllocOnDrop { held, n: 2 }));
+        })
+        .join()
+        .unwrap();
+    }
+    let d = common::site_now("dtor_block");
+    assert_eq!((d.live_blocks - before.live_blocks, d.live_bytes - before.live_bytes), (20, 2000));
+    let h = common::site_now("held_vec");
+    assert_eq!((h.total_blocks, h.live_blocks), (8, 0), "the held vectors were freed in the destructors");
+}
