@@ -47,7 +47,10 @@ fn json_site() -> String {
 
 fn main() {
     common::run(&[
-        ("same_helper_two_callers_two_callsites", same_helper_two_callers_two_callsites),
+        (
+            "same_helper_two_callers_two_callsites",
+            same_helper_two_callers_two_callsites,
+        ),
         ("live_total_peak", live_total_peak),
         ("frames_start_at_user_code", frames_start_at_user_code),
         ("foreign_blocks_pass_through", foreign_blocks_pass_through),
@@ -64,21 +67,46 @@ fn same_helper_two_callers_two_callsites() {
     let sites: Vec<_> = r.callsites_in("shared_helper").collect();
     // The same return address into shared_helper's allocation, two stacks.
     assert_eq!(sites.len(), 2, "{sites:#?}");
-    let caller = |c: &leakscope::CallsiteStats| c.frames.get(1).and_then(|f| f.function.clone()).unwrap();
-    let alpha = sites.iter().find(|c| caller(c).contains("caller_alpha")).expect("alpha's site");
-    let beta = sites.iter().find(|c| caller(c).contains("caller_beta")).expect("beta's site");
-    assert_eq!((alpha.live_blocks, alpha.live_bytes, alpha.total_blocks), (5, 240, 5));
-    assert_eq!((beta.live_blocks, beta.live_bytes, beta.total_blocks), (7, 336, 7));
+    let caller =
+        |c: &leakscope::CallsiteStats| c.frames.get(1).and_then(|f| f.function.clone()).unwrap();
+    let alpha = sites
+        .iter()
+        .find(|c| caller(c).contains("caller_alpha"))
+        .expect("alpha's site");
+    let beta = sites
+        .iter()
+        .find(|c| caller(c).contains("caller_beta"))
+        .expect("beta's site");
+    assert_eq!(
+        (alpha.live_blocks, alpha.live_bytes, alpha.total_blocks),
+        (5, 240, 5)
+    );
+    assert_eq!(
+        (beta.live_blocks, beta.live_bytes, beta.total_blocks),
+        (7, 336, 7)
+    );
     keep.truncate(3); // frees 2 of alpha's and all of beta's
     let r = leakscope::snapshot();
-    let live: Vec<(u64, u64)> = r.callsites_in("shared_helper").map(|c| (c.live_blocks, c.total_blocks)).collect();
+    let live: Vec<(u64, u64)> = r
+        .callsites_in("shared_helper")
+        .map(|c| (c.live_blocks, c.total_blocks))
+        .collect();
     assert!(live.contains(&(3, 5)) && live.contains(&(0, 7)), "{live:?}");
 }
 
 fn live_total_peak() {
     let inner = |r: &leakscope::Report| {
-        let c = r.callsites_in("peak_site").find(|c| c.total_bytes % 64 == 0 && c.total_blocks >= 3).unwrap();
-        (c.live_blocks, c.live_bytes, c.total_blocks, c.total_bytes, c.peak_live_bytes)
+        let c = r
+            .callsites_in("peak_site")
+            .find(|c| c.total_bytes % 64 == 0 && c.total_blocks >= 3)
+            .unwrap();
+        (
+            c.live_blocks,
+            c.live_bytes,
+            c.total_blocks,
+            c.total_bytes,
+            c.peak_live_bytes,
+        )
     };
     // Both rounds from one line: a call-site is the whole stack, caller included.
     let mut seen = Vec::new();
@@ -89,7 +117,16 @@ fn live_total_peak() {
         if n == 10 {
             let s = common::site_now("peak_site");
             // Two call-sites: the 64-byte vectors and the outer vector (10 * 24 bytes).
-            assert_eq!((s.sites, s.live_blocks, s.live_bytes, s.total_blocks, s.total_bytes), (2, 7, 624, 11, 880));
+            assert_eq!(
+                (
+                    s.sites,
+                    s.live_blocks,
+                    s.live_bytes,
+                    s.total_blocks,
+                    s.total_bytes
+                ),
+                (2, 7, 624, 11, 880)
+            );
         }
     }
     assert_eq!(seen, [(6, 384, 10, 640, 640), (3, 192, 13, 832, 640)]);
@@ -100,13 +137,28 @@ fn live_total_peak() {
 fn frames_start_at_user_code() {
     let _s = json_site();
     let r = leakscope::snapshot();
-    let c = r.callsites_in("json_site").next().expect("a call-site in json_site");
-    // Innermost first: json_site, then its caller, then main.
-    let names: Vec<&str> = c.frames.iter().map(|f| f.function.as_deref().unwrap_or("?")).collect();
+    let c = r
+        .callsites_in("json_site")
+        .next()
+        .expect("a call-site in json_site");
+    // Innermost first: json_site, then its caller, then the test runner.
+    let names: Vec<&str> = c
+        .frames
+        .iter()
+        .map(|f| f.function.as_deref().unwrap_or("?"))
+        .collect();
     assert!(names[0].ends_with("json_site"), "{names:?}");
     assert!(names[1].ends_with("frames_start_at_user_code"), "{names:?}");
-    assert!(names.iter().any(|n| n.ends_with("callsites::main")), "{names:?}");
-    assert!(!names.iter().any(|n| n.contains("leakscope::") || n.contains("__rust_alloc")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("common::run")),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("leakscope::") || n.contains("__rust_alloc")),
+        "{names:?}"
+    );
     let f = &c.frames[0];
     assert_eq!(f.file.as_deref(), Some("allocator-tests/callsites.rs"));
     assert_eq!(f.line, Some(JSON_SITE_LINE));
@@ -123,9 +175,18 @@ fn foreign_blocks_pass_through() {
         GLOBAL.dealloc(p, layout);
     }
     let after = leakscope::snapshot().totals;
-    assert_eq!(after.total_blocks - before.total_blocks, after.live_blocks - before.live_blocks);
-    assert_eq!(after.live_bytes, before.live_bytes, "a foreign free changed live bytes");
-    assert_eq!(after.live_blocks, before.live_blocks, "a foreign free changed live blocks");
+    assert_eq!(
+        after.total_blocks - before.total_blocks,
+        after.live_blocks - before.live_blocks
+    );
+    assert_eq!(
+        after.live_bytes, before.live_bytes,
+        "a foreign free changed live bytes"
+    );
+    assert_eq!(
+        after.live_blocks, before.live_blocks,
+        "a foreign free changed live blocks"
+    );
 }
 
 fn json_document() {
@@ -139,7 +200,12 @@ fn json_document() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["frames"][0]["function"].as_str().is_some_and(|f| f.ends_with("json_site")) && c["live_blocks"] == 4)
+        .find(|c| {
+            c["frames"][0]["function"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("json_site"))
+                && c["live_blocks"] == 4
+        })
         .expect("json_site in the document");
     assert_eq!(site["live_bytes"], 4 * 333);
     assert!(site["frames"][0]["ip"].as_str().unwrap().starts_with("0x"));
@@ -152,9 +218,18 @@ fn text_loss_records() {
     let text = leakscope::snapshot().to_string();
     // The two megabyte blocks are the largest record: first, as valgrind orders
     // them largest last but we put the biggest where it is read first.
-    let first = text.lines().find(|l| l.contains("are outstanding in loss record")).unwrap();
-    assert!(first.contains("2,000,000 bytes in 2 blocks are outstanding in loss record 1 of"), "{first}");
-    assert!(text.contains("text_loss_records (allocator-tests/callsites.rs:"), "{text}");
+    let first = text
+        .lines()
+        .find(|l| l.contains("are outstanding in loss record"))
+        .unwrap();
+    assert!(
+        first.contains("2,000,000 bytes in 2 blocks are outstanding in loss record 1 of"),
+        "{first}"
+    );
+    assert!(
+        text.contains("text_loss_records (allocator-tests/callsites.rs:"),
+        "{text}"
+    );
     assert!(text.contains("SUMMARY"), "{text}");
     drop(kept);
 }

@@ -41,8 +41,14 @@ fn main() {
     LEAKED.lock().unwrap().reserve(1000);
     common::run(&[
         ("cross_thread_frees_are_exact", cross_thread_frees_are_exact),
-        ("ended_threads_keep_their_counts", ended_threads_keep_their_counts),
-        ("allocation_in_thread_local_destructors", allocation_in_thread_local_destructors),
+        (
+            "ended_threads_keep_their_counts",
+            ended_threads_keep_their_counts,
+        ),
+        (
+            "allocation_in_thread_local_destructors",
+            allocation_in_thread_local_destructors,
+        ),
     ]);
 }
 
@@ -87,25 +93,38 @@ fn cross_thread_frees_are_exact() {
     for p in producers {
         p.join().unwrap();
     }
-    let kept: Vec<Box<[u64]>> = consumers.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let kept: Vec<Box<[u64]>> = consumers
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
 
     let all = PRODUCERS * PER_PRODUCER;
     let want_kept = all / 10;
     assert_eq!(kept.len(), want_kept);
     let total_bytes = PRODUCERS as u64 * (0..PER_PRODUCER).map(block_size).sum::<u64>();
-    let kept_bytes = PRODUCERS as u64 * (0..PER_PRODUCER).filter(|i| i % 10 == 0).map(block_size).sum::<u64>();
+    let kept_bytes = PRODUCERS as u64
+        * (0..PER_PRODUCER)
+            .filter(|i| i % 10 == 0)
+            .map(block_size)
+            .sum::<u64>();
 
     let r = leakscope::snapshot();
     let s = common::site(&r, "produce_block");
     assert_eq!(s.total_blocks, all as u64);
     assert_eq!(s.total_bytes, total_bytes);
-    assert_eq!((s.live_blocks, s.live_bytes), (want_kept as u64, kept_bytes));
+    assert_eq!(
+        (s.live_blocks, s.live_bytes),
+        (want_kept as u64, kept_bytes)
+    );
     // Every block was allocated in a run of "produce"; the kept ones are its
     // outstanding blocks now (the batches' vectors and the channels' blocks
     // were all freed by the consumers).
     let scope = r.scope("produce").unwrap();
     assert_eq!(scope.runs, (all / BATCH) as u64);
-    assert_eq!((scope.outstanding_blocks, scope.outstanding_bytes), (want_kept as u64, kept_bytes));
+    assert_eq!(
+        (scope.outstanding_blocks, scope.outstanding_bytes),
+        (want_kept as u64, kept_bytes)
+    );
 
     drop(kept);
     let r = leakscope::snapshot();
@@ -117,10 +136,14 @@ fn cross_thread_frees_are_exact() {
 fn ended_threads_keep_their_counts() {
     // One after another, so that each reuses the slot the last one gave back.
     for n in 1..=20 {
-        std::thread::spawn(move || leak_from_thread(n)).join().unwrap();
+        std::thread::spawn(move || leak_from_thread(n))
+            .join()
+            .unwrap();
     }
     // And 8 at once, with frees of their blocks on this thread.
-    let handles: Vec<_> = (0..8).map(|_| std::thread::spawn(|| black_box(vec![0u8; 1000]))).collect();
+    let handles: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(|| black_box(vec![0u8; 1000])))
+        .collect();
     let vs: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     drop(vs);
     let s = common::site_now("leak_from_thread");
@@ -176,7 +199,17 @@ fn allocation_in_thread_local_destructors() {
         .unwrap();
     }
     let d = common::site_now("dtor_block");
-    assert_eq!((d.live_blocks - before.live_blocks, d.live_bytes - before.live_bytes), (20, 2000));
+    assert_eq!(
+        (
+            d.live_blocks - before.live_blocks,
+            d.live_bytes - before.live_bytes
+        ),
+        (20, 2000)
+    );
     let h = common::site_now("held_vec");
-    assert_eq!((h.total_blocks, h.live_blocks), (8, 0), "the held vectors were freed in the destructors");
+    assert_eq!(
+        (h.total_blocks, h.live_blocks),
+        (8, 0),
+        "the held vectors were freed in the destructors"
+    );
 }

@@ -257,17 +257,51 @@ fn build() -> Report {
     }
 }
 
+/// What a frame is to the allocating stack: the allocator, the standard
+/// library's allocation plumbing, or the code that allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// `__rust_alloc` and friends: everything inside them is the allocator.
+    Shim,
+    /// leakscope itself.
+    Tracker,
+    /// `alloc::`/`core::` code between the user's call and the allocator.
+    Plumbing,
+    User,
+}
+
+/// leakscope's own sources, as the debug info names them.
+const OWN_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+
+impl Role {
+    /// By name where the name is qualified; by source file too, because the
+    /// names of inlined frames in line-tables-only debug info are bare
+    /// (`alloc`, `with_capacity<u8>`).
+    fn of(name: &str, path: Option<&str>) -> Role {
+        let path = path.unwrap_or("");
+        if is_alloc_shim(name) {
+            Role::Shim
+        } else if is_tracker_frame(name) || path.starts_with(OWN_SRC) {
+            Role::Tracker
+        } else if is_std_alloc_frame(name) || is_std_alloc_file(path) {
+            Role::Plumbing
+        } else {
+            Role::User
+        }
+    }
+}
+
 /// Symbolizes return addresses, each once per report.
 #[derive(Default)]
 struct Symbolizer {
-    cache: HashMap<usize, Vec<Frame>>,
+    cache: HashMap<usize, Vec<(Frame, Role)>>,
     cwd: Option<String>,
 }
 
 impl Symbolizer {
     /// The frames of a stack, innermost first, allocator frames left out.
     fn stack(&mut self, ips: &[usize]) -> Vec<Frame> {
-        let mut frames: Vec<Frame> = Vec::new();
+        let mut frames = Vec::new();
         for &ip in ips {
             if !self.cache.contains_key(&ip) {
                 let resolved = self.resolve(ip);
@@ -280,7 +314,7 @@ impl Symbolizer {
         strip_allocator_frames(frames)
     }
 
-    fn resolve(&mut self, ip: usize) -> Vec<Frame> {
+    fn resolve(&mut self, ip: usize) -> Vec<(Frame, Role)> {
         if self.cwd.is_none() {
             let mut cwd = std::env::current_dir()
                 .map(|p| p.display().to_string())
@@ -294,27 +328,29 @@ impl Symbolizer {
         let mut out = Vec::new();
         // A return address points after the call; the call itself is one byte before.
         backtrace::resolve(ip.saturating_sub(1) as *mut std::ffi::c_void, |sym| {
-            let file = sym.filename().map(|p| {
-                let p = p.display().to_string();
-                match p.strip_prefix(cwd) {
-                    Some(rel) if !cwd.is_empty() => rel.to_owned(),
-                    _ => p,
-                }
+            let path = sym.filename().map(|p| p.display().to_string());
+            let function = sym.name().map(|n| format!("{n:#}"));
+            let role = Role::of(function.as_deref().unwrap_or(""), path.as_deref());
+            let file = path.map(|p| match p.strip_prefix(cwd) {
+                Some(rel) if !cwd.is_empty() => rel.to_owned(),
+                _ => p,
             });
-            out.push(Frame {
+            let frame = Frame {
                 ip,
-                function: sym.name().map(|n| format!("{n:#}")),
+                function,
                 file,
                 line: sym.lineno(),
-            });
+            };
+            out.push((frame, role));
         });
         if out.is_empty() {
-            out.push(Frame {
+            let frame = Frame {
                 ip,
                 function: None,
                 file: None,
                 line: None,
-            });
+            };
+            out.push((frame, Role::User));
         }
         out
     }
@@ -323,29 +359,29 @@ impl Symbolizer {
 /// Leaves out the frames of the tracker, the allocator shims and the standard
 /// library's allocation plumbing (`alloc::`, `core::`), so that the first frame
 /// is the user's code that allocated. Keeps everything if that would leave nothing.
-fn strip_allocator_frames(frames: Vec<Frame>) -> Vec<Frame> {
-    let name = |f: &Frame| f.function.clone().unwrap_or_default();
+fn strip_allocator_frames(frames: Vec<(Frame, Role)>) -> Vec<Frame> {
     // Everything up to the global allocator's entry (`__rust_alloc` and
     // friends) is the allocator itself; without a shim in the stack (a direct
-    // `GlobalAlloc` call), the leading frames of the tracker are.
-    let own = match frames.iter().position(|f| is_alloc_shim(&name(f))) {
+    // `GlobalAlloc` call, or a shim inlined away), the leading frames of the
+    // tracker are.
+    let own = match frames.iter().position(|(_, r)| *r == Role::Shim) {
         Some(i) => i + 1,
         None => frames
             .iter()
-            .position(|f| !is_tracker_frame(&name(f)))
+            .position(|(_, r)| *r != Role::Tracker)
             .unwrap_or(frames.len()),
     };
     let user = frames
         .iter()
         .skip(own)
-        .position(|f| !is_std_alloc_frame(&name(f)))
+        .position(|(_, r)| !matches!(r, Role::Plumbing | Role::Tracker))
         .map(|i| i + own);
     let start = match user {
         Some(i) => i,
         None if own < frames.len() => own,
         None => 0,
     };
-    frames.into_iter().skip(start).collect()
+    frames.into_iter().skip(start).map(|(f, _)| f).collect()
 }
 
 fn is_alloc_shim(f: &str) -> bool {
@@ -381,6 +417,12 @@ fn is_std_alloc_frame(f: &str) -> bool {
     crate_of(path)
 }
 
+/// The sources of the standard library's `alloc` and `core` crates, wherever
+/// the toolchain put them (`/rustc/<hash>/library/alloc/src/...`).
+fn is_std_alloc_file(path: &str) -> bool {
+    path.contains("/library/alloc/src/") || path.contains("/library/core/src/")
+}
+
 /// Whether `f` is the runtime's frame just below `main`, where a stack shown to
 /// a person can stop.
 pub(crate) fn is_runtime_boundary(f: &Frame) -> bool {
@@ -393,13 +435,18 @@ pub(crate) fn is_runtime_boundary(f: &Frame) -> bool {
 mod tests {
     use super::*;
 
-    fn frame(name: &str) -> Frame {
-        Frame {
+    fn frame(name: &str) -> (Frame, Role) {
+        frame_in(name, None)
+    }
+
+    fn frame_in(name: &str, file: Option<&str>) -> (Frame, Role) {
+        let f = Frame {
             ip: 1,
             function: Some(name.to_owned()),
-            file: None,
+            file: file.map(str::to_owned),
             line: None,
-        }
+        };
+        (f, Role::of(name, file))
     }
 
     fn names(frames: &[Frame]) -> Vec<&str> {
@@ -460,6 +507,28 @@ mod tests {
                 "app::direct_call",
                 "std::sys::backtrace::__rust_begin_short_backtrace"
             ]
+        );
+    }
+
+    #[test]
+    fn bare_inlined_names_are_told_apart_by_file() {
+        // Release builds with line-tables-only debug info: inlined frames
+        // carry bare names, and no shim frame is left.
+        let own = format!("{OWN_SRC}tracker.rs");
+        let frames = vec![
+            frame_in("on_alloc", Some(&own)),
+            frame_in("alloc", Some("/rustc/59807616e/library/alloc/src/alloc.rs")),
+            frame_in(
+                "with_capacity<u8>",
+                Some("/rustc/59807616e/library/alloc/src/vec/mod.rs"),
+            ),
+            frame_in("repeat", Some("/rustc/59807616e/library/alloc/src/str.rs")),
+            frame_in("json_site", Some("/home/u/app/src/main.rs")),
+            frame_in("main", Some("/home/u/app/src/main.rs")),
+        ];
+        assert_eq!(
+            names(&strip_allocator_frames(frames)),
+            ["json_site", "main"]
         );
     }
 
