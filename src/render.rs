@@ -101,7 +101,7 @@ impl Report {
                     plural(s.outstanding_blocks, "block", "blocks"),
                     Thousands(s.outstanding_bytes),
                     PerRun(s.blocks_per_run()),
-                    PerRun(s.bytes_per_run()),
+                    PerRun(s.bytes_per_run().round()),
                     width = width + 1,
                 )?;
             }
