@@ -47,7 +47,7 @@ fn tracking() -> bool {
 fn mode_is_leakscope() -> bool {
     // SAFETY: as above; the value is read in place, not copied.
     let v = unsafe { std::ffi::CStr::from_ptr(libc::getenv(c"LEAKSCOPE_BENCH_MODE".as_ptr())) };
-    v.to_bytes() == b"leakscope"
+    v.to_bytes().starts_with(b"leakscope")
 }
 
 // SAFETY: forwards every call to one of two allocators, the same one for the
@@ -178,7 +178,7 @@ fn child(mode: &str) {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
-    let tracked = mode == "leakscope";
+    let tracked = mode.starts_with("leakscope");
     assert_eq!(
         tracking(),
         tracked,
@@ -186,7 +186,7 @@ fn child(mode: &str) {
     );
     LEAKED.lock().unwrap().reserve(REQUESTS / 100);
     let start = Instant::now();
-    let bytes = workload(threads, tracked);
+    let bytes = workload(threads, mode == "leakscope");
     let secs = start.elapsed().as_secs_f64();
     // SAFETY: getrusage fills a zeroed struct.
     let rss_kib = unsafe {
@@ -216,10 +216,11 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
     let exe = std::env::current_exe().unwrap();
-    let modes = ["system", "leakscope"];
+    // leakscope-sites: call-sites only, no scopes; leakscope: both (full tracking).
+    let modes = ["system", "leakscope-sites", "leakscope"];
     println!("workload: {REQUESTS} requests, {rounds} rounds, median of each; responses freed on a writer thread");
     println!(
-        "{:<8} {:<10} {:>10} {:>12} {:>8}",
+        "{:<8} {:<16} {:>10} {:>12} {:>8}",
         "workers", "allocator", "seconds", "peak RSS", "ratio"
     );
     for threads in [1usize, 2] {
@@ -249,7 +250,7 @@ fn main() {
         for (m, mode) in modes.iter().enumerate() {
             let t = median(&mut secs[m]);
             println!(
-                "{:<8} {:<10} {:>10.3} {:>9} MiB {:>7.2}x",
+                "{:<8} {:<16} {:>10.3} {:>9} MiB {:>7.2}x",
                 threads,
                 mode,
                 t,

@@ -5,13 +5,15 @@
 //! in-place `realloc`, passes through frees of blocks the tracker never saw, and
 //! lets a report enumerate the live blocks.
 //!
-//! Sharded by 64 MiB address region: glibc, jemalloc and mimalloc give each
-//! thread its own regions, so threads mostly take different locks and do not
-//! bounce one cache line between cores. Must never allocate through the global
+//! Sharded by a hash of the address: a block is allocated on one thread and
+//! often freed on another (a response handed to a writer), so sharding by
+//! thread or by the allocator's per-thread regions would put both threads on
+//! one lock; with many small shards picked by hash, two threads rarely meet. Must never allocate through the global
 //! allocator (tables grow in libc's memory) and never hold a lock while calling
 //! anything that could re-enter the tracker.
 
 use crate::sync::{mix, MetaAlloc, SpinLock};
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
 /// What the tracker keeps per live block.
@@ -26,8 +28,7 @@ pub(crate) struct Meta {
     pub(crate) run_gen: u32,
 }
 
-const SHARDS: usize = 64;
-const REGION_SHIFT: u32 = 26;
+const SHARDS: usize = 256;
 
 #[repr(align(64))]
 struct Shard(SpinLock<HashTable<(usize, Meta), MetaAlloc>>);
@@ -35,9 +36,11 @@ struct Shard(SpinLock<HashTable<(usize, Meta), MetaAlloc>>);
 static TABLE: [Shard; SHARDS] =
     [const { Shard(SpinLock::new(HashTable::new_in(MetaAlloc {}))) }; SHARDS];
 
+/// The shard of a block, from bits of its hash that the table's own probing
+/// (low bits) and tags (top 7 bits) do not use.
 #[inline]
-fn shard(addr: usize) -> &'static Shard {
-    let i = mix((addr >> REGION_SHIFT) as u64) as usize % SHARDS;
+fn shard(h: u64) -> &'static Shard {
+    let i = (h >> 32) as usize % SHARDS;
     // `i < SHARDS`, so this never falls back; the fallback only avoids a panic path.
     TABLE.get(i).unwrap_or(&TABLE[0])
 }
@@ -59,23 +62,28 @@ pub(crate) enum Inserted {
 #[inline]
 pub(crate) fn insert(addr: usize, meta: Meta) -> Inserted {
     let h = hash(addr);
-    let mut t = shard(addr).0.lock();
-    if let Some(entry) = t.find_mut(h, |e| e.0 == addr) {
-        let old = entry.1;
-        entry.1 = meta;
-        return Inserted::Replaced(old);
-    }
+    let mut t = shard(h).0.lock();
+    // Room first, so that `entry` below never has to grow the table (its own
+    // growth would abort on failure instead of reporting it).
     if t.try_reserve(1, |e| hash(e.0)).is_err() {
-        return Inserted::Dropped;
+        return match t.find_mut(h, |e| e.0 == addr) {
+            Some(entry) => Inserted::Replaced(std::mem::replace(&mut entry.1, meta)),
+            None => Inserted::Dropped,
+        };
     }
-    t.insert_unique(h, (addr, meta), |e| hash(e.0));
-    Inserted::New
+    match t.entry(h, |e| e.0 == addr, |e| hash(e.0)) {
+        Entry::Occupied(mut e) => Inserted::Replaced(std::mem::replace(&mut e.get_mut().1, meta)),
+        Entry::Vacant(e) => {
+            e.insert((addr, meta));
+            Inserted::New
+        }
+    }
 }
 
 #[inline]
 pub(crate) fn remove(addr: usize) -> Option<Meta> {
     let h = hash(addr);
-    let mut t = shard(addr).0.lock();
+    let mut t = shard(h).0.lock();
     t.find_entry(h, |e| e.0 == addr)
         .ok()
         .map(|e| e.remove().0 .1)

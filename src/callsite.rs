@@ -87,11 +87,13 @@ static COUNT: AtomicU32 = AtomicU32::new(1);
 static INDEX: SpinLock<HashTable<u32, MetaAlloc>> = SpinLock::new(HashTable::new_in(MetaAlloc {}));
 
 /// Number of ids handed out (ids are `0..count()`).
+#[inline]
 pub(crate) fn count() -> u32 {
     COUNT.load(Ordering::Acquire)
 }
 
 /// The site with this id, if the id was handed out.
+#[inline]
 pub(crate) fn get(id: u32) -> Option<&'static Site> {
     if id >= count() {
         return if id == OTHER { other() } else { None };
@@ -103,34 +105,39 @@ fn other() -> Option<&'static Site> {
     chunk(0).and_then(|c| c.first())
 }
 
+#[inline]
 fn slot(id: u32) -> Option<&'static Site> {
     let id = id as usize;
     chunk(id / CHUNK).and_then(|c| c.get(id % CHUNK))
 }
 
 /// The chunk at `index`, made on first use (zeroed sites are valid, empty sites).
+#[inline]
 fn chunk(index: usize) -> Option<&'static [Site; CHUNK]> {
     let cell = ARENA.get(index)?;
     let mut p = cell.load(Ordering::Acquire);
     if p.is_null() {
-        let fresh = leak_zeroed::<[Site; CHUNK]>();
-        if fresh.is_null() {
+        p = new_chunk(cell);
+        if p.is_null() {
             return None;
         }
-        p = match cell.compare_exchange(
-            std::ptr::null_mut(),
-            fresh,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => fresh,
-            // Another thread made it first; our zeroed chunk stays unused (rare, small).
-            Err(existing) => existing,
-        };
     }
     // SAFETY: chunks are never freed, and all-zero bytes are a valid `Site`
     // (atomics and integers), so a shared reference for 'static is sound.
     Some(unsafe { &*p })
+}
+
+#[cold]
+fn new_chunk(cell: &AtomicPtr<[Site; CHUNK]>) -> *mut [Site; CHUNK] {
+    let fresh = leak_zeroed::<[Site; CHUNK]>();
+    if fresh.is_null() {
+        return fresh;
+    }
+    match cell.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => fresh,
+        // Another thread made it first; our zeroed chunk stays unused (rare, small).
+        Err(existing) => existing,
+    }
 }
 
 /// The id of this stack, interning it on first sight.

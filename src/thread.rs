@@ -76,6 +76,8 @@ const CACHE: usize = 256;
 struct CacheEntry {
     hash: u64,
     id: u32,
+    /// The site of `id` (null in a zeroed entry).
+    site: *const callsite::Site,
 }
 
 /// One thread's counters. Lives for the rest of the process once made.
@@ -121,21 +123,29 @@ impl Slot {
             .flatten()
     }
 
-    /// The call-site id of `frames`, from the cache or the shared table.
+    /// The call-site of `frames`, from the cache or the shared table.
     #[inline]
-    fn intern(&self, frames: &[usize]) -> u32 {
+    fn intern(&self, frames: &[usize]) -> SiteRef {
         let hash = unwind::hash_frames(frames);
         // SAFETY: the cache is only used by the slot's owner, which is us.
         let cache = unsafe { &mut *self.cache.get() };
         let Some(entry) = cache.get_mut(hash as usize % CACHE) else {
-            return OTHER;
+            return SiteRef::other();
         };
-        if entry.hash == hash && callsite::get(entry.id).is_some_and(|s| s.matches(hash, frames)) {
-            return entry.id;
+        // SAFETY: a non-null `site` was a `&'static Site` (sites are never freed).
+        if let Some(site) = unsafe { entry.site.as_ref() } {
+            if entry.hash == hash && site.matches(hash, frames) {
+                return SiteRef { id: entry.id, site: Some(site) };
+            }
         }
         let id = callsite::intern(hash, frames);
-        *entry = CacheEntry { hash, id };
-        id
+        let site = callsite::get(id);
+        *entry = CacheEntry {
+            hash,
+            id,
+            site: site.map_or(std::ptr::null(), |s| s as *const _),
+        };
+        SiteRef { id, site }
     }
 }
 
@@ -220,6 +230,22 @@ impl Drop for SlotRelease {
     }
 }
 
+/// A call-site id with its site, looked up once per allocation.
+#[derive(Clone, Copy)]
+pub(crate) struct SiteRef {
+    pub(crate) id: u32,
+    pub(crate) site: Option<&'static callsite::Site>,
+}
+
+impl SiteRef {
+    fn other() -> SiteRef {
+        SiteRef {
+            id: OTHER,
+            site: callsite::get(OTHER),
+        }
+    }
+}
+
 /// What the allocation path sees of the current thread while tracking.
 pub(crate) struct Tracking<'a> {
     state: &'a State,
@@ -227,9 +253,9 @@ pub(crate) struct Tracking<'a> {
 }
 
 impl Tracking<'_> {
-    /// Captures the current stack and returns its call-site id.
+    /// Captures the current stack and returns its call-site.
     #[inline]
-    pub(crate) fn callsite(&self) -> u32 {
+    pub(crate) fn callsite(&self) -> SiteRef {
         let bounds = match self.state.bounds.get() {
             Some(b) => b,
             None => {
@@ -244,9 +270,9 @@ impl Tracking<'_> {
     }
 
     #[inline]
-    pub(crate) fn count_alloc(&self, site: u32, size: usize) {
+    pub(crate) fn count_alloc(&self, site: SiteRef, size: usize) {
         self.slot.totals.on_alloc(size, &TOTAL_PEAK);
-        if let (Some(c), Some(s)) = (self.slot.site(site), callsite::get(site)) {
+        if let (Some(c), Some(s)) = (self.slot.site(site.id), site.site) {
             c.on_alloc(size, &s.peak);
         }
     }

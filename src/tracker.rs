@@ -10,7 +10,7 @@
 
 use crate::blocks::{self, Inserted, Meta};
 use crate::scope;
-use crate::thread::{self, Tracking};
+use crate::thread::{self, SiteRef, Tracking};
 use std::alloc::{GlobalAlloc, Layout, System};
 
 /// A global allocator that counts live blocks per call-site and per scope.
@@ -129,21 +129,21 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
     let (scope, run_slot, run_gen) = if run.is_null() {
         (0, 0, 0)
     } else {
-        scope::record_alloc(run, site, size)
+        scope::record_alloc(run, site.id, size)
     };
     let meta = Meta {
         size,
-        site,
+        site: site.id,
         scope,
         run_slot,
         run_gen,
     };
-    put(t, addr, meta);
+    put(t, addr, meta, site);
 }
 
-/// Enters `meta` in the table and the counters.
+/// Enters `meta` (of call-site `site`) in the table and the counters.
 #[inline]
-fn put(t: &Tracking<'_>, addr: usize, meta: Meta) {
+fn put(t: &Tracking<'_>, addr: usize, meta: Meta, site: SiteRef) {
     match blocks::insert(addr, meta) {
         Inserted::New => {}
         Inserted::Replaced(stale) => count_free(t, &stale),
@@ -152,7 +152,7 @@ fn put(t: &Tracking<'_>, addr: usize, meta: Meta) {
             return;
         }
     }
-    t.count_alloc(meta.site, meta.size);
+    t.count_alloc(site, meta.size);
 }
 
 #[inline]
