@@ -18,12 +18,14 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 // ---------------------------------------------------------------- scope names
 
 pub(crate) struct ScopeEntry {
+    pub(crate) id: u32,
     pub(crate) name: String,
     pub(crate) runs: AtomicU64,
 }
@@ -37,22 +39,55 @@ struct Names {
 
 static NAMES: Lazy<RwLock<Names>> = Lazy::new(Default::default);
 
-fn intern_name(name: &str) -> u32 {
+const NAME_CACHE: usize = 32;
+
+thread_local! {
+    /// Names this thread opened lately, so that a request's scope costs no
+    /// shared lock: direct-mapped by a hash of the name, checked by content.
+    static RECENT_NAMES: [Cell<*const ScopeEntry>; NAME_CACHE] =
+        const { [const { Cell::new(std::ptr::null()) }; NAME_CACHE] };
+}
+
+fn name_hash(name: &str) -> usize {
+    let h = name.bytes().fold(name.len() as u64, |h, b| (h.rotate_left(5) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (h >> 32) as usize % NAME_CACHE
+}
+
+fn intern_name(name: &str) -> &'static ScopeEntry {
+    let i = name_hash(name);
+    let cached = RECENT_NAMES.try_with(|c| c.get(i).map_or(std::ptr::null(), Cell::get));
+    // SAFETY: the cache holds only leaked, never-freed entries.
+    if let Some(e) = cached.ok().and_then(|p| unsafe { p.as_ref() }) {
+        if e.name == name {
+            return e;
+        }
+    }
+    let e = intern_name_slow(name);
+    let _ = RECENT_NAMES.try_with(|c| c.get(i).map(|cell| cell.set(e)));
+    e
+}
+
+fn intern_name_slow(name: &str) -> &'static ScopeEntry {
     if let Some(&id) = NAMES.read().by_name.get(name) {
-        return id;
+        if let Some(e) = scope_entry(id) {
+            return e;
+        }
     }
     let mut names = NAMES.write();
     if let Some(&id) = names.by_name.get(name) {
-        return id;
+        if let Some(e) = names.list.get(id as usize - 1) {
+            return e;
+        }
     }
+    let id = names.list.len() as u32 + 1;
     let entry: &'static ScopeEntry = Box::leak(Box::new(ScopeEntry {
+        id,
         name: name.to_owned(),
         runs: AtomicU64::new(0),
     }));
     names.list.push(entry);
-    let id = names.list.len() as u32;
     names.by_name.insert(name.to_owned(), id);
-    id
+    entry
 }
 
 /// The entry of scope id `id` (ids start at 1).
@@ -66,46 +101,70 @@ pub(crate) fn scope_entry(id: u32) -> Option<&'static ScopeEntry> {
 
 /// Every scope name seen so far, with its id.
 pub(crate) fn scope_entries() -> Vec<(u32, &'static ScopeEntry)> {
-    NAMES
-        .read()
-        .list
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (i as u32 + 1, *e))
-        .collect()
+    NAMES.read().list.iter().map(|e| (e.id, *e)).collect()
 }
 
 // ---------------------------------------------------------------- run records
+//
+// A run is written by one thread at a time: the thread that has it entered
+// (its owner), since only that thread allocates into it. The owner counts its
+// allocations, and its own frees of the run's blocks, in the run's fixed site
+// table with plain loads and stores: no lock, no locked instruction. A block
+// freed by any other thread is counted under the run's lock, in separate
+// fields, and so is closing the run: the lock orders those frees against the
+// close, so a free never lands in a run that was closed and reused.
 
-/// Per call-site counts of one run.
+/// Call-sites a run counts without a lock; more spill into a locked table.
+const RUN_SITES: usize = 64;
+/// How far the fixed table is probed before spilling.
+const PROBES: usize = 8;
+
+/// One call-site's counts in one run's fixed table. `key` is the call-site
+/// id + 1 (0: empty). Only the owner writes these, with plain stores.
+#[derive(Default)]
+struct SiteSlot {
+    key: AtomicU32,
+    allocated_blocks: AtomicU64,
+    allocated_bytes: AtomicU64,
+    own_freed_blocks: AtomicU64,
+    own_freed_bytes: AtomicU64,
+}
+
+/// Counts kept under the lock: for call-sites past the fixed table, and for
+/// frees by other threads than the owner.
 #[derive(Clone, Copy, Default)]
 struct SiteRun {
     site: u32,
     allocated_blocks: u64,
     allocated_bytes: u64,
-    live_blocks: u64,
-    live_bytes: u64,
+    freed_blocks: u64,
+    freed_bytes: u64,
 }
 
-struct RunData {
-    /// Bumped when the run closes, so frees of its blocks after that are ignored.
-    gen: u32,
-    scope: u32,
-    open: bool,
-    sites: HashTable<SiteRun, MetaAlloc>,
+struct Locked {
+    /// Blocks and bytes other threads freed, per slot of the fixed table.
+    remote_freed: [(u64, u64); RUN_SITES],
+    /// Call-sites that did not fit in the fixed table.
+    spilled: HashTable<SiteRun, MetaAlloc>,
     next_free: u32,
 }
 
-/// One open scope run. Records are pooled and never freed.
+/// One scope run. Records are pooled and never freed.
 pub(crate) struct RunRecord {
-    data: SpinLock<RunData>,
+    slot: u32,
+    /// Bumped when the run closes, so frees of its blocks after that are ignored.
+    gen: AtomicU32,
+    scope: AtomicU32,
+    /// Token of the thread that has this run entered now (0: none).
+    owner: AtomicUsize,
     /// The next outer run on the thread that has this one entered.
     parent: AtomicPtr<RunRecord>,
-    slot: u32,
+    sites: [SiteSlot; RUN_SITES],
+    locked: SpinLock<Locked>,
 }
 
-const RUN_CHUNK: usize = 256;
-const RUN_CHUNKS: usize = 256;
+const RUN_CHUNK: usize = 64;
+const RUN_CHUNKS: usize = 1024;
 
 static RUNS: [AtomicPtr<RunRecord>; RUN_CHUNKS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; RUN_CHUNKS];
@@ -120,6 +179,7 @@ static FREE: SpinLock<FreeList> = SpinLock::new(FreeList { head: 0, high: 0 });
 /// A copy of `FreeList::high` readable without the lock (for the fork handlers).
 static FREE_HIGH: AtomicU32 = AtomicU32::new(0);
 
+#[inline]
 fn run_record(slot: u32) -> Option<&'static RunRecord> {
     let slot = slot as usize;
     let chunk = RUNS.get(slot / RUN_CHUNK)?.load(Ordering::Acquire);
@@ -141,15 +201,17 @@ fn new_chunk(index: usize) -> *mut RunRecord {
     }
     for i in 0..RUN_CHUNK {
         let record = RunRecord {
-            data: SpinLock::new(RunData {
-                gen: 1,
-                scope: 0,
-                open: false,
-                sites: HashTable::new_in(MetaAlloc {}),
+            slot: (index * RUN_CHUNK + i) as u32,
+            gen: AtomicU32::new(1),
+            scope: AtomicU32::new(0),
+            owner: AtomicUsize::new(0),
+            parent: AtomicPtr::new(std::ptr::null_mut()),
+            sites: std::array::from_fn(|_| SiteSlot::default()),
+            locked: SpinLock::new(Locked {
+                remote_freed: [(0, 0); RUN_SITES],
+                spilled: HashTable::new_in(MetaAlloc {}),
                 next_free: 0,
             }),
-            parent: AtomicPtr::new(std::ptr::null_mut()),
-            slot: (index * RUN_CHUNK + i) as u32,
         };
         // SAFETY: `i < RUN_CHUNK`, inside the allocation made for RUN_CHUNK records.
         unsafe { p.add(i).write(record) };
@@ -162,7 +224,7 @@ fn acquire_record() -> Option<&'static RunRecord> {
     let mut free = FREE.lock();
     if free.head != 0 {
         let rec = run_record(free.head)?;
-        free.head = rec.data.lock().next_free;
+        free.head = rec.locked.lock().next_free;
         return Some(rec);
     }
     let slot = free.high.checked_add(1)?;
@@ -182,7 +244,7 @@ fn acquire_record() -> Option<&'static RunRecord> {
 
 fn release_record(rec: &'static RunRecord) {
     let mut free = FREE.lock();
-    rec.data.lock().next_free = free.head;
+    rec.locked.lock().next_free = free.head;
     free.head = rec.slot;
 }
 
@@ -190,120 +252,207 @@ fn site_hash(site: u32) -> u64 {
     crate::sync::mix(site as u64)
 }
 
-/// The tag of a block allocated now in `run`: (scope id, run slot, generation).
-/// Allocation path: takes the run's spin lock, grows its table in libc memory.
+#[inline]
+fn bump(c: &AtomicU64, by: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+}
+
+impl RunRecord {
+    /// The fixed-table slot of call-site `site`; with `claim`, an empty slot is
+    /// taken for it. `None`: the site is (or goes) in the spilled table.
+    #[inline]
+    fn find(&self, site: u32, claim: bool) -> Option<&SiteSlot> {
+        let key = site.wrapping_add(1);
+        let start = site_hash(site) as usize;
+        for i in 0..PROBES {
+            let slot = self.sites.get((start + i) % RUN_SITES)?;
+            match slot.key.load(Ordering::Acquire) {
+                k if k == key => return Some(slot),
+                0 if claim => {
+                    // Counters of an empty slot are zero; publishing the key is
+                    // all it takes (only the owner claims).
+                    slot.key.store(key, Ordering::Release);
+                    return Some(slot);
+                }
+                0 => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn index_of(&self, slot: &SiteSlot) -> usize {
+        (slot as *const SiteSlot as usize - self.sites.as_ptr() as usize) / std::mem::size_of::<SiteSlot>()
+    }
+}
+
+/// The tag of a block allocated now in `run` by its owner: (scope id, run
+/// slot, generation). Allocation path: no lock unless the run has more
+/// call-sites than its fixed table holds.
 #[inline]
 pub(crate) fn record_alloc(run: *const RunRecord, site: u32, size: usize) -> (u32, u32, u32) {
     // SAFETY: a thread's current run is a pooled record, never freed.
     let Some(rec) = (unsafe { run.as_ref() }) else {
         return (0, 0, 0);
     };
-    let mut d = rec.data.lock();
-    let h = site_hash(site);
     let size = size as u64;
-    match d.sites.find_mut(h, |s| s.site == site) {
-        Some(s) => {
-            s.allocated_blocks += 1;
-            s.allocated_bytes += size;
-            s.live_blocks += 1;
-            s.live_bytes += size;
+    match rec.find(site, true) {
+        Some(slot) => {
+            bump(&slot.allocated_blocks, 1);
+            bump(&slot.allocated_bytes, size);
         }
-        None => {
-            if d.sites.try_reserve(1, |s| site_hash(s.site)).is_ok() {
-                let s = SiteRun {
-                    site,
-                    allocated_blocks: 1,
-                    allocated_bytes: size,
-                    live_blocks: 1,
-                    live_bytes: size,
-                };
-                d.sites.insert_unique(h, s, |s| site_hash(s.site));
-            }
-        }
+        None => spill_alloc(rec, site, size),
     }
-    (d.scope, rec.slot, d.gen)
+    (rec.scope.load(Ordering::Relaxed), rec.slot, rec.gen.load(Ordering::Relaxed))
 }
 
-/// A block of run (`slot`, `gen`) at `site` is freed. Allocation path.
-#[inline]
-pub(crate) fn record_free(slot: u32, gen: u32, site: u32, size: usize) {
-    let Some(rec) = run_record(slot) else { return };
-    let mut d = rec.data.lock();
-    if !d.open || d.gen != gen {
+#[cold]
+fn spill_alloc(rec: &RunRecord, site: u32, size: u64) {
+    let mut l = rec.locked.lock();
+    let h = site_hash(site);
+    if let Some(s) = l.spilled.find_mut(h, |s| s.site == site) {
+        s.allocated_blocks += 1;
+        s.allocated_bytes += size;
         return;
     }
-    if let Some(s) = d.sites.find_mut(site_hash(site), |s| s.site == site) {
-        s.live_blocks = s.live_blocks.saturating_sub(1);
-        s.live_bytes = s.live_bytes.saturating_sub(size as u64);
+    if l.spilled.try_reserve(1, |s| site_hash(s.site)).is_ok() {
+        let s = SiteRun {
+            site,
+            allocated_blocks: 1,
+            allocated_bytes: size,
+            ..SiteRun::default()
+        };
+        l.spilled.insert_unique(h, s, |s| site_hash(s.site));
+    }
+}
+
+/// A block of run (`slot`, `gen`) at `site` is freed by the thread with
+/// token `me`. Allocation path.
+#[inline]
+pub(crate) fn record_free(slot: u32, gen: u32, site: u32, size: usize, me: usize) {
+    let Some(rec) = run_record(slot) else { return };
+    let size = size as u64;
+    if me != 0 && rec.owner.load(Ordering::Relaxed) == me {
+        // The owner: it alone closes the run, so the generation it reads stays.
+        if rec.gen.load(Ordering::Relaxed) != gen {
+            return;
+        }
+        if let Some(s) = rec.find(site, false) {
+            bump(&s.own_freed_blocks, 1);
+            bump(&s.own_freed_bytes, size);
+            return;
+        }
+    }
+    remote_free(rec, gen, site, size);
+}
+
+fn remote_free(rec: &RunRecord, gen: u32, site: u32, size: u64) {
+    let mut l = rec.locked.lock();
+    if rec.gen.load(Ordering::Relaxed) != gen {
+        return;
+    }
+    if let Some(s) = rec.find(site, false) {
+        let i = rec.index_of(s);
+        if let Some(r) = l.remote_freed.get_mut(i) {
+            r.0 += 1;
+            r.1 += size;
+        }
+    } else if let Some(s) = l.spilled.find_mut(site_hash(site), |s| s.site == site) {
+        s.freed_blocks += 1;
+        s.freed_bytes += size;
     }
 }
 
 /// Opens a run of scope `name`.
 fn open_run(name: &str) -> Option<&'static RunRecord> {
     thread::untracked(|| {
-        let id = intern_name(name);
-        if let Some(e) = scope_entry(id) {
-            e.runs.fetch_add(1, Ordering::Relaxed);
-        }
+        let entry = intern_name(name);
+        entry.runs.fetch_add(1, Ordering::Relaxed);
         let rec = acquire_record()?;
-        let mut d = rec.data.lock();
-        d.scope = id;
-        d.open = true;
-        d.sites.clear();
-        drop(d);
+        rec.scope.store(entry.id, Ordering::Relaxed);
         Some(rec)
     })
 }
 
-/// Closes a run and says what it left behind.
-fn close_run(rec: &'static RunRecord) -> ScopeSummary {
+/// Closes a run; with `summarize`, says what it left behind.
+fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
     thread::untracked(|| {
-        let mut d = rec.data.lock();
-        let mut summary = ScopeSummary {
-            name: scope_entry(d.scope)
-                .map(|e| e.name.clone())
-                .unwrap_or_default(),
-            ..ScopeSummary::default()
-        };
-        for s in d.sites.iter() {
-            summary.allocated_blocks += s.allocated_blocks;
-            summary.allocated_bytes += s.allocated_bytes;
-            summary.outstanding_blocks += s.live_blocks;
-            summary.outstanding_bytes += s.live_bytes;
-            summary.by_callsite.push(CallsiteCount {
-                callsite: s.site,
-                allocated_blocks: s.allocated_blocks,
-                allocated_bytes: s.allocated_bytes,
-                outstanding_blocks: s.live_blocks,
-                outstanding_bytes: s.live_bytes,
-            });
+        let mut l = rec.locked.lock();
+        let mut counts: Vec<SiteRun> = Vec::new();
+        let Locked {
+            remote_freed,
+            spilled,
+            ..
+        } = &mut *l;
+        for (s, remote) in rec.sites.iter().zip(remote_freed.iter_mut()) {
+            let key = s.key.load(Ordering::Relaxed);
+            if key == 0 {
+                continue;
+            }
+            if summarize {
+                counts.push(SiteRun {
+                    site: key - 1,
+                    allocated_blocks: s.allocated_blocks.load(Ordering::Relaxed),
+                    allocated_bytes: s.allocated_bytes.load(Ordering::Relaxed),
+                    freed_blocks: s.own_freed_blocks.load(Ordering::Relaxed) + remote.0,
+                    freed_bytes: s.own_freed_bytes.load(Ordering::Relaxed) + remote.1,
+                });
+            }
+            for c in [&s.allocated_blocks, &s.allocated_bytes, &s.own_freed_blocks, &s.own_freed_bytes] {
+                c.store(0, Ordering::Relaxed);
+            }
+            s.key.store(0, Ordering::Relaxed);
+            *remote = (0, 0);
         }
-        d.open = false;
-        d.gen = d.gen.wrapping_add(1);
-        d.sites.clear();
-        drop(d);
+        if summarize {
+            counts.extend(spilled.iter().copied());
+        }
+        spilled.clear();
+        rec.gen.fetch_add(1, Ordering::Release);
+        let scope = rec.scope.load(Ordering::Relaxed);
+        drop(l);
         release_record(rec);
-        summary.by_callsite.sort_by(|a, b| {
-            (b.outstanding_bytes, b.allocated_bytes, a.callsite).cmp(&(
-                a.outstanding_bytes,
-                a.allocated_bytes,
-                b.callsite,
-            ))
-        });
-        summary
+        summarize.then(|| summary(scope, &counts))
     })
 }
 
-/// Makes `rec` the innermost run on this thread.
+fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
+    let mut summary = ScopeSummary {
+        name: scope_entry(scope).map(|e| e.name.clone()).unwrap_or_default(),
+        ..ScopeSummary::default()
+    };
+    for s in counts {
+        let c = CallsiteCount {
+            callsite: s.site,
+            allocated_blocks: s.allocated_blocks,
+            allocated_bytes: s.allocated_bytes,
+            outstanding_blocks: s.allocated_blocks.saturating_sub(s.freed_blocks),
+            outstanding_bytes: s.allocated_bytes.saturating_sub(s.freed_bytes),
+        };
+        summary.allocated_blocks += c.allocated_blocks;
+        summary.allocated_bytes += c.allocated_bytes;
+        summary.outstanding_blocks += c.outstanding_blocks;
+        summary.outstanding_bytes += c.outstanding_bytes;
+        summary.by_callsite.push(c);
+    }
+    summary.by_callsite.sort_by(|a, b| {
+        (b.outstanding_bytes, b.allocated_bytes, a.callsite).cmp(&(a.outstanding_bytes, a.allocated_bytes, b.callsite))
+    });
+    summary
+}
+
+/// Makes `rec` the innermost run on this thread, and this thread its owner.
 fn enter(rec: &'static RunRecord) {
     rec.parent
         .store(thread::current_run() as *mut RunRecord, Ordering::Relaxed);
+    rec.owner.store(thread::token(), Ordering::Relaxed);
     thread::set_current_run(rec);
 }
 
 /// Takes `rec` off this thread's stack of runs, wherever it is in it, so that
 /// guards dropped out of order never leave a closed run current.
 fn leave(rec: &'static RunRecord) {
+    rec.owner.store(0, Ordering::Relaxed);
     let parent = rec.parent.load(Ordering::Relaxed);
     let mut cur = thread::current_run();
     if std::ptr::eq(cur, rec) {
@@ -364,19 +513,19 @@ pub struct ScopeGuard {
 impl ScopeGuard {
     /// Closes the scope and returns what this run allocated and left behind.
     pub fn finish(mut self) -> ScopeSummary {
-        self.close().unwrap_or_default()
+        self.close(true).unwrap_or_default()
     }
 
-    fn close(&mut self) -> Option<ScopeSummary> {
+    fn close(&mut self, summarize: bool) -> Option<ScopeSummary> {
         let rec = self.rec.take()?;
         leave(rec);
-        Some(close_run(rec))
+        close_run(rec, summarize)
     }
 }
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        self.close();
+        self.close(false);
     }
 }
 
@@ -488,7 +637,7 @@ impl<F> Drop for Scoped<F> {
             unsafe { ManuallyDrop::drop(&mut self.inner) };
         }
         if let Some(rec) = rec {
-            close_run(rec);
+            close_run(rec, false);
         }
     }
 }
@@ -500,7 +649,7 @@ pub(crate) fn lock_for_fork() {
     let high = FREE_HIGH.load(Ordering::Relaxed);
     for slot in 1..=high {
         if let Some(rec) = run_record(slot) {
-            rec.data.lock_for_fork();
+            rec.locked.lock_for_fork();
         }
     }
 }
@@ -512,7 +661,7 @@ pub(crate) unsafe fn unlock_after_fork() {
     for slot in 1..=high {
         if let Some(rec) = run_record(slot) {
             // SAFETY: forwarded contract; `lock_for_fork` locked this record.
-            unsafe { rec.data.force_unlock() };
+            unsafe { rec.locked.force_unlock() };
         }
     }
     // SAFETY: forwarded contract; `lock_for_fork` took this lock.

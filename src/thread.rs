@@ -289,6 +289,12 @@ impl Tracking<'_> {
     pub(crate) fn current_run(&self) -> *const RunRecord {
         self.state.run.get()
     }
+
+    /// This thread's token: see [`token`].
+    #[inline]
+    pub(crate) fn token(&self) -> usize {
+        self.state as *const State as usize
+    }
 }
 
 /// Live bytes of the whole process, for the peak.
@@ -367,6 +373,12 @@ pub(crate) fn untracked<R>(f: impl FnOnce() -> R) -> R {
     let was = STATE.try_with(|st| st.busy.replace(true)).unwrap_or(true);
     let _restore = Restore(was);
     f()
+}
+
+/// A number no other running thread has (the address of this thread's state),
+/// 0 when the thread's locals are gone. A later thread may get it again.
+pub(crate) fn token() -> usize {
+    STATE.try_with(|st| st as *const State as usize).unwrap_or(0)
 }
 
 /// The innermost scope run open on this thread.

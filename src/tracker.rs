@@ -159,6 +159,6 @@ fn put(t: &Tracking<'_>, addr: usize, meta: Meta, site: SiteRef) {
 fn count_free(t: &Tracking<'_>, meta: &Meta) {
     t.count_free(meta.site, meta.size);
     if meta.run_slot != 0 {
-        scope::record_free(meta.run_slot, meta.run_gen, meta.site, meta.size);
+        scope::record_free(meta.run_slot, meta.run_gen, meta.site, meta.size, t.token());
     }
 }
