@@ -39,8 +39,9 @@ static TABLE: [Shard; SHARDS] =
 /// The shard of a block, from bits of its hash that the table's own probing
 /// (low bits) and tags (top 7 bits) do not use.
 #[inline]
-fn shard(h: u64) -> &'static Shard {
-    let i = (h >> 32) as usize % SHARDS;
+fn shard(addr: usize) -> &'static Shard {
+    let region = mix((addr >> 26) as u64) as usize;
+    let i = region.wrapping_add((addr >> 16) & 7) % SHARDS;
     // `i < SHARDS`, so this never falls back; the fallback only avoids a panic path.
     TABLE.get(i).unwrap_or(&TABLE[0])
 }
@@ -62,7 +63,7 @@ pub(crate) enum Inserted {
 #[inline]
 pub(crate) fn insert(addr: usize, meta: Meta) -> Inserted {
     let h = hash(addr);
-    let mut t = shard(h).0.lock();
+    let mut t = shard(addr).0.lock();
     // Room first, so that `entry` below never has to grow the table (its own
     // growth would abort on failure instead of reporting it).
     if t.try_reserve(1, |e| hash(e.0)).is_err() {
@@ -83,7 +84,7 @@ pub(crate) fn insert(addr: usize, meta: Meta) -> Inserted {
 #[inline]
 pub(crate) fn remove(addr: usize) -> Option<Meta> {
     let h = hash(addr);
-    let mut t = shard(h).0.lock();
+    let mut t = shard(addr).0.lock();
     t.find_entry(h, |e| e.0 == addr)
         .ok()
         .map(|e| e.remove().0 .1)
