@@ -218,7 +218,8 @@ fn main() {
     let exe = std::env::current_exe().unwrap();
     // leakscope-sites: call-sites only, no scopes; leakscope: both (full tracking).
     let modes = ["system", "leakscope-sites", "leakscope"];
-    println!("workload: {REQUESTS} requests, {rounds} rounds, median of each; responses freed on a writer thread");
+    println!("workload: {REQUESTS} requests per run, {rounds} rounds; responses freed on a writer thread");
+    println!("seconds: median run; ratio: median over rounds of the run's time / the System run's beside it");
     println!(
         "{:<8} {:<16} {:>10} {:>12} {:>8}",
         "workers", "allocator", "seconds", "peak RSS", "ratio"
@@ -246,16 +247,20 @@ fn main() {
                 rss[m] = rss[m].max(f.next().unwrap().parse().unwrap());
             }
         }
-        let base = median(&mut secs[0].clone());
         for (m, mode) in modes.iter().enumerate() {
-            let t = median(&mut secs[m]);
+            // Each round's ratio to the System run next to it, then the median:
+            // drift in the machine's speed between rounds cancels out.
+            let mut ratios: Vec<f64> = secs[m].iter().zip(&secs[0]).map(|(t, base)| t / base).collect();
+            let ratio = median(&mut ratios);
             println!(
-                "{:<8} {:<16} {:>10.3} {:>9} MiB {:>7.2}x",
+                "{:<8} {:<16} {:>10.3} {:>9} MiB {:>7.2}x  ({:.2}-{:.2})",
                 threads,
                 mode,
-                t,
+                median(&mut secs[m]),
                 rss[m] / 1024,
-                t / base
+                ratio,
+                ratios[0],
+                ratios[ratios.len() - 1],
             );
         }
     }

@@ -331,12 +331,14 @@ fn spill_alloc(rec: &RunRecord, site: u32, size: u64) {
 #[inline]
 pub(crate) fn record_free(slot: u32, gen: u32, site: u32, size: usize, me: usize) {
     let Some(rec) = run_record(slot) else { return };
+    // A generation only grows: once the run has closed, its blocks' frees are
+    // ignored without taking its lock (a response freed after its request).
+    if rec.gen.load(Ordering::Relaxed) != gen {
+        return;
+    }
     let size = size as u64;
     if me != 0 && rec.owner.load(Ordering::Relaxed) == me {
-        // The owner: it alone closes the run, so the generation it reads stays.
-        if rec.gen.load(Ordering::Relaxed) != gen {
-            return;
-        }
+        // The owner: it alone closes the run, so the generation it read stays.
         if let Some(s) = rec.find(site, false) {
             bump(&s.own_freed_blocks, 1);
             bump(&s.own_freed_bytes, size);

@@ -133,11 +133,15 @@ fn capture_dwarf(out: &mut Frames) -> usize {
 }
 
 /// Hash of a stack, used to intern it (every frame counts, not just the first).
+/// Each frame's term is independent of the others (its position decides its
+/// rotation), so the multiplies of a deep stack run side by side rather than
+/// as one long dependency chain.
 #[inline]
 pub(crate) fn hash_frames(frames: &[usize]) -> u64 {
     let mut h = frames.len() as u64;
-    for &ip in frames {
-        h = (h.rotate_left(5) ^ ip as u64).wrapping_mul(0x517C_C1B7_2722_0A95);
+    for (i, &ip) in frames.iter().enumerate() {
+        let term = (ip as u64).rotate_left((i as u32).wrapping_mul(13) % 64);
+        h = h.wrapping_add(term.wrapping_mul(0x517C_C1B7_2722_0A95));
     }
     crate::sync::mix(h)
 }
