@@ -15,16 +15,22 @@ use crate::unwind::{self, Frames, MAX_FRAMES};
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 
-/// A thread's running counts for one call-site (or for all of them). Written
-/// only by the owning thread (plain load + store, no locked instruction), read
-/// by reports from any thread.
+/// A thread's running counts for one call-site. Written only by the owning
+/// thread (plain load + store, no locked instruction), read by reports from
+/// any thread. Process totals are the sum over call-sites, made at report time.
 #[derive(Default)]
 pub(crate) struct Counts {
     pub(crate) alloc_blocks: AtomicU64,
     pub(crate) alloc_bytes: AtomicU64,
     pub(crate) free_blocks: AtomicU64,
     pub(crate) free_bytes: AtomicU64,
-    /// Live bytes this thread added since it last flushed into the [`Peak`].
+    drift: Drift,
+}
+
+/// Live bytes this thread added (or, negative, removed) since it last flushed
+/// them into a shared [`Peak`]. Owner-written like [`Counts`].
+#[derive(Default)]
+pub(crate) struct Drift {
     pending: AtomicI64,
 }
 
@@ -33,10 +39,7 @@ const FLUSH_BYTES: i64 = 64 * 1024;
 
 #[inline]
 fn bump(c: &AtomicU64, by: u64) {
-    c.store(
-        c.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
+    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
 }
 
 impl Counts {
@@ -44,18 +47,20 @@ impl Counts {
     fn on_alloc(&self, size: usize, peak: &Peak) {
         bump(&self.alloc_blocks, 1);
         bump(&self.alloc_bytes, size as u64);
-        self.drift(size as i64, peak);
+        self.drift.by(size as i64, peak);
     }
 
     #[inline]
     fn on_free(&self, size: usize, peak: &Peak) {
         bump(&self.free_blocks, 1);
         bump(&self.free_bytes, size as u64);
-        self.drift(-(size as i64), peak);
+        self.drift.by(-(size as i64), peak);
     }
+}
 
+impl Drift {
     #[inline]
-    fn drift(&self, by: i64, peak: &Peak) {
+    fn by(&self, by: i64, peak: &Peak) {
         let mut pending = self.pending.load(Ordering::Relaxed).wrapping_add(by);
         if by > 0 {
             peak.observe(pending);
@@ -84,7 +89,8 @@ struct CacheEntry {
 pub(crate) struct Slot {
     next: AtomicPtr<Slot>,
     in_use: AtomicBool,
-    pub(crate) totals: Counts,
+    /// Drift of the whole process's live bytes, for [`TOTAL_PEAK`].
+    total: Drift,
     sites: [AtomicPtr<[Counts; SITE_CHUNK]>; SITE_CHUNKS],
     /// Direct-mapped cache from stack hash to call-site id; owner only.
     cache: UnsafeCell<[CacheEntry; CACHE]>,
@@ -271,7 +277,7 @@ impl Tracking<'_> {
 
     #[inline]
     pub(crate) fn count_alloc(&self, site: SiteRef, size: usize) {
-        self.slot.totals.on_alloc(size, &TOTAL_PEAK);
+        self.slot.total.by(size as i64, &TOTAL_PEAK);
         if let (Some(c), Some(s)) = (self.slot.site(site.id), site.site) {
             c.on_alloc(size, &s.peak);
         }
@@ -279,7 +285,7 @@ impl Tracking<'_> {
 
     #[inline]
     pub(crate) fn count_free(&self, site: u32, size: usize) {
-        self.slot.totals.on_free(size, &TOTAL_PEAK);
+        self.slot.total.by(-(size as i64), &TOTAL_PEAK);
         if let (Some(c), Some(s)) = (self.slot.site(site), callsite::get(site)) {
             c.on_free(size, &s.peak);
         }
