@@ -96,9 +96,11 @@ pub(crate) fn init() {
             Err(msg) => warn(&format!("{msg}; no report will be written")),
         }
     }
-    // SAFETY: the three handlers are `extern "C"` functions that only take and
-    // release the tracker's spin locks.
-    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    // SAFETY: the handlers are `extern "C"` functions that only take and release
+    // the tracker's spin locks (the child's also settles young-block entries).
+
+
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork_child)) };
 }
 
 /// Writes the report when the process exits (text to stderr unless
@@ -160,6 +162,11 @@ extern "C" fn before_fork() {
     scope::lock_for_fork();
     callsite::lock_for_fork();
     blocks::lock_for_fork();
+}
+
+extern "C" fn after_fork_child() {
+    after_fork();
+    blocks::settle_after_fork();
 }
 
 extern "C" fn after_fork() {

@@ -8,6 +8,7 @@
 //! loses nothing). Must never allocate through the global allocator, never
 //! panic, and work during and after thread-local destruction.
 
+use crate::blocks::Young;
 use crate::callsite::{self, Peak, OTHER};
 use crate::scope::RunRecord;
 use crate::sync::leak_zeroed;
@@ -91,6 +92,8 @@ pub(crate) struct Slot {
     in_use: AtomicBool,
     /// Drift of the whole process's live bytes, for [`TOTAL_PEAK`].
     total: Drift,
+    /// The blocks this thread allocated lately (see [`crate::blocks`]).
+    pub(crate) young: Young,
     sites: [AtomicPtr<[Counts; SITE_CHUNK]>; SITE_CHUNKS],
     /// Direct-mapped cache from stack hash to call-site id; owner only.
     cache: UnsafeCell<[CacheEntry; CACHE]>,
@@ -166,6 +169,11 @@ pub(crate) fn slots() -> impl Iterator<Item = &'static Slot> {
         p = s.next.load(Ordering::Acquire);
         Some(s)
     })
+}
+
+/// Every thread's young-block table (of slots in use or not).
+pub(crate) fn young_tables() -> impl Iterator<Item = &'static Young> {
+    slots().map(|s| &s.young)
 }
 
 /// Takes a free slot, or makes one.
@@ -294,6 +302,12 @@ impl Tracking<'_> {
     #[inline]
     pub(crate) fn current_run(&self) -> *const RunRecord {
         self.state.run.get()
+    }
+
+    /// This thread's young-block table.
+    #[inline]
+    pub(crate) fn young(&self) -> &'static Young {
+        &self.slot.young
     }
 
     /// This thread's token: see [`token`].

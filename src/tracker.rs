@@ -83,7 +83,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // Take the old entry out first, for the same reason as in `dealloc`.
-        let old = thread::with_tracking(|_| blocks::remove(ptr as usize)).flatten();
+        let old = thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten();
         // SAFETY: forwarded contract.
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
         thread::with_tracking(|t| {
@@ -91,8 +91,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
                 // The old block is still there, unchanged: put its entry back
                 // (it was never counted as freed, so it is not counted again).
                 if let Some(meta) = old {
-                    if let Inserted::Dropped = blocks::insert(ptr as usize, meta) {
-                        crate::exit::note_untracked();
+                    match blocks::insert(t.young(), ptr as usize, meta) {
+                        Inserted::New => {}
+                        Inserted::Replaced(gone) => count_free(t, &gone),
+                        Inserted::Dropped => {
+                            crate::exit::note_untracked();
+                            count_free(t, &meta);
+                        }
                     }
                 }
                 return;
@@ -115,7 +120,7 @@ fn on_alloc(p: *mut u8, size: usize) {
 #[inline]
 fn on_free(p: *mut u8) {
     thread::with_tracking(|t| {
-        if let Some(meta) = blocks::remove(p as usize) {
+        if let Some(meta) = blocks::remove(t.young(), p as usize) {
             count_free(t, &meta);
         }
     });
@@ -144,7 +149,7 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
 /// Enters `meta` (of call-site `site`) in the table and the counters.
 #[inline]
 fn put(t: &Tracking<'_>, addr: usize, meta: Meta, site: SiteRef) {
-    match blocks::insert(addr, meta) {
+    match blocks::insert(t.young(), addr, meta) {
         Inserted::New => {}
         Inserted::Replaced(stale) => count_free(t, &stale),
         Inserted::Dropped => {
