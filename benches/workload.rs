@@ -250,7 +250,11 @@ fn main() {
         for (m, mode) in modes.iter().enumerate() {
             // Each round's ratio to the System run next to it, then the median:
             // drift in the machine's speed between rounds cancels out.
-            let mut ratios: Vec<f64> = secs[m].iter().zip(&secs[0]).map(|(t, base)| t / base).collect();
+            let mut ratios: Vec<f64> = secs[m]
+                .iter()
+                .zip(&secs[0])
+                .map(|(t, base)| t / base)
+                .collect();
             let ratio = median(&mut ratios);
             println!(
                 "{:<8} {:<16} {:>10.3} {:>9} MiB {:>7.2}x  ({:.2}-{:.2})",

@@ -13,6 +13,10 @@ fn main() {
     let scoped = std::env::var("SCOPED").is_ok();
     let t = std::time::Instant::now();
     let n = 10_000_000;
-    let s = if scoped { leakscope::track_scope("x", || work(n)) } else { work(n) };
+    let s = if scoped {
+        leakscope::track_scope("x", || work(n))
+    } else {
+        work(n)
+    };
     println!("{s} {:.1} ns/op", t.elapsed().as_nanos() as f64 / n as f64);
 }

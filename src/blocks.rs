@@ -135,7 +135,12 @@ impl Young {
             // Read before the swap: once the entry is marked freed, its owner
             // may reuse it at any time.
             let meta = e.meta();
-            return match e.addr.compare_exchange(addr, addr | FREED, Ordering::AcqRel, Ordering::Acquire) {
+            return match e.addr.compare_exchange(
+                addr,
+                addr | FREED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => Claim::Got(meta),
                 Err(now) if now == addr | MOVING => Claim::Moving,
                 // The owner moved it to the shared table meanwhile.
@@ -200,7 +205,9 @@ fn move_out(e: &YoungEntry, addr: usize, meta: Meta) -> Inserted {
     // missing it in both tables. (It may have been freed by another thread
     // since the window was scanned: then there is nothing to move.)
     if old & FLAGS == 0
-        && e.addr.compare_exchange(old, old | MOVING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        && e.addr
+            .compare_exchange(old, old | MOVING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     {
         let moved = e.meta();
         result = match insert_shared(old, moved) {
@@ -348,7 +355,11 @@ fn remove_shared(addr: usize) -> Option<Meta> {
 }
 
 fn in_shared(addr: usize) -> bool {
-    shard(addr).0.lock().find(hash(addr), |e| e.0 == addr).is_some()
+    shard(addr)
+        .0
+        .lock()
+        .find(hash(addr), |e| e.0 == addr)
+        .is_some()
 }
 
 pub(crate) fn lock_for_fork() {
@@ -375,7 +386,8 @@ pub(crate) fn settle_after_fork() {
             let a = e.addr.load(Ordering::Acquire);
             if a & MOVING != 0 {
                 let addr = a & !FLAGS;
-                e.addr.store(if in_shared(addr) { 0 } else { addr }, Ordering::Release);
+                e.addr
+                    .store(if in_shared(addr) { 0 } else { addr }, Ordering::Release);
             }
         }
     }

@@ -133,7 +133,12 @@ fn new_chunk(cell: &AtomicPtr<[Site; CHUNK]>) -> *mut [Site; CHUNK] {
     if fresh.is_null() {
         return fresh;
     }
-    match cell.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+    match cell.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
         Ok(_) => fresh,
         // Another thread made it first; our zeroed chunk stays unused (rare, small).
         Err(existing) => existing,

@@ -13,12 +13,12 @@ use crate::thread;
 use hashbrown::HashTable;
 use once_cell::sync::Lazy;
 use parking_lot::RwLock;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
-use std::cell::Cell;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
@@ -49,7 +49,9 @@ thread_local! {
 }
 
 fn name_hash(name: &str) -> usize {
-    let h = name.bytes().fold(name.len() as u64, |h, b| (h.rotate_left(5) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let h = name.bytes().fold(name.len() as u64, |h, b| {
+        (h.rotate_left(5) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    });
     (h >> 32) as usize % NAME_CACHE
 }
 
@@ -146,7 +148,6 @@ struct Locked {
     remote_freed: [(u64, u64); RUN_SITES],
     /// Call-sites that did not fit in the fixed table.
     spilled: HashTable<SiteRun, MetaAlloc>,
-    next_free: u32,
 }
 
 /// One scope run. Records are pooled and never freed.
@@ -161,6 +162,8 @@ pub(crate) struct RunRecord {
     parent: AtomicPtr<RunRecord>,
     sites: [SiteSlot; RUN_SITES],
     locked: SpinLock<Locked>,
+    /// The next record in whichever free list holds this one.
+    next_free: AtomicU32,
 }
 
 const RUN_CHUNK: usize = 64;
@@ -179,8 +182,12 @@ static FREE: SpinLock<FreeList> = SpinLock::new(FreeList { head: 0, high: 0 });
 /// A copy of `FreeList::high` readable without the lock (for the fork handlers).
 static FREE_HIGH: AtomicU32 = AtomicU32::new(0);
 
+/// The record in `slot`; `None` for slot 0, which means "no run".
 #[inline]
 fn run_record(slot: u32) -> Option<&'static RunRecord> {
+    if slot == 0 {
+        return None;
+    }
     let slot = slot as usize;
     let chunk = RUNS.get(slot / RUN_CHUNK)?.load(Ordering::Acquire);
     if chunk.is_null() {
@@ -210,8 +217,8 @@ fn new_chunk(index: usize) -> *mut RunRecord {
             locked: SpinLock::new(Locked {
                 remote_freed: [(0, 0); RUN_SITES],
                 spilled: HashTable::new_in(MetaAlloc {}),
-                next_free: 0,
             }),
+            next_free: AtomicU32::new(0),
         };
         // SAFETY: `i < RUN_CHUNK`, inside the allocation made for RUN_CHUNK records.
         unsafe { p.add(i).write(record) };
@@ -219,12 +226,47 @@ fn new_chunk(index: usize) -> *mut RunRecord {
     p
 }
 
-/// Takes a record from the pool, or `None` when 65,535 runs are open at once.
+/// Records a thread keeps for its next runs, so that opening and closing a
+/// run takes no shared lock.
+const LOCAL_RECORDS: u32 = 16;
+
+/// A thread's own free records: a list through `next_free`, and its length.
+struct LocalRecords {
+    head: Cell<u32>,
+    len: Cell<u32>,
+}
+
+impl Drop for LocalRecords {
+    /// Gives the records back to the shared pool when the thread ends.
+    fn drop(&mut self) {
+        let mut slot = self.head.replace(0);
+        while let Some(rec) = run_record(slot) {
+            slot = rec.next_free.load(Ordering::Relaxed);
+            release_shared(rec);
+        }
+    }
+}
+
+thread_local! {
+    static LOCAL: LocalRecords = const { LocalRecords { head: Cell::new(0), len: Cell::new(0) } };
+}
+
+/// Takes a record from this thread's list or the shared pool, or `None` when
+/// 65,535 runs are open at once.
 fn acquire_record() -> Option<&'static RunRecord> {
+    let local = LOCAL.try_with(|l| {
+        let rec = run_record(l.head.get())?;
+        l.head.set(rec.next_free.load(Ordering::Relaxed));
+        l.len.set(l.len.get().saturating_sub(1));
+        Some(rec)
+    });
+    if let Ok(Some(rec)) = local {
+        return Some(rec);
+    }
     let mut free = FREE.lock();
     if free.head != 0 {
         let rec = run_record(free.head)?;
-        free.head = rec.locked.lock().next_free;
+        free.head = rec.next_free.load(Ordering::Relaxed);
         return Some(rec);
     }
     let slot = free.high.checked_add(1)?;
@@ -242,9 +284,26 @@ fn acquire_record() -> Option<&'static RunRecord> {
     run_record(slot)
 }
 
+/// Returns a closed run's record: to this thread's list while it is short,
+/// else (or once the thread's locals are gone) to the shared pool.
 fn release_record(rec: &'static RunRecord) {
+    let kept = LOCAL.try_with(|l| {
+        if l.len.get() >= LOCAL_RECORDS {
+            return false;
+        }
+        rec.next_free.store(l.head.get(), Ordering::Relaxed);
+        l.head.set(rec.slot);
+        l.len.set(l.len.get() + 1);
+        true
+    });
+    if kept != Ok(true) {
+        release_shared(rec);
+    }
+}
+
+fn release_shared(rec: &'static RunRecord) {
     let mut free = FREE.lock();
-    rec.locked.lock().next_free = free.head;
+    rec.next_free.store(free.head, Ordering::Relaxed);
     free.head = rec.slot;
 }
 
@@ -254,7 +313,10 @@ fn site_hash(site: u32) -> u64 {
 
 #[inline]
 fn bump(c: &AtomicU64, by: u64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
 
 impl RunRecord {
@@ -282,7 +344,8 @@ impl RunRecord {
     }
 
     fn index_of(&self, slot: &SiteSlot) -> usize {
-        (slot as *const SiteSlot as usize - self.sites.as_ptr() as usize) / std::mem::size_of::<SiteSlot>()
+        (slot as *const SiteSlot as usize - self.sites.as_ptr() as usize)
+            / std::mem::size_of::<SiteSlot>()
     }
 }
 
@@ -303,7 +366,11 @@ pub(crate) fn record_alloc(run: *const RunRecord, site: u32, size: usize) -> (u3
         }
         None => spill_alloc(rec, site, size),
     }
-    (rec.scope.load(Ordering::Relaxed), rec.slot, rec.gen.load(Ordering::Relaxed))
+    (
+        rec.scope.load(Ordering::Relaxed),
+        rec.slot,
+        rec.gen.load(Ordering::Relaxed),
+    )
 }
 
 #[cold]
@@ -400,7 +467,12 @@ fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
                     freed_bytes: s.own_freed_bytes.load(Ordering::Relaxed) + remote.1,
                 });
             }
-            for c in [&s.allocated_blocks, &s.allocated_bytes, &s.own_freed_blocks, &s.own_freed_bytes] {
+            for c in [
+                &s.allocated_blocks,
+                &s.allocated_bytes,
+                &s.own_freed_blocks,
+                &s.own_freed_bytes,
+            ] {
                 c.store(0, Ordering::Relaxed);
             }
             s.key.store(0, Ordering::Relaxed);
@@ -420,7 +492,9 @@ fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
 
 fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
     let mut summary = ScopeSummary {
-        name: scope_entry(scope).map(|e| e.name.clone()).unwrap_or_default(),
+        name: scope_entry(scope)
+            .map(|e| e.name.clone())
+            .unwrap_or_default(),
         ..ScopeSummary::default()
     };
     for s in counts {
@@ -438,7 +512,11 @@ fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
         summary.by_callsite.push(c);
     }
     summary.by_callsite.sort_by(|a, b| {
-        (b.outstanding_bytes, b.allocated_bytes, a.callsite).cmp(&(a.outstanding_bytes, a.allocated_bytes, b.callsite))
+        (b.outstanding_bytes, b.allocated_bytes, a.callsite).cmp(&(
+            a.outstanding_bytes,
+            a.allocated_bytes,
+            b.callsite,
+        ))
     });
     summary
 }

@@ -40,7 +40,10 @@ const FLUSH_BYTES: i64 = 64 * 1024;
 
 #[inline]
 fn bump(c: &AtomicU64, by: u64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
 
 impl Counts {
@@ -144,7 +147,10 @@ impl Slot {
         // SAFETY: a non-null `site` was a `&'static Site` (sites are never freed).
         if let Some(site) = unsafe { entry.site.as_ref() } {
             if entry.hash == hash && site.matches(hash, frames) {
-                return SiteRef { id: entry.id, site: Some(site) };
+                return SiteRef {
+                    id: entry.id,
+                    site: Some(site),
+                };
             }
         }
         let id = callsite::intern(hash, frames);
@@ -398,7 +404,9 @@ pub(crate) fn untracked<R>(f: impl FnOnce() -> R) -> R {
 /// A number no other running thread has (the address of this thread's state),
 /// 0 when the thread's locals are gone. A later thread may get it again.
 pub(crate) fn token() -> usize {
-    STATE.try_with(|st| st as *const State as usize).unwrap_or(0)
+    STATE
+        .try_with(|st| st as *const State as usize)
+        .unwrap_or(0)
 }
 
 /// The innermost scope run open on this thread.
