@@ -17,6 +17,7 @@ fn shared_helper(n: usize) -> Box<[u8; 48]> {
 }
 
 #[inline(never)]
+#[allow(clippy::vec_box)] // the boxes are the planted allocations
 fn caller_alpha(out: &mut Vec<Box<[u8; 48]>>) {
     for i in 0..5 {
         out.push(shared_helper(i));
@@ -24,6 +25,7 @@ fn caller_alpha(out: &mut Vec<Box<[u8; 48]>>) {
 }
 
 #[inline(never)]
+#[allow(clippy::vec_box)]
 fn caller_beta(out: &mut Vec<Box<[u8; 48]>>) {
     for i in 0..7 {
         out.push(shared_helper(i));
