@@ -28,7 +28,8 @@
 //! ```
 //!
 //! Where the hot path lives: [`LeakTracker`]'s `GlobalAlloc` impl in
-//! `tracker.rs`, and the per-thread state it uses in `thread.rs`.
+//! `tracker.rs`, the per-thread state it uses in `thread.rs`, and the block
+//! table (per-thread young blocks, then a shared table) in `blocks.rs`.
 
 mod blocks;
 mod callsite;

@@ -8,7 +8,7 @@
 //! global allocator. Everything else runs with the thread's allocations
 //! untracked, outside the allocation path.
 
-use crate::sync::{MetaAlloc, SpinLock};
+use crate::sync::{bump, MetaAlloc, SpinLock};
 use crate::thread;
 use hashbrown::HashTable;
 use once_cell::sync::Lazy;
@@ -309,14 +309,6 @@ fn release_shared(rec: &'static RunRecord) {
 
 fn site_hash(site: u32) -> u64 {
     crate::sync::mix(site as u64)
-}
-
-#[inline]
-fn bump(c: &AtomicU64, by: u64) {
-    c.store(
-        c.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
 }
 
 impl RunRecord {

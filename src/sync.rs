@@ -119,6 +119,16 @@ pub(crate) fn leak_zeroed<T>() -> *mut T {
     unsafe { std::alloc::GlobalAlloc::alloc_zeroed(&MetaAlloc::default(), layout).cast() }
 }
 
+/// Adds to a counter that only one thread writes: a plain load and store, no
+/// locked instruction. Readers on other threads see whole values.
+#[inline]
+pub(crate) fn bump(c: &std::sync::atomic::AtomicU64, by: u64) {
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
 /// Fast 64-bit mixer (folded multiply): good high and low bits for table indexes.
 #[inline]
 pub(crate) fn mix(x: u64) -> u64 {

@@ -11,7 +11,7 @@
 use crate::blocks::Young;
 use crate::callsite::{self, Peak, OTHER};
 use crate::scope::RunRecord;
-use crate::sync::leak_zeroed;
+use crate::sync::{bump, leak_zeroed};
 use crate::unwind::{self, Frames, MAX_FRAMES};
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicU8, Ordering};
@@ -37,14 +37,6 @@ pub(crate) struct Drift {
 
 /// Live-byte drift a thread keeps to itself before it touches a shared line.
 const FLUSH_BYTES: i64 = 64 * 1024;
-
-#[inline]
-fn bump(c: &AtomicU64, by: u64) {
-    c.store(
-        c.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
-}
 
 impl Counts {
     #[inline]
