@@ -49,6 +49,11 @@ fn main() {
             "allocation_in_thread_local_destructors",
             allocation_in_thread_local_destructors,
         ),
+        (
+            "long_lived_blocks_freed_anywhere",
+            long_lived_blocks_freed_anywhere,
+        ),
+        ("fork_while_threads_allocate", fork_while_threads_allocate),
     ]);
 }
 
@@ -212,4 +217,115 @@ fn allocation_in_thread_local_destructors() {
         (8, 0),
         "the held vectors were freed in the destructors"
     );
+}
+
+#[inline(never)]
+fn planted_long_block(i: usize) -> Box<[u8]> {
+    black_box(vec![1u8; 8 + i % 8].into_boxed_slice())
+}
+
+/// More live blocks than a thread's young-block table holds, so most move to
+/// the shared table; then freed, half on another thread, half here, in a
+/// scope that outlives its run.
+fn long_lived_blocks_freed_anywhere() {
+    const N: usize = 100_000;
+    let size = |i: usize| (8 + i % 8) as u64;
+    let mut blocks: Vec<Box<[u8]>> = Vec::with_capacity(N);
+    leakscope::track_scope("long-lived", || {
+        for i in 0..N {
+            blocks.push(planted_long_block(i));
+        }
+    });
+    let s = common::site_now("planted_long_block");
+    let all_bytes: u64 = (0..N).map(size).sum();
+    assert_eq!(
+        (s.live_blocks, s.live_bytes, s.total_blocks),
+        (N as u64, all_bytes, N as u64)
+    );
+    let r = leakscope::snapshot();
+    let scope = r.scope("long-lived").unwrap();
+    assert_eq!(
+        (scope.outstanding_blocks, scope.outstanding_bytes),
+        (N as u64, all_bytes)
+    );
+
+    // Odd ones freed on another thread, even ones here.
+    let odd: Vec<Box<[u8]>> = (0..N / 2)
+        .map(|k| std::mem::take(&mut blocks[2 * k + 1]))
+        .collect();
+    std::thread::spawn(move || drop(odd)).join().unwrap();
+    let even_bytes: u64 = (0..N).step_by(2).map(size).sum();
+    let s = common::site_now("planted_long_block");
+    assert_eq!((s.live_blocks, s.live_bytes), ((N / 2) as u64, even_bytes));
+    drop(blocks);
+    let r = leakscope::snapshot();
+    let s = common::site(&r, "planted_long_block");
+    assert_eq!((s.live_blocks, s.live_bytes), (0, 0));
+    assert_eq!(r.scope("long-lived").unwrap().outstanding_blocks, 0);
+}
+
+/// `fork` while other threads allocate and free: the child must find no
+/// tracker lock held and no block half-moved, and go on tracking.
+fn fork_while_threads_allocate() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = (0..2)
+        .map(|t| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut keep = Vec::new();
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    leakscope::track_scope("busy", || keep.push(planted_long_block(i + t)));
+                    if keep.len() > 2000 {
+                        keep.drain(..1000);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        // SAFETY: the child only allocates, reads the tracker and leaves with
+        // _exit; every lock it may need is released by the fork handlers.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let before = common::site_now("fork_child_block").live_blocks;
+            let kept: Vec<Vec<u8>> = (0..100).map(|_| fork_child_block()).collect();
+            let after = common::site_now("fork_child_block").live_blocks;
+            let ok = before == 0 && after == 100 && kept.len() == 100;
+            // SAFETY: ends the child at once, without running the parent's exit hooks.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        let mut waited = 0;
+        loop {
+            // SAFETY: waits for our own child without blocking.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                break;
+            }
+            waited += 1;
+            assert!(
+                waited < 2000,
+                "the forked child hung (a lock held across fork?)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for b in busy {
+        b.join().unwrap();
+    }
+}
+
+#[inline(never)]
+fn fork_child_block() -> Vec<u8> {
+    black_box(vec![0u8; 32])
 }
