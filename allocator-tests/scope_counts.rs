@@ -36,6 +36,7 @@ fn main() {
         ("freed_after_close", freed_after_close),
         ("guards_dropped_out_of_order", guards_dropped_out_of_order),
         ("text_report_scope_table", text_report_scope_table),
+        ("run_with_a_hundred_callsites", run_with_a_hundred_callsites),
     ]);
 }
 
@@ -245,4 +246,65 @@ fn text_report_scope_table() {
         "{text}"
     );
     assert!(text.contains("leak_bytes"), "{text}");
+}
+
+#[inline(never)]
+fn site_box() -> Box<[u8; 24]> {
+    black_box(Box::new([0u8; 24]))
+}
+
+/// One run allocating at 100 call-sites (more than a run counts without a
+/// lock), with frees by its own thread and by another one while it is open.
+fn run_with_a_hundred_callsites() {
+    macro_rules! ten {
+        ($e:expr) => {
+            $e;
+            $e;
+            $e;
+            $e;
+            $e;
+            $e;
+            $e;
+            $e;
+            $e;
+            $e;
+        };
+    }
+    let mut boxes: Vec<Box<[u8; 24]>> = Vec::with_capacity(100);
+    let guard = leakscope::scope("many-sites");
+    // 100 call instructions, so 100 distinct stacks.
+    ten!(ten!(boxes.push(site_box())));
+    // The odd ones freed on another thread; the helper's own blocks (the
+    // fill-ins, the vector, the thread) belong to the inner scope.
+    leakscope::track_scope("helper", || {
+        let odd: Vec<Box<[u8; 24]>> = (0..50)
+            .map(|k| std::mem::replace(&mut boxes[2 * k + 1], Box::new([1; 24])))
+            .collect();
+        std::thread::spawn(move || drop(odd)).join().unwrap();
+        // Frees the even planted blocks 40, 42, ..., 98 here (and 30 fill-ins).
+        boxes.truncate(40);
+    });
+    let sum = guard.finish();
+    assert_eq!(sum.by_callsite.len(), 100);
+    assert!(sum
+        .by_callsite
+        .iter()
+        .all(|c| (c.allocated_blocks, c.allocated_bytes) == (1, 24)));
+    assert_eq!((sum.allocated_blocks, sum.allocated_bytes), (100, 2400));
+    // Left: the even planted blocks 0, 2, ..., 38.
+    assert_eq!((sum.outstanding_blocks, sum.outstanding_bytes), (20, 480));
+    let r = leakscope::snapshot();
+    let s = r.scope("many-sites").unwrap();
+    assert_eq!(
+        (
+            s.runs,
+            s.outstanding_blocks,
+            s.outstanding_bytes,
+            s.by_callsite.len()
+        ),
+        (1, 20, 480, 20)
+    );
+    drop(boxes);
+    let s = leakscope::snapshot().scope("many-sites").unwrap().clone();
+    assert_eq!((s.outstanding_blocks, s.outstanding_bytes), (0, 0));
 }
