@@ -37,6 +37,7 @@ fn main() {
         ("guards_dropped_out_of_order", guards_dropped_out_of_order),
         ("text_report_scope_table", text_report_scope_table),
         ("run_with_a_hundred_callsites", run_with_a_hundred_callsites),
+        ("future_polled_on_two_threads", future_polled_on_two_threads),
     ]);
 }
 
@@ -307,4 +308,60 @@ fn run_with_a_hundred_callsites() {
     drop(boxes);
     let s = leakscope::snapshot().scope("many-sites").unwrap().clone();
     assert_eq!((s.outstanding_blocks, s.outstanding_bytes), (0, 0));
+}
+
+/// A future that leaks 33 bytes on each poll and is ready after `left` polls.
+struct Steps {
+    left: u32,
+}
+
+impl std::future::Future for Steps {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        leak_bytes(33);
+        self.left -= 1;
+        if self.left == 0 {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+    use std::task::{Context, RawWaker, RawWakerVTable, Waker};
+    fn raw() -> RawWaker {
+        RawWaker::new(std::ptr::null(), &VTABLE)
+    }
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(|_| raw(), |_| {}, |_| {}, |_| {});
+    // SAFETY: the vtable's functions do nothing and never touch the data pointer.
+    let waker = unsafe { Waker::from_raw(raw()) };
+    std::pin::Pin::new(f).poll(&mut Context::from_waker(&waker))
+}
+
+/// A scoped future polled once here and once on another thread, with another
+/// scope run on this thread in between: one run, both polls' blocks in it.
+fn future_polled_on_two_threads() {
+    use leakscope::TrackScopeExt;
+    let mut fut = Box::pin(Steps { left: 2 }.track_scope("async-job"));
+    assert!(poll_once(&mut fut).is_pending());
+    leakscope::track_scope("between-polls", || leak_bytes(5));
+    leak_bytes(7); // outside every scope
+    let fut = std::thread::spawn(move || {
+        assert!(poll_once(&mut fut).is_ready());
+        fut
+    })
+    .join()
+    .unwrap();
+    drop(fut);
+    let r = leakscope::snapshot();
+    let get = |n: &str| {
+        let s = r.scope(n).unwrap();
+        (s.runs, s.outstanding_blocks, s.outstanding_bytes)
+    };
+    assert_eq!(get("async-job"), (1, 2, 66));
+    assert_eq!(get("between-polls"), (1, 1, 5));
 }
