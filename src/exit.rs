@@ -98,7 +98,6 @@ pub(crate) fn init() {
     }
     // SAFETY: the handlers are `extern "C"` functions that only take and release
     // the tracker's spin locks (the child's also settles young-block entries).
-
     unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork_child)) };
 }
 
