@@ -6,7 +6,7 @@
 //! reports what is outstanding, per call-site and per scope, with how much each
 //! scope grows per run.
 //!
-//! ```no_run
+//! ```
 //! #[global_allocator]
 //! static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 //!
