@@ -1,10 +1,12 @@
 //! The whole-program workload: a service-like loop (parse a request, build
-//! maps, format a response, leak a little), run with the System allocator and
-//! with leakscope (call-sites and scopes) in one run, at 1 and 2 worker
-//! threads, with every response freed on another thread than the one that
-//! made it. Prints the median time of each and the ratio to System.
+//! maps, format a response, leak a little), run under several allocators in
+//! one run, at 1 and 2 worker threads, with every response freed on another
+//! thread than the one that made it. Prints the median time of each and its
+//! ratio to the plain allocator it wraps.
 //!
-//! `cargo bench --bench workload` (LEAKSCOPE_BENCH_ROUNDS=N for more rounds)
+//! `cargo bench --bench workload` (LEAKSCOPE_BENCH_ROUNDS=N for more rounds,
+//! LEAKSCOPE_BENCH_MODES=system,leakscope,... for a subset, =all to add
+//! dhat-rs, which takes 20 to 50 times as long as System here)
 //!
 //! Each measurement is its own child process (this program, run with
 //! LEAKSCOPE_BENCH_MODE set), so that the allocator is chosen before the first
@@ -19,83 +21,111 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 
+use mimalloc::MiMalloc;
+
 const MODE_VAR: &str = "LEAKSCOPE_BENCH_MODE";
 const THREADS_VAR: &str = "LEAKSCOPE_BENCH_THREADS";
 const REQUESTS: usize = 200_000;
 
-/// System or leakscope, chosen once from the environment at the first allocation.
+/// The allocators under test: (mode name, the plain allocator it is compared with).
+/// `leakscope-sites` tracks call-sites only (no scopes); `leakscope` both.
+const MODES: [(&str, &str); 6] = [
+    ("system", "system"),
+    ("leakscope-sites", "system"),
+    ("leakscope", "system"),
+    ("dhat", "system"),
+    ("mimalloc", "mimalloc"),
+    ("leakscope+mimalloc", "mimalloc"),
+];
+
+/// The allocator of this process, chosen once from the environment at the
+/// first allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Mode {
+    Unknown = 0,
+    System,
+    Leakscope,
+    Dhat,
+    Mimalloc,
+    LeakscopeMimalloc,
+}
+
 struct Switch;
 
 static TRACKER: leakscope::LeakTracker = leakscope::LeakTracker::system();
-/// 0: not read yet, 1: System, 2: leakscope.
-static MODE: AtomicU8 = AtomicU8::new(0);
+static TRACKER_MI: leakscope::LeakTracker<MiMalloc> = leakscope::LeakTracker::new(MiMalloc);
+static MODE: AtomicU8 = AtomicU8::new(Mode::Unknown as u8);
 
 #[inline]
-fn tracking() -> bool {
+fn mode() -> Mode {
     match MODE.load(Ordering::Relaxed) {
-        0 => {
-            // SAFETY: getenv with a NUL-terminated name; no allocation.
-            let on = unsafe { !libc::getenv(c"LEAKSCOPE_BENCH_MODE".as_ptr()).is_null() }
-                && mode_is_leakscope();
-            MODE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        m => m == 2,
+        1 => Mode::System,
+        2 => Mode::Leakscope,
+        3 => Mode::Dhat,
+        4 => Mode::Mimalloc,
+        5 => Mode::LeakscopeMimalloc,
+        _ => read_mode(),
     }
 }
 
-fn mode_is_leakscope() -> bool {
-    // SAFETY: as above; the value is read in place, not copied.
-    let v = unsafe { std::ffi::CStr::from_ptr(libc::getenv(c"LEAKSCOPE_BENCH_MODE".as_ptr())) };
-    v.to_bytes().starts_with(b"leakscope")
+#[cold]
+fn read_mode() -> Mode {
+    // SAFETY: getenv with a NUL-terminated name; the value is read in place,
+    // not copied, so nothing allocates.
+    let value = unsafe {
+        let p = libc::getenv(c"LEAKSCOPE_BENCH_MODE".as_ptr());
+        if p.is_null() {
+            &[][..]
+        } else {
+            std::ffi::CStr::from_ptr(p).to_bytes()
+        }
+    };
+    let m = match value {
+        b"leakscope" | b"leakscope-sites" => Mode::Leakscope,
+        b"dhat" => Mode::Dhat,
+        b"mimalloc" => Mode::Mimalloc,
+        b"leakscope+mimalloc" => Mode::LeakscopeMimalloc,
+        _ => Mode::System,
+    };
+    MODE.store(m as u8, Ordering::Relaxed);
+    m
 }
 
-// SAFETY: forwards every call to one of two allocators, the same one for the
-// whole process (MODE never changes once set); both hand out System blocks.
+/// Calls `$method` on this process's allocator.
+macro_rules! dispatch {
+    ($method:ident($($arg:expr),*)) => {
+        // SAFETY: forwarded contract; the mode never changes once chosen, so a
+        // block is always freed by the allocator that made it.
+        unsafe {
+            match mode() {
+                Mode::Leakscope => TRACKER.$method($($arg),*),
+                Mode::Dhat => dhat::Alloc.$method($($arg),*),
+                Mode::Mimalloc => MiMalloc.$method($($arg),*),
+                Mode::LeakscopeMimalloc => TRACKER_MI.$method($($arg),*),
+                Mode::System | Mode::Unknown => System.$method($($arg),*),
+            }
+        }
+    };
+}
+
+// SAFETY: forwards every call to one allocator, the same for the whole process.
 unsafe impl GlobalAlloc for Switch {
     #[inline]
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        // SAFETY: forwarded contract.
-        unsafe {
-            if tracking() {
-                TRACKER.alloc(l)
-            } else {
-                System.alloc(l)
-            }
-        }
+        dispatch!(alloc(l))
     }
     #[inline]
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        // SAFETY: forwarded contract.
-        unsafe {
-            if tracking() {
-                TRACKER.alloc_zeroed(l)
-            } else {
-                System.alloc_zeroed(l)
-            }
-        }
+        dispatch!(alloc_zeroed(l))
     }
     #[inline]
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: forwarded contract.
-        unsafe {
-            if tracking() {
-                TRACKER.dealloc(p, l)
-            } else {
-                System.dealloc(p, l)
-            }
-        }
+        dispatch!(dealloc(p, l))
     }
     #[inline]
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        // SAFETY: forwarded contract.
-        unsafe {
-            if tracking() {
-                TRACKER.realloc(p, l, n)
-            } else {
-                System.realloc(p, l, n)
-            }
-        }
+        dispatch!(realloc(p, l, n))
     }
 }
 
@@ -178,15 +208,18 @@ fn child(mode: &str) {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
-    let tracked = mode.starts_with("leakscope");
+    let tracked = matches!(self::mode(), Mode::Leakscope | Mode::LeakscopeMimalloc);
     assert_eq!(
-        tracking(),
         tracked,
+        mode.starts_with("leakscope"),
         "the allocator was chosen before the environment was read"
     );
+    // dhat records only while a profiler runs; its output goes nowhere.
+    let profiler =
+        (mode == "dhat").then(|| dhat::Profiler::builder().file_name("/dev/null").build());
     LEAKED.lock().unwrap().reserve(REQUESTS / 100);
     let start = Instant::now();
-    let bytes = workload(threads, mode == "leakscope");
+    let bytes = workload(threads, tracked && mode != "leakscope-sites");
     let secs = start.elapsed().as_secs_f64();
     // SAFETY: getrusage fills a zeroed struct.
     let rss_kib = unsafe {
@@ -200,6 +233,7 @@ fn child(mode: &str) {
         assert_eq!(leaked, (REQUESTS / 100) as u64, "the planted leaks");
     }
     println!("{secs} {rss_kib} {bytes}");
+    drop(profiler);
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -215,21 +249,31 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
+    let wanted = std::env::var("LEAKSCOPE_BENCH_MODES").unwrap_or_default();
+    let named: Vec<&str> = wanted.split(',').collect();
+    let modes: Vec<(&str, &str)> = MODES
+        .iter()
+        .copied()
+        .filter(|(m, _)| match wanted.as_str() {
+            "" => *m != "dhat",
+            "all" => true,
+            // A mode named, or the plain allocator a named mode is compared with.
+            _ => named.contains(m) || MODES.iter().any(|(n, base)| named.contains(n) && base == m),
+        })
+        .collect();
     let exe = std::env::current_exe().unwrap();
-    // leakscope-sites: call-sites only, no scopes; leakscope: both (full tracking).
-    let modes = ["system", "leakscope-sites", "leakscope"];
     println!("workload: {REQUESTS} requests per run, {rounds} rounds; responses freed on a writer thread");
-    println!("seconds: median run; ratio: median over rounds of the run's time / the System run's beside it");
+    println!("seconds: median run; ratio: median over rounds of the run's time / its plain allocator's run beside it");
     println!(
-        "{:<8} {:<16} {:>10} {:>12} {:>8}",
-        "workers", "allocator", "seconds", "peak RSS", "ratio"
+        "{:<8} {:<19} {:>10} {:>12} {:>9}  {}",
+        "workers", "allocator", "seconds", "peak RSS", "ratio", "(range) vs"
     );
     for threads in [1usize, 2] {
         let mut secs: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
         let mut rss: Vec<u64> = vec![0; modes.len()];
         for _ in 0..rounds {
-            // Interleaved, so that drift in the machine's speed hits both alike.
-            for (m, mode) in modes.iter().enumerate() {
+            // Interleaved, so that drift in the machine's speed hits all alike.
+            for (m, (mode, _)) in modes.iter().enumerate() {
                 let out = Command::new(&exe)
                     .env(MODE_VAR, mode)
                     .env(THREADS_VAR, threads.to_string())
@@ -247,17 +291,20 @@ fn main() {
                 rss[m] = rss[m].max(f.next().unwrap().parse().unwrap());
             }
         }
-        for (m, mode) in modes.iter().enumerate() {
-            // Each round's ratio to the System run next to it, then the median:
-            // drift in the machine's speed between rounds cancels out.
+        for (m, (mode, base)) in modes.iter().enumerate() {
+            let Some(b) = modes.iter().position(|(name, _)| name == base) else {
+                continue;
+            };
+            // Each round's ratio to its plain allocator's run next to it, then
+            // the median: drift in the machine's speed between rounds cancels out.
             let mut ratios: Vec<f64> = secs[m]
                 .iter()
-                .zip(&secs[0])
+                .zip(&secs[b])
                 .map(|(t, base)| t / base)
                 .collect();
             let ratio = median(&mut ratios);
             println!(
-                "{:<8} {:<16} {:>10.3} {:>9} MiB {:>7.2}x  ({:.2}-{:.2})",
+                "{:<8} {:<19} {:>10.3} {:>9} MiB {:>8.2}x  ({:.2}-{:.2}) {}",
                 threads,
                 mode,
                 median(&mut secs[m]),
@@ -265,6 +312,7 @@ fn main() {
                 ratio,
                 ratios[0],
                 ratios[ratios.len() - 1],
+                base,
             );
         }
     }
