@@ -265,8 +265,8 @@ fn main() {
     println!("workload: {REQUESTS} requests per run, {rounds} rounds; responses freed on a writer thread");
     println!("seconds: median run; ratio: median over rounds of the run's time / its plain allocator's run beside it");
     println!(
-        "{:<8} {:<19} {:>10} {:>12} {:>9}  {}",
-        "workers", "allocator", "seconds", "peak RSS", "ratio", "(range) vs"
+        "{:<8} {:<19} {:>10} {:>12} {:>9}  (range) vs",
+        "workers", "allocator", "seconds", "peak RSS", "ratio"
     );
     for threads in [1usize, 2] {
         let mut secs: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
