@@ -156,13 +156,6 @@ impl Sum {
         self.free_bytes = self.free_bytes.wrapping_add(c.free_bytes.load(Relaxed));
     }
 
-    fn merge(&mut self, o: &Sum) {
-        self.alloc_blocks = self.alloc_blocks.wrapping_add(o.alloc_blocks);
-        self.alloc_bytes = self.alloc_bytes.wrapping_add(o.alloc_bytes);
-        self.free_blocks = self.free_blocks.wrapping_add(o.free_blocks);
-        self.free_bytes = self.free_bytes.wrapping_add(o.free_bytes);
-    }
-
     fn live(&self) -> (u64, u64) {
         (
             self.alloc_blocks.saturating_sub(self.free_blocks),
@@ -175,10 +168,13 @@ fn build() -> Report {
     use std::sync::atomic::Ordering::Relaxed;
     let n = callsite::count();
     let mut sums = vec![Sum::default(); n as usize];
+    // Process totals are the sum over call-sites.
+    let mut totals = Sum::default();
     for slot in thread::slots() {
         for (id, sum) in sums.iter_mut().enumerate() {
             if let Some(c) = slot.site_counts(id as u32) {
                 sum.add(c);
+                totals.add(c);
             }
         }
     }
@@ -246,10 +242,6 @@ fn build() -> Report {
             .then_with(|| a.name.cmp(&b.name))
     });
 
-    let mut totals = Sum::default();
-    for s in &sums {
-        totals.merge(s);
-    }
     let (live_blocks, live_bytes) = totals.live();
     Report {
         pid: std::process::id(),
