@@ -32,7 +32,7 @@ pub(crate) struct ScopeEntry {
 
 #[derive(Default)]
 struct Names {
-    by_name: HashMap<String, u32>,
+    by_name: HashMap<String, &'static ScopeEntry>,
     /// Index `id - 1`; id 0 means "no scope".
     list: Vec<&'static ScopeEntry>,
 }
@@ -70,16 +70,15 @@ fn intern_name(name: &str) -> &'static ScopeEntry {
 }
 
 fn intern_name_slow(name: &str) -> &'static ScopeEntry {
-    if let Some(&id) = NAMES.read().by_name.get(name) {
-        if let Some(e) = scope_entry(id) {
-            return e;
-        }
+    // One guard at a time: a second read lock taken while a writer waits
+    // would deadlock.
+    let found = NAMES.read().by_name.get(name).copied();
+    if let Some(e) = found {
+        return e;
     }
     let mut names = NAMES.write();
-    if let Some(&id) = names.by_name.get(name) {
-        if let Some(e) = names.list.get(id as usize - 1) {
-            return e;
-        }
+    if let Some(&e) = names.by_name.get(name) {
+        return e;
     }
     let id = names.list.len() as u32 + 1;
     let entry: &'static ScopeEntry = Box::leak(Box::new(ScopeEntry {
@@ -88,7 +87,7 @@ fn intern_name_slow(name: &str) -> &'static ScopeEntry {
         runs: AtomicU64::new(0),
     }));
     names.list.push(entry);
-    names.by_name.insert(name.to_owned(), id);
+    names.by_name.insert(name.to_owned(), entry);
     entry
 }
 
