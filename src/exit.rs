@@ -1,7 +1,9 @@
 //! Configuration from the environment, the report at exit, and `fork`.
 //!
-//! Owns `LEAKSCOPE_REPORT` and `LEAKSCOPE_UNWIND`, the `atexit` hook that
-//! writes the report (also after `std::process::exit`), and the `fork` hooks
+//! Owns `LEAKSCOPE_REPORT` and `LEAKSCOPE_UNWIND` (`LEAKSCOPE_SAMPLE_BYTES` is
+//! read by [`crate::sample`] before the first block is made, and a bad value
+//! is warned about here), the `atexit` hook that writes the report (also
+//! after `std::process::exit`), and the `fork` hooks
 //! that keep the child from inheriting a held lock. [`init`] runs once, inside
 //! the first allocation, with the thread's re-entrancy flag up: it may allocate
 //! (untracked) but must not block on anything the allocation path holds.
@@ -86,6 +88,12 @@ pub(crate) fn init() {
         Some(other) => warn(&format!(
             "LEAKSCOPE_UNWIND={other:?} is not fp or dwarf; using frame pointers"
         )),
+    }
+    if crate::sample::bad_value() {
+        let value = env(c"LEAKSCOPE_SAMPLE_BYTES").unwrap_or_default();
+        warn(&format!(
+            "LEAKSCOPE_SAMPLE_BYTES={value:?} is not a byte count (like 524288 or 512k); ignoring it"
+        ));
     }
     if let Some(value) = env(c"LEAKSCOPE_REPORT") {
         match Dest::parse(&value) {

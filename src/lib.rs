@@ -36,6 +36,7 @@ mod callsite;
 mod exit;
 mod render;
 mod report;
+mod sample;
 mod scope;
 mod sync;
 mod thread;

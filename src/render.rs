@@ -83,6 +83,13 @@ impl Report {
     fn write_text(&self, f: &mut Formatter<'_>) -> fmt::Result {
         let p = format!("=={}==", self.pid);
         writeln!(f, "{p} leakscope: outstanding allocations")?;
+        if self.sample_bytes != 0 {
+            writeln!(
+                f,
+                "{p} sampling: a stack per {} bytes allocated on average; call-site figures are estimates, totals and scopes are exact",
+                Thousands(self.sample_bytes)
+            )?;
+        }
         if !self.scopes.is_empty() {
             writeln!(f, "{p}")?;
             writeln!(
@@ -248,6 +255,7 @@ impl Report {
                 "peak_live_bytes": t.peak_live_bytes,
             },
             "untracked_blocks": self.untracked_blocks,
+            "sample_bytes": self.sample_bytes,
             "callsites": callsites,
             "scopes": scopes,
         })

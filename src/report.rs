@@ -7,8 +7,8 @@
 
 use crate::blocks;
 use crate::callsite;
-use crate::scope;
 use crate::thread;
+use crate::{sample, scope};
 use std::collections::HashMap;
 
 /// One frame of an allocating stack, innermost first.
@@ -111,6 +111,10 @@ pub struct Report {
     pub scopes: Vec<ScopeStats>,
     /// Blocks the tracker could not record for lack of memory for its tables.
     pub untracked_blocks: u64,
+    /// Sampling mode's mean interval in bytes, 0 in full mode. When not 0,
+    /// call-site figures (and scopes' `by_callsite`) are estimates from
+    /// sampled blocks; totals and scopes' outstanding counts are exact.
+    pub sample_bytes: u64,
 }
 
 impl Report {
@@ -166,26 +170,42 @@ impl Sum {
 
 fn build() -> Report {
     use std::sync::atomic::Ordering::Relaxed;
+    let mean = sample::current();
+    let unit = sample::block_unit();
     let n = callsite::count();
     let mut sums = vec![Sum::default(); n as usize];
-    // Process totals are the sum over call-sites.
     let mut totals = Sum::default();
+    let entries = scope::scope_entries();
+    let mut scope_sums = vec![Sum::default(); entries.len() + 1];
     for slot in thread::slots() {
+        totals.add(slot.total_counts());
         for (id, sum) in sums.iter_mut().enumerate() {
             if let Some(c) = slot.site_counts(id as u32) {
                 sum.add(c);
-                totals.add(c);
+            }
+        }
+        for (id, sum) in scope_sums.iter_mut().enumerate() {
+            if let Some(c) = slot.scope_counts(id as u32) {
+                sum.add(c);
             }
         }
     }
+    // Call-site block counts are in units of 1/`unit` block (sampling mode).
+    let blocks = |units: u64| (units + unit / 2) / unit;
 
-    // Per scope and call-site, from the live blocks themselves.
+    // Per scope and call-site, from the live blocks themselves (in sampling
+    // mode, the sampled ones, weighted).
     let mut by_scope: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
     blocks::for_each(|_, meta| {
         if meta.scope != 0 {
+            let (units, bytes) = if mean == 0 {
+                (1, meta.size as u64)
+            } else {
+                sample::weight(meta.size, mean)
+            };
             let e = by_scope.entry((meta.scope, meta.site)).or_default();
-            e.0 += 1;
-            e.1 += meta.size as u64;
+            e.0 += units;
+            e.1 += bytes;
         }
     });
 
@@ -196,12 +216,12 @@ fn build() -> Report {
         .filter(|(_, s)| s.alloc_blocks > 0)
         .filter_map(|(id, s)| {
             let site = callsite::get(id as u32)?;
-            let (live_blocks, live_bytes) = s.live();
+            let (live_units, live_bytes) = s.live();
             Some(CallsiteStats {
                 id: id as u32,
-                live_blocks,
+                live_blocks: blocks(live_units),
                 live_bytes,
-                total_blocks: s.alloc_blocks,
+                total_blocks: blocks(s.alloc_blocks),
                 total_bytes: s.alloc_bytes,
                 peak_live_bytes: site.peak.peak.load(Relaxed).max(live_bytes),
                 frames: symbols.stack(&site.frames()),
@@ -212,26 +232,30 @@ fn build() -> Report {
         (b.live_bytes, b.live_blocks, a.id).cmp(&(a.live_bytes, a.live_blocks, b.id))
     });
 
-    let mut scopes: Vec<ScopeStats> = scope::scope_entries()
+    let mut scopes: Vec<ScopeStats> = entries
         .into_iter()
         .map(|(id, entry)| {
             let mut by_callsite: Vec<ScopeCallsite> = by_scope
                 .iter()
                 .filter(|((s, _), _)| *s == id)
-                .map(|(&(_, callsite), &(blocks, bytes))| ScopeCallsite {
+                .map(|(&(_, callsite), &(units, bytes))| ScopeCallsite {
                     callsite,
-                    blocks,
+                    blocks: blocks(units),
                     bytes,
                 })
                 .collect();
             by_callsite.sort_by(|a, b| {
                 (b.bytes, b.blocks, a.callsite).cmp(&(a.bytes, a.blocks, b.callsite))
             });
+            // Exact in both modes: every block opened in a run of this
+            // scope, less every such block freed since, by any thread.
+            let (outstanding_blocks, outstanding_bytes) =
+                scope_sums.get(id as usize).map_or((0, 0), Sum::live);
             ScopeStats {
                 name: entry.name.clone(),
                 runs: entry.runs.load(Relaxed),
-                outstanding_blocks: by_callsite.iter().map(|c| c.blocks).sum(),
-                outstanding_bytes: by_callsite.iter().map(|c| c.bytes).sum(),
+                outstanding_blocks,
+                outstanding_bytes,
                 by_callsite,
             }
         })
@@ -255,6 +279,7 @@ fn build() -> Report {
         callsites,
         scopes,
         untracked_blocks: crate::exit::untracked_count(),
+        sample_bytes: mean as u64,
     }
 }
 

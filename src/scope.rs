@@ -41,6 +41,11 @@ static NAMES: Lazy<RwLock<Names>> = Lazy::new(Default::default);
 
 const NAME_CACHE: usize = 32;
 
+/// Distinct scope names kept (ids 1 to this less one); later names are
+/// counted under [`OTHER_SCOPES`].
+pub(crate) const MAX_SCOPE_NAMES: usize = crate::callsite::MAX_SITES;
+const OTHER_SCOPES: &str = "(other scopes)";
+
 thread_local! {
     /// Names this thread opened lately, so that a request's scope costs no
     /// shared lock: direct-mapped by a hash of the name, checked by content.
@@ -79,6 +84,12 @@ fn intern_name_slow(name: &str) -> &'static ScopeEntry {
     let mut names = NAMES.write();
     if let Some(&e) = names.by_name.get(name) {
         return e;
+    }
+    // Bounded: past the cap, new names share one entry (ids must fit the
+    // per-thread scope counters).
+    if names.list.len() + 2 >= MAX_SCOPE_NAMES && name != OTHER_SCOPES {
+        drop(names);
+        return intern_name_slow(OTHER_SCOPES);
     }
     let id = names.list.len() as u32 + 1;
     let entry: &'static ScopeEntry = Box::leak(Box::new(ScopeEntry {

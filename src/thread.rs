@@ -10,6 +10,7 @@
 
 use crate::blocks::Young;
 use crate::callsite::{self, Peak, OTHER};
+use crate::sample::Sampler;
 use crate::scope::RunRecord;
 use crate::sync::{bump, leak_zeroed};
 use crate::unwind::{self, Frames, MAX_FRAMES};
@@ -40,17 +41,15 @@ const FLUSH_BYTES: i64 = 64 * 1024;
 
 impl Counts {
     #[inline]
-    fn on_alloc(&self, size: usize, peak: &Peak) {
-        bump(&self.alloc_blocks, 1);
-        bump(&self.alloc_bytes, size as u64);
-        self.drift.by(size as i64, peak);
+    fn on_alloc(&self, blocks: u64, bytes: u64) {
+        bump(&self.alloc_blocks, blocks);
+        bump(&self.alloc_bytes, bytes);
     }
 
     #[inline]
-    fn on_free(&self, size: usize, peak: &Peak) {
-        bump(&self.free_blocks, 1);
-        bump(&self.free_bytes, size as u64);
-        self.drift.by(-(size as i64), peak);
+    fn on_free(&self, blocks: u64, bytes: u64) {
+        bump(&self.free_blocks, blocks);
+        bump(&self.free_bytes, bytes);
     }
 }
 
@@ -69,9 +68,45 @@ impl Drift {
     }
 }
 
-const SITE_CHUNK: usize = 1024;
-const SITE_CHUNKS: usize = callsite::MAX_SITES / SITE_CHUNK;
+const CHUNK: usize = 1024;
+const CHUNKS: usize = callsite::MAX_SITES / CHUNK;
 const CACHE: usize = 256;
+
+/// A thread's [`Counts`] by id (call-site or scope), in chunks of [`CHUNK`]
+/// made on first use. Only the owner makes chunks; anyone may read them.
+struct Chunks {
+    chunks: [AtomicPtr<[Counts; CHUNK]>; CHUNKS],
+}
+
+impl Chunks {
+    /// The counts of `id`, made on first use (owner only).
+    #[inline]
+    fn make(&self, id: u32) -> Option<&Counts> {
+        let id = id as usize;
+        let cell = self.chunks.get(id / CHUNK)?;
+        let mut p = cell.load(Ordering::Acquire);
+        if p.is_null() {
+            p = leak_zeroed::<[Counts; CHUNK]>();
+            if p.is_null() {
+                return None;
+            }
+            // Only the owner stores here, so a plain store publishes it.
+            cell.store(p, Ordering::Release);
+        }
+        // SAFETY: chunks are zeroed `Counts` (valid: all atomics) and never freed.
+        unsafe { (*p).get(id % CHUNK) }
+    }
+
+    /// The counts of `id` if this thread ever touched it: for reports.
+    fn get(&self, id: u32) -> Option<&Counts> {
+        let id = id as usize;
+        let p = self.chunks.get(id / CHUNK)?.load(Ordering::Acquire);
+        // SAFETY: as in `make`: published chunks are valid and never freed.
+        (!p.is_null())
+            .then(|| unsafe { (*p).get(id % CHUNK) })
+            .flatten()
+    }
+}
 
 #[derive(Clone, Copy)]
 struct CacheEntry {
@@ -85,11 +120,15 @@ struct CacheEntry {
 pub(crate) struct Slot {
     next: AtomicPtr<Slot>,
     in_use: AtomicBool,
-    /// Drift of the whole process's live bytes, for [`TOTAL_PEAK`].
-    total: Drift,
+    /// Every block this thread allocated and freed (exact in both modes);
+    /// its drift feeds [`TOTAL_PEAK`].
+    total: Counts,
     /// The blocks this thread allocated lately (see [`crate::blocks`]).
     pub(crate) young: Young,
-    sites: [AtomicPtr<[Counts; SITE_CHUNK]>; SITE_CHUNKS],
+    /// Per call-site (in sampling mode: sampled blocks, weighted).
+    sites: Chunks,
+    /// Per scope name: blocks opened in a run of that scope, freed by anyone.
+    scopes: Chunks,
     /// Direct-mapped cache from stack hash to call-site id; owner only.
     cache: UnsafeCell<[CacheEntry; CACHE]>,
 }
@@ -99,32 +138,19 @@ pub(crate) struct Slot {
 unsafe impl Sync for Slot {}
 
 impl Slot {
-    /// This thread's counts for call-site `id`, made on first use.
-    #[inline]
-    fn site(&self, id: u32) -> Option<&Counts> {
-        let id = id as usize;
-        let cell = self.sites.get(id / SITE_CHUNK)?;
-        let mut p = cell.load(Ordering::Acquire);
-        if p.is_null() {
-            p = leak_zeroed::<[Counts; SITE_CHUNK]>();
-            if p.is_null() {
-                return None;
-            }
-            // Only the owner stores here, so a plain store publishes it.
-            cell.store(p, Ordering::Release);
-        }
-        // SAFETY: chunks are zeroed `Counts` (valid: all atomics) and never freed.
-        unsafe { (*p).get(id % SITE_CHUNK) }
-    }
-
     /// This slot's counts for call-site `id` if it ever touched it: for reports.
     pub(crate) fn site_counts(&self, id: u32) -> Option<&Counts> {
-        let id = id as usize;
-        let p = self.sites.get(id / SITE_CHUNK)?.load(Ordering::Acquire);
-        // SAFETY: as in `site`: published chunks are valid and never freed.
-        (!p.is_null())
-            .then(|| unsafe { (*p).get(id % SITE_CHUNK) })
-            .flatten()
+        self.sites.get(id)
+    }
+
+    /// This slot's counts for scope id `id` if it ever touched it: for reports.
+    pub(crate) fn scope_counts(&self, id: u32) -> Option<&Counts> {
+        self.scopes.get(id)
+    }
+
+    /// Everything this slot's threads allocated and freed: for reports.
+    pub(crate) fn total_counts(&self) -> &Counts {
+        &self.total
     }
 
     /// The call-site of `frames`, from the cache or the shared table.
@@ -209,6 +235,8 @@ struct State {
     /// The innermost scope run open on this thread (null: none).
     run: Cell<*const RunRecord>,
     release: Cell<u8>,
+    /// Sampling mode: where this thread's next sample point is.
+    sampler: Cell<Sampler>,
 }
 
 const RELEASE_NONE: u8 = 0;
@@ -223,6 +251,7 @@ thread_local! {
             bounds: Cell::new(None),
             run: Cell::new(std::ptr::null()),
             release: Cell::new(RELEASE_NONE),
+            sampler: Cell::new(Sampler::new()),
         }
     };
     /// Gives the slot back when the thread ends.
@@ -281,20 +310,61 @@ impl Tracking<'_> {
         self.slot.intern(frames.get(..n).unwrap_or(&[]))
     }
 
+    /// Counts a block of `size` bytes allocated, in the process totals.
     #[inline]
-    pub(crate) fn count_alloc(&self, site: SiteRef, size: usize) {
-        self.slot.total.by(size as i64, &TOTAL_PEAK);
-        if let (Some(c), Some(s)) = (self.slot.site(site.id), site.site) {
-            c.on_alloc(size, &s.peak);
+    pub(crate) fn total_alloc(&self, size: usize) {
+        let t = &self.slot.total;
+        t.on_alloc(1, size as u64);
+        t.drift.by(size as i64, &TOTAL_PEAK);
+    }
+
+    #[inline]
+    pub(crate) fn total_free(&self, size: usize) {
+        let t = &self.slot.total;
+        t.on_free(1, size as u64);
+        t.drift.by(-(size as i64), &TOTAL_PEAK);
+    }
+
+    /// Counts `units` (see [`crate::sample::block_unit`]) and `bytes` at a call-site.
+    #[inline]
+    pub(crate) fn site_alloc(&self, site: SiteRef, units: u64, bytes: u64) {
+        if let (Some(c), Some(s)) = (self.slot.sites.make(site.id), site.site) {
+            c.on_alloc(units, bytes);
+            c.drift.by(bytes as i64, &s.peak);
         }
     }
 
     #[inline]
-    pub(crate) fn count_free(&self, site: u32, size: usize) {
-        self.slot.total.by(-(size as i64), &TOTAL_PEAK);
-        if let (Some(c), Some(s)) = (self.slot.site(site), callsite::get(site)) {
-            c.on_free(size, &s.peak);
+    pub(crate) fn site_free(&self, site: u32, units: u64, bytes: u64) {
+        if let (Some(c), Some(s)) = (self.slot.sites.make(site), callsite::get(site)) {
+            c.on_free(units, bytes);
+            c.drift.by(-(bytes as i64), &s.peak);
         }
+    }
+
+    /// Counts a block opened in a run of scope id `scope` (not 0).
+    #[inline]
+    pub(crate) fn scope_alloc(&self, scope: u32, size: usize) {
+        if let Some(c) = self.slot.scopes.make(scope) {
+            c.on_alloc(1, size as u64);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn scope_free(&self, scope: u32, size: usize) {
+        if let Some(c) = self.slot.scopes.make(scope) {
+            c.on_free(1, size as u64);
+        }
+    }
+
+    /// Sampling mode: counts `size` bytes towards this thread's next sample
+    /// point; whether this block is sampled.
+    #[inline]
+    pub(crate) fn sampled(&self, size: usize, mean: usize) -> bool {
+        let mut s = self.state.sampler.get();
+        let hit = s.take(size, mean);
+        self.state.sampler.set(s);
+        hit
     }
 
     #[inline]

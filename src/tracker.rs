@@ -9,8 +9,9 @@
 //! straight through, and so does a free of a block the tracker never saw.
 
 use crate::blocks::{self, Inserted, Meta};
-use crate::scope;
+use crate::callsite::OTHER;
 use crate::thread::{self, SiteRef, Tracking};
+use crate::{sample, scope};
 use std::alloc::{GlobalAlloc, Layout, System};
 
 /// A global allocator that counts live blocks per call-site and per scope.
@@ -19,21 +20,62 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// #[global_allocator]
 /// static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 /// ```
+///
+/// Sampling mode, for production: every block is counted, a stack is kept
+/// for about one block per `N` bytes allocated (see
+/// [`LeakTracker::sample_bytes`]).
+///
+/// ```no_run
+/// #[global_allocator]
+/// static GLOBAL: leakscope::LeakTracker =
+///     leakscope::LeakTracker::system().sample_bytes(512 * 1024);
+/// ```
 pub struct LeakTracker<A: GlobalAlloc = System> {
     inner: A,
+    /// Mean sampling interval in bytes; 0: every block gets its stack.
+    sample_bytes: usize,
 }
 
 impl LeakTracker<System> {
     /// Tracks on top of the system allocator.
     pub const fn system() -> LeakTracker<System> {
-        LeakTracker { inner: System }
+        LeakTracker {
+            inner: System,
+            sample_bytes: 0,
+        }
     }
 }
 
 impl<A: GlobalAlloc> LeakTracker<A> {
     /// Tracks on top of `inner` (jemalloc, mimalloc, …).
     pub const fn new(inner: A) -> LeakTracker<A> {
-        LeakTracker { inner }
+        LeakTracker {
+            inner,
+            sample_bytes: 0,
+        }
+    }
+
+    /// Sampling mode: keeps the stack (call-site) of about one block per
+    /// `bytes` bytes allocated, chosen by Poisson sampling over bytes, and
+    /// weighs each sampled block so that call-site figures are unbiased
+    /// estimates (error bounds in the README). Process totals and every
+    /// scope's counts stay exact. `0` means full mode. The environment
+    /// variable `LEAKSCOPE_SAMPLE_BYTES` overrides this value.
+    ///
+    /// In sampling mode each block carries a 16-byte header (or its
+    /// alignment, when larger) in front of it.
+    pub const fn sample_bytes(self, bytes: usize) -> LeakTracker<A> {
+        // A const fn cannot drop a generic `self`, so its inner allocator is
+        // moved out by hand; `this` is never dropped.
+        let this = std::mem::ManuallyDrop::new(self);
+        let p = &this as *const std::mem::ManuallyDrop<LeakTracker<A>> as *const LeakTracker<A>;
+        // SAFETY: ManuallyDrop is repr(transparent), so `p` points to a live
+        // tracker; its `inner` is read once and the original is forgotten.
+        let inner = unsafe { std::ptr::read(std::ptr::addr_of!((*p).inner)) };
+        LeakTracker {
+            inner,
+            sample_bytes: bytes,
+        }
     }
 
     /// The wrapped allocator.
@@ -48,11 +90,19 @@ impl Default for LeakTracker<System> {
     }
 }
 
-// SAFETY: every method returns what the inner allocator returned, with the
-// same layout contract; tracking only reads the block's address and size.
+// SAFETY: in full mode every method returns what the inner allocator
+// returned, with the same layout contract; tracking only reads the block's
+// address and size. In sampling mode the inner allocator's block is larger by
+// `header_room(align)` (a multiple of the alignment), the caller gets the
+// address that far in, and every free and realloc undoes exactly that.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mean = sample::interval(self.sample_bytes);
+        if mean != 0 {
+            // SAFETY: forwarded contract.
+            return unsafe { sampled_alloc(&self.inner, layout, false, mean) };
+        }
         // SAFETY: forwarded contract.
         let p = unsafe { self.inner.alloc(layout) };
         if !p.is_null() {
@@ -63,6 +113,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let mean = sample::interval(self.sample_bytes);
+        if mean != 0 {
+            // SAFETY: forwarded contract.
+            return unsafe { sampled_alloc(&self.inner, layout, true, mean) };
+        }
         // SAFETY: forwarded contract.
         let p = unsafe { self.inner.alloc_zeroed(layout) };
         if !p.is_null() {
@@ -73,6 +128,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let mean = sample::interval(self.sample_bytes);
+        if mean != 0 {
+            // SAFETY: forwarded contract: `ptr` came from `sampled_alloc`.
+            return unsafe { sampled_dealloc(&self.inner, ptr, layout, mean) };
+        }
         // Forget the block before the inner allocator may hand its address to
         // another thread, whose insert must not meet our entry.
         on_free(ptr);
@@ -82,6 +142,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let mean = sample::interval(self.sample_bytes);
+        if mean != 0 {
+            // SAFETY: forwarded contract: `ptr` came from `sampled_alloc`.
+            return unsafe { sampled_realloc(&self.inner, ptr, layout, new_size, mean) };
+        }
         // Take the old entry out first, for the same reason as in `dealloc`.
         let old = thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten();
         // SAFETY: forwarded contract.
@@ -91,14 +156,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
                 // The old block is still there, unchanged: put its entry back
                 // (it was never counted as freed, so it is not counted again).
                 if let Some(meta) = old {
-                    match blocks::insert(t.young(), ptr as usize, meta) {
-                        Inserted::New => {}
-                        Inserted::Replaced(gone) => count_free(t, &gone),
-                        Inserted::Dropped => {
-                            crate::exit::note_untracked();
-                            count_free(t, &meta);
-                        }
-                    }
+                    put_back(t, ptr as usize, meta, count_free);
                 }
                 return;
             }
@@ -109,6 +167,19 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
             track(t, p as usize, new_size);
         });
         p
+    }
+}
+
+/// Puts the entry of a block whose realloc failed back in the table; `gone`
+/// counts an entry that can no longer be tracked as freed.
+fn put_back(t: &Tracking<'_>, addr: usize, meta: Meta, gone: impl Fn(&Tracking<'_>, &Meta)) {
+    match blocks::insert(t.young(), addr, meta) {
+        Inserted::New => {}
+        Inserted::Replaced(stale) => gone(t, &stale),
+        Inserted::Dropped => {
+            crate::exit::note_untracked();
+            gone(t, &meta);
+        }
     }
 }
 
@@ -143,27 +214,256 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
         run_slot,
         run_gen,
     };
-    put(t, addr, meta, site);
-}
-
-/// Enters `meta` (of call-site `site`) in the table and the counters.
-#[inline]
-fn put(t: &Tracking<'_>, addr: usize, meta: Meta, site: SiteRef) {
     match blocks::insert(t.young(), addr, meta) {
         Inserted::New => {}
         Inserted::Replaced(stale) => count_free(t, &stale),
         Inserted::Dropped => {
+            // Not in the table, so never counted as freed: not counted at all
+            // (a run that counted it already keeps it as outstanding).
             crate::exit::note_untracked();
             return;
         }
     }
-    t.count_alloc(site, meta.size);
+    t.total_alloc(size);
+    t.site_alloc(site, 1, size as u64);
+    if scope != 0 {
+        t.scope_alloc(scope, size);
+    }
 }
 
+/// Counts a tracked block (full mode) as freed.
 #[inline]
 fn count_free(t: &Tracking<'_>, meta: &Meta) {
-    t.count_free(meta.site, meta.size);
+    t.total_free(meta.size);
+    t.site_free(meta.site, 1, meta.size as u64);
+    if meta.scope != 0 {
+        t.scope_free(meta.scope, meta.size);
+    }
     if meta.run_slot != 0 {
         scope::record_free(meta.run_slot, meta.run_gen, meta.site, meta.size, t.token());
     }
+}
+
+// ---------------------------------------------------------------- sampling mode
+
+/// Bytes of header in front of a block in sampling mode: 16, or the block's
+/// alignment when larger, so the caller's address keeps its alignment.
+#[inline]
+fn header_room(align: usize) -> usize {
+    align.max(HEADER)
+}
+
+const HEADER: usize = std::mem::size_of::<Header>();
+
+/// In front of every block in sampling mode (the 16 bytes just below the
+/// address the caller gets). Written once when the block is made.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct Header {
+    /// Run slot and generation (0: allocated outside any run).
+    run_slot: u32,
+    run_gen: u32,
+    /// Scope id (0: none).
+    scope: u32,
+    flags: u32,
+}
+
+/// The block was counted when made (the tracker was not busy), so its free
+/// is counted too.
+const COUNTED: u32 = 1;
+/// The block was sampled: it is in the block table with its call-site.
+const SAMPLED: u32 = 2;
+
+/// The inner allocator's layout for a block of `layout` with its header.
+#[inline]
+fn outer(layout: Layout, size: usize) -> Option<(Layout, usize)> {
+    let room = header_room(layout.align());
+    let total = size.checked_add(room)?;
+    Some((Layout::from_size_align(total, layout.align()).ok()?, room))
+}
+
+/// # Safety
+/// `GlobalAlloc::alloc`'s contract (`layout` has a non-zero size).
+#[inline]
+unsafe fn sampled_alloc<A: GlobalAlloc>(
+    inner: &A,
+    layout: Layout,
+    zeroed: bool,
+    mean: usize,
+) -> *mut u8 {
+    let Some((outer, room)) = outer(layout, layout.size()) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: `outer` is a valid, non-zero-sized layout.
+    let base = unsafe {
+        if zeroed {
+            inner.alloc_zeroed(outer)
+        } else {
+            inner.alloc(outer)
+        }
+    };
+    if base.is_null() {
+        return base;
+    }
+    // SAFETY: `room < outer.size()`, so `p` is inside the block.
+    let p = unsafe { base.add(room) };
+    let h = thread::with_tracking(|t| track_sampled(t, p as usize, layout.size(), mean));
+    // SAFETY: the 16 bytes below `p` are inside the block (`room >= 16`);
+    // the write is unaligned-safe.
+    unsafe {
+        p.sub(HEADER)
+            .cast::<Header>()
+            .write_unaligned(h.unwrap_or_default())
+    };
+    p
+}
+
+/// # Safety
+/// `GlobalAlloc::dealloc`'s contract, for a block from [`sampled_alloc`].
+#[inline]
+unsafe fn sampled_dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout, mean: usize) {
+    // SAFETY: `ptr` came from `sampled_alloc` with this layout, which wrote
+    // the header below it.
+    let h = unsafe { ptr.sub(HEADER).cast::<Header>().read_unaligned() };
+    if h.flags & COUNTED != 0 {
+        thread::with_tracking(|t| free_sampled(t, ptr as usize, layout.size(), h, mean));
+    }
+    // The layout was valid when the block was made, so this cannot fail.
+    if let Some((outer, room)) = outer(layout, layout.size()) {
+        // SAFETY: the inner block starts `room` below `ptr`, with layout `outer`.
+        unsafe { inner.dealloc(ptr.sub(room), outer) }
+    }
+}
+
+/// # Safety
+/// `GlobalAlloc::realloc`'s contract, for a block from [`sampled_alloc`].
+unsafe fn sampled_realloc<A: GlobalAlloc>(
+    inner: &A,
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+    mean: usize,
+) -> *mut u8 {
+    let (Some((old_outer, room)), Some((new_outer, _))) =
+        (outer(layout, layout.size()), outer(layout, new_size))
+    else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: `ptr` came from `sampled_alloc` with this layout.
+    let h = unsafe { ptr.sub(HEADER).cast::<Header>().read_unaligned() };
+    // A sampled block's entry comes out first, as in full mode.
+    let entry = if h.flags & SAMPLED != 0 {
+        thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten()
+    } else {
+        None
+    };
+    // SAFETY: the inner block starts `room` below `ptr`, with layout
+    // `old_outer`; the new size keeps the same room and alignment.
+    let base = unsafe { inner.realloc(ptr.sub(room), old_outer, new_outer.size()) };
+    if base.is_null() {
+        if let Some(meta) = entry {
+            thread::with_tracking(|t| {
+                put_back(t, ptr as usize, meta, |t, m| forget_sampled(t, m, mean))
+            });
+        }
+        return base;
+    }
+    // SAFETY: `room < new_outer.size()`, so `p` is inside the new block.
+    let p = unsafe { base.add(room) };
+    let new = thread::with_tracking(|t| {
+        if h.flags & COUNTED != 0 {
+            count_sampled_free(t, layout.size(), h, entry, mean);
+        }
+        track_sampled(t, p as usize, new_size, mean)
+    });
+    // SAFETY: the 16 bytes below `p` are inside the new block.
+    unsafe {
+        p.sub(HEADER)
+            .cast::<Header>()
+            .write_unaligned(new.unwrap_or_default())
+    };
+    p
+}
+
+/// Sampling mode: counts a new block and says what its header holds.
+#[inline]
+fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize) -> Header {
+    t.total_alloc(size);
+    let sampled = t.sampled(size, mean);
+    let site = if sampled {
+        t.callsite()
+    } else {
+        SiteRef {
+            id: OTHER,
+            site: None,
+        }
+    };
+    let run = t.current_run();
+    let (scope, run_slot, run_gen) = if run.is_null() {
+        (0, 0, 0)
+    } else {
+        scope::record_alloc(run, site.id, size)
+    };
+    if scope != 0 {
+        t.scope_alloc(scope, size);
+    }
+    let mut flags = COUNTED;
+    if sampled {
+        let meta = Meta {
+            size,
+            site: site.id,
+            scope,
+            run_slot,
+            run_gen,
+        };
+        match blocks::insert(t.young(), addr, meta) {
+            Inserted::New => flags |= SAMPLED,
+            Inserted::Replaced(stale) => {
+                forget_sampled(t, &stale, mean);
+                flags |= SAMPLED;
+            }
+            Inserted::Dropped => crate::exit::note_untracked(),
+        }
+        if flags & SAMPLED != 0 {
+            let (units, bytes) = sample::weight(size, mean);
+            t.site_alloc(site, units, bytes);
+        }
+    }
+    Header {
+        run_slot,
+        run_gen,
+        scope,
+        flags,
+    }
+}
+
+/// Sampling mode: a counted block is freed.
+#[inline]
+fn free_sampled(t: &Tracking<'_>, addr: usize, size: usize, h: Header, mean: usize) {
+    let entry = if h.flags & SAMPLED != 0 {
+        blocks::remove(t.young(), addr)
+    } else {
+        None
+    };
+    count_sampled_free(t, size, h, entry, mean);
+}
+
+fn count_sampled_free(t: &Tracking<'_>, size: usize, h: Header, entry: Option<Meta>, mean: usize) {
+    t.total_free(size);
+    let site = entry.map_or(OTHER, |m| m.site);
+    if let Some(meta) = entry {
+        forget_sampled(t, &meta, mean);
+    }
+    if h.scope != 0 {
+        t.scope_free(h.scope, size);
+    }
+    if h.run_slot != 0 {
+        scope::record_free(h.run_slot, h.run_gen, site, size, t.token());
+    }
+}
+
+/// Takes a sampled block's weight off its call-site.
+fn forget_sampled(t: &Tracking<'_>, meta: &Meta, mean: usize) {
+    let (units, bytes) = sample::weight(meta.size, mean);
+    t.site_free(meta.site, units, bytes);
 }

@@ -1,0 +1,290 @@
+//! Sampling mode: exact totals and scopes, unbiased call-site estimates within
+//! the documented bound (standard deviation of a site's estimated bytes at
+//! most sqrt(B * N)), checked with a fixed seed so every run is the same.
+//!
+//! The program runs itself as a child with `LEAKSCOPE_SAMPLE_SEED` set, since
+//! the seed is read at the first allocation.
+
+#[global_allocator]
+static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system().sample_bytes(MEAN);
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::hint::black_box;
+use std::process::Command;
+
+const MEAN: usize = 4096;
+const SEED_VAR: &str = "LEAKSCOPE_SAMPLE_SEED";
+const CHILD: &str = "LEAKSCOPE_TEST_CHILD";
+
+#[inline(never)]
+fn small_blocks(v: &mut Vec<Box<[u8]>>, n: usize, size: usize) {
+    for _ in 0..n {
+        v.push(black_box(vec![7u8; size].into_boxed_slice()));
+    }
+}
+
+#[inline(never)]
+fn large_blocks(v: &mut Vec<Box<[u8]>>, n: usize, size: usize) {
+    for _ in 0..n {
+        v.push(black_box(vec![9u8; size].into_boxed_slice()));
+    }
+}
+
+/// The bound the docs state: sd of the bytes estimate <= sqrt(B * N).
+fn bytes_bound(bytes: u64) -> f64 {
+    (bytes as f64 * MEAN as f64).sqrt()
+}
+
+/// sd of the block-count estimate for `n` blocks of `size` bytes:
+/// sqrt(n * (1-p)/p).
+fn blocks_sd(n: u64, size: usize) -> f64 {
+    let p = 1.0 - (-(size as f64) / MEAN as f64).exp();
+    (n as f64 * (1.0 - p) / p).sqrt()
+}
+
+fn totals() -> leakscope::Totals {
+    leakscope::snapshot().totals
+}
+
+fn totals_and_scopes_stay_exact() {
+    let before = totals();
+    let kept: Vec<Vec<u8>> = (0..100)
+        .map(|_| {
+            let mut guard_out = Vec::new();
+            let summary = {
+                let g = leakscope::scope("GET /sampled");
+                let keep = black_box(vec![1u8; 40]);
+                let temp = black_box(vec![2u8; 300]);
+                drop(temp);
+                guard_out.push(keep);
+                g.finish()
+            };
+            assert_eq!(summary.allocated_blocks, 3, "{summary:?}");
+            assert_eq!(summary.allocated_bytes, 40 + 300 + 4 * 24);
+            assert_eq!(summary.outstanding_blocks, 2);
+            assert_eq!(summary.outstanding_bytes, 40 + 4 * 24);
+            guard_out.pop().unwrap()
+        })
+        .collect();
+    let r = leakscope::snapshot();
+    assert_eq!(r.sample_bytes, MEAN as u64);
+    let s = r.scope("GET /sampled").unwrap();
+    assert_eq!(s.runs, 100);
+    // The 100 kept blocks; each run's outer Vec was freed after its close.
+    assert_eq!(s.outstanding_blocks, 100);
+    assert_eq!(s.outstanding_bytes, 4000);
+    let after = r.totals;
+    // Live: the 100 kept blocks and `kept`'s own buffer.
+    assert_eq!(after.live_blocks - before.live_blocks, 101);
+    assert_eq!(
+        after.live_bytes - before.live_bytes,
+        4000 + 100 * std::mem::size_of::<Vec<u8>>() as u64
+    );
+    assert_eq!(after.total_blocks - before.total_blocks, 100 * 3 + 1);
+    drop(kept);
+    let s = leakscope::snapshot();
+    assert_eq!(s.scope("GET /sampled").unwrap().outstanding_blocks, 0);
+    assert_eq!(s.totals.live_blocks, before.live_blocks);
+}
+
+fn estimates_within_the_stated_bound() {
+    let n = 100_000u64;
+    // The holders are made here, so that the planted functions allocate only
+    // the planted blocks.
+    let mut small = Vec::with_capacity(n as usize);
+    small_blocks(&mut small, n as usize, 64);
+    let mut large = Vec::with_capacity(500);
+    large_blocks(&mut large, 500, 10_000);
+    let r = leakscope::snapshot();
+    let s = common::site(&r, "small_blocks");
+    let l = common::site(&r, "large_blocks");
+    assert_eq!((s.sites, l.sites), (1, 1));
+    let truth = n * 64;
+    let err = s.live_bytes.abs_diff(truth) as f64;
+    eprintln!(
+        "small: {} blocks / {} bytes estimated, {n} / {truth} true, bound sd {:.0}",
+        s.live_blocks,
+        s.live_bytes,
+        bytes_bound(truth)
+    );
+    assert!(err <= 4.0 * bytes_bound(truth), "{s:?}");
+    assert!(
+        s.live_blocks.abs_diff(n) as f64 <= 4.0 * blocks_sd(n, 64),
+        "{s:?}"
+    );
+    let ltruth = 500 * 10_000u64;
+    assert!(
+        l.live_bytes.abs_diff(ltruth) as f64 <= 4.0 * bytes_bound(ltruth),
+        "{l:?}"
+    );
+    assert!(
+        l.live_blocks.abs_diff(500) as f64 <= 4.0 * blocks_sd(500, 10_000),
+        "{l:?}"
+    );
+    // Far fewer blocks were sampled than allocated: about B/N of them.
+    assert!(s.total_blocks > 0);
+    drop(small);
+    drop(large);
+    // A free takes away exactly the weight its allocation added.
+    let r = leakscope::snapshot();
+    assert_eq!(common::site(&r, "small_blocks").live_bytes, 0);
+    assert_eq!(common::site(&r, "small_blocks").live_blocks, 0);
+    assert_eq!(common::site(&r, "large_blocks").live_bytes, 0);
+}
+
+#[inline(never)]
+fn trial_blocks(v: &mut Vec<Box<[u8]>>, n: usize) {
+    for _ in 0..n {
+        v.push(black_box(vec![3u8; 100].into_boxed_slice()));
+    }
+}
+
+fn estimates_are_unbiased_over_trials() {
+    let trials = 60;
+    let n = 20_000u64;
+    let truth = n * 100;
+    let bound = bytes_bound(truth);
+    let mut errors = Vec::new();
+    for _ in 0..trials {
+        let mut v = Vec::with_capacity(n as usize);
+        trial_blocks(&mut v, n as usize);
+        let est = common::site_now("trial_blocks").live_bytes;
+        errors.push(est as f64 - truth as f64);
+        drop(v);
+    }
+    let mean_err = errors.iter().sum::<f64>() / trials as f64;
+    let within_2sd = errors.iter().filter(|e| e.abs() <= 2.0 * bound).count();
+    eprintln!(
+        "trials: mean error {mean_err:.0} bytes of {truth} (sd of the mean at most {:.0}), {within_2sd}/{trials} within 2 sd",
+        bound / (trials as f64).sqrt()
+    );
+    // Unbiased: the mean error is within 3 standard errors of 0.
+    assert!(mean_err.abs() <= 3.0 * bound / (trials as f64).sqrt());
+    // The bound holds: at least 90% within 2 sd (95% expected at worst).
+    assert!(within_2sd * 10 >= trials * 9, "{within_2sd}/{trials}");
+    assert!(errors.iter().all(|e| e.abs() <= 4.0 * bound));
+}
+
+fn frees_on_other_threads_and_realloc_are_exact() {
+    let (v, summary) = {
+        let g = leakscope::scope("POST /grow");
+        let mut v: Vec<u64> = Vec::new();
+        for i in 0..1000 {
+            v.push(i);
+        }
+        (v, g.finish())
+    };
+    // Every growth was a realloc: a free and a new block; one is left.
+    assert_eq!(summary.outstanding_blocks, 1);
+    assert_eq!(summary.outstanding_bytes, v.capacity() as u64 * 8);
+    let s = leakscope::snapshot();
+    assert_eq!(s.scope("POST /grow").unwrap().outstanding_blocks, 1);
+    std::thread::spawn(move || drop(black_box(v)))
+        .join()
+        .unwrap();
+    let s = leakscope::snapshot();
+    let g = s.scope("POST /grow").unwrap();
+    assert_eq!((g.outstanding_blocks, g.outstanding_bytes), (0, 0));
+}
+
+fn alignment_is_kept() {
+    for align in [1usize, 8, 16, 32, 64, 4096, 65536] {
+        let layout = Layout::from_size_align(100, align).unwrap();
+        // SAFETY: non-zero size; freed with the same layout.
+        unsafe {
+            let p = GLOBAL.alloc(layout);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align, 0, "align {align}");
+            std::ptr::write_bytes(p, 0xAB, 100);
+            let q = GLOBAL.realloc(p, layout, 5000);
+            assert_eq!(q as usize % align, 0, "realloc align {align}");
+            assert_eq!(*q.add(99), 0xAB);
+            std::ptr::write_bytes(q, 0xCD, 5000);
+            GLOBAL.dealloc(q, Layout::from_size_align(5000, align).unwrap());
+            let z = GLOBAL.alloc_zeroed(layout);
+            assert!((0..100).all(|i| *z.add(i) == 0));
+            GLOBAL.dealloc(z, layout);
+        }
+    }
+}
+
+fn child_report(env: &[(&str, &str)]) -> (String, String) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(CHILD, "1").env(SEED_VAR, "7");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn environment_overrides_the_constructor() {
+    let (out, err) = child_report(&[("LEAKSCOPE_SAMPLE_BYTES", "0")]);
+    assert_eq!(out.trim(), "sample_bytes=0 outstanding=3");
+    assert_eq!(err, "");
+    let (out, err) = child_report(&[("LEAKSCOPE_SAMPLE_BYTES", "64k")]);
+    assert_eq!(out.trim(), "sample_bytes=65536 outstanding=3");
+    assert_eq!(err, "");
+    // A bad value: one line on stderr, the constructor's value, counts intact.
+    let (out, err) = child_report(&[("LEAKSCOPE_SAMPLE_BYTES", "lots")]);
+    assert_eq!(out.trim(), "sample_bytes=4096 outstanding=3");
+    assert_eq!(
+        err,
+        "leakscope: LEAKSCOPE_SAMPLE_BYTES=\"lots\" is not a byte count (like 524288 or 512k); ignoring it\n"
+    );
+}
+
+fn child() {
+    let kept: Vec<Vec<u8>> = (0..3)
+        .map(|_| leakscope::track_scope("GET /child", || vec![0u8; 10]))
+        .collect();
+    let r = leakscope::snapshot();
+    println!(
+        "sample_bytes={} outstanding={}",
+        r.sample_bytes,
+        r.scope("GET /child").unwrap().outstanding_blocks
+    );
+    drop(kept);
+}
+
+fn main() {
+    if std::env::var_os(CHILD).is_some() {
+        return child();
+    }
+    if std::env::var_os(SEED_VAR).is_none() {
+        // Again, with a fixed seed from the first allocation on.
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args(std::env::args_os().skip(1))
+            .env(SEED_VAR, "20261125")
+            .env_remove("LEAKSCOPE_SAMPLE_BYTES")
+            .status()
+            .unwrap();
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    common::run(&[
+        ("totals_and_scopes_stay_exact", totals_and_scopes_stay_exact),
+        (
+            "estimates_within_the_stated_bound",
+            estimates_within_the_stated_bound,
+        ),
+        (
+            "estimates_are_unbiased_over_trials",
+            estimates_are_unbiased_over_trials,
+        ),
+        (
+            "frees_on_other_threads_and_realloc_are_exact",
+            frees_on_other_threads_and_realloc_are_exact,
+        ),
+        ("alignment_is_kept", alignment_is_kept),
+        (
+            "environment_overrides_the_constructor",
+            environment_overrides_the_constructor,
+        ),
+    ]);
+}
