@@ -6,7 +6,8 @@
 //!
 //! `cargo bench --bench workload` (LEAKSCOPE_BENCH_ROUNDS=N for more rounds,
 //! LEAKSCOPE_BENCH_MODES=system,leakscope,... for a subset, =all to add
-//! dhat-rs, which takes 20 to 50 times as long as System here)
+//! dhat-rs, which takes 20 to 50 times as long as System here;
+//! LEAKSCOPE_BENCH_WORKERS=1,2,4,8 for other worker counts than 1 and 2)
 //!
 //! Each measurement is its own child process (this program, run with
 //! LEAKSCOPE_BENCH_MODE set), so that the allocator is chosen before the first
@@ -27,12 +28,26 @@ const MODE_VAR: &str = "LEAKSCOPE_BENCH_MODE";
 const THREADS_VAR: &str = "LEAKSCOPE_BENCH_THREADS";
 const REQUESTS: usize = 200_000;
 
+/// Requests per run: [`REQUESTS`], or `LEAKSCOPE_BENCH_REQUESTS` (a multiple
+/// of 100), e.g. for a run under callgrind.
+fn requests() -> usize {
+    std::env::var("LEAKSCOPE_BENCH_REQUESTS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(REQUESTS)
+}
+/// The sampling interval of the `leakscope-sampled` mode.
+const SAMPLE_BYTES: &str = "512k";
+
 /// The allocators under test: (mode name, the plain allocator it is compared with).
 /// `leakscope-sites` tracks call-sites only (no scopes); `leakscope` both.
-const MODES: [(&str, &str); 6] = [
+/// `leakscope-sampled` is full tracking in sampling mode (a stack per
+/// [`SAMPLE_BYTES`] bytes on average; every block still counted per scope).
+const MODES: [(&str, &str); 7] = [
     ("system", "system"),
     ("leakscope-sites", "system"),
     ("leakscope", "system"),
+    ("leakscope-sampled", "system"),
     ("dhat", "system"),
     ("mimalloc", "mimalloc"),
     ("leakscope+mimalloc", "mimalloc"),
@@ -82,7 +97,7 @@ fn read_mode() -> Mode {
         }
     };
     let m = match value {
-        b"leakscope" | b"leakscope-sites" => Mode::Leakscope,
+        b"leakscope" | b"leakscope-sites" | b"leakscope-sampled" => Mode::Leakscope,
         b"dhat" => Mode::Dhat,
         b"mimalloc" => Mode::Mimalloc,
         b"leakscope+mimalloc" => Mode::LeakscopeMimalloc,
@@ -185,7 +200,7 @@ fn workload(threads: usize, scoped: bool) -> usize {
         .map(|t| {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                for i in (t..REQUESTS).step_by(threads) {
+                for i in (t..requests()).step_by(threads) {
                     let body = if scoped {
                         leakscope::track_scope(ROUTES[i % ROUTES.len()], || handle(i))
                     } else {
@@ -217,7 +232,7 @@ fn child(mode: &str) {
     // dhat records only while a profiler runs; its output goes nowhere.
     let profiler =
         (mode == "dhat").then(|| dhat::Profiler::builder().file_name("/dev/null").build());
-    LEAKED.lock().unwrap().reserve(REQUESTS / 100);
+    LEAKED.lock().unwrap().reserve(requests() / 100);
     let start = Instant::now();
     let bytes = workload(threads, tracked && mode != "leakscope-sites");
     let secs = start.elapsed().as_secs_f64();
@@ -229,8 +244,15 @@ fn child(mode: &str) {
     };
     if tracked {
         let r = leakscope::snapshot();
-        let leaked = r.callsites_in("handle").map(|c| c.live_blocks).sum::<u64>();
-        assert_eq!(leaked, (REQUESTS / 100) as u64, "the planted leaks");
+        // Exact in every tracked mode: per call-site without scopes, per
+        // scope with them (in sampling mode call-sites are estimates).
+        let leaked = if mode == "leakscope-sites" {
+            r.callsites_in("handle").map(|c| c.live_blocks).sum::<u64>()
+        } else {
+            r.scopes.iter().map(|s| s.outstanding_blocks).sum::<u64>()
+        };
+        assert_eq!(leaked, (requests() / 100) as u64, "the planted leaks");
+        assert_eq!(r.sample_bytes != 0, mode == "leakscope-sampled");
     }
     println!("{secs} {rss_kib} {bytes}");
     drop(profiler);
@@ -262,19 +284,33 @@ fn main() {
         })
         .collect();
     let exe = std::env::current_exe().unwrap();
-    println!("workload: {REQUESTS} requests per run, {rounds} rounds; responses freed on a writer thread");
+    println!(
+        "workload: {} requests per run, {rounds} rounds; responses freed on a writer thread",
+        requests()
+    );
     println!("seconds: median run; ratio: median over rounds of the run's time / its plain allocator's run beside it");
     println!(
         "{:<8} {:<19} {:>10} {:>12} {:>9}  (range) vs",
         "workers", "allocator", "seconds", "peak RSS", "ratio"
     );
-    for threads in [1usize, 2] {
+    let workers: Vec<usize> = std::env::var("LEAKSCOPE_BENCH_WORKERS")
+        .ok()
+        .map(|w| w.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|w: &Vec<usize>| !w.is_empty())
+        .unwrap_or_else(|| vec![1, 2]);
+    for threads in workers {
         let mut secs: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
         let mut rss: Vec<u64> = vec![0; modes.len()];
         for _ in 0..rounds {
             // Interleaved, so that drift in the machine's speed hits all alike.
             for (m, (mode, _)) in modes.iter().enumerate() {
-                let out = Command::new(&exe)
+                let mut cmd = Command::new(&exe);
+                if *mode == "leakscope-sampled" {
+                    cmd.env("LEAKSCOPE_SAMPLE_BYTES", SAMPLE_BYTES);
+                } else {
+                    cmd.env_remove("LEAKSCOPE_SAMPLE_BYTES");
+                }
+                let out = cmd
                     .env(MODE_VAR, mode)
                     .env(THREADS_VAR, threads.to_string())
                     .env_remove("LEAKSCOPE_REPORT")

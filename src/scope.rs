@@ -8,7 +8,7 @@
 //! global allocator. Everything else runs with the thread's allocations
 //! untracked, outside the allocation path.
 
-use crate::sync::{bump, MetaAlloc, SpinLock};
+use crate::sync::{bump, CacheAligned, MetaAlloc, SpinLock};
 use crate::thread;
 use hashbrown::HashTable;
 use once_cell::sync::Lazy;
@@ -170,8 +170,10 @@ pub(crate) struct RunRecord {
     owner: AtomicUsize,
     /// The next outer run on the thread that has this one entered.
     parent: AtomicPtr<RunRecord>,
-    sites: [SiteSlot; RUN_SITES],
-    locked: SpinLock<Locked>,
+    /// Written by the owner on every allocation: on lines of their own, away
+    /// from `gen` and `owner`, which other threads read on every free.
+    sites: CacheAligned<[SiteSlot; RUN_SITES]>,
+    locked: CacheAligned<SpinLock<Locked>>,
     /// The next record in whichever free list holds this one.
     next_free: AtomicU32,
 }
@@ -223,11 +225,11 @@ fn new_chunk(index: usize) -> *mut RunRecord {
             scope: AtomicU32::new(0),
             owner: AtomicUsize::new(0),
             parent: AtomicPtr::new(std::ptr::null_mut()),
-            sites: std::array::from_fn(|_| SiteSlot::default()),
-            locked: SpinLock::new(Locked {
+            sites: CacheAligned(std::array::from_fn(|_| SiteSlot::default())),
+            locked: CacheAligned(SpinLock::new(Locked {
                 remote_freed: [(0, 0); RUN_SITES],
                 spilled: HashTable::new_in(MetaAlloc {}),
-            }),
+            })),
             next_free: AtomicU32::new(0),
         };
         // SAFETY: `i < RUN_CHUNK`, inside the allocation made for RUN_CHUNK records.

@@ -108,6 +108,20 @@ impl<T> Drop for SpinGuard<'_, T> {
     }
 }
 
+/// A value on cache lines of its own, so that writes to it do not slow
+/// down readers of its neighbours (nor theirs it).
+#[repr(align(64))]
+#[derive(Default)]
+pub(crate) struct CacheAligned<T>(pub(crate) T);
+
+impl<T> Deref for CacheAligned<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Allocates one zeroed `T` from the metadata allocator and leaks it.
 ///
 /// For structures that live for the rest of the process (arena chunks, thread

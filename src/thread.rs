@@ -12,7 +12,7 @@ use crate::blocks::Young;
 use crate::callsite::{self, Peak, OTHER};
 use crate::sample::Sampler;
 use crate::scope::RunRecord;
-use crate::sync::{bump, leak_zeroed};
+use crate::sync::{bump, leak_zeroed, CacheAligned};
 use crate::unwind::{self, Frames, MAX_FRAMES};
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicU8, Ordering};
@@ -34,6 +34,9 @@ pub(crate) struct Counts {
 #[derive(Default)]
 pub(crate) struct Drift {
     pending: AtomicI64,
+    /// The highest `pending` since the last flush: the shared peak is
+    /// looked at only when `pending` rises above it.
+    high: AtomicI64,
 }
 
 /// Live-byte drift a thread keeps to itself before it touches a shared line.
@@ -57,12 +60,16 @@ impl Drift {
     #[inline]
     fn by(&self, by: i64, peak: &Peak) {
         let mut pending = self.pending.load(Ordering::Relaxed).wrapping_add(by);
-        if by > 0 {
+        // Between two flushes of this thread, the live bytes it sees are
+        // highest where `pending` is: only a new high can be a new peak.
+        if pending > self.high.load(Ordering::Relaxed) {
+            self.high.store(pending, Ordering::Relaxed);
             peak.observe(pending);
         }
         if !(-FLUSH_BYTES..FLUSH_BYTES).contains(&pending) {
             peak.flushed.fetch_add(pending, Ordering::Relaxed);
             pending = 0;
+            self.high.store(0, Ordering::Relaxed);
         }
         self.pending.store(pending, Ordering::Relaxed);
     }
@@ -122,7 +129,8 @@ pub(crate) struct Slot {
     in_use: AtomicBool,
     /// Every block this thread allocated and freed (exact in both modes);
     /// its drift feeds [`TOTAL_PEAK`].
-    total: Counts,
+    /// (On its own line: other threads walk `next` and read `young`.)
+    total: CacheAligned<Counts>,
     /// The blocks this thread allocated lately (see [`crate::blocks`]).
     pub(crate) young: Young,
     /// Per call-site (in sampling mode: sampled blocks, weighted).

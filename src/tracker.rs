@@ -256,16 +256,40 @@ fn header_room(align: usize) -> usize {
 const HEADER: usize = std::mem::size_of::<Header>();
 
 /// In front of every block in sampling mode (the 16 bytes just below the
-/// address the caller gets). Written once when the block is made.
+/// address the caller gets). Written once when the block is made. Two words,
+/// so it goes to and from registers whole.
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
 struct Header {
-    /// Run slot and generation (0: allocated outside any run).
-    run_slot: u32,
-    run_gen: u32,
-    /// Scope id (0: none).
-    scope: u32,
-    flags: u32,
+    /// Run slot (high half) and generation (0: allocated outside any run).
+    run: u64,
+    /// Scope id (high half) and flags.
+    info: u64,
+}
+
+impl Header {
+    fn new(run_slot: u32, run_gen: u32, scope: u32, flags: u32) -> Header {
+        Header {
+            run: (run_slot as u64) << 32 | run_gen as u64,
+            info: (scope as u64) << 32 | flags as u64,
+        }
+    }
+
+    fn run_slot(self) -> u32 {
+        (self.run >> 32) as u32
+    }
+
+    fn run_gen(self) -> u32 {
+        self.run as u32
+    }
+
+    fn scope(self) -> u32 {
+        (self.info >> 32) as u32
+    }
+
+    fn flags(self) -> u32 {
+        self.info as u32
+    }
 }
 
 /// The block was counted when made (the tracker was not busy), so its free
@@ -325,7 +349,7 @@ unsafe fn sampled_dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layou
     // SAFETY: `ptr` came from `sampled_alloc` with this layout, which wrote
     // the header below it.
     let h = unsafe { ptr.sub(HEADER).cast::<Header>().read_unaligned() };
-    if h.flags & COUNTED != 0 {
+    if h.flags() & COUNTED != 0 {
         thread::with_tracking(|t| free_sampled(t, ptr as usize, layout.size(), h, mean));
     }
     // The layout was valid when the block was made, so this cannot fail.
@@ -352,7 +376,7 @@ unsafe fn sampled_realloc<A: GlobalAlloc>(
     // SAFETY: `ptr` came from `sampled_alloc` with this layout.
     let h = unsafe { ptr.sub(HEADER).cast::<Header>().read_unaligned() };
     // A sampled block's entry comes out first, as in full mode.
-    let entry = if h.flags & SAMPLED != 0 {
+    let entry = if h.flags() & SAMPLED != 0 {
         thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten()
     } else {
         None
@@ -371,7 +395,7 @@ unsafe fn sampled_realloc<A: GlobalAlloc>(
     // SAFETY: `room < new_outer.size()`, so `p` is inside the new block.
     let p = unsafe { base.add(room) };
     let new = thread::with_tracking(|t| {
-        if h.flags & COUNTED != 0 {
+        if h.flags() & COUNTED != 0 {
             count_sampled_free(t, layout.size(), h, entry, mean);
         }
         track_sampled(t, p as usize, new_size, mean)
@@ -429,18 +453,13 @@ fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize) -> Hea
             t.site_alloc(site, units, bytes);
         }
     }
-    Header {
-        run_slot,
-        run_gen,
-        scope,
-        flags,
-    }
+    Header::new(run_slot, run_gen, scope, flags)
 }
 
 /// Sampling mode: a counted block is freed.
 #[inline]
 fn free_sampled(t: &Tracking<'_>, addr: usize, size: usize, h: Header, mean: usize) {
-    let entry = if h.flags & SAMPLED != 0 {
+    let entry = if h.flags() & SAMPLED != 0 {
         blocks::remove(t.young(), addr)
     } else {
         None
@@ -454,11 +473,11 @@ fn count_sampled_free(t: &Tracking<'_>, size: usize, h: Header, entry: Option<Me
     if let Some(meta) = entry {
         forget_sampled(t, &meta, mean);
     }
-    if h.scope != 0 {
-        t.scope_free(h.scope, size);
+    if h.scope() != 0 {
+        t.scope_free(h.scope(), size);
     }
-    if h.run_slot != 0 {
-        scope::record_free(h.run_slot, h.run_gen, site, size, t.token());
+    if h.run_slot() != 0 {
+        scope::record_free(h.run_slot(), h.run_gen(), site, size, t.token());
     }
 }
 
