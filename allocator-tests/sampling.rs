@@ -189,6 +189,45 @@ fn frees_on_other_threads_and_realloc_are_exact() {
     assert_eq!((g.outstanding_blocks, g.outstanding_bytes), (0, 0));
 }
 
+fn remote_free_before_the_owner_writes_its_counts() {
+    // A thread and its channels made before the scope, so that the scope
+    // holds exactly the planted blocks.
+    let (to_worker, inbox) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+    let (done, acks) = std::sync::mpsc::sync_channel::<()>(1);
+    let worker = std::thread::spawn(move || {
+        for b in inbox {
+            drop(black_box(b));
+            done.send(()).unwrap();
+        }
+    });
+    // One round trip first: a blocking channel call makes its thread's
+    // waiting context on first use, and that must not land in the scope.
+    to_worker.send(Vec::new()).unwrap();
+    acks.recv().unwrap();
+    let g = leakscope::scope("PUT /pending");
+    let kept = black_box(vec![1u8; 70]);
+    let sent = black_box(vec![2u8; 50]);
+    // The owner has not written its counts to the run yet; the free on the
+    // worker must still find the run's entry for them.
+    to_worker.send(sent).unwrap();
+    acks.recv().unwrap();
+    // A report made inside the run sees this thread's counts so far.
+    let now = leakscope::snapshot();
+    let s = now.scope("PUT /pending").unwrap();
+    assert_eq!((s.outstanding_blocks, s.outstanding_bytes), (1, 70));
+    drop(now);
+    let summary = g.finish();
+    assert_eq!(summary.allocated_blocks, 2, "{summary:?}");
+    assert_eq!(summary.allocated_bytes, 120);
+    assert_eq!(summary.outstanding_blocks, 1);
+    assert_eq!(summary.outstanding_bytes, 70);
+    drop(to_worker);
+    worker.join().unwrap();
+    drop(kept);
+    let s = leakscope::snapshot();
+    assert_eq!(s.scope("PUT /pending").unwrap().outstanding_blocks, 0);
+}
+
 fn alignment_is_kept() {
     for align in [1usize, 8, 16, 32, 64, 4096, 65536] {
         let layout = Layout::from_size_align(100, align).unwrap();
@@ -280,6 +319,10 @@ fn main() {
         (
             "frees_on_other_threads_and_realloc_are_exact",
             frees_on_other_threads_and_realloc_are_exact,
+        ),
+        (
+            "remote_free_before_the_owner_writes_its_counts",
+            remote_free_before_the_owner_writes_its_counts,
         ),
         ("alignment_is_kept", alignment_is_kept),
         (

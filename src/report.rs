@@ -170,6 +170,7 @@ impl Sum {
 
 fn build() -> Report {
     use std::sync::atomic::Ordering::Relaxed;
+    thread::flush_current();
     let mean = sample::current();
     let unit = sample::block_unit();
     let n = callsite::count();

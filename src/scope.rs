@@ -380,20 +380,64 @@ pub(crate) fn record_alloc(run: *const RunRecord, site: u32, size: usize) -> (u3
 #[cold]
 fn spill_alloc(rec: &RunRecord, site: u32, size: u64) {
     let mut l = rec.locked.lock();
-    let h = site_hash(site);
-    if let Some(s) = l.spilled.find_mut(h, |s| s.site == site) {
+    if let Some(s) = spilled(&mut l, site) {
         s.allocated_blocks += 1;
         s.allocated_bytes += size;
-        return;
     }
-    if l.spilled.try_reserve(1, |s| site_hash(s.site)).is_ok() {
+}
+
+/// The spilled counts of `site`, made on first use (`None` if libc is out of
+/// memory).
+fn spilled(l: &mut Locked, site: u32) -> Option<&mut SiteRun> {
+    let h = site_hash(site);
+    if l.spilled.find(h, |s| s.site == site).is_none() {
+        l.spilled.try_reserve(1, |s| site_hash(s.site)).ok()?;
         let s = SiteRun {
             site,
-            allocated_blocks: 1,
-            allocated_bytes: size,
             ..SiteRun::default()
         };
         l.spilled.insert_unique(h, s, |s| site_hash(s.site));
+    }
+    l.spilled.find_mut(h, |s| s.site == site)
+}
+
+/// Sampling mode: the tag (slot << 32 | generation) and scope id of blocks
+/// made now in `run`, which the calling thread is entering. Claims the run's
+/// entry for unsampled blocks first, so that a free on another thread finds it
+/// even before the owner writes the counts it keeps aside there.
+pub(crate) fn enter_tag(run: *const RunRecord) -> (u64, u32) {
+    // SAFETY: a thread's current run is a pooled record, never freed.
+    let Some(rec) = (unsafe { run.as_ref() }) else {
+        return (0, 0);
+    };
+    rec.find(crate::callsite::OTHER, true);
+    (
+        (rec.slot as u64) << 32 | rec.gen.load(Ordering::Relaxed) as u64,
+        rec.scope.load(Ordering::Relaxed),
+    )
+}
+
+/// Sampling mode: counts of `run`'s unsampled blocks that its owner (the
+/// calling thread) made and freed, kept aside until now.
+pub(crate) fn absorb(run: *const RunRecord, p: thread::Pending) {
+    // SAFETY: as in `enter_tag`.
+    let Some(rec) = (unsafe { run.as_ref() }) else {
+        return;
+    };
+    let site = crate::callsite::OTHER;
+    if let Some(s) = rec.find(site, true) {
+        bump(&s.allocated_blocks, p.alloc_blocks);
+        bump(&s.allocated_bytes, p.alloc_bytes);
+        bump(&s.own_freed_blocks, p.freed_blocks);
+        bump(&s.own_freed_bytes, p.freed_bytes);
+        return;
+    }
+    let mut l = rec.locked.lock();
+    if let Some(s) = spilled(&mut l, site) {
+        s.allocated_blocks += p.alloc_blocks;
+        s.allocated_bytes += p.alloc_bytes;
+        s.freed_blocks += p.freed_blocks;
+        s.freed_bytes += p.freed_bytes;
     }
 }
 

@@ -115,9 +115,15 @@ impl Chunks {
     }
 }
 
+/// A stack this thread saw lately. It is known again by its 64-bit hash,
+/// depth and innermost return address together: two different stacks alike
+/// in all three would share a call-site (the shared table, which every new
+/// stack goes through once, compares whole stacks).
 #[derive(Clone, Copy)]
 struct CacheEntry {
     hash: u64,
+    first: usize,
+    len: u32,
     id: u32,
     /// The site of `id` (null in a zeroed entry).
     site: *const callsite::Site,
@@ -161,18 +167,19 @@ impl Slot {
         &self.total
     }
 
-    /// The call-site of `frames`, from the cache or the shared table.
+    /// The call-site of `frames` (whose hash is `hash`), from the cache or
+    /// the shared table.
     #[inline]
-    fn intern(&self, frames: &[usize]) -> SiteRef {
-        let hash = unwind::hash_frames(frames);
+    fn intern(&self, frames: &[usize], hash: u64) -> SiteRef {
         // SAFETY: the cache is only used by the slot's owner, which is us.
         let cache = unsafe { &mut *self.cache.get() };
         let Some(entry) = cache.get_mut(hash as usize % CACHE) else {
             return SiteRef::other();
         };
-        // SAFETY: a non-null `site` was a `&'static Site` (sites are never freed).
-        if let Some(site) = unsafe { entry.site.as_ref() } {
-            if entry.hash == hash && site.matches(hash, frames) {
+        let first = frames.first().copied().unwrap_or(0);
+        if entry.hash == hash && entry.len as usize == frames.len() && entry.first == first {
+            // SAFETY: a non-null `site` was a `&'static Site` (sites are never freed).
+            if let Some(site) = unsafe { entry.site.as_ref() } {
                 return SiteRef {
                     id: entry.id,
                     site: Some(site),
@@ -183,6 +190,8 @@ impl Slot {
         let site = callsite::get(id);
         *entry = CacheEntry {
             hash,
+            first,
+            len: frames.len() as u32,
             id,
             site: site.map_or(std::ptr::null(), |s| s as *const _),
         };
@@ -245,6 +254,32 @@ struct State {
     release: Cell<u8>,
     /// Sampling mode: where this thread's next sample point is.
     sampler: Cell<Sampler>,
+    /// Sampling mode: the current run's tag (run slot << 32 | generation; 0:
+    /// no run) and scope id, and the counts of its unsampled blocks that this
+    /// thread made and freed while it was current and has not yet written to
+    /// the run record and the scope counters ([`flush`] does, whenever the
+    /// current run changes and before a report).
+    run_tag: Cell<u64>,
+    run_scope: Cell<u32>,
+    pending: Cell<Pending>,
+}
+
+/// See [`State::pending`].
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) alloc_blocks: u64,
+    pub(crate) alloc_bytes: u64,
+    pub(crate) freed_blocks: u64,
+    pub(crate) freed_bytes: u64,
+}
+
+impl Pending {
+    const NONE: Pending = Pending {
+        alloc_blocks: 0,
+        alloc_bytes: 0,
+        freed_blocks: 0,
+        freed_bytes: 0,
+    };
 }
 
 const RELEASE_NONE: u8 = 0;
@@ -260,6 +295,9 @@ thread_local! {
             run: Cell::new(std::ptr::null()),
             release: Cell::new(RELEASE_NONE),
             sampler: Cell::new(Sampler::new()),
+            run_tag: Cell::new(0),
+            run_scope: Cell::new(0),
+            pending: Cell::new(Pending::NONE),
         }
     };
     /// Gives the slot back when the thread ends.
@@ -271,6 +309,7 @@ struct SlotRelease;
 impl Drop for SlotRelease {
     fn drop(&mut self) {
         let _ = STATE.try_with(|st| {
+            flush(st);
             st.release.set(RELEASE_DONE);
             if let Some(slot) = st.slot.take() {
                 slot.in_use.store(false, Ordering::Release);
@@ -314,8 +353,8 @@ impl Tracking<'_> {
             }
         };
         let mut frames: Frames = [0; MAX_FRAMES];
-        let n = unwind::capture(&mut frames, bounds);
-        self.slot.intern(frames.get(..n).unwrap_or(&[]))
+        let (n, hash) = unwind::capture(&mut frames, bounds);
+        self.slot.intern(frames.get(..n).unwrap_or(&[]), hash)
     }
 
     /// Counts a block of `size` bytes allocated, in the process totals.
@@ -487,5 +526,120 @@ pub(crate) fn current_run() -> *const RunRecord {
 }
 
 pub(crate) fn set_current_run(run: *const RunRecord) {
-    let _ = STATE.try_with(|st| st.run.set(run));
+    let _ = STATE.try_with(|st| {
+        flush(st);
+        st.run.set(run);
+        let (tag, scope) = if run.is_null() || crate::sample::current() == 0 {
+            (0, 0)
+        } else {
+            crate::scope::enter_tag(run)
+        };
+        st.run_tag.set(tag);
+        st.run_scope.set(scope);
+    });
+}
+
+/// Writes the current run's pending counts (sampling mode) to the run record
+/// and this thread's scope counters.
+fn flush(st: &State) {
+    let p = st.pending.replace(Pending::NONE);
+    if p == Pending::NONE {
+        return;
+    }
+    crate::scope::absorb(st.run.get(), p);
+    let scope = st.run_scope.get();
+    if let Some(c) = st.slot.get().and_then(|slot| slot.scopes.make(scope)) {
+        c.on_alloc(p.alloc_blocks, p.alloc_bytes);
+        c.on_free(p.freed_blocks, p.freed_bytes);
+    }
+}
+
+/// Before a report: this thread's pending counts, written where reports read.
+pub(crate) fn flush_current() {
+    let _ = STATE.try_with(flush);
+}
+
+// ---------------------------------------------------------------- sampling mode's fast path
+
+/// What [`sampled_alloc`] did with a new block.
+pub(crate) enum FastAlloc {
+    /// Counted; the block's header gets this run tag and scope.
+    Counted { tag: u64, scope: u32 },
+    /// Not counted: the thread is inside the tracker.
+    Untracked,
+    /// Sampled: the caller records it, with its stack, through [`with_tracking`].
+    Sampled,
+    /// The caller must go through [`with_tracking`] (a new thread, or the
+    /// first allocation of the process).
+    Slow,
+}
+
+/// Sampling mode: counts a new unsampled block of `size` bytes without
+/// raising the re-entrancy flag (nothing here can allocate): the process
+/// totals and, inside a run, the run's pending counts.
+#[inline(always)]
+pub(crate) fn sampled_alloc(size: usize, mean: usize) -> FastAlloc {
+    STATE
+        .try_with(|st| {
+            if st.busy.get() {
+                return FastAlloc::Untracked;
+            }
+            let Some(slot) = st.slot.get() else {
+                return FastAlloc::Slow;
+            };
+            if INIT.load(Ordering::Relaxed) != 2 {
+                return FastAlloc::Slow;
+            }
+            let mut sampler = st.sampler.get();
+            let hit = sampler.take(size, mean);
+            st.sampler.set(sampler);
+            if hit {
+                return FastAlloc::Sampled;
+            }
+            slot.total.on_alloc(1, size as u64);
+            slot.total.drift.by(size as i64, &TOTAL_PEAK);
+            let tag = st.run_tag.get();
+            if tag != 0 {
+                let mut p = st.pending.get();
+                p.alloc_blocks += 1;
+                p.alloc_bytes += size as u64;
+                st.pending.set(p);
+            }
+            FastAlloc::Counted {
+                tag,
+                scope: st.run_scope.get(),
+            }
+        })
+        .unwrap_or(FastAlloc::Untracked)
+}
+
+/// Sampling mode: counts the free of an unsampled, counted block of `size`
+/// bytes with run tag `tag`, when that needs nothing beyond this thread: no
+/// run, or the run current here. Returns `false` when the caller must count
+/// it all through [`with_tracking`].
+#[inline(always)]
+pub(crate) fn sampled_free(size: usize, tag: u64) -> bool {
+    STATE
+        .try_with(|st| {
+            if st.busy.get() {
+                // Not counted, as in full mode: the tracker is freeing.
+                return true;
+            }
+            let Some(slot) = st.slot.get() else {
+                return false;
+            };
+            if tag != 0 && tag != st.run_tag.get() {
+                return false;
+            }
+            slot.total.on_free(1, size as u64);
+            slot.total.drift.by(-(size as i64), &TOTAL_PEAK);
+            if tag != 0 {
+                let mut p = st.pending.get();
+                p.freed_blocks += 1;
+                p.freed_bytes += size as u64;
+                st.pending.set(p);
+            }
+            true
+        })
+        .unwrap_or(true)
 }

@@ -10,7 +10,7 @@
 
 use crate::blocks::{self, Inserted, Meta};
 use crate::callsite::OTHER;
-use crate::thread::{self, SiteRef, Tracking};
+use crate::thread::{self, FastAlloc, SiteRef, Tracking};
 use crate::{sample, scope};
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -269,8 +269,13 @@ struct Header {
 
 impl Header {
     fn new(run_slot: u32, run_gen: u32, scope: u32, flags: u32) -> Header {
+        Header::tagged((run_slot as u64) << 32 | run_gen as u64, scope, flags)
+    }
+
+    #[inline(always)]
+    fn tagged(run: u64, scope: u32, flags: u32) -> Header {
         Header {
-            run: (run_slot as u64) << 32 | run_gen as u64,
+            run,
             info: (scope as u64) << 32 | flags as u64,
         }
     }
@@ -301,9 +306,18 @@ const SAMPLED: u32 = 2;
 /// The inner allocator's layout for a block of `layout` with its header.
 #[inline]
 fn outer(layout: Layout, size: usize) -> Option<(Layout, usize)> {
-    let room = header_room(layout.align());
-    let total = size.checked_add(room)?;
-    Some((Layout::from_size_align(total, layout.align()).ok()?, room))
+    let align = layout.align();
+    let room = header_room(align);
+    // A layout's size, rounded up to its alignment, must not pass isize::MAX.
+    if size > isize::MAX as usize - room - (align - 1) {
+        return None;
+    }
+    // SAFETY: `align` is a power of two (it is a layout's), and the size
+    // rounded up to it stays within isize::MAX (checked above).
+    Some((
+        unsafe { Layout::from_size_align_unchecked(size + room, align) },
+        room,
+    ))
 }
 
 /// # Safety
@@ -331,15 +345,52 @@ unsafe fn sampled_alloc<A: GlobalAlloc>(
     }
     // SAFETY: `room < outer.size()`, so `p` is inside the block.
     let p = unsafe { base.add(room) };
-    let h = thread::with_tracking(|t| track_sampled(t, p as usize, layout.size(), mean));
+    let h = new_header(p as usize, layout.size(), mean);
     // SAFETY: the 16 bytes below `p` are inside the block (`room >= 16`);
     // the write is unaligned-safe.
-    unsafe {
-        p.sub(HEADER)
-            .cast::<Header>()
-            .write_unaligned(h.unwrap_or_default())
-    };
+    unsafe { p.sub(HEADER).cast::<Header>().write_unaligned(h) };
     p
+}
+
+/// Counts a new block at `addr` and returns its header: on this thread's
+/// fast path unless the block is sampled.
+#[inline(always)]
+fn new_header(addr: usize, size: usize, mean: usize) -> Header {
+    let slow = |sampled: Option<bool>| {
+        thread::with_tracking(|t| {
+            let sampled = sampled.unwrap_or_else(|| t.sampled(size, mean));
+            track_sampled(t, addr, size, mean, sampled)
+        })
+        .unwrap_or_default()
+    };
+    match thread::sampled_alloc(size, mean) {
+        FastAlloc::Counted { tag, scope } => Header::tagged(tag, scope, COUNTED),
+        FastAlloc::Untracked => Header::default(),
+        FastAlloc::Sampled => slow(Some(true)),
+        FastAlloc::Slow => slow(None),
+    }
+}
+
+/// Counts the free of the block at `addr` with header `h`. `taken`: its
+/// table entry if the caller already took it out (`Some(None)`: it was not
+/// there); `None`: a sampled block's entry is taken out here.
+#[inline(always)]
+fn forget(addr: usize, size: usize, h: Header, taken: Option<Option<Meta>>, mean: usize) {
+    if h.flags() & COUNTED == 0 {
+        return;
+    }
+    let sampled = h.flags() & SAMPLED != 0;
+    if !sampled && thread::sampled_free(size, h.run) {
+        return;
+    }
+    thread::with_tracking(|t| {
+        let entry = match taken {
+            Some(entry) => entry,
+            None if sampled => blocks::remove(t.young(), addr),
+            None => None,
+        };
+        count_sampled_free(t, size, h, entry, mean);
+    });
 }
 
 /// # Safety
@@ -349,9 +400,7 @@ unsafe fn sampled_dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layou
     // SAFETY: `ptr` came from `sampled_alloc` with this layout, which wrote
     // the header below it.
     let h = unsafe { ptr.sub(HEADER).cast::<Header>().read_unaligned() };
-    if h.flags() & COUNTED != 0 {
-        thread::with_tracking(|t| free_sampled(t, ptr as usize, layout.size(), h, mean));
-    }
+    forget(ptr as usize, layout.size(), h, None, mean);
     // The layout was valid when the block was made, so this cannot fail.
     if let Some((outer, room)) = outer(layout, layout.size()) {
         // SAFETY: the inner block starts `room` below `ptr`, with layout `outer`.
@@ -394,26 +443,17 @@ unsafe fn sampled_realloc<A: GlobalAlloc>(
     }
     // SAFETY: `room < new_outer.size()`, so `p` is inside the new block.
     let p = unsafe { base.add(room) };
-    let new = thread::with_tracking(|t| {
-        if h.flags() & COUNTED != 0 {
-            count_sampled_free(t, layout.size(), h, entry, mean);
-        }
-        track_sampled(t, p as usize, new_size, mean)
-    });
+    forget(ptr as usize, layout.size(), h, Some(entry), mean);
+    let new = new_header(p as usize, new_size, mean);
     // SAFETY: the 16 bytes below `p` are inside the new block.
-    unsafe {
-        p.sub(HEADER)
-            .cast::<Header>()
-            .write_unaligned(new.unwrap_or_default())
-    };
+    unsafe { p.sub(HEADER).cast::<Header>().write_unaligned(new) };
     p
 }
 
-/// Sampling mode: counts a new block and says what its header holds.
-#[inline]
-fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize) -> Header {
+/// Sampling mode, slow path: counts a new block (`sampled` or not) and says
+/// what its header holds.
+fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize, sampled: bool) -> Header {
     t.total_alloc(size);
-    let sampled = t.sampled(size, mean);
     let site = if sampled {
         t.callsite()
     } else {
@@ -456,17 +496,8 @@ fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize) -> Hea
     Header::new(run_slot, run_gen, scope, flags)
 }
 
-/// Sampling mode: a counted block is freed.
-#[inline]
-fn free_sampled(t: &Tracking<'_>, addr: usize, size: usize, h: Header, mean: usize) {
-    let entry = if h.flags() & SAMPLED != 0 {
-        blocks::remove(t.young(), addr)
-    } else {
-        None
-    };
-    count_sampled_free(t, size, h, entry, mean);
-}
-
+/// Sampling mode, slow path: a counted block is freed (`entry`: its table
+/// entry, if it was sampled and found).
 fn count_sampled_free(t: &Tracking<'_>, size: usize, h: Header, entry: Option<Meta>, mean: usize) {
     t.total_free(size);
     let site = entry.map_or(OTHER, |m| m.site);

@@ -44,11 +44,13 @@ pub(crate) fn current_stack_bounds() -> (usize, usize) {
 }
 
 /// Fills `out` with the return addresses of the calling stack, innermost first,
-/// and returns how many it found. `bounds` are the thread's stack bounds.
+/// and returns how many it found with their [`hash_frames`]. `bounds` are the
+/// thread's stack bounds.
 #[inline(never)]
-pub(crate) fn capture(out: &mut Frames, bounds: (usize, usize)) -> usize {
+pub(crate) fn capture(out: &mut Frames, bounds: (usize, usize)) -> (usize, u64) {
     if DWARF.load(Ordering::Relaxed) {
-        return capture_dwarf(out);
+        let n = capture_dwarf(out);
+        return (n, hash_frames(out.get(..n).unwrap_or(&[])));
     }
     walk_frame_pointers(out, bounds)
 }
@@ -78,25 +80,33 @@ fn frame_pointer() -> usize {
 ///
 /// Soundness of every read: a frame record is read only when it lies wholly
 /// between the current stack pointer and the top of this thread's stack (memory
-/// that is mapped for as long as this function runs), is 8-byte aligned, and
-/// lies strictly above the previous one, so the walk also ends.
+/// that is mapped for as long as this function runs) and is 8-byte aligned.
+/// Each record must also lie above the one before, so a corrupt chain ends at
+/// once, and the walk stops at [`MAX_FRAMES`] in any case.
+///
+/// The hash is computed as the walk goes: its steps hide in the latency of
+/// the walk's chain of loads.
 #[inline(always)]
-fn walk_frame_pointers(out: &mut Frames, (stack_lo, stack_hi): (usize, usize)) -> usize {
+fn walk_frame_pointers(out: &mut Frames, (stack_lo, stack_hi): (usize, usize)) -> (usize, u64) {
     let marker = 0u8;
     let sp = &marker as *const u8 as usize;
     // Not on this thread's own stack (a signal stack, a coroutine): no walk.
-    if stack_hi == 0 || sp < stack_lo || sp >= stack_hi {
-        return 0;
+    if stack_hi == 0 || sp < stack_lo || sp >= stack_hi || stack_hi - sp < 16 {
+        return (0, hash_frames(&[]));
     }
-    let mut lo = sp;
+    // A record at `fp` is readable when `fp - sp <= span` and `fp % 8 == 0`.
+    let span = stack_hi - 16 - sp;
+    let readable = |fp: usize| fp.wrapping_sub(sp) <= span && fp % 8 == 0;
     let mut fp = frame_pointer();
     let mut n = 0;
-    while n < MAX_FRAMES {
-        if fp < lo || fp % 8 != 0 || fp > stack_hi - 16 {
-            break;
-        }
+    let mut h = 0u64;
+    if !readable(fp) {
+        return (0, hash_frames(&[]));
+    }
+    for slot in out.iter_mut() {
         // SAFETY: `fp..fp + 16` is inside `[sp, stack_hi)` and aligned (checked
-        // above); that range is this thread's live, mapped stack.
+        // before the loop and at the end of each step); that range is this
+        // thread's live, mapped stack.
         let (next, ret) = unsafe {
             (
                 std::ptr::read_volatile(fp as *const usize),
@@ -106,14 +116,15 @@ fn walk_frame_pointers(out: &mut Frames, (stack_lo, stack_hi): (usize, usize)) -
         if ret == 0 {
             break;
         }
-        if let Some(slot) = out.get_mut(n) {
-            *slot = ret;
-        }
+        *slot = ret;
+        h = hash_step(h, ret);
         n += 1;
-        lo = fp + 16;
+        if next <= fp || !readable(next) {
+            break;
+        }
         fp = next;
     }
-    n
+    (n, hash_finish(h, n))
 }
 
 fn capture_dwarf(out: &mut Frames) -> usize {
@@ -132,16 +143,19 @@ fn capture_dwarf(out: &mut Frames) -> usize {
     n
 }
 
-/// Hash of a stack, used to intern it (every frame counts, not just the first).
-/// Each frame's term is independent of the others (its position decides its
-/// rotation), so the multiplies of a deep stack run side by side rather than
-/// as one long dependency chain.
+/// Hash of a stack, used to intern it (every frame and its position count).
 #[inline]
 pub(crate) fn hash_frames(frames: &[usize]) -> u64 {
-    let mut h = frames.len() as u64;
-    for (i, &ip) in frames.iter().enumerate() {
-        let term = (ip as u64).rotate_left((i as u32).wrapping_mul(13) % 64);
-        h = h.wrapping_add(term.wrapping_mul(0x517C_C1B7_2722_0A95));
-    }
-    crate::sync::mix(h)
+    let h = frames.iter().fold(0, |h, &ip| hash_step(h, ip));
+    hash_finish(h, frames.len())
+}
+
+#[inline(always)]
+fn hash_step(h: u64, ip: usize) -> u64 {
+    (h.rotate_left(23) ^ ip as u64).wrapping_mul(0x517C_C1B7_2722_0A95)
+}
+
+#[inline(always)]
+fn hash_finish(h: u64, len: usize) -> u64 {
+    crate::sync::mix(h ^ len as u64)
 }
