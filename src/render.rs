@@ -202,49 +202,14 @@ impl Report {
 impl Report {
     /// The JSON document, schema `leakscope/1`.
     pub fn to_json(&self) -> String {
-        crate::thread::untracked(|| self.to_json_value().to_string())
+        crate::thread::untracked(|| self.write_json())
     }
 
-    fn to_json_value(&self) -> Value {
+    /// Written one call-site and scope at a time, into one buffer: a report
+    /// of 10,000 call-sites never holds a tree of the whole document.
+    fn write_json(&self) -> String {
         let t = &self.totals;
-        let callsites: Vec<Value> = self
-            .callsites
-            .iter()
-            .map(|c| {
-                json!({
-                    "id": c.id,
-                    "live_blocks": c.live_blocks,
-                    "live_bytes": c.live_bytes,
-                    "total_blocks": c.total_blocks,
-                    "total_bytes": c.total_bytes,
-                    "peak_live_bytes": c.peak_live_bytes,
-                    "frames": c.frames.iter().map(|fr| json!({
-                        "ip": format!("{:#x}", fr.ip),
-                        "function": fr.function,
-                        "file": fr.file,
-                        "line": fr.line,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        let scopes: Vec<Value> = self
-            .scopes
-            .iter()
-            .map(|s| {
-                json!({
-                    "name": s.name,
-                    "runs": s.runs,
-                    "outstanding_blocks": s.outstanding_blocks,
-                    "outstanding_bytes": s.outstanding_bytes,
-                    "blocks_per_run": s.blocks_per_run(),
-                    "bytes_per_run": s.bytes_per_run(),
-                    "by_callsite": s.by_callsite.iter().map(|c| json!({
-                        "callsite": c.callsite, "blocks": c.blocks, "bytes": c.bytes,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        json!({
+        let head = json!({
             "schema": "leakscope/1",
             "pid": self.pid,
             "totals": {
@@ -256,10 +221,59 @@ impl Report {
             },
             "untracked_blocks": self.untracked_blocks,
             "sample_bytes": self.sample_bytes,
-            "callsites": callsites,
-            "scopes": scopes,
-        })
+        });
+        let mut out: Vec<u8> = Vec::with_capacity(256 + 2048 * self.callsites.len());
+        let head = head.to_string();
+        // `head` is an object: reopen it to add the two lists.
+        out.extend_from_slice(head.trim_end_matches('}').as_bytes());
+        out.extend_from_slice(b",\"callsites\":[");
+        for (i, c) in self.callsites.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let v = json!({
+                "id": c.id,
+                "live_blocks": c.live_blocks,
+                "live_bytes": c.live_bytes,
+                "total_blocks": c.total_blocks,
+                "total_bytes": c.total_bytes,
+                "peak_live_bytes": c.peak_live_bytes,
+                "frames": c.frames.iter().map(|fr| json!({
+                    "ip": format!("{:#x}", fr.ip),
+                    "function": fr.function,
+                    "file": fr.file,
+                    "line": fr.line,
+                })).collect::<Vec<_>>(),
+            });
+            write_value(&mut out, &v);
+        }
+        out.extend_from_slice(b"],\"scopes\":[");
+        for (i, s) in self.scopes.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let v = json!({
+                "name": s.name,
+                "runs": s.runs,
+                "outstanding_blocks": s.outstanding_blocks,
+                "outstanding_bytes": s.outstanding_bytes,
+                "blocks_per_run": s.blocks_per_run(),
+                "bytes_per_run": s.bytes_per_run(),
+                "by_callsite": s.by_callsite.iter().map(|c| json!({
+                    "callsite": c.callsite, "blocks": c.blocks, "bytes": c.bytes,
+                })).collect::<Vec<_>>(),
+            });
+            write_value(&mut out, &v);
+        }
+        out.extend_from_slice(b"]}");
+        // Only serde_json's output and ASCII went in.
+        String::from_utf8(out).unwrap_or_default()
     }
+}
+
+fn write_value(out: &mut Vec<u8>, v: &Value) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(out, v);
 }
 
 #[cfg(test)]

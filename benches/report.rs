@@ -1,0 +1,80 @@
+//! How fast a report is made: 1,000,000 live blocks over 10,000 call-sites
+//! (100 callers times 100 allocating functions, 100 blocks each), then
+//! `snapshot()` (merge the counters, walk the blocks, symbolize every stack)
+//! and the text and JSON documents. Prints seconds for each; the target is a
+//! snapshot in under 1 s. `cargo bench --bench report`
+//!
+//! Not a criterion bench: one report of a million blocks is the measurement,
+//! and the process must use the tracker as its global allocator.
+
+#![allow(clippy::vec_box)] // the boxes are the planted blocks
+
+#[global_allocator]
+static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
+
+use std::hint::black_box;
+use std::time::Instant;
+
+const PER_SITE: usize = 100;
+
+/// Calls `$f::<N>` for the `N` in the list that equals `$i`: one call
+/// instruction per `N`, so each is its own return address.
+macro_rules! fan {
+    ($i:expr, $f:ident, $arg:expr; $($n:literal),*) => {
+        match $i {
+            $($n => $f::<$n>($arg),)*
+            _ => unreachable!(),
+        }
+    };
+}
+
+#[inline(never)]
+fn leaf<const J: usize>(out: &mut Vec<Box<[u8; 24]>>) {
+    for _ in 0..PER_SITE {
+        out.push(black_box(Box::new([J as u8; 24])));
+    }
+}
+
+#[inline(never)]
+fn caller<const K: usize>((j, out): (usize, &mut Vec<Box<[u8; 24]>>)) {
+    fan!(j, leaf, out; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99)
+}
+
+fn main() {
+    let sites = 100 * 100;
+    let mut live: Vec<Box<[u8; 24]>> = Vec::with_capacity(sites * PER_SITE);
+    let start = Instant::now();
+    for k in 0..100 {
+        for j in 0..100 {
+            fan!(k, caller, (j, &mut live); 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99);
+        }
+    }
+    let made = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let report = leakscope::snapshot();
+    let snap = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let text = report.to_string();
+    let text_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let json = report.to_json();
+    let json_secs = start.elapsed().as_secs_f64();
+    let planted: Vec<_> = report.callsites_in("leaf").collect();
+    assert_eq!(planted.len(), sites, "one call-site per caller and leaf");
+    assert!(planted.iter().all(|c| c.live_blocks == PER_SITE as u64));
+    println!(
+        "{} live blocks at {} call-sites (made in {made:.2} s): snapshot {snap:.3} s, text {text_secs:.3} s ({} bytes), JSON {json_secs:.3} s ({} bytes)",
+        live.len(),
+        planted.len(),
+        text.len(),
+        json.len(),
+    );
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert!(doc["callsites"].as_array().map_or(0, Vec::len) >= sites);
+    // A second snapshot: symbols come from the loaded debug info again.
+    let start = Instant::now();
+    let again = leakscope::snapshot();
+    println!("second snapshot {:.3} s", start.elapsed().as_secs_f64());
+    drop(again);
+    drop(live);
+}
