@@ -218,6 +218,36 @@ fn workload(threads: usize, scoped: bool) -> usize {
     writer.join().unwrap()
 }
 
+/// Live blocks the memory phase keeps, and their sizes (16 to 128 bytes).
+const RETAINED: usize = 1_000_000;
+
+/// The memory phase: a million small live blocks (made in a scope where
+/// the mode has scopes), then the process's peak RSS in KiB.
+fn retain(scoped: bool) -> i64 {
+    let make = || {
+        (0..RETAINED)
+            .map(|i| black_box(vec![i as u8; 16 + (i * 7) % 113]))
+            .collect::<Vec<Vec<u8>>>()
+    };
+    let kept = if scoped {
+        leakscope::track_scope("retain", make)
+    } else {
+        make()
+    };
+    let rss = peak_rss_kib();
+    drop(black_box(kept));
+    rss
+}
+
+fn peak_rss_kib() -> i64 {
+    // SAFETY: getrusage fills a zeroed struct.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u.ru_maxrss
+    }
+}
+
 fn child(mode: &str) {
     let threads: usize = std::env::var(THREADS_VAR)
         .ok()
@@ -232,16 +262,17 @@ fn child(mode: &str) {
     // dhat records only while a profiler runs; its output goes nowhere.
     let profiler =
         (mode == "dhat").then(|| dhat::Profiler::builder().file_name("/dev/null").build());
+    let scoped = tracked && mode != "leakscope-sites";
+    if std::env::var_os("LEAKSCOPE_BENCH_RETAIN").is_some() {
+        println!("{}", retain(scoped));
+        drop(profiler);
+        return;
+    }
     LEAKED.lock().unwrap().reserve(requests() / 100);
     let start = Instant::now();
-    let bytes = workload(threads, tracked && mode != "leakscope-sites");
+    let bytes = workload(threads, scoped);
     let secs = start.elapsed().as_secs_f64();
-    // SAFETY: getrusage fills a zeroed struct.
-    let rss_kib = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        u.ru_maxrss
-    };
+    let rss_kib = peak_rss_kib();
     if tracked {
         let r = leakscope::snapshot();
         // Exact in every tracked mode: per call-site without scopes, per
@@ -256,6 +287,25 @@ fn child(mode: &str) {
     }
     println!("{secs} {rss_kib} {bytes}");
     drop(profiler);
+}
+
+/// Runs this program as a child in `mode`; its one line of output.
+fn run_child(exe: &std::path::Path, mode: &str, setup: impl FnOnce(&mut Command)) -> String {
+    let mut cmd = Command::new(exe);
+    if mode == "leakscope-sampled" {
+        cmd.env("LEAKSCOPE_SAMPLE_BYTES", SAMPLE_BYTES);
+    } else {
+        cmd.env_remove("LEAKSCOPE_SAMPLE_BYTES");
+    }
+    cmd.env(MODE_VAR, mode).env_remove("LEAKSCOPE_REPORT");
+    setup(&mut cmd);
+    let out = cmd.output().expect("run the workload");
+    assert!(
+        out.status.success(),
+        "{mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -304,24 +354,9 @@ fn main() {
         for _ in 0..rounds {
             // Interleaved, so that drift in the machine's speed hits all alike.
             for (m, (mode, _)) in modes.iter().enumerate() {
-                let mut cmd = Command::new(&exe);
-                if *mode == "leakscope-sampled" {
-                    cmd.env("LEAKSCOPE_SAMPLE_BYTES", SAMPLE_BYTES);
-                } else {
-                    cmd.env_remove("LEAKSCOPE_SAMPLE_BYTES");
-                }
-                let out = cmd
-                    .env(MODE_VAR, mode)
-                    .env(THREADS_VAR, threads.to_string())
-                    .env_remove("LEAKSCOPE_REPORT")
-                    .output()
-                    .expect("run the workload");
-                assert!(
-                    out.status.success(),
-                    "{mode}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let line = String::from_utf8_lossy(&out.stdout);
+                let line = run_child(&exe, mode, |c| {
+                    c.env(THREADS_VAR, threads.to_string());
+                });
                 let mut f = line.split_whitespace();
                 secs[m].push(f.next().unwrap().parse().unwrap());
                 rss[m] = rss[m].max(f.next().unwrap().parse().unwrap());
@@ -351,5 +386,33 @@ fn main() {
                 base,
             );
         }
+    }
+    println!();
+    println!("memory: {RETAINED} live blocks of 16-128 bytes held at once (one run each)");
+    println!(
+        "{:<19} {:>12} {:>9} {:>22}",
+        "allocator", "peak RSS", "ratio", "extra bytes per block"
+    );
+    let rss: Vec<i64> = modes
+        .iter()
+        .map(|(mode, _)| {
+            let line = run_child(&exe, mode, |c| {
+                c.env("LEAKSCOPE_BENCH_RETAIN", "1");
+            });
+            line.trim().parse().expect("peak RSS")
+        })
+        .collect();
+    for (m, (mode, base)) in modes.iter().enumerate() {
+        let Some(b) = modes.iter().position(|(name, _)| name == base) else {
+            continue;
+        };
+        println!(
+            "{:<19} {:>8} MiB {:>8.2}x {:>22.1}  vs {}",
+            mode,
+            rss[m] / 1024,
+            rss[m] as f64 / rss[b] as f64,
+            (rss[m] - rss[b]) as f64 * 1024.0 / RETAINED as f64,
+            base
+        );
     }
 }
