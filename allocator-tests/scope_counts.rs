@@ -38,6 +38,14 @@ fn main() {
         ("text_report_scope_table", text_report_scope_table),
         ("run_with_a_hundred_callsites", run_with_a_hundred_callsites),
         ("future_polled_on_two_threads", future_polled_on_two_threads),
+        (
+            "long_lived_blocks_in_an_open_run",
+            long_lived_blocks_in_an_open_run,
+        ),
+        (
+            "moved_blocks_of_a_closed_run_stay_out_of_the_next",
+            moved_blocks_of_a_closed_run_stay_out_of_the_next,
+        ),
     ]);
 }
 
@@ -247,6 +255,80 @@ fn text_report_scope_table() {
         "{text}"
     );
     assert!(text.contains("leak_bytes"), "{text}");
+}
+
+#[inline(never)]
+#[allow(clippy::vec_box)] // the boxes are the planted blocks
+fn many_boxes(n: usize, out: &mut Vec<Box<[u8; 40]>>) {
+    for i in 0..n {
+        out.push(black_box(Box::new([i as u8; 40])));
+    }
+}
+
+/// More blocks than a thread's young table holds stay live in an open run:
+/// they move to the shared table with their run tag, and frees of them in
+/// the run still count there.
+fn long_lived_blocks_in_an_open_run() {
+    let mut held = Vec::with_capacity(5000);
+    let summary = {
+        let g = leakscope::scope("POST /batch");
+        many_boxes(5000, &mut held);
+        // Free every other one, oldest first (long since moved out).
+        let mut i = 0;
+        held.retain(|_| {
+            i += 1;
+            i % 2 == 0
+        });
+        g.finish()
+    };
+    assert_eq!(summary.allocated_blocks, 5000);
+    assert_eq!(summary.allocated_bytes, 5000 * 40);
+    assert_eq!(summary.outstanding_blocks, 2500);
+    assert_eq!(summary.outstanding_bytes, 2500 * 40);
+    let r = leakscope::snapshot();
+    let s = r.scope("POST /batch").unwrap();
+    assert_eq!(
+        (s.outstanding_blocks, s.outstanding_bytes),
+        (2500, 2500 * 40)
+    );
+    let by_site: u64 = s.by_callsite.iter().map(|c| c.blocks).sum();
+    assert_eq!(
+        by_site, 2500,
+        "the blocks themselves agree with the counters"
+    );
+    drop(held);
+    assert_eq!(
+        leakscope::snapshot()
+            .scope("POST /batch")
+            .unwrap()
+            .outstanding_blocks,
+        0
+    );
+}
+
+/// A run's record is reused by the next run on the thread; blocks the first
+/// run moved to the shared table and that are freed during the second count
+/// in neither, even at the same call-site.
+fn moved_blocks_of_a_closed_run_stay_out_of_the_next() {
+    let mut first = Vec::with_capacity(3000);
+    let mut second = Vec::with_capacity(10);
+    let mut summaries = Vec::with_capacity(2);
+    for (name, n) in [("GET /first", 3000), ("GET /second", 10)] {
+        let g = leakscope::scope(name);
+        // One call for both runs: one call-site.
+        let out = if n == 3000 { &mut first } else { &mut second };
+        many_boxes(n, out);
+        if n == 10 {
+            drop(std::mem::take(&mut first));
+        }
+        summaries.push(g.finish());
+    }
+    assert_eq!(summaries[0].outstanding_blocks, 3000);
+    assert_eq!(summaries[1].allocated_blocks, 10, "{:?}", summaries[1]);
+    assert_eq!(summaries[1].outstanding_blocks, 10, "{:?}", summaries[1]);
+    let r = leakscope::snapshot();
+    assert_eq!(r.scope("GET /first").unwrap().outstanding_blocks, 0);
+    assert_eq!(r.scope("GET /second").unwrap().outstanding_blocks, 10);
 }
 
 #[inline(never)]

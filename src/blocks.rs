@@ -20,9 +20,8 @@
 //! re-enter the tracker.
 
 use crate::sync::{mix, MetaAlloc, SpinLock};
-use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// What the tracker keeps per live block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,37 +48,42 @@ const FREED: usize = 1 << 63;
 const MOVING: usize = 1 << 62;
 const FLAGS: usize = FREED | MOVING;
 
-/// One young block. `addr` is 0 when empty; the owner writes the other fields
-/// before it publishes `addr` (release), and only while `addr` is not live.
+/// One young block (32 bytes). `addr` is 0 when empty; the owner writes the
+/// other fields before it publishes `addr` (release), and only while `addr`
+/// is not live.
 #[derive(Default)]
 struct YoungEntry {
     addr: AtomicUsize,
     size: AtomicUsize,
-    site: AtomicU32,
-    scope: AtomicU32,
-    run_slot: AtomicU32,
-    run_gen: AtomicU32,
+    /// Call-site id, and scope id << 32.
+    ids: AtomicU64,
+    /// Run slot << 32 | run generation.
+    run: AtomicU64,
 }
 
 impl YoungEntry {
     #[inline]
     fn meta(&self) -> Meta {
+        let ids = self.ids.load(Ordering::Relaxed);
+        let run = self.run.load(Ordering::Relaxed);
         Meta {
             size: self.size.load(Ordering::Relaxed),
-            site: self.site.load(Ordering::Relaxed),
-            scope: self.scope.load(Ordering::Relaxed),
-            run_slot: self.run_slot.load(Ordering::Relaxed),
-            run_gen: self.run_gen.load(Ordering::Relaxed),
+            site: ids as u32,
+            scope: (ids >> 32) as u32,
+            run_slot: (run >> 32) as u32,
+            run_gen: run as u32,
         }
     }
 
     #[inline]
     fn publish(&self, addr: usize, m: Meta) {
         self.size.store(m.size, Ordering::Relaxed);
-        self.site.store(m.site, Ordering::Relaxed);
-        self.scope.store(m.scope, Ordering::Relaxed);
-        self.run_slot.store(m.run_slot, Ordering::Relaxed);
-        self.run_gen.store(m.run_gen, Ordering::Relaxed);
+        self.ids
+            .store(m.site as u64 | (m.scope as u64) << 32, Ordering::Relaxed);
+        self.run.store(
+            (m.run_slot as u64) << 32 | m.run_gen as u64,
+            Ordering::Relaxed,
+        );
         self.addr.store(addr, Ordering::Release);
     }
 }
@@ -163,7 +167,7 @@ pub(crate) enum Inserted {
     /// table still had for this address (its block was freed without the
     /// tracker seeing it), or a block moved out to the shared table that could
     /// not grow (libc out of memory).
-    Replaced(Meta),
+    Replaced(usize, Meta),
     /// The new block itself is not tracked (the shared table could not grow).
     Dropped,
 }
@@ -174,7 +178,7 @@ pub(crate) fn insert(own: &Young, addr: usize, meta: Meta) -> Inserted {
     if addr & FLAGS != 0 {
         return match insert_shared(addr, meta) {
             Shared::New => Inserted::New,
-            Shared::Replaced(stale) => Inserted::Replaced(stale),
+            Shared::Replaced(stale) => Inserted::Replaced(addr, stale),
             Shared::Dropped => Inserted::Dropped,
         };
     }
@@ -189,7 +193,7 @@ pub(crate) fn insert(own: &Young, addr: usize, meta: Meta) -> Inserted {
         if a == addr {
             let stale = e.meta();
             e.publish(addr, meta);
-            return Inserted::Replaced(stale);
+            return Inserted::Replaced(addr, stale);
         }
     }
     move_out(own.entry(home, 0), addr, meta)
@@ -212,10 +216,10 @@ fn move_out(e: &YoungEntry, addr: usize, meta: Meta) -> Inserted {
         let moved = e.meta();
         result = match insert_shared(old, moved) {
             Shared::New => Inserted::New,
-            Shared::Replaced(stale) => Inserted::Replaced(stale),
+            Shared::Replaced(stale) => Inserted::Replaced(old, stale),
             Shared::Dropped => {
                 crate::exit::note_untracked();
-                Inserted::Replaced(moved)
+                Inserted::Replaced(old, moved)
             }
         };
     }
@@ -280,8 +284,8 @@ fn remove_elsewhere(addr: usize) -> Option<Meta> {
 pub(crate) fn for_each(mut f: impl FnMut(usize, &Meta)) {
     for s in &TABLE {
         let t = s.0.lock();
-        for (addr, meta) in t.iter() {
-            f(*addr, meta);
+        for &(key, w) in t.main.iter() {
+            f(key & ADDR_MASK, &t.get(key, w));
         }
     }
     for young in crate::thread::young_tables() {
@@ -295,14 +299,110 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Meta)) {
 }
 
 // ---------------------------------------------------------------- shared table
+//
+// A shared entry is 16 bytes: a key word (the address in the low 48 bits, the
+// scope id in the top 16) and one packed word (call-site, run slot, size). A
+// size of 1 GiB or more lives in the shard's second, small table. A block
+// moved here while its run was open keeps only the run's slot: the run lists
+// it by address (see `scope::note_moved`), so no generation is needed here.
 
 const SHARDS: usize = 256;
 
-#[repr(align(64))]
-struct Shard(SpinLock<HashTable<(usize, Meta), MetaAlloc>>);
+/// Addresses the shared table keeps: user-space addresses below 2^48.
+const ADDR_BITS: u32 = 48;
+const ADDR_MASK: usize = (1 << ADDR_BITS) - 1;
+/// Packed word: call-site id in bits 0-15, run slot in bits 16-31, size in
+/// bits 32-61, and two flags.
+const SIZE_SHIFT: u32 = 32;
+const SIZE_MAX: usize = (1 << 30) - 1;
+/// The size is in the shard's `big` table (1 GiB or more).
+const BIG: u64 = 1 << 62;
+/// The block is listed in its run (bits 16-31).
+const TAGGED: u64 = 1 << 63;
 
-static TABLE: [Shard; SHARDS] =
-    [const { Shard(SpinLock::new(HashTable::new_in(MetaAlloc {}))) }; SHARDS];
+/// The entry of `meta` at `addr`: (key, packed word, whether the size is big).
+/// Ids fit in 16 bits: call-sites and scope names are capped at 65,536, open
+/// runs at 65,535.
+fn pack(addr: usize, m: &Meta) -> (usize, u64) {
+    let key = addr | ((m.scope & 0xFFFF) as usize) << ADDR_BITS;
+    let mut w = (m.site & 0xFFFF) as u64;
+    if m.size <= SIZE_MAX {
+        w |= (m.size as u64) << SIZE_SHIFT;
+    } else {
+        w |= BIG;
+    }
+    if m.run_slot != 0 {
+        w |= TAGGED | ((m.run_slot & 0xFFFF) as u64) << 16;
+    }
+    (key, w)
+}
+
+/// The [`Meta`] of an entry; `big`: its size when the entry says it is big.
+fn unpack(key: usize, w: u64, big: Option<usize>) -> Meta {
+    let tagged = w & TAGGED != 0;
+    Meta {
+        size: if w & BIG != 0 {
+            big.unwrap_or(SIZE_MAX)
+        } else {
+            ((w >> SIZE_SHIFT) as usize) & SIZE_MAX
+        },
+        site: (w & 0xFFFF) as u32,
+        scope: (key >> ADDR_BITS) as u32,
+        run_slot: if tagged {
+            ((w >> 16) & 0xFFFF) as u32
+        } else {
+            0
+        },
+        run_gen: crate::scope::MOVED,
+    }
+}
+
+struct Tables {
+    main: HashTable<(usize, u64), MetaAlloc>,
+    /// Sizes of 1 GiB and more, by address.
+    big: HashTable<(usize, usize), MetaAlloc>,
+}
+
+impl Tables {
+    /// Takes out the entry of `addr`.
+    fn take(&mut self, addr: usize) -> Option<Meta> {
+        let (key, w) = self
+            .main
+            .find_entry(hash(addr), |e| e.0 & ADDR_MASK == addr)
+            .ok()?
+            .remove()
+            .0;
+        let big = if w & BIG != 0 {
+            self.big
+                .find_entry(hash(addr), |e| e.0 == addr)
+                .ok()
+                .map(|e| e.remove().0 .1)
+        } else {
+            None
+        };
+        Some(unpack(key, w, big))
+    }
+
+    fn get(&self, key: usize, w: u64) -> Meta {
+        let addr = key & ADDR_MASK;
+        let big = if w & BIG != 0 {
+            self.big.find(hash(addr), |e| e.0 == addr).map(|e| e.1)
+        } else {
+            None
+        };
+        unpack(key, w, big)
+    }
+}
+
+#[repr(align(64))]
+struct Shard(SpinLock<Tables>);
+
+static TABLE: [Shard; SHARDS] = [const {
+    Shard(SpinLock::new(Tables {
+        main: HashTable::new_in(MetaAlloc {}),
+        big: HashTable::new_in(MetaAlloc {}),
+    }))
+}; SHARDS];
 
 /// The shard of a block: its allocator region, and 64 KiB within it, so a
 /// region's blocks spread over a few shards.
@@ -322,43 +422,74 @@ fn hash(addr: usize) -> u64 {
 enum Shared {
     New,
     Replaced(Meta),
-    /// The table could not grow (libc out of memory).
+    /// The table could not take it (libc out of memory, or an address
+    /// above 2^48).
     Dropped,
 }
 
-fn insert_shared(addr: usize, meta: Meta) -> Shared {
+/// Enters the block at `addr`. A block of a run still open is listed in
+/// its run first (a tag from a run that closed is dropped).
+fn insert_shared(addr: usize, mut meta: Meta) -> Shared {
+    if addr > ADDR_MASK {
+        return Shared::Dropped;
+    }
+    if meta.run_slot != 0
+        && meta.run_gen != crate::scope::MOVED
+        && !crate::scope::note_moved(meta.run_slot, meta.run_gen, addr)
+    {
+        meta.run_slot = 0;
+    }
     let h = hash(addr);
+    let (key, mut w) = pack(addr, &meta);
     let mut t = shard(addr).0.lock();
-    // Room first, so that `entry` below never has to grow the table (its own
+    let t = &mut *t;
+    // Room first, so that inserting below never has to grow a table (its own
     // growth would abort on failure instead of reporting it).
-    if t.try_reserve(1, |e| hash(e.0)).is_err() {
-        return match t.find_mut(h, |e| e.0 == addr) {
-            Some(entry) => Shared::Replaced(std::mem::replace(&mut entry.1, meta)),
-            None => Shared::Dropped,
-        };
+    let room = t.main.try_reserve(1, |e| hash(e.0 & ADDR_MASK)).is_ok();
+    if w & BIG != 0 && t.big.try_reserve(1, |e| hash(e.0)).is_err() {
+        // Out of libc memory: keep the block, with the largest size it holds.
+        crate::exit::note_untracked();
+        w = w & !BIG | (SIZE_MAX as u64) << SIZE_SHIFT;
     }
-    match t.entry(h, |e| e.0 == addr, |e| hash(e.0)) {
-        Entry::Occupied(mut e) => Shared::Replaced(std::mem::replace(&mut e.get_mut().1, meta)),
-        Entry::Vacant(e) => {
-            e.insert((addr, meta));
-            Shared::New
+    // An entry still here is of a block freed unseen: replaced in place.
+    let stale = match t.main.find_mut(h, |e| e.0 & ADDR_MASK == addr) {
+        Some(e) => Some(std::mem::replace(e, (key, w))),
+        None if room => {
+            t.main.insert_unique(h, (key, w), |e| hash(e.0 & ADDR_MASK));
+            None
         }
+        None => return Shared::Dropped,
+    };
+    let stale = stale.map(|(okey, ow)| {
+        let big = if ow & BIG != 0 {
+            t.big
+                .find_entry(h, |e| e.0 == addr)
+                .ok()
+                .map(|e| e.remove().0 .1)
+        } else {
+            None
+        };
+        unpack(okey, ow, big)
+    });
+    if w & BIG != 0 {
+        t.big.insert_unique(h, (addr, meta.size), |e| hash(e.0));
     }
+    stale.map_or(Shared::New, Shared::Replaced)
 }
 
 fn remove_shared(addr: usize) -> Option<Meta> {
-    let h = hash(addr);
-    let mut t = shard(addr).0.lock();
-    t.find_entry(h, |e| e.0 == addr)
-        .ok()
-        .map(|e| e.remove().0 .1)
+    if addr > ADDR_MASK {
+        return None;
+    }
+    shard(addr).0.lock().take(addr)
 }
 
 fn in_shared(addr: usize) -> bool {
     shard(addr)
         .0
         .lock()
-        .find(hash(addr), |e| e.0 == addr)
+        .main
+        .find(hash(addr), |e| e.0 & ADDR_MASK == addr)
         .is_some()
 }
 
@@ -390,5 +521,77 @@ pub(crate) fn settle_after_fork() {
                     .store(if in_shared(addr) { 0 } else { addr }, Ordering::Release);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::MOVED;
+
+    fn meta(size: usize, run_slot: u32) -> Meta {
+        Meta {
+            size,
+            site: 65_535,
+            scope: 12,
+            run_slot,
+            run_gen: MOVED,
+        }
+    }
+
+    #[test]
+    fn packs_into_two_words() {
+        let addr = 0x7F12_3456_7890;
+        for m in [
+            meta(0, 0),
+            meta(24, 0),
+            meta(SIZE_MAX, 0),
+            meta(100, 65_535),
+            meta(SIZE_MAX, 7),
+        ] {
+            let (key, w) = pack(addr, &m);
+            assert_eq!(key & ADDR_MASK, addr);
+            assert_eq!(w & BIG, 0);
+            assert_eq!(unpack(key, w, None), m);
+        }
+        let huge = meta(5 << 40, 3);
+        let (key, w) = pack(addr, &huge);
+        assert_ne!(w & BIG, 0);
+        assert_eq!(unpack(key, w, Some(5 << 40)), huge);
+    }
+
+    #[test]
+    fn shared_entries_keep_scopes_slots_and_huge_sizes() {
+        // Addresses no allocator hands out here, so nothing else meets them;
+        // run slot 0, or a tag already listed (MOVED), so no run is asked.
+        let base = 0x7F00_0000_0000usize;
+        let blocks: Vec<(usize, Meta)> = (0..1000)
+            .map(|i| {
+                let m = match i % 3 {
+                    0 => meta(i, 0),
+                    1 => meta(i, i as u32),
+                    _ => meta((1 << 31) + i, 0),
+                };
+                (base + i * 64, m)
+            })
+            .collect();
+        for &(addr, m) in &blocks {
+            assert!(matches!(insert_shared(addr, m), Shared::New));
+        }
+        // A second insert at an address replaces (and returns) the first.
+        let (a, m) = blocks[2];
+        match insert_shared(a, meta(8, 0)) {
+            Shared::Replaced(old) => assert_eq!(old, m),
+            _ => panic!("not replaced"),
+        }
+        assert_eq!(remove_shared(a), Some(meta(8, 0)));
+        for &(addr, m) in blocks.iter().filter(|b| b.0 != a) {
+            assert_eq!(remove_shared(addr), Some(m));
+            assert_eq!(remove_shared(addr), None);
+        }
+        assert!(matches!(
+            insert_shared(1 << 50, meta(8, 0)),
+            Shared::Dropped
+        ));
     }
 }

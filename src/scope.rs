@@ -158,7 +158,18 @@ struct Locked {
     remote_freed: [(u64, u64); RUN_SITES],
     /// Call-sites that did not fit in the fixed table.
     spilled: HashTable<SiteRun, MetaAlloc>,
+    /// Blocks of this run moved to the shared block table while it was open
+    /// (their entries there carry only the run slot, see [`MOVED`]): a free
+    /// of one found here is this run's; the set is emptied at the close.
+    moved: HashTable<usize, MetaAlloc>,
 }
+
+/// The generation a block table entry gives for a block listed in its run's
+/// `moved` set. Never a run's own generation: those start at 1 and skip 0.
+pub(crate) const MOVED: u32 = 0;
+
+/// Above this many, a closed run's `moved` set gives its memory back.
+const MOVED_KEEP: usize = 1024;
 
 /// One scope run. Records are pooled and never freed.
 pub(crate) struct RunRecord {
@@ -229,6 +240,7 @@ fn new_chunk(index: usize) -> *mut RunRecord {
             locked: CacheAligned(SpinLock::new(Locked {
                 remote_freed: [(0, 0); RUN_SITES],
                 spilled: HashTable::new_in(MetaAlloc {}),
+                moved: HashTable::new_in(MetaAlloc {}),
             })),
             next_free: AtomicU32::new(0),
         };
@@ -468,6 +480,51 @@ fn remote_free(rec: &RunRecord, gen: u32, site: u32, size: u64) {
     if rec.gen.load(Ordering::Relaxed) != gen {
         return;
     }
+    count_locked_free(rec, &mut l, site, size);
+}
+
+/// A block at `addr` of run (`slot`, `gen`) moves to the shared block table,
+/// where its entry keeps only the slot: lists it in the run, if the run is
+/// still open. Returns whether it did (if not, the entry drops the tag).
+/// Allocation path: takes the run's lock, grows the set in libc's memory.
+pub(crate) fn note_moved(slot: u32, gen: u32, addr: usize) -> bool {
+    let Some(rec) = run_record(slot) else {
+        return false;
+    };
+    let mut l = rec.locked.lock();
+    if rec.gen.load(Ordering::Relaxed) != gen {
+        return false;
+    }
+    let h = addr_hash(addr);
+    if l.moved.find(h, |&a| a == addr).is_some() {
+        return true;
+    }
+    if l.moved.try_reserve(1, |&a| addr_hash(a)).is_err() {
+        return false;
+    }
+    l.moved.insert_unique(h, addr, |&a| addr_hash(a));
+    true
+}
+
+/// A block at `addr` whose entry said it was moved out of run `slot`'s
+/// young blocks is freed: it counts in the run if the run still lists it
+/// (a run lists only its own blocks, and forgets them all when it closes).
+pub(crate) fn record_free_moved(slot: u32, addr: usize, site: u32, size: usize) {
+    let Some(rec) = run_record(slot) else { return };
+    let mut l = rec.locked.lock();
+    let listed = l.moved.find_entry(addr_hash(addr), |&a| a == addr).ok();
+    if let Some(e) = listed {
+        e.remove();
+        count_locked_free(rec, &mut l, site, size as u64);
+    }
+}
+
+fn addr_hash(addr: usize) -> u64 {
+    crate::sync::mix(addr as u64)
+}
+
+/// Counts a free of one of `rec`'s blocks, with its lock held.
+fn count_locked_free(rec: &RunRecord, l: &mut Locked, site: u32, size: u64) {
     if let Some(s) = rec.find(site, false) {
         let i = rec.index_of(s);
         if let Some(r) = l.remote_freed.get_mut(i) {
@@ -499,7 +556,7 @@ fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
         let Locked {
             remote_freed,
             spilled,
-            ..
+            moved,
         } = &mut *l;
         for (s, remote) in rec.sites.iter().zip(remote_freed.iter_mut()) {
             let key = s.key.load(Ordering::Relaxed);
@@ -530,7 +587,15 @@ fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
             counts.extend(spilled.iter().copied());
         }
         spilled.clear();
-        rec.gen.fetch_add(1, Ordering::Release);
+        if moved.capacity() > MOVED_KEEP {
+            *moved = HashTable::new_in(MetaAlloc {});
+        } else {
+            moved.clear();
+        }
+        // The next generation, never MOVED.
+        if rec.gen.fetch_add(1, Ordering::Release).wrapping_add(1) == MOVED {
+            rec.gen.fetch_add(1, Ordering::Release);
+        }
         let scope = rec.scope.load(Ordering::Relaxed);
         drop(l);
         release_record(rec);

@@ -162,7 +162,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
             }
             // As valgrind counts it: the old block is freed, a new one allocated here.
             if let Some(meta) = old {
-                count_free(t, &meta);
+                count_free(t, ptr as usize, &meta);
             }
             track(t, p as usize, new_size);
         });
@@ -172,13 +172,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
 
 /// Puts the entry of a block whose realloc failed back in the table; `gone`
 /// counts an entry that can no longer be tracked as freed.
-fn put_back(t: &Tracking<'_>, addr: usize, meta: Meta, gone: impl Fn(&Tracking<'_>, &Meta)) {
+fn put_back(t: &Tracking<'_>, addr: usize, meta: Meta, gone: impl Fn(&Tracking<'_>, usize, &Meta)) {
     match blocks::insert(t.young(), addr, meta) {
         Inserted::New => {}
-        Inserted::Replaced(stale) => gone(t, &stale),
+        Inserted::Replaced(at, stale) => gone(t, at, &stale),
         Inserted::Dropped => {
             crate::exit::note_untracked();
-            gone(t, &meta);
+            gone(t, addr, &meta);
         }
     }
 }
@@ -192,7 +192,7 @@ fn on_alloc(p: *mut u8, size: usize) {
 fn on_free(p: *mut u8) {
     thread::with_tracking(|t| {
         if let Some(meta) = blocks::remove(t.young(), p as usize) {
-            count_free(t, &meta);
+            count_free(t, p as usize, &meta);
         }
     });
 }
@@ -216,7 +216,7 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
     };
     match blocks::insert(t.young(), addr, meta) {
         Inserted::New => {}
-        Inserted::Replaced(stale) => count_free(t, &stale),
+        Inserted::Replaced(at, stale) => count_free(t, at, &stale),
         Inserted::Dropped => {
             // Not in the table, so never counted as freed: not counted at all
             // (a run that counted it already keeps it as outstanding).
@@ -231,16 +231,20 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
     }
 }
 
-/// Counts a tracked block (full mode) as freed.
+/// Counts a tracked block at `addr` (full mode) as freed.
 #[inline]
-fn count_free(t: &Tracking<'_>, meta: &Meta) {
+fn count_free(t: &Tracking<'_>, addr: usize, meta: &Meta) {
     t.total_free(meta.size);
     t.site_free(meta.site, 1, meta.size as u64);
     if meta.scope != 0 {
         t.scope_free(meta.scope, meta.size);
     }
     if meta.run_slot != 0 {
-        scope::record_free(meta.run_slot, meta.run_gen, meta.site, meta.size, t.token());
+        if meta.run_gen == scope::MOVED {
+            scope::record_free_moved(meta.run_slot, addr, meta.site, meta.size);
+        } else {
+            scope::record_free(meta.run_slot, meta.run_gen, meta.site, meta.size, t.token());
+        }
     }
 }
 
@@ -436,7 +440,7 @@ unsafe fn sampled_realloc<A: GlobalAlloc>(
     if base.is_null() {
         if let Some(meta) = entry {
             thread::with_tracking(|t| {
-                put_back(t, ptr as usize, meta, |t, m| forget_sampled(t, m, mean))
+                put_back(t, ptr as usize, meta, |t, _, m| forget_sampled(t, m, mean))
             });
         }
         return base;
@@ -473,16 +477,17 @@ fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize, sample
     }
     let mut flags = COUNTED;
     if sampled {
+        // The header carries the run tag; the table entry needs none.
         let meta = Meta {
             size,
             site: site.id,
             scope,
-            run_slot,
-            run_gen,
+            run_slot: 0,
+            run_gen: 0,
         };
         match blocks::insert(t.young(), addr, meta) {
             Inserted::New => flags |= SAMPLED,
-            Inserted::Replaced(stale) => {
+            Inserted::Replaced(_, stale) => {
                 forget_sampled(t, &stale, mean);
                 flags |= SAMPLED;
             }
