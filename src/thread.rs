@@ -59,15 +59,26 @@ impl Counts {
 impl Drift {
     #[inline]
     fn by(&self, by: i64, peak: &Peak) {
+        self.by_lazy(by, || Some(peak));
+    }
+
+    /// As [`Drift::by`], with the shared [`Peak`] looked up only when it is
+    /// needed: on a new high, or to flush (never on most frees).
+    #[inline]
+    fn by_lazy<'p>(&self, by: i64, peak: impl Fn() -> Option<&'p Peak>) {
         let mut pending = self.pending.load(Ordering::Relaxed).wrapping_add(by);
         // Between two flushes of this thread, the live bytes it sees are
         // highest where `pending` is: only a new high can be a new peak.
         if pending > self.high.load(Ordering::Relaxed) {
             self.high.store(pending, Ordering::Relaxed);
-            peak.observe(pending);
+            if let Some(p) = peak() {
+                p.observe(pending);
+            }
         }
         if !(-FLUSH_BYTES..FLUSH_BYTES).contains(&pending) {
-            peak.flushed.fetch_add(pending, Ordering::Relaxed);
+            if let Some(p) = peak() {
+                p.flushed.fetch_add(pending, Ordering::Relaxed);
+            }
             pending = 0;
             self.high.store(0, Ordering::Relaxed);
         }
@@ -383,9 +394,10 @@ impl Tracking<'_> {
 
     #[inline]
     pub(crate) fn site_free(&self, site: u32, units: u64, bytes: u64) {
-        if let (Some(c), Some(s)) = (self.slot.sites.make(site), callsite::get(site)) {
+        if let Some(c) = self.slot.sites.make(site) {
             c.on_free(units, bytes);
-            c.drift.by(-(bytes as i64), &s.peak);
+            c.drift
+                .by_lazy(-(bytes as i64), || callsite::get(site).map(|s| &s.peak));
         }
     }
 

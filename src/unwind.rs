@@ -80,9 +80,8 @@ fn frame_pointer() -> usize {
 ///
 /// Soundness of every read: a frame record is read only when it lies wholly
 /// between the current stack pointer and the top of this thread's stack (memory
-/// that is mapped for as long as this function runs) and is 8-byte aligned.
-/// Each record must also lie above the one before, so a corrupt chain ends at
-/// once, and the walk stops at [`MAX_FRAMES`] in any case.
+/// that is mapped for as long as this function runs), is 8-byte aligned, and
+/// lies strictly above the one before, so the walk also ends.
 ///
 /// The hash is computed as the walk goes: its steps hide in the latency of
 /// the walk's chain of loads.
@@ -91,22 +90,19 @@ fn walk_frame_pointers(out: &mut Frames, (stack_lo, stack_hi): (usize, usize)) -
     let marker = 0u8;
     let sp = &marker as *const u8 as usize;
     // Not on this thread's own stack (a signal stack, a coroutine): no walk.
-    if stack_hi == 0 || sp < stack_lo || sp >= stack_hi || stack_hi - sp < 16 {
+    if stack_hi == 0 || sp < stack_lo || sp >= stack_hi {
         return (0, hash_frames(&[]));
     }
-    // A record at `fp` is readable when `fp - sp <= span` and `fp % 8 == 0`.
-    let span = stack_hi - 16 - sp;
-    let readable = |fp: usize| fp.wrapping_sub(sp) <= span && fp % 8 == 0;
+    let mut lo = sp;
     let mut fp = frame_pointer();
     let mut n = 0;
     let mut h = 0u64;
-    if !readable(fp) {
-        return (0, hash_frames(&[]));
-    }
-    for slot in out.iter_mut() {
+    while n < MAX_FRAMES {
+        if fp < lo || fp % 8 != 0 || fp > stack_hi - 16 {
+            break;
+        }
         // SAFETY: `fp..fp + 16` is inside `[sp, stack_hi)` and aligned (checked
-        // before the loop and at the end of each step); that range is this
-        // thread's live, mapped stack.
+        // above); that range is this thread's live, mapped stack.
         let (next, ret) = unsafe {
             (
                 std::ptr::read_volatile(fp as *const usize),
@@ -116,12 +112,12 @@ fn walk_frame_pointers(out: &mut Frames, (stack_lo, stack_hi): (usize, usize)) -
         if ret == 0 {
             break;
         }
-        *slot = ret;
+        if let Some(slot) = out.get_mut(n) {
+            *slot = ret;
+        }
         h = hash_step(h, ret);
         n += 1;
-        if next <= fp || !readable(next) {
-            break;
-        }
+        lo = fp + 16;
         fp = next;
     }
     (n, hash_finish(h, n))
