@@ -27,9 +27,14 @@
 //! // LEAKSCOPE_REPORT=stderr ./service   -> outstanding-allocation report at exit
 //! ```
 //!
+//! Sampling mode ([`LeakTracker::sample_bytes`] or `LEAKSCOPE_SAMPLE_BYTES`)
+//! keeps every count that scopes and totals need exact and a stack for about
+//! one block per `N` bytes, with unbiased weights for the call-site figures.
+//!
 //! Where the hot path lives: [`LeakTracker`]'s `GlobalAlloc` impl in
-//! `tracker.rs`, the per-thread state it uses in `thread.rs`, and the block
-//! table (per-thread young blocks, then a shared table) in `blocks.rs`.
+//! `tracker.rs` (both modes), the per-thread state it uses in `thread.rs`
+//! (with sampling mode's thread-local fast path), and the block table
+//! (per-thread young blocks, then a shared table) in `blocks.rs`.
 
 mod blocks;
 mod callsite;

@@ -7,6 +7,11 @@
 //! panic, allocate through the global allocator, or take a lock that could;
 //! a thread already inside the tracker (its re-entrancy flag up) passes
 //! straight through, and so does a free of a block the tracker never saw.
+//!
+//! In sampling mode ([`crate::sample`]) every block gets a 16-byte header in
+//! front of it, holding its scope run and whether it was counted and sampled;
+//! an unsampled block is counted on the thread's fast path
+//! ([`crate::thread::sampled_alloc`]) and never enters the block table.
 
 use crate::blocks::{self, Inserted, Meta};
 use crate::callsite::OTHER;
