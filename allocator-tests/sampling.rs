@@ -228,6 +228,138 @@ fn remote_free_before_the_owner_writes_its_counts() {
     assert_eq!(s.scope("PUT /pending").unwrap().outstanding_blocks, 0);
 }
 
+/// Allocates and frees in each poll, and keeps one block per poll.
+struct Steps {
+    left: u32,
+    kept: Vec<Vec<u8>>,
+}
+
+impl std::future::Future for Steps {
+    type Output = Vec<Vec<u8>>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        drop(black_box(vec![0u8; 500]));
+        let keep = black_box(vec![1u8; 33]);
+        self.kept.push(keep);
+        self.left -= 1;
+        if self.left == 0 {
+            std::task::Poll::Ready(std::mem::take(&mut self.kept))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+    use std::task::{Context, RawWaker, RawWakerVTable, Waker};
+    fn raw() -> RawWaker {
+        RawWaker::new(std::ptr::null(), &VTABLE)
+    }
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(|_| raw(), |_| {}, |_| {}, |_| {});
+    // SAFETY: the vtable's functions do nothing and never touch the data pointer.
+    let waker = unsafe { Waker::from_raw(raw()) };
+    std::pin::Pin::new(f).poll(&mut Context::from_waker(&waker))
+}
+
+/// A scoped future polled here, then on another thread, with another run on
+/// this thread between the polls: each thread's counts reach the right run.
+fn future_polled_on_two_threads() {
+    use leakscope::TrackScopeExt;
+    let mut fut = Box::pin(
+        Steps {
+            left: 2,
+            kept: Vec::with_capacity(2),
+        }
+        .track_scope("async-sampled"),
+    );
+    assert!(poll_once(&mut fut).is_pending());
+    let between = leakscope::track_scope("between-sampled", || black_box(vec![2u8; 5]));
+    let (kept, fut) = std::thread::spawn(move || {
+        let std::task::Poll::Ready(kept) = poll_once(&mut fut) else {
+            panic!("not ready")
+        };
+        (kept, fut)
+    })
+    .join()
+    .unwrap();
+    drop(fut);
+    let r = leakscope::snapshot();
+    let get = |n: &str| {
+        let s = r.scope(n).unwrap();
+        (s.runs, s.outstanding_blocks, s.outstanding_bytes)
+    };
+    assert_eq!(get("async-sampled"), (1, 2, 66));
+    assert_eq!(get("between-sampled"), (1, 1, 5));
+    drop(r);
+    drop(kept);
+    drop(between);
+    let r = leakscope::snapshot();
+    assert_eq!(r.scope("async-sampled").unwrap().outstanding_blocks, 0);
+}
+
+/// System, except that it refuses to grow a block past 1 MiB.
+struct NoBigRealloc;
+
+// SAFETY: forwards to System; a refused realloc returns null and leaves the
+// block as it was, as the contract allows.
+unsafe impl GlobalAlloc for NoBigRealloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if n > 1 << 20 {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: forwarded contract.
+        unsafe { std::alloc::System.realloc(p, l, n) }
+    }
+}
+
+/// Uses the process's sampling mode too (the mode is the process's).
+static REFUSING: leakscope::LeakTracker<NoBigRealloc> = leakscope::LeakTracker::new(NoBigRealloc);
+
+fn refused_realloc_keeps_block_and_counts() {
+    let layout = Layout::from_size_align(64 * 1024, 8).unwrap();
+    let before = totals();
+    let g = leakscope::scope("PATCH /refused");
+    // SAFETY: non-zero size; freed below with the layout it has then.
+    unsafe {
+        // Big enough to be sampled almost surely: its table entry too must survive.
+        let p = REFUSING.alloc(layout);
+        assert!(!p.is_null());
+        std::ptr::write_bytes(p, 0x5A, layout.size());
+        assert!(REFUSING.realloc(p, layout, 2 << 20).is_null());
+        assert!(
+            (0..layout.size()).all(|i| *p.add(i) == 0x5A),
+            "contents kept"
+        );
+        let mid = leakscope::snapshot();
+        assert_eq!(mid.totals.live_blocks - before.live_blocks, 1);
+        assert_eq!(mid.totals.live_bytes - before.live_bytes, 64 * 1024);
+        assert_eq!(
+            mid.scope("PATCH /refused").unwrap().outstanding_bytes,
+            64 * 1024
+        );
+        // Sampled (p = 1 - e^-16), and its table entry put back after the refusal.
+        let site = common::site(&mid, "refused_realloc_keeps_block_and_counts");
+        assert_eq!((site.live_blocks, site.live_bytes), (1, 64 * 1024));
+        drop(mid);
+        let q = REFUSING.realloc(p, layout, 100 * 1024);
+        assert!(!q.is_null());
+        REFUSING.dealloc(q, Layout::from_size_align(100 * 1024, 8).unwrap());
+    }
+    let s = g.finish();
+    assert_eq!((s.allocated_blocks, s.outstanding_blocks), (2, 0), "{s:?}");
+    assert_eq!(totals().live_blocks, before.live_blocks);
+}
+
 fn alignment_is_kept() {
     for align in [1usize, 8, 16, 32, 64, 4096, 65536] {
         let layout = Layout::from_size_align(100, align).unwrap();
@@ -323,6 +455,11 @@ fn main() {
         (
             "remote_free_before_the_owner_writes_its_counts",
             remote_free_before_the_owner_writes_its_counts,
+        ),
+        ("future_polled_on_two_threads", future_polled_on_two_threads),
+        (
+            "refused_realloc_keeps_block_and_counts",
+            refused_realloc_keeps_block_and_counts,
         ),
         ("alignment_is_kept", alignment_is_kept),
         (
