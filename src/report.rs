@@ -149,6 +149,7 @@ struct Sum {
     alloc_bytes: u64,
     free_blocks: u64,
     free_bytes: u64,
+    runs: u64,
 }
 
 impl Sum {
@@ -158,6 +159,7 @@ impl Sum {
         self.alloc_bytes = self.alloc_bytes.wrapping_add(c.alloc_bytes.load(Relaxed));
         self.free_blocks = self.free_blocks.wrapping_add(c.free_blocks.load(Relaxed));
         self.free_bytes = self.free_bytes.wrapping_add(c.free_bytes.load(Relaxed));
+        self.runs = self.runs.wrapping_add(c.runs.load(Relaxed));
     }
 
     fn live(&self) -> (u64, u64) {
@@ -254,7 +256,10 @@ fn build() -> Report {
                 scope_sums.get(id as usize).map_or((0, 0), Sum::live);
             ScopeStats {
                 name: entry.name.clone(),
-                runs: entry.runs.load(Relaxed),
+                runs: entry
+                    .runs
+                    .load(Relaxed)
+                    .wrapping_add(scope_sums.get(id as usize).map_or(0, |s| s.runs)),
                 outstanding_blocks,
                 outstanding_bytes,
                 by_callsite,

@@ -27,6 +27,8 @@ use std::task::{Context, Poll};
 pub(crate) struct ScopeEntry {
     pub(crate) id: u32,
     pub(crate) name: String,
+    /// Runs opened on threads without counters of their own (see
+    /// [`thread::count_run`]); reports add every thread's counts.
     pub(crate) runs: AtomicU64,
 }
 
@@ -541,7 +543,11 @@ fn count_locked_free(rec: &RunRecord, l: &mut Locked, site: u32, size: u64) {
 fn open_run(name: &str) -> Option<&'static RunRecord> {
     thread::untracked(|| {
         let entry = intern_name(name);
-        entry.runs.fetch_add(1, Ordering::Relaxed);
+        // Per thread, so that threads serving the same route do not fight
+        // over one counter; the shared one is for threads without counters.
+        if !thread::count_run(entry.id) {
+            entry.runs.fetch_add(1, Ordering::Relaxed);
+        }
         let rec = acquire_record()?;
         rec.scope.store(entry.id, Ordering::Relaxed);
         Some(rec)

@@ -26,6 +26,8 @@ pub(crate) struct Counts {
     pub(crate) alloc_bytes: AtomicU64,
     pub(crate) free_blocks: AtomicU64,
     pub(crate) free_bytes: AtomicU64,
+    /// Scope counters only: runs of the scope this thread opened.
+    pub(crate) runs: AtomicU64,
     drift: Drift,
 }
 
@@ -564,6 +566,20 @@ fn flush(st: &State) {
         c.on_alloc(p.alloc_blocks, p.alloc_bytes);
         c.on_free(p.freed_blocks, p.freed_bytes);
     }
+}
+
+/// Counts a run of scope id `scope` opened on this thread; `false` when the
+/// thread has no counters (yet, or any more) and the caller must count it.
+pub(crate) fn count_run(scope: u32) -> bool {
+    STATE
+        .try_with(|st| {
+            let Some(c) = st.slot.get().and_then(|slot| slot.scopes.make(scope)) else {
+                return false;
+            };
+            bump(&c.runs, 1);
+            true
+        })
+        .unwrap_or(false)
 }
 
 /// Before a report: this thread's pending counts, written where reports read.
