@@ -252,17 +252,6 @@ impl std::future::Future for Steps {
     }
 }
 
-fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
-    use std::task::{Context, RawWaker, RawWakerVTable, Waker};
-    fn raw() -> RawWaker {
-        RawWaker::new(std::ptr::null(), &VTABLE)
-    }
-    static VTABLE: RawWakerVTable = RawWakerVTable::new(|_| raw(), |_| {}, |_| {}, |_| {});
-    // SAFETY: the vtable's functions do nothing and never touch the data pointer.
-    let waker = unsafe { Waker::from_raw(raw()) };
-    std::pin::Pin::new(f).poll(&mut Context::from_waker(&waker))
-}
-
 /// A scoped future polled here, then on another thread, with another run on
 /// this thread between the polls: each thread's counts reach the right run.
 fn future_polled_on_two_threads() {
@@ -274,10 +263,10 @@ fn future_polled_on_two_threads() {
         }
         .track_scope("async-sampled"),
     );
-    assert!(poll_once(&mut fut).is_pending());
+    assert!(common::poll_once(&mut fut).is_pending());
     let between = leakscope::track_scope("between-sampled", || black_box(vec![2u8; 5]));
     let (kept, fut) = std::thread::spawn(move || {
-        let std::task::Poll::Ready(kept) = poll_once(&mut fut) else {
+        let std::task::Poll::Ready(kept) = common::poll_once(&mut fut) else {
             panic!("not ready")
         };
         (kept, fut)

@@ -413,27 +413,16 @@ impl std::future::Future for Steps {
     }
 }
 
-fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
-    use std::task::{Context, RawWaker, RawWakerVTable, Waker};
-    fn raw() -> RawWaker {
-        RawWaker::new(std::ptr::null(), &VTABLE)
-    }
-    static VTABLE: RawWakerVTable = RawWakerVTable::new(|_| raw(), |_| {}, |_| {}, |_| {});
-    // SAFETY: the vtable's functions do nothing and never touch the data pointer.
-    let waker = unsafe { Waker::from_raw(raw()) };
-    std::pin::Pin::new(f).poll(&mut Context::from_waker(&waker))
-}
-
 /// A scoped future polled once here and once on another thread, with another
 /// scope run on this thread in between: one run, both polls' blocks in it.
 fn future_polled_on_two_threads() {
     use leakscope::TrackScopeExt;
     let mut fut = Box::pin(Steps { left: 2 }.track_scope("async-job"));
-    assert!(poll_once(&mut fut).is_pending());
+    assert!(common::poll_once(&mut fut).is_pending());
     leakscope::track_scope("between-polls", || leak_bytes(5));
     leak_bytes(7); // outside every scope
     let fut = std::thread::spawn(move || {
-        assert!(poll_once(&mut fut).is_ready());
+        assert!(common::poll_once(&mut fut).is_ready());
         fut
     })
     .join()

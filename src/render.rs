@@ -226,12 +226,9 @@ impl Report {
         let head = head.to_string();
         // `head` is an object: reopen it to add the two lists.
         out.extend_from_slice(head.trim_end_matches('}').as_bytes());
-        out.extend_from_slice(b",\"callsites\":[");
-        for (i, c) in self.callsites.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let v = json!({
+        out.extend_from_slice(b",\"callsites\":");
+        write_list(&mut out, &self.callsites, |c| {
+            json!({
                 "id": c.id,
                 "live_blocks": c.live_blocks,
                 "live_bytes": c.live_bytes,
@@ -244,15 +241,11 @@ impl Report {
                     "file": fr.file,
                     "line": fr.line,
                 })).collect::<Vec<_>>(),
-            });
-            write_value(&mut out, &v);
-        }
-        out.extend_from_slice(b"],\"scopes\":[");
-        for (i, s) in self.scopes.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let v = json!({
+            })
+        });
+        out.extend_from_slice(b",\"scopes\":");
+        write_list(&mut out, &self.scopes, |s| {
+            json!({
                 "name": s.name,
                 "runs": s.runs,
                 "outstanding_blocks": s.outstanding_blocks,
@@ -262,18 +255,25 @@ impl Report {
                 "by_callsite": s.by_callsite.iter().map(|c| json!({
                     "callsite": c.callsite, "blocks": c.blocks, "bytes": c.bytes,
                 })).collect::<Vec<_>>(),
-            });
-            write_value(&mut out, &v);
-        }
-        out.extend_from_slice(b"]}");
+            })
+        });
+        out.push(b'}');
         // Only serde_json's output and ASCII went in.
         String::from_utf8(out).unwrap_or_default()
     }
 }
 
-fn write_value(out: &mut Vec<u8>, v: &Value) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(out, v);
+/// A JSON array of `items`, each written as soon as it is made.
+fn write_list<T>(out: &mut Vec<u8>, items: &[T], value: impl Fn(&T) -> Value) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &value(item));
+    }
+    out.push(b']');
 }
 
 #[cfg(test)]

@@ -73,3 +73,15 @@ pub fn site(report: &leakscope::Report, function: &str) -> Site {
 pub fn site_now(function: &str) -> Site {
     site(&leakscope::snapshot(), function)
 }
+
+/// Polls `f` once with a waker that does nothing.
+pub fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+    use std::task::{Context, RawWaker, RawWakerVTable, Waker};
+    fn raw() -> RawWaker {
+        RawWaker::new(std::ptr::null(), &VTABLE)
+    }
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(|_| raw(), |_| {}, |_| {}, |_| {});
+    // SAFETY: the vtable's functions do nothing and never touch the data pointer.
+    let waker = unsafe { Waker::from_raw(raw()) };
+    std::pin::Pin::new(f).poll(&mut Context::from_waker(&waker))
+}
