@@ -318,7 +318,10 @@ fn outer(layout: Layout, size: usize) -> Option<(Layout, usize)> {
     let align = layout.align();
     let room = header_room(align);
     // A layout's size, rounded up to its alignment, must not pass isize::MAX.
-    if size > isize::MAX as usize - room - (align - 1) {
+    let limit = (isize::MAX as usize)
+        .saturating_sub(room)
+        .saturating_sub(align - 1);
+    if size > limit {
         return None;
     }
     // SAFETY: `align` is a power of two (it is a layout's), and the size
