@@ -320,7 +320,8 @@ const BIG: u64 = 1 << 62;
 /// The block is listed in its run (bits 16-31).
 const TAGGED: u64 = 1 << 63;
 
-/// The entry of `meta` at `addr`: (key, packed word, whether the size is big).
+/// The entry of `meta` at `addr`: (key word, packed word). A size too big
+/// for the packed word is flagged [`BIG`]; the caller keeps it beside.
 /// Ids fit in 16 bits: call-sites and scope names are capped at 65,536, open
 /// runs at 65,535.
 fn pack(addr: usize, m: &Meta) -> (usize, u64) {
