@@ -275,12 +275,8 @@ fn future_polled_on_two_threads() {
     .unwrap();
     drop(fut);
     let r = leakscope::snapshot();
-    let get = |n: &str| {
-        let s = r.scope(n).unwrap();
-        (s.runs, s.outstanding_blocks, s.outstanding_bytes)
-    };
-    assert_eq!(get("async-sampled"), (1, 2, 66));
-    assert_eq!(get("between-sampled"), (1, 1, 5));
+    assert_eq!(common::scope(&r, "async-sampled"), (1, 2, 66));
+    assert_eq!(common::scope(&r, "between-sampled"), (1, 1, 5));
     drop(r);
     drop(kept);
     drop(between);

@@ -148,13 +148,9 @@ fn nested_scopes() {
         (2, 40)
     );
     let r = leakscope::snapshot();
-    let get = |n: &str| {
-        let s = r.scope(n).unwrap();
-        (s.runs, s.outstanding_blocks, s.outstanding_bytes)
-    };
-    assert_eq!(get("outer"), (1, 2, 20));
-    assert_eq!(get("inner"), (1, 2, 40));
-    assert_eq!(get("innermost"), (1, 1, 30));
+    assert_eq!(common::scope(&r, "outer"), (1, 2, 20));
+    assert_eq!(common::scope(&r, "inner"), (1, 2, 40));
+    assert_eq!(common::scope(&r, "innermost"), (1, 1, 30));
 }
 
 fn panic_closes_scope() {
@@ -429,10 +425,6 @@ fn future_polled_on_two_threads() {
     .unwrap();
     drop(fut);
     let r = leakscope::snapshot();
-    let get = |n: &str| {
-        let s = r.scope(n).unwrap();
-        (s.runs, s.outstanding_blocks, s.outstanding_bytes)
-    };
-    assert_eq!(get("async-job"), (1, 2, 66));
-    assert_eq!(get("between-polls"), (1, 1, 5));
+    assert_eq!(common::scope(&r, "async-job"), (1, 2, 66));
+    assert_eq!(common::scope(&r, "between-polls"), (1, 1, 5));
 }

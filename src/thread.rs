@@ -295,6 +295,18 @@ impl Pending {
     };
 }
 
+impl State {
+    /// Counts `size` bytes towards this thread's next sample point; whether
+    /// this block is sampled.
+    #[inline(always)]
+    fn sample(&self, size: usize, mean: usize) -> bool {
+        let mut s = self.sampler.get();
+        let hit = s.take(size, mean);
+        self.sampler.set(s);
+        hit
+    }
+}
+
 const RELEASE_NONE: u8 = 0;
 const RELEASE_ARMED: u8 = 1;
 const RELEASE_DONE: u8 = 2;
@@ -422,10 +434,7 @@ impl Tracking<'_> {
     /// point; whether this block is sampled.
     #[inline]
     pub(crate) fn sampled(&self, size: usize, mean: usize) -> bool {
-        let mut s = self.state.sampler.get();
-        let hit = s.take(size, mean);
-        self.state.sampler.set(s);
-        hit
+        self.state.sample(size, mean)
     }
 
     #[inline]
@@ -618,10 +627,7 @@ pub(crate) fn sampled_alloc(size: usize, mean: usize) -> FastAlloc {
             if INIT.load(Ordering::Relaxed) != 2 {
                 return FastAlloc::Slow;
             }
-            let mut sampler = st.sampler.get();
-            let hit = sampler.take(size, mean);
-            st.sampler.set(sampler);
-            if hit {
+            if st.sample(size, mean) {
                 return FastAlloc::Sampled;
             }
             slot.total.on_alloc(1, size as u64);

@@ -69,6 +69,12 @@ pub fn site(report: &leakscope::Report, function: &str) -> Site {
     s
 }
 
+/// Runs, outstanding blocks and outstanding bytes of scope `name`.
+pub fn scope(report: &leakscope::Report, name: &str) -> (u64, u64, u64) {
+    let s = report.scope(name).expect("the scope was opened");
+    (s.runs, s.outstanding_blocks, s.outstanding_bytes)
+}
+
 /// `site` of a fresh snapshot.
 pub fn site_now(function: &str) -> Site {
     site(&leakscope::snapshot(), function)
