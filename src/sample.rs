@@ -17,7 +17,7 @@
 //! Blocks much larger than N are sampled almost surely and weigh about 1.
 //!
 //! The mode is fixed at the first allocation and never changes: a sampled
-//! process puts a 16-byte header in front of every block (see
+//! process puts an 8-byte header in front of every block (see
 //! [`crate::tracker`]), so every block must be made and freed the same way.
 //! Nothing here allocates; reading the environment uses `getenv` in place.
 

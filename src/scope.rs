@@ -170,6 +170,11 @@ struct Locked {
 /// `moved` set. Never a run's own generation: those start at 1 and skip 0.
 pub(crate) const MOVED: u32 = 0;
 
+/// Generations wrap within 30 bits, as sampling mode's block headers keep
+/// them. A block freed exactly 2^30 - 1 runs of its record later would be
+/// taken for one of the run open then.
+pub(crate) const GEN_MASK: u32 = (1 << 30) - 1;
+
 /// Above this many, a closed run's `moved` set gives its memory back.
 const MOVED_KEEP: usize = 1024;
 
@@ -193,6 +198,8 @@ pub(crate) struct RunRecord {
 
 const RUN_CHUNK: usize = 64;
 const RUN_CHUNKS: usize = 1024;
+// Sampling mode's block headers keep run slots and scope ids in 16 bits.
+const _: () = assert!(RUN_CHUNK * RUN_CHUNKS <= 1 << 16 && MAX_SCOPE_NAMES <= 1 << 16);
 
 static RUNS: [AtomicPtr<RunRecord>; RUN_CHUNKS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; RUN_CHUNKS];
@@ -415,7 +422,7 @@ fn spilled(l: &mut Locked, site: u32) -> Option<&mut SiteRun> {
     l.spilled.find_mut(h, |s| s.site == site)
 }
 
-/// Sampling mode: the tag (slot << 32 | generation) and scope id of blocks
+/// Sampling mode: the tag ([`crate::tracker::run_tag`]) and scope id of blocks
 /// made now in `run`, which the calling thread is entering. Claims the run's
 /// entry for unsampled blocks first, so that a free on another thread finds it
 /// even before the owner writes the counts it keeps aside there.
@@ -425,9 +432,10 @@ pub(crate) fn enter_tag(run: *const RunRecord) -> (u64, u32) {
         return (0, 0);
     };
     rec.find(crate::callsite::OTHER, true);
+    let scope = rec.scope.load(Ordering::Relaxed);
     (
-        (rec.slot as u64) << 32 | rec.gen.load(Ordering::Relaxed) as u64,
-        rec.scope.load(Ordering::Relaxed),
+        crate::tracker::run_tag(rec.slot, rec.gen.load(Ordering::Relaxed), scope),
+        scope,
     )
 }
 
@@ -598,10 +606,10 @@ fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
         } else {
             moved.clear();
         }
-        // The next generation, never MOVED.
-        if rec.gen.fetch_add(1, Ordering::Release).wrapping_add(1) == MOVED {
-            rec.gen.fetch_add(1, Ordering::Release);
-        }
+        // The next generation, never MOVED. Only the owner writes it.
+        let next = rec.gen.load(Ordering::Relaxed).wrapping_add(1) & GEN_MASK;
+        rec.gen
+            .store(if next == MOVED { 1 } else { next }, Ordering::Release);
         let scope = rec.scope.load(Ordering::Relaxed);
         drop(l);
         release_record(rec);

@@ -600,8 +600,8 @@ pub(crate) fn flush_current() {
 
 /// What [`sampled_alloc`] did with a new block.
 pub(crate) enum FastAlloc {
-    /// Counted; the block's header gets this run tag and scope.
-    Counted { tag: u64, scope: u32 },
+    /// Counted; the block's header gets this run tag.
+    Counted { tag: u64 },
     /// Not counted: the thread is inside the tracker.
     Untracked,
     /// Sampled: the caller records it, with its stack, through [`with_tracking`].
@@ -639,10 +639,7 @@ pub(crate) fn sampled_alloc(size: usize, mean: usize) -> FastAlloc {
                 p.alloc_bytes += size as u64;
                 st.pending.set(p);
             }
-            FastAlloc::Counted {
-                tag,
-                scope: st.run_scope.get(),
-            }
+            FastAlloc::Counted { tag }
         })
         .unwrap_or(FastAlloc::Untracked)
 }

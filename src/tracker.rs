@@ -255,7 +255,7 @@ fn count_free(t: &Tracking<'_>, addr: usize, meta: &Meta) {
 
 // ---------------------------------------------------------------- sampling mode
 
-/// Bytes of header in front of a block in sampling mode: 16, or the block's
+/// Bytes of header in front of a block in sampling mode: 8, or the block's
 /// alignment when larger, so the caller's address keeps its alignment.
 #[inline]
 fn header_room(align: usize) -> usize {
@@ -264,53 +264,57 @@ fn header_room(align: usize) -> usize {
 
 const HEADER: usize = std::mem::size_of::<Header>();
 
-/// In front of every block in sampling mode (the 16 bytes just below the
-/// address the caller gets). Written once when the block is made. Two words,
-/// so it goes to and from registers whole.
+/// In front of every block in sampling mode (the 8 bytes just below the
+/// address the caller gets), written once when the block is made. One word:
+/// run slot (bits 48-63), scope id (32-47), run generation (2-31) and flags
+/// (0-1). Slot, scope and generation together are the run's tag
+/// ([`run_tag`]): a free compares it with the current run's in one step.
 #[derive(Clone, Copy, Default)]
-#[repr(C)]
-struct Header {
-    /// Run slot (high half) and generation (0: allocated outside any run).
-    run: u64,
-    /// Scope id (high half) and flags.
-    info: u64,
+#[repr(transparent)]
+struct Header(u64);
+
+/// The tag of blocks made in run (`slot`, `gen`) of scope id `scope`, as
+/// their headers carry it (0: no run). Slots and scope ids are below 2^16,
+/// generations below 2^30 (`scope::GEN_MASK`).
+#[inline]
+pub(crate) fn run_tag(slot: u32, gen: u32, scope: u32) -> u64 {
+    (slot as u64 & 0xffff) << 48 | (scope as u64 & 0xffff) << 32 | (gen as u64 & 0x3fff_ffff) << 2
 }
 
-impl Header {
-    fn new(run_slot: u32, run_gen: u32, scope: u32, flags: u32) -> Header {
-        Header::tagged((run_slot as u64) << 32 | run_gen as u64, scope, flags)
-    }
+const FLAGS: u64 = 3;
 
+impl Header {
     #[inline(always)]
-    fn tagged(run: u64, scope: u32, flags: u32) -> Header {
-        Header {
-            run,
-            info: (scope as u64) << 32 | flags as u64,
-        }
+    fn tagged(tag: u64, flags: u64) -> Header {
+        Header(tag | flags)
     }
 
     fn run_slot(self) -> u32 {
-        (self.run >> 32) as u32
+        (self.0 >> 48) as u32
     }
 
     fn run_gen(self) -> u32 {
-        self.run as u32
+        (self.0 as u32) >> 2
     }
 
     fn scope(self) -> u32 {
-        (self.info >> 32) as u32
+        (self.0 >> 32) as u32 & 0xffff
     }
 
-    fn flags(self) -> u32 {
-        self.info as u32
+    fn flags(self) -> u64 {
+        self.0 & FLAGS
+    }
+
+    fn tag(self) -> u64 {
+        self.0 & !FLAGS
     }
 }
 
 /// The block was counted when made (the tracker was not busy), so its free
 /// is counted too.
-const COUNTED: u32 = 1;
+const COUNTED: u64 = 1;
 /// The block was sampled: it is in the block table with its call-site.
-const SAMPLED: u32 = 2;
+const SAMPLED: u64 = 2;
 
 /// The inner allocator's layout for a block of `layout` with its header.
 #[inline]
@@ -358,7 +362,7 @@ unsafe fn sampled_alloc<A: GlobalAlloc>(
     // SAFETY: `room < outer.size()`, so `p` is inside the block.
     let p = unsafe { base.add(room) };
     let h = new_header(p as usize, layout.size(), mean);
-    // SAFETY: the 16 bytes below `p` are inside the block (`room >= 16`);
+    // SAFETY: the 8 bytes below `p` are inside the block (`room >= 8`);
     // the write is unaligned-safe.
     unsafe { p.sub(HEADER).cast::<Header>().write_unaligned(h) };
     p
@@ -376,7 +380,7 @@ fn new_header(addr: usize, size: usize, mean: usize) -> Header {
         .unwrap_or_default()
     };
     match thread::sampled_alloc(size, mean) {
-        FastAlloc::Counted { tag, scope } => Header::tagged(tag, scope, COUNTED),
+        FastAlloc::Counted { tag } => Header::tagged(tag, COUNTED),
         FastAlloc::Untracked => Header::default(),
         FastAlloc::Sampled => slow(Some(true)),
         FastAlloc::Slow => slow(None),
@@ -392,7 +396,7 @@ fn forget(addr: usize, size: usize, h: Header, taken: Option<Option<Meta>>, mean
         return;
     }
     let sampled = h.flags() & SAMPLED != 0;
-    if !sampled && thread::sampled_free(size, h.run) {
+    if !sampled && thread::sampled_free(size, h.tag()) {
         return;
     }
     thread::with_tracking(|t| {
@@ -457,7 +461,7 @@ unsafe fn sampled_realloc<A: GlobalAlloc>(
     let p = unsafe { base.add(room) };
     forget(ptr as usize, layout.size(), h, Some(entry), mean);
     let new = new_header(p as usize, new_size, mean);
-    // SAFETY: the 16 bytes below `p` are inside the new block.
+    // SAFETY: the 8 bytes below `p` are inside the new block.
     unsafe { p.sub(HEADER).cast::<Header>().write_unaligned(new) };
     p
 }
@@ -506,7 +510,7 @@ fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize, sample
             t.site_alloc(site, units, bytes);
         }
     }
-    Header::new(run_slot, run_gen, scope, flags)
+    Header::tagged(run_tag(run_slot, run_gen, scope), flags)
 }
 
 /// Sampling mode, slow path: a counted block is freed (`entry`: its table
@@ -529,4 +533,26 @@ fn count_sampled_free(t: &Tracking<'_>, size: usize, h: Header, entry: Option<Me
 fn forget_sampled(t: &Tracking<'_>, meta: &Meta, mean: usize) {
     let (units, bytes) = sample::weight(meta.size, mean);
     t.site_free(meta.site, units, bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_gives_back_what_it_was_made_of() {
+        let gen = scope::GEN_MASK;
+        let h = Header::tagged(run_tag(65_535, gen, 65_534), COUNTED | SAMPLED);
+        assert_eq!(
+            (h.run_slot(), h.run_gen(), h.scope(), h.flags()),
+            (65_535, gen, 65_534, 3)
+        );
+        assert_eq!(h.tag(), run_tag(65_535, gen, 65_534));
+        let h = Header::tagged(run_tag(1, 1, 0), COUNTED);
+        assert_eq!(
+            (h.run_slot(), h.run_gen(), h.scope(), h.flags()),
+            (1, 1, 0, 1)
+        );
+        assert_eq!(HEADER, 8);
+    }
 }
