@@ -19,7 +19,7 @@
 //! libc's memory) and never hold a lock while calling anything that could
 //! re-enter the tracker.
 
-use crate::sync::{mix, MetaAlloc, SpinLock};
+use crate::sync::{hide, mix, MetaAlloc, SpinLock};
 use hashbrown::HashTable;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -84,7 +84,7 @@ impl YoungEntry {
             (m.run_slot as u64) << 32 | m.run_gen as u64,
             Ordering::Relaxed,
         );
-        self.addr.store(addr, Ordering::Release);
+        self.addr.store(hide(addr), Ordering::Release);
     }
 }
 
@@ -113,7 +113,7 @@ impl Young {
         let home = Young::home(addr);
         for i in 0..WINDOW {
             let e = self.entry(home, i);
-            if e.addr.load(Ordering::Relaxed) == addr {
+            if e.addr.load(Ordering::Relaxed) == hide(addr) {
                 let meta = e.meta();
                 // Nobody else frees this block now (that would be a double
                 // free), so no other thread writes this entry: a plain store.
@@ -127,26 +127,27 @@ impl Young {
     /// Another thread claims young block `addr` that it is freeing.
     fn claim(&self, addr: usize) -> Claim {
         let home = Young::home(addr);
+        let hidden = hide(addr);
         for i in 0..WINDOW {
             let e = self.entry(home, i);
             let a = e.addr.load(Ordering::Acquire);
-            if a == addr | MOVING {
+            if a == hidden | MOVING {
                 return Claim::Moving;
             }
-            if a != addr {
+            if a != hidden {
                 continue;
             }
             // Read before the swap: once the entry is marked freed, its owner
             // may reuse it at any time.
             let meta = e.meta();
             return match e.addr.compare_exchange(
-                addr,
-                addr | FREED,
+                hidden,
+                hidden | FREED,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
                 Ok(_) => Claim::Got(meta),
-                Err(now) if now == addr | MOVING => Claim::Moving,
+                Err(now) if now == hidden | MOVING => Claim::Moving,
                 // The owner moved it to the shared table meanwhile.
                 Err(_) => Claim::Missing,
             };
@@ -190,7 +191,7 @@ pub(crate) fn insert(own: &Young, addr: usize, meta: Meta) -> Inserted {
             e.publish(addr, meta);
             return Inserted::New;
         }
-        if a == addr {
+        if a == hide(addr) {
             let stale = e.meta();
             e.publish(addr, meta);
             return Inserted::Replaced(addr, stale);
@@ -214,6 +215,7 @@ fn move_out(e: &YoungEntry, addr: usize, meta: Meta) -> Inserted {
             .is_ok()
     {
         let moved = e.meta();
+        let old = hide(old);
         result = match insert_shared(old, moved) {
             Shared::New => Inserted::New,
             Shared::Replaced(stale) => Inserted::Replaced(old, stale),
@@ -285,14 +287,14 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Meta)) {
     for s in &TABLE {
         let t = s.0.lock();
         for &(key, w) in t.main.iter() {
-            f(key & ADDR_MASK, &t.get(key, w));
+            f(key_addr(key), &t.get(key, w));
         }
     }
     for young in crate::thread::young_tables() {
         for e in &young.entries {
             let a = e.addr.load(Ordering::Acquire);
             if a != 0 && a & FLAGS == 0 {
-                f(a, &e.meta());
+                f(hide(a), &e.meta());
             }
         }
     }
@@ -300,17 +302,29 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Meta)) {
 
 // ---------------------------------------------------------------- shared table
 //
-// A shared entry is 16 bytes: a key word (the address in the low 48 bits, the
-// scope id in the top 16) and one packed word (call-site, run slot, size). A
+// A shared entry is 16 bytes: a key word (the address shifted up 16 bits, the
+// scope id in the low 16, the top bit set: see `key`) and one packed word (call-site, run slot, size). A
 // size of 1 GiB or more lives in the shard's second, small table. A block
 // moved here while its run was open keeps only the run's slot: the run lists
 // it by address (see `scope::note_moved`), so no generation is needed here.
 
 const SHARDS: usize = 256;
 
-/// Addresses the shared table keeps: user-space addresses below 2^48.
-const ADDR_BITS: u32 = 48;
-const ADDR_MASK: usize = (1 << ADDR_BITS) - 1;
+/// Addresses the shared table keeps: user-space addresses below 2^47.
+const ADDR_MASK: usize = (1 << 47) - 1;
+
+/// The key word of the block at `addr` (below 2^47) in scope `scope`: never
+/// a user-space address (the top bit is set), so that no leak checker
+/// scanning the table, ours or valgrind's, takes it for a pointer.
+#[inline]
+fn key(addr: usize, scope: u32) -> usize {
+    addr << 16 | (scope & 0xFFFF) as usize | 1 << 63
+}
+
+#[inline]
+fn key_addr(key: usize) -> usize {
+    (key << 1) >> 17
+}
 /// Packed word: call-site id in bits 0-15, run slot in bits 16-31, size in
 /// bits 32-61, and two flags.
 const SIZE_SHIFT: u32 = 32;
@@ -325,7 +339,7 @@ const TAGGED: u64 = 1 << 63;
 /// Ids fit in 16 bits: call-sites and scope names are capped at 65,536, open
 /// runs at 65,535.
 fn pack(addr: usize, m: &Meta) -> (usize, u64) {
-    let key = addr | ((m.scope & 0xFFFF) as usize) << ADDR_BITS;
+    let key = key(addr, m.scope);
     let mut w = (m.site & 0xFFFF) as u64;
     if m.size <= SIZE_MAX {
         w |= (m.size as u64) << SIZE_SHIFT;
@@ -348,7 +362,7 @@ fn unpack(key: usize, w: u64, big: Option<usize>) -> Meta {
             ((w >> SIZE_SHIFT) as usize) & SIZE_MAX
         },
         site: (w & 0xFFFF) as u32,
-        scope: (key >> ADDR_BITS) as u32,
+        scope: (key & 0xFFFF) as u32,
         run_slot: if tagged {
             ((w >> 16) & 0xFFFF) as u32
         } else {
@@ -360,7 +374,7 @@ fn unpack(key: usize, w: u64, big: Option<usize>) -> Meta {
 
 struct Tables {
     main: HashTable<(usize, u64), MetaAlloc>,
-    /// Sizes of 1 GiB and more, by address.
+    /// Sizes of 1 GiB and more, by address (hidden: [`hide`]).
     big: HashTable<(usize, usize), MetaAlloc>,
 }
 
@@ -369,13 +383,13 @@ impl Tables {
     fn take(&mut self, addr: usize) -> Option<Meta> {
         let (key, w) = self
             .main
-            .find_entry(hash(addr), |e| e.0 & ADDR_MASK == addr)
+            .find_entry(hash(addr), |e| key_addr(e.0) == addr)
             .ok()?
             .remove()
             .0;
         let big = if w & BIG != 0 {
             self.big
-                .find_entry(hash(addr), |e| e.0 == addr)
+                .find_entry(hash(addr), |e| e.0 == hide(addr))
                 .ok()
                 .map(|e| e.remove().0 .1)
         } else {
@@ -385,9 +399,11 @@ impl Tables {
     }
 
     fn get(&self, key: usize, w: u64) -> Meta {
-        let addr = key & ADDR_MASK;
+        let addr = key_addr(key);
         let big = if w & BIG != 0 {
-            self.big.find(hash(addr), |e| e.0 == addr).map(|e| e.1)
+            self.big
+                .find(hash(addr), |e| e.0 == hide(addr))
+                .map(|e| e.1)
         } else {
             None
         };
@@ -420,6 +436,11 @@ fn hash(addr: usize) -> u64 {
     mix(addr as u64)
 }
 
+#[inline]
+fn key_addr_hash(key: usize) -> u64 {
+    hash(key_addr(key))
+}
+
 enum Shared {
     New,
     Replaced(Meta),
@@ -446,17 +467,17 @@ fn insert_shared(addr: usize, mut meta: Meta) -> Shared {
     let t = &mut *t;
     // Room first, so that inserting below never has to grow a table (its own
     // growth would abort on failure instead of reporting it).
-    let room = t.main.try_reserve(1, |e| hash(e.0 & ADDR_MASK)).is_ok();
-    if w & BIG != 0 && t.big.try_reserve(1, |e| hash(e.0)).is_err() {
+    let room = t.main.try_reserve(1, |e| key_addr_hash(e.0)).is_ok();
+    if w & BIG != 0 && t.big.try_reserve(1, |e| hash(hide(e.0))).is_err() {
         // Out of libc memory: keep the block, with the largest size it holds.
         crate::exit::note_untracked();
         w = w & !BIG | (SIZE_MAX as u64) << SIZE_SHIFT;
     }
     // An entry still here is of a block freed unseen: replaced in place.
-    let stale = match t.main.find_mut(h, |e| e.0 & ADDR_MASK == addr) {
+    let stale = match t.main.find_mut(h, |e| key_addr(e.0) == addr) {
         Some(e) => Some(std::mem::replace(e, (key, w))),
         None if room => {
-            t.main.insert_unique(h, (key, w), |e| hash(e.0 & ADDR_MASK));
+            t.main.insert_unique(h, (key, w), |e| key_addr_hash(e.0));
             None
         }
         None => return Shared::Dropped,
@@ -464,7 +485,7 @@ fn insert_shared(addr: usize, mut meta: Meta) -> Shared {
     let stale = stale.map(|(okey, ow)| {
         let big = if ow & BIG != 0 {
             t.big
-                .find_entry(h, |e| e.0 == addr)
+                .find_entry(h, |e| e.0 == hide(addr))
                 .ok()
                 .map(|e| e.remove().0 .1)
         } else {
@@ -473,7 +494,8 @@ fn insert_shared(addr: usize, mut meta: Meta) -> Shared {
         unpack(okey, ow, big)
     });
     if w & BIG != 0 {
-        t.big.insert_unique(h, (addr, meta.size), |e| hash(e.0));
+        t.big
+            .insert_unique(h, (hide(addr), meta.size), |e| hash(hide(e.0)));
     }
     stale.map_or(Shared::New, Shared::Replaced)
 }
@@ -490,7 +512,7 @@ fn in_shared(addr: usize) -> bool {
         .0
         .lock()
         .main
-        .find(hash(addr), |e| e.0 & ADDR_MASK == addr)
+        .find(hash(addr), |e| key_addr(e.0) == addr)
         .is_some()
 }
 
@@ -517,9 +539,11 @@ pub(crate) fn settle_after_fork() {
         for e in &young.entries {
             let a = e.addr.load(Ordering::Acquire);
             if a & MOVING != 0 {
-                let addr = a & !FLAGS;
-                e.addr
-                    .store(if in_shared(addr) { 0 } else { addr }, Ordering::Release);
+                let addr = hide(a & !FLAGS);
+                e.addr.store(
+                    if in_shared(addr) { 0 } else { hide(addr) },
+                    Ordering::Release,
+                );
             }
         }
     }
@@ -551,7 +575,7 @@ mod tests {
             meta(SIZE_MAX, 7),
         ] {
             let (key, w) = pack(addr, &m);
-            assert_eq!(key & ADDR_MASK, addr);
+            assert_eq!(key_addr(key), addr);
             assert_eq!(w & BIG, 0);
             assert_eq!(unpack(key, w, None), m);
         }

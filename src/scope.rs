@@ -163,6 +163,7 @@ struct Locked {
     /// Blocks of this run moved to the shared block table while it was open
     /// (their entries there carry only the run slot, see [`MOVED`]): a free
     /// of one found here is this run's; the set is emptied at the close.
+    /// Addresses are kept hidden ([`crate::sync::hide`]).
     moved: HashTable<usize, MetaAlloc>,
 }
 
@@ -506,13 +507,18 @@ pub(crate) fn note_moved(slot: u32, gen: u32, addr: usize) -> bool {
         return false;
     }
     let h = addr_hash(addr);
-    if l.moved.find(h, |&a| a == addr).is_some() {
+    let hidden = crate::sync::hide(addr);
+    if l.moved.find(h, |&a| a == hidden).is_some() {
         return true;
     }
-    if l.moved.try_reserve(1, |&a| addr_hash(a)).is_err() {
+    if l.moved
+        .try_reserve(1, |&a| addr_hash(crate::sync::hide(a)))
+        .is_err()
+    {
         return false;
     }
-    l.moved.insert_unique(h, addr, |&a| addr_hash(a));
+    l.moved
+        .insert_unique(h, hidden, |&a| addr_hash(crate::sync::hide(a)));
     true
 }
 
@@ -522,7 +528,8 @@ pub(crate) fn note_moved(slot: u32, gen: u32, addr: usize) -> bool {
 pub(crate) fn record_free_moved(slot: u32, addr: usize, site: u32, size: usize) {
     let Some(rec) = run_record(slot) else { return };
     let mut l = rec.locked.lock();
-    let listed = l.moved.find_entry(addr_hash(addr), |&a| a == addr).ok();
+    let hidden = crate::sync::hide(addr);
+    let listed = l.moved.find_entry(addr_hash(addr), |&a| a == hidden).ok();
     if let Some(e) = listed {
         e.remove();
         count_locked_free(rec, &mut l, site, size as u64);
