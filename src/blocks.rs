@@ -300,6 +300,37 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Meta)) {
     }
 }
 
+/// For the leak check, with the world stopped and [`lock_for_fork`] held:
+/// calls `f` for every live block, a block in the middle of a move perhaps
+/// twice (the caller removes repeats).
+pub(crate) fn for_each_held(mut f: impl FnMut(usize, &Meta)) {
+    for s in &TABLE {
+        // SAFETY: the caller holds every shard's lock (see above).
+        let t = unsafe { s.0.held() };
+        for &(key, w) in t.main.iter() {
+            f(key_addr(key), &t.get(key, w));
+        }
+    }
+    for young in crate::thread::young_tables() {
+        for e in &young.entries {
+            let a = e.addr.load(Ordering::Acquire);
+            if a != 0 && a & FREED == 0 {
+                f(hide(a & !MOVING), &e.meta());
+            }
+        }
+    }
+}
+
+/// Live blocks in the tables now (an upper bound while threads run).
+pub(crate) fn count_held() -> usize {
+    let mut n = 0;
+    for s in &TABLE {
+        // SAFETY: as in `for_each_held`.
+        n += unsafe { s.0.held() }.main.len();
+    }
+    n + crate::thread::young_tables().count() * YOUNG
+}
+
 // ---------------------------------------------------------------- shared table
 //
 // A shared entry is 16 bytes: a key word (the address shifted up 16 bits, the

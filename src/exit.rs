@@ -1,6 +1,7 @@
 //! Configuration from the environment, the report at exit, and `fork`.
 //!
-//! Owns `LEAKSCOPE_REPORT` and `LEAKSCOPE_UNWIND` (`LEAKSCOPE_SAMPLE_BYTES` is
+//! Owns `LEAKSCOPE_REPORT`, `LEAKSCOPE_UNWIND`, `LEAKSCOPE_LEAK_CHECK` and
+//! `LEAKSCOPE_ERROR_EXITCODE` (`LEAKSCOPE_SAMPLE_BYTES` is
 //! read by [`crate::sample`] before the first block is made, and a bad value
 //! is warned about here), the `atexit` hook that writes the report (also
 //! after `std::process::exit`), and the `fork` hooks
@@ -13,7 +14,7 @@
 use crate::{blocks, callsite, report, scope, thread, unwind};
 use std::ffi::CStr;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 /// Where the exit report goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +47,31 @@ static DEST: parking_lot::Mutex<Option<Dest>> = parking_lot::const_mutex(None);
 static HOOKED: AtomicBool = AtomicBool::new(false);
 static REPORTED: AtomicBool = AtomicBool::new(false);
 static UNTRACKED: AtomicU64 = AtomicU64::new(0);
+/// `LEAKSCOPE_LEAK_CHECK` (on unless `no`).
+static LEAK_CHECK: AtomicBool = AtomicBool::new(true);
+/// `LEAKSCOPE_ERROR_EXITCODE` (0: not set).
+static ERROR_EXITCODE: AtomicI32 = AtomicI32::new(0);
+
+/// Parses `LEAKSCOPE_LEAK_CHECK`.
+pub(crate) fn parse_leak_check(value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "" | "yes" | "full" | "1" | "on" | "true" => Ok(true),
+        "no" | "0" | "off" | "false" => Ok(false),
+        v => Err(format!(
+            "LEAKSCOPE_LEAK_CHECK={v:?} is not yes or no; the leak check stays on"
+        )),
+    }
+}
+
+/// Parses `LEAKSCOPE_ERROR_EXITCODE`: an exit status from 1 to 255.
+pub(crate) fn parse_exitcode(value: &str) -> Result<i32, String> {
+    match value.trim().parse::<i32>() {
+        Ok(n) if (1..=255).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "LEAKSCOPE_ERROR_EXITCODE={value:?} is not an exit status from 1 to 255; ignoring it"
+        )),
+    }
+}
 
 /// A block went untracked for lack of table memory.
 pub(crate) fn note_untracked() {
@@ -95,6 +121,18 @@ pub(crate) fn init() {
             "LEAKSCOPE_SAMPLE_BYTES={value:?} is not a byte count (like 524288 or 512k); ignoring it"
         ));
     }
+    if let Some(value) = env(c"LEAKSCOPE_LEAK_CHECK") {
+        match parse_leak_check(&value) {
+            Ok(on) => LEAK_CHECK.store(on, Ordering::Relaxed),
+            Err(msg) => warn(&msg),
+        }
+    }
+    if let Some(value) = env(c"LEAKSCOPE_ERROR_EXITCODE") {
+        match parse_exitcode(&value) {
+            Ok(n) => ERROR_EXITCODE.store(n, Ordering::Relaxed),
+            Err(msg) => warn(&msg),
+        }
+    }
     if let Some(value) = env(c"LEAKSCOPE_REPORT") {
         match Dest::parse(&value) {
             Ok(dest) => {
@@ -141,7 +179,27 @@ fn write_exit_report() {
     let Some(dest) = DEST.lock().clone() else {
         return;
     };
-    let report = report::snapshot();
+    let full = LEAK_CHECK.load(Ordering::Relaxed) && crate::sample::current() == 0;
+    let report = if full {
+        crate::leak_check()
+    } else {
+        report::snapshot()
+    };
+    write_report(dest, &report);
+    let code = ERROR_EXITCODE.load(Ordering::Relaxed);
+    if code != 0 && report.leak_check.as_ref().is_some_and(|lc| lc.has_leaks()) {
+        // As valgrind's --error-exitcode: the status says leaks were found.
+        let _ = std::io::stdout().flush();
+        // SAFETY: fflush(NULL) flushes every C stream; _exit ends the process
+        // without running the remaining exit handlers again.
+        unsafe {
+            libc::fflush(std::ptr::null_mut());
+            libc::_exit(code);
+        }
+    }
+}
+
+fn write_report(dest: Dest, report: &report::Report) {
     let pid = std::process::id().to_string();
     let (path, body) = match dest {
         Dest::Stderr => {

@@ -39,16 +39,22 @@
 mod blocks;
 mod callsite;
 mod exit;
+mod leakcheck;
 mod render;
 mod report;
 mod sample;
 mod scope;
+mod stop;
+mod suppress;
 mod sync;
 mod thread;
 mod tracker;
 mod unwind;
 
 pub use exit::report_on_exit;
+pub use leakcheck::{
+    disable, ignore, leak_check, Amount, Disabled, LeakCheck, LeakKind, LossRecord, SuppressionUse,
+};
 pub use report::{snapshot, CallsiteStats, Frame, Report, ScopeCallsite, ScopeStats, Totals};
 pub use scope::{
     scope, scoped, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped, TrackScopeExt,

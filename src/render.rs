@@ -4,6 +4,7 @@
 //! largest first, "at"/"by" stack lines), with a per-scope table at the top.
 //! The JSON is schema `leakscope/1`: fields may be added, never renamed.
 
+use crate::leakcheck::{Amount, LeakCheck, LeakKind};
 use crate::report::{Frame, Report};
 use serde_json::{json, Value};
 use std::fmt::{self, Display, Formatter};
@@ -195,6 +196,86 @@ impl Report {
                 Thousands(self.untracked_blocks)
             )?;
         }
+        if let Some(lc) = &self.leak_check {
+            self.write_leak_check(f, &p, lc)?;
+        }
+        Ok(())
+    }
+
+    /// The full leak check, after the outstanding-allocation report: the
+    /// lost kinds' loss records (still reachable ones are in the JSON), then
+    /// valgrind's LEAK SUMMARY.
+    fn write_leak_check(&self, f: &mut Formatter<'_>, p: &str, lc: &LeakCheck) -> fmt::Result {
+        writeln!(f, "{p}")?;
+        writeln!(
+            f,
+            "{p} leakscope: full leak check (reachability, as valgrind --leak-check=full)"
+        )?;
+        if let Some(why) = &lc.error {
+            writeln!(f, "{p}    not done: {why}")?;
+            return Ok(());
+        }
+        let n = lc.loss_records.len() as u64;
+        for (i, r) in lc.loss_records.iter().enumerate() {
+            if r.kind == LeakKind::StillReachable {
+                continue;
+            }
+            writeln!(f, "{p}")?;
+            writeln!(
+                f,
+                "{p} {} bytes in {} {} are {} in loss record {} of {}",
+                Thousands(r.bytes),
+                Thousands(r.blocks),
+                plural(r.blocks, "block", "blocks"),
+                r.kind.words(),
+                Thousands(i as u64 + 1),
+                Thousands(n)
+            )?;
+            if let Some(c) = self.callsite(r.callsite) {
+                let shown = c
+                    .frames
+                    .iter()
+                    .take_while(|fr| !crate::report::is_runtime_boundary(fr));
+                for (j, fr) in shown.take(MAX_TEXT_FRAMES).enumerate() {
+                    write_frame(f, p, j == 0, fr)?;
+                }
+            }
+            match &r.scope {
+                Some(s) => writeln!(
+                    f,
+                    "{p}    opened in scope \"{s}\" (call-site {})",
+                    r.callsite
+                )?,
+                None => writeln!(f, "{p}    outside any scope (call-site {})", r.callsite)?,
+            }
+        }
+        let line = |f: &mut Formatter<'_>, label: &str, a: Amount| {
+            writeln!(
+                f,
+                "{p}    {label:>15}: {} bytes in {} blocks",
+                Thousands(a.bytes),
+                Thousands(a.blocks)
+            )
+        };
+        writeln!(f, "{p}")?;
+        writeln!(f, "{p} LEAK SUMMARY:")?;
+        line(f, "definitely lost", lc.definitely_lost)?;
+        line(f, "indirectly lost", lc.indirectly_lost)?;
+        line(f, "possibly lost", lc.possibly_lost)?;
+        line(f, "still reachable", lc.still_reachable)?;
+        if lc.reachable_via_heuristic.blocks > 0 {
+            line(f, "via heuristic", lc.reachable_via_heuristic)?;
+        }
+        line(f, "suppressed", lc.suppressed)?;
+        for u in &lc.suppressions_used {
+            writeln!(
+                f,
+                "{p}    suppression leak:{} hid {} bytes in {} blocks",
+                u.pattern,
+                Thousands(u.bytes),
+                Thousands(u.blocks)
+            )?;
+        }
         Ok(())
     }
 }
@@ -257,6 +338,33 @@ impl Report {
                 })).collect::<Vec<_>>(),
             })
         });
+        if let Some(lc) = &self.leak_check {
+            let amount = |a: Amount| json!({"blocks": a.blocks, "bytes": a.bytes});
+            let head = json!({
+                "definitely_lost": amount(lc.definitely_lost),
+                "indirectly_lost": amount(lc.indirectly_lost),
+                "possibly_lost": amount(lc.possibly_lost),
+                "still_reachable": amount(lc.still_reachable),
+                "reachable_via_heuristic": amount(lc.reachable_via_heuristic),
+                "suppressed": amount(lc.suppressed),
+                "suppressions_used": lc.suppressions_used.iter().map(|u| json!({
+                    "pattern": u.pattern, "blocks": u.blocks, "bytes": u.bytes,
+                })).collect::<Vec<_>>(),
+                "error": lc.error,
+            });
+            out.extend_from_slice(b",\"leak_check\":");
+            let _ = serde_json::to_writer(&mut out, &head);
+            out.extend_from_slice(b",\"loss_records\":");
+            write_list(&mut out, &lc.loss_records, |r| {
+                json!({
+                    "kind": r.kind.as_str(),
+                    "blocks": r.blocks,
+                    "bytes": r.bytes,
+                    "callsite": r.callsite,
+                    "scope": r.scope,
+                })
+            });
+        }
         out.push(b'}');
         // Only serde_json's output and ASCII went in.
         String::from_utf8(out).unwrap_or_default()

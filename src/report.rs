@@ -115,6 +115,9 @@ pub struct Report {
     /// call-site figures (and scopes' `by_callsite`) are estimates from
     /// sampled blocks; totals and scopes' outstanding counts are exact.
     pub sample_bytes: u64,
+    /// The full leak check, in a report from [`crate::leak_check`] (and at
+    /// exit, unless `LEAKSCOPE_LEAK_CHECK=no`); `None` in a [`snapshot`].
+    pub leak_check: Option<crate::LeakCheck>,
 }
 
 impl Report {
@@ -286,6 +289,7 @@ fn build() -> Report {
         scopes,
         untracked_blocks: crate::exit::untracked_count(),
         sample_bytes: mean as u64,
+        leak_check: None,
     }
 }
 
@@ -325,14 +329,14 @@ impl Role {
 
 /// Symbolizes return addresses, each once per report.
 #[derive(Default)]
-struct Symbolizer {
+pub(crate) struct Symbolizer {
     cache: HashMap<usize, Vec<(Frame, Role)>>,
     cwd: Option<String>,
 }
 
 impl Symbolizer {
     /// The frames of a stack, innermost first, allocator frames left out.
-    fn stack(&mut self, ips: &[usize]) -> Vec<Frame> {
+    pub(crate) fn stack(&mut self, ips: &[usize]) -> Vec<Frame> {
         let mut frames = Vec::new();
         for &ip in ips {
             if !self.cache.contains_key(&ip) {

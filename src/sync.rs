@@ -69,6 +69,16 @@ impl<T> SpinLock<T> {
         }
     }
 
+    /// The value, for a caller that holds the lock some other way.
+    ///
+    /// # Safety
+    /// The caller took the lock with [`SpinLock::lock_for_fork`] and keeps it
+    /// while the reference lives.
+    pub(crate) unsafe fn held(&self) -> &T {
+        // SAFETY: forwarded contract: the lock is held, nobody else writes.
+        unsafe { &*self.value.get() }
+    }
+
     /// Takes the lock and keeps it until [`SpinLock::force_unlock`]: for the
     /// `fork` handlers, which lock in one callback and unlock in another.
     pub(crate) fn lock_for_fork(&self) {

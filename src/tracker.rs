@@ -239,6 +239,7 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
 /// Counts a tracked block at `addr` (full mode) as freed.
 #[inline]
 fn count_free(t: &Tracking<'_>, addr: usize, meta: &Meta) {
+    crate::leakcheck::on_free(addr);
     t.total_free(meta.size);
     t.site_free(meta.site, 1, meta.size as u64);
     if meta.scope != 0 {

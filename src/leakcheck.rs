@@ -1,0 +1,783 @@
+//! The full leak check: which live blocks can still be reached.
+//!
+//! Owns [`leak_check`], the classification of live blocks (valgrind
+//! memcheck's rules and names), loss records, [`ignore`] and [`disable`],
+//! and comparing two checks. Stopping threads and finding the roots is
+//! [`crate::stop`]'s; suppressions are [`crate::suppress`]'s.
+//!
+//! As memcheck does it: every word of the roots (writable segments of the
+//! loaded objects, each thread's stack from its stack pointer up and its
+//! registers, static TLS) that points into a live block marks it; a pointer
+//! to its start from a root or from a reachable block makes it reachable, a
+//! pointer inside it (that no heuristic explains) only possibly reached, and
+//! marked blocks are scanned in turn. Blocks no chain reaches are lost: each
+//! lost block not reached from another lost block leads a group ("clique")
+//! and is definitely lost; the blocks reached from it are indirectly lost.
+
+use crate::stop::{self, Buf, Range};
+use crate::{blocks, callsite, report, scope, thread};
+use std::collections::HashMap;
+
+/// How a live block stands at a leak check (valgrind memcheck's kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum LeakKind {
+    /// No pointer to it (or into it) anywhere.
+    DefinitelyLost,
+    /// Reached only from lost blocks.
+    IndirectlyLost,
+    /// Reached only through pointers into its interior.
+    PossiblyLost,
+    /// A pointer to its start is reachable from the roots.
+    StillReachable,
+}
+
+impl LeakKind {
+    /// The JSON name: `definitely_lost` and so on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakKind::DefinitelyLost => "definitely_lost",
+            LeakKind::IndirectlyLost => "indirectly_lost",
+            LeakKind::PossiblyLost => "possibly_lost",
+            LeakKind::StillReachable => "still_reachable",
+        }
+    }
+
+    /// As valgrind writes it: `definitely lost` and so on.
+    pub fn words(self) -> &'static str {
+        match self {
+            LeakKind::DefinitelyLost => "definitely lost",
+            LeakKind::IndirectlyLost => "indirectly lost",
+            LeakKind::PossiblyLost => "possibly lost",
+            LeakKind::StillReachable => "still reachable",
+        }
+    }
+}
+
+/// Blocks and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Amount {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl Amount {
+    fn add(&mut self, bytes: u64) {
+        self.blocks += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// The blocks of one kind made at one call-site in one scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LossRecord {
+    pub kind: LeakKind,
+    pub blocks: u64,
+    pub bytes: u64,
+    /// The call-site's id in the report's `callsites`.
+    pub callsite: u32,
+    /// The scope that was open when the blocks were made.
+    pub scope: Option<String>,
+}
+
+/// A suppression that matched, with what it hid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SuppressionUse {
+    pub pattern: String,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// The result of a full leak check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeakCheck {
+    pub definitely_lost: Amount,
+    pub indirectly_lost: Amount,
+    pub possibly_lost: Amount,
+    pub still_reachable: Amount,
+    /// Of `still_reachable`: blocks reached only through an interior pointer
+    /// that one of valgrind's heuristics (stdstring, length64, newarray)
+    /// explains.
+    pub reachable_via_heuristic: Amount,
+    /// Lost blocks (of any of the three lost kinds) that a suppression matched.
+    pub suppressed: Amount,
+    /// Unsuppressed blocks, grouped by kind, call-site and scope, largest
+    /// bytes first.
+    pub loss_records: Vec<LossRecord>,
+    pub suppressions_used: Vec<SuppressionUse>,
+    /// Why the check did not run, when it did not (all counts are then 0).
+    pub error: Option<String>,
+}
+
+impl LeakCheck {
+    /// Something definitely or indirectly lost is left unsuppressed (what
+    /// `LEAKSCOPE_ERROR_EXITCODE` tests).
+    pub fn has_leaks(&self) -> bool {
+        self.definitely_lost.blocks + self.indirectly_lost.blocks > 0
+    }
+
+    /// The amount of one kind.
+    pub fn amount(&self, kind: LeakKind) -> Amount {
+        match kind {
+            LeakKind::DefinitelyLost => self.definitely_lost,
+            LeakKind::IndirectlyLost => self.indirectly_lost,
+            LeakKind::PossiblyLost => self.possibly_lost,
+            LeakKind::StillReachable => self.still_reachable,
+        }
+    }
+
+    /// The loss records that grew since `earlier` (valgrind's
+    /// `leak_check added`), each with what it gained; largest first.
+    pub fn added_since(&self, earlier: &LeakCheck) -> Vec<LossRecord> {
+        let before: HashMap<(LeakKind, u32, Option<&str>), (u64, u64)> = earlier
+            .loss_records
+            .iter()
+            .map(|r| {
+                (
+                    (r.kind, r.callsite, r.scope.as_deref()),
+                    (r.blocks, r.bytes),
+                )
+            })
+            .collect();
+        self.loss_records
+            .iter()
+            .filter_map(|r| {
+                let (b, y) = before
+                    .get(&(r.kind, r.callsite, r.scope.as_deref()))
+                    .copied()
+                    .unwrap_or((0, 0));
+                (r.blocks > b || r.bytes > y).then(|| LossRecord {
+                    blocks: r.blocks.saturating_sub(b),
+                    bytes: r.bytes.saturating_sub(y),
+                    ..r.clone()
+                })
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------- in-code controls
+
+/// The scope [`disable`] opens; blocks made in it are not reported.
+pub(crate) const NOT_CHECKED: &str = "(leakscope: not checked)";
+
+/// Keeps the live block at `ptr` (the address an allocation returned) out
+/// of leak reports, as LeakSanitizer's `__lsan_ignore_object`: it counts as
+/// still reachable, and so does what it points to. Freeing it ends that.
+pub fn ignore<T: ?Sized>(ptr: *const T) {
+    let addr = ptr as *const u8 as usize;
+    thread::untracked(|| {
+        let mut set = IGNORED.lock();
+        let h = crate::sync::mix(addr as u64);
+        let hidden = crate::sync::hide(addr);
+        if set.find(h, |&a| a == hidden).is_none() && set.try_reserve(1, ignored_hash).is_ok() {
+            set.insert_unique(h, hidden, ignored_hash);
+        }
+        IGNORING.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
+/// Blocks allocated on this thread while the guard lives are not reported
+/// as leaks (LeakSanitizer's `ScopedDisabler`). It is a scope named
+/// `(leakscope: not checked)`: a scope opened inside it takes its blocks.
+#[must_use = "blocks are unchecked only while the guard lives"]
+pub struct Disabled(#[allow(dead_code)] scope::ScopeGuard);
+
+/// Stops checking what this thread allocates until the guard is dropped.
+pub fn disable() -> Disabled {
+    Disabled(scope::scope(NOT_CHECKED))
+}
+
+/// Addresses given to [`ignore`], hidden.
+static IGNORED: crate::sync::SpinLock<hashbrown::HashTable<usize, crate::sync::MetaAlloc>> =
+    crate::sync::SpinLock::new(hashbrown::HashTable::new_in(crate::sync::MetaAlloc {}));
+/// Whether [`IGNORED`] was ever used: frees look there only then.
+static IGNORING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn ignored_hash(hidden: &usize) -> u64 {
+    crate::sync::mix(crate::sync::hide(*hidden) as u64)
+}
+
+/// A tracked block at `addr` is freed. Allocation path: a relaxed load
+/// unless [`ignore`] was ever called.
+#[inline]
+pub(crate) fn on_free(addr: usize) {
+    if IGNORING.load(std::sync::atomic::Ordering::Relaxed) {
+        forget_ignored(addr);
+    }
+}
+
+#[cold]
+fn forget_ignored(addr: usize) {
+    let hidden = crate::sync::hide(addr);
+    if let Ok(e) = IGNORED
+        .lock()
+        .find_entry(crate::sync::mix(addr as u64), |&a| a == hidden)
+    {
+        e.remove();
+    }
+}
+
+// ---------------------------------------------------------------- the check
+
+const UNREACHED: u8 = 0;
+const POSSIBLE: u8 = 1;
+const REACHABLE: u8 = 2;
+const INDIRECT: u8 = 3;
+
+/// One live block during a check.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Blk {
+    pub(crate) start: usize,
+    pub(crate) size: usize,
+    pub(crate) site: u32,
+    pub(crate) scope: u32,
+    pub(crate) state: u8,
+    pending: bool,
+    heuristic: bool,
+    ignored: bool,
+}
+
+impl Blk {
+    pub(crate) fn new(start: usize, size: usize, site: u32, scope: u32) -> Blk {
+        Blk {
+            start,
+            size,
+            site,
+            scope,
+            state: UNREACHED,
+            pending: false,
+            heuristic: false,
+            ignored: false,
+        }
+    }
+
+    pub(crate) fn kind(&self) -> LeakKind {
+        match self.state {
+            REACHABLE => LeakKind::StillReachable,
+            POSSIBLE => LeakKind::PossiblyLost,
+            INDIRECT => LeakKind::IndirectlyLost,
+            _ => LeakKind::DefinitelyLost,
+        }
+    }
+}
+
+/// The marking state: blocks sorted by address, the mark stack, and the
+/// readable memory. Allocation-free.
+pub(crate) struct Marker<'a> {
+    blocks: &'a mut [Blk],
+    stack: Buf<u32>,
+    maps: &'a [Range],
+    lo: usize,
+    hi: usize,
+}
+
+impl<'a> Marker<'a> {
+    /// `blocks` sorted by start address, without repeats.
+    pub(crate) fn new(blocks: &'a mut [Blk], maps: &'a [Range]) -> Option<Marker<'a>> {
+        let lo = blocks.first().map_or(0, |b| b.start);
+        let hi = blocks
+            .iter()
+            .map(|b| b.start + b.size.max(1))
+            .max()
+            .unwrap_or(0);
+        Some(Marker {
+            stack: Buf::new(blocks.len())?,
+            blocks,
+            maps,
+            lo,
+            hi,
+        })
+    }
+
+    /// The block `ptr` points into.
+    #[inline]
+    fn find(&self, ptr: usize) -> Option<usize> {
+        if ptr < self.lo || ptr >= self.hi {
+            return None;
+        }
+        let i = self
+            .blocks
+            .partition_point(|b| b.start <= ptr)
+            .checked_sub(1)?;
+        let b = self.blocks.get(i)?;
+        (ptr < b.start + b.size || ptr == b.start).then_some(i)
+    }
+
+    fn push(&mut self, i: usize) {
+        if let Some(b) = self.blocks.get_mut(i) {
+            if !b.pending {
+                b.pending = true;
+                self.stack.push(i as u32);
+            }
+        }
+    }
+
+    /// A word found by scanning: a root or reachable block's (`definite`)
+    /// or a possibly reached one's.
+    fn reached(&mut self, ptr: usize, definite: bool) {
+        let Some(i) = self.find(ptr) else { return };
+        let b = self.blocks[i];
+        if b.state == REACHABLE {
+            if b.heuristic && ptr == b.start {
+                self.blocks[i].heuristic = false;
+            }
+            return;
+        }
+        let via_start = if ptr == b.start {
+            true
+        } else {
+            let h = self.heuristic(ptr, &b);
+            self.blocks[i].heuristic = h;
+            h
+        };
+        if via_start && definite {
+            self.blocks[i].state = REACHABLE;
+            self.push(i);
+        } else if b.state == UNREACHED {
+            self.blocks[i].state = POSSIBLE;
+            self.push(i);
+        }
+    }
+
+    /// In the clique of leader `leader`: a lost block reached from it.
+    fn reached_in_clique(&mut self, ptr: usize, leader: usize) {
+        let Some(i) = self.find(ptr) else { return };
+        if self.blocks[i].state == UNREACHED && i != leader {
+            self.push(i);
+            self.blocks[i].state = INDIRECT;
+        }
+    }
+
+    /// The word at `addr` inside block `b`, if readable.
+    fn word(&self, b: &Blk, addr: usize) -> Option<usize> {
+        let end = addr.checked_add(8)?;
+        if addr < b.start || end > b.start + b.size || addr % 8 != 0 {
+            return None;
+        }
+        if stop::readable_end(self.maps, addr)? < end {
+            return None;
+        }
+        // SAFETY: an aligned word inside a readable mapping.
+        Some(unsafe { (addr as *const usize).read_volatile() })
+    }
+
+    /// valgrind's interior-pointer heuristics that can apply to Rust data:
+    /// `stdstring` (length, capacity, refcount, then the characters),
+    /// `length64` (a length word, then the data) and `newarray` (a count,
+    /// then that many equal elements). Its `multipleinheritance` needs C++
+    /// vtables and is left out.
+    fn heuristic(&self, ptr: usize, b: &Blk) -> bool {
+        let w = |i: usize| self.word(b, b.start + 8 * i);
+        if ptr == b.start + 24 {
+            if let (Some(length), Some(capacity)) = (w(0), w(1)) {
+                if capacity.checked_add(25) == Some(b.size) && length <= capacity {
+                    return true;
+                }
+            }
+        }
+        if ptr == b.start + 8 {
+            if let Some(n) = w(0) {
+                let rest = b.size.saturating_sub(8);
+                if n > 0 && (rest == n || rest % n == 0) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Scans `r` word by word; `clique`: the leader whose group is being
+    /// collected, or `None` while marking from the roots.
+    fn scan(&mut self, r: Range, definite: bool, clique: Option<usize>) {
+        let maps = self.maps;
+        stop::each_readable(maps, r, |part| {
+            let mut at = part.start.next_multiple_of(8);
+            while at + 8 <= part.end {
+                // SAFETY: an aligned word inside a readable mapping.
+                let v = unsafe { (at as *const usize).read_volatile() };
+                if v >= self.lo && v < self.hi {
+                    match clique {
+                        None => self.reached(v, definite),
+                        Some(leader) => self.reached_in_clique(v, leader),
+                    }
+                }
+                at += 8;
+            }
+        });
+    }
+
+    /// Scans the blocks on the mark stack until it is empty.
+    fn drain(&mut self, clique: Option<usize>) {
+        while let Some(i) = self.stack.pop() {
+            let i = i as usize;
+            let Some(b) = self.blocks.get_mut(i) else {
+                continue;
+            };
+            b.pending = false;
+            let (r, definite) = (
+                Range {
+                    start: b.start,
+                    end: b.start + b.size,
+                },
+                b.state == REACHABLE,
+            );
+            self.scan(r, definite, clique);
+        }
+    }
+
+    /// Marks from `roots` and the ignored blocks, then groups the lost blocks.
+    pub(crate) fn run(&mut self, roots: &[Range]) {
+        for &r in roots {
+            self.scan(r, true, None);
+            self.drain(None);
+        }
+        for i in 0..self.blocks.len() {
+            if self.blocks[i].ignored && self.blocks[i].state != REACHABLE {
+                self.blocks[i].state = REACHABLE;
+                self.push(i);
+                self.drain(None);
+            }
+        }
+        for i in 0..self.blocks.len() {
+            if self.blocks[i].state == UNREACHED {
+                self.push(i);
+                self.drain(Some(i));
+            }
+        }
+    }
+}
+
+/// Sorts `blocks` by address and drops repeats (a block seen mid-move).
+pub(crate) fn sort_blocks(blocks: &mut Buf<Blk>) -> usize {
+    let s = blocks.as_mut_slice();
+    s.sort_unstable_by_key(|b| b.start);
+    let mut n = 0;
+    for i in 0..s.len() {
+        if n > 0 && s[n - 1].start == s[i].start {
+            continue;
+        }
+        s[n] = s[i];
+        n += 1;
+    }
+    n
+}
+
+/// Stops the world, scans the roots and the heap, and classifies every live
+/// block the way valgrind memcheck does; the report of the live state comes
+/// with it, in [`report::Report::leak_check`].
+pub fn leak_check() -> report::Report {
+    let check = thread::untracked(check);
+    let mut r = report::snapshot();
+    r.leak_check = Some(check);
+    r
+}
+
+static CHECKING: parking_lot::Mutex<()> = parking_lot::const_mutex(());
+
+/// What [`classify`] found, per block, before names and suppressions.
+struct Found {
+    groups: HashMap<(u8, u32, u32, bool), Amount>,
+}
+
+fn check() -> LeakCheck {
+    if crate::sample::current() != 0 {
+        return failed("not available in sampling mode (it tracks only sampled blocks)");
+    }
+    let _one = CHECKING.lock();
+    let suppressions = crate::suppress::current();
+    let objects = stop::objects();
+    let not_checked = scope::scope_entries()
+        .into_iter()
+        .find(|(_, e)| e.name == NOT_CHECKED)
+        .map_or(u32::MAX, |(id, _)| id);
+    let found = match classify(&objects, not_checked) {
+        Ok(f) => f,
+        Err(e) => return failed(e),
+    };
+    summarize(found, &suppressions)
+}
+
+fn failed(why: &str) -> LeakCheck {
+    LeakCheck {
+        error: Some(why.to_owned()),
+        ..LeakCheck::default()
+    }
+}
+
+/// The marking itself, with the world stopped. Allocation-free between
+/// the stop and the resume.
+#[inline(never)]
+fn classify(objects: &stop::Objects, not_checked: u32) -> Result<Found, &'static str> {
+    // This thread's callers' registers, and where its own roots begin: the
+    // frames below this one are the check's.
+    let regs = std::hint::black_box(stop::callee_saved());
+    let my_sp = &regs as *const [usize; 12] as usize;
+    let my_anchor = stop::my_anchor();
+
+    let ignored = IGNORED.lock();
+    blocks::lock_for_fork();
+    struct Unlock;
+    impl Drop for Unlock {
+        fn drop(&mut self) {
+            // SAFETY: taken just above by this thread, with `lock_for_fork`.
+            unsafe { blocks::unlock_after_fork() };
+        }
+    }
+    let unlock = Unlock;
+    let world = stop::stop()?;
+    let maps = stop::readable_maps().ok_or("cannot read /proc/self/maps")?;
+    let mut all: Buf<Blk> = Buf::new(blocks::count_held()).ok_or("no memory for the check")?;
+    blocks::for_each_held(|addr, m| {
+        let mut b = Blk::new(addr, m.size, m.site, m.scope);
+        b.ignored = m.scope == not_checked && not_checked != 0;
+        all.push(b);
+    });
+    let n = sort_blocks(&mut all);
+    let blocks = all.as_mut_slice().get_mut(..n).unwrap_or(&mut []);
+    if !ignored.is_empty() {
+        for b in blocks.iter_mut() {
+            let hidden = crate::sync::hide(b.start);
+            if ignored
+                .find(crate::sync::mix(b.start as u64), |&a| a == hidden)
+                .is_some()
+            {
+                b.ignored = true;
+            }
+        }
+    }
+
+    let mut roots: Buf<Range> =
+        Buf::new(objects.segments.len() + 2 * world.threads.as_slice().len() + 4)
+            .ok_or("no memory for the check")?;
+    for &s in &objects.segments {
+        roots.push(s);
+    }
+    let stack = |sp: usize| Range {
+        start: sp,
+        end: stop::readable_end(maps.as_slice(), sp).unwrap_or(sp),
+    };
+    let tls = |anchor: usize| match objects.tls {
+        Some((lo, hi)) if anchor != 0 => Range {
+            start: anchor.wrapping_add_signed(lo),
+            end: anchor.wrapping_add_signed(hi),
+        },
+        _ => Range::default(),
+    };
+    roots.push(stack(my_sp));
+    roots.push(tls(my_anchor));
+    for t in world.threads.as_slice() {
+        roots.push(stack(t.sp));
+        roots.push(tls(t.anchor));
+    }
+
+    let mut marker = Marker::new(blocks, maps.as_slice()).ok_or("no memory for the check")?;
+    marker.run(roots.as_slice());
+    drop(marker);
+    world.resume();
+    drop(unlock);
+    drop(ignored);
+
+    let mut groups = HashMap::new();
+    for b in all.as_slice().get(..n).unwrap_or(&[]) {
+        let key = (
+            b.state,
+            b.site,
+            b.scope,
+            b.heuristic && b.state == REACHABLE,
+        );
+        groups
+            .entry(key)
+            .or_insert_with(Amount::default)
+            .add(b.size as u64);
+    }
+    std::hint::black_box(&regs);
+    Ok(Found { groups })
+}
+
+/// Names, suppressions and totals, after the world runs again.
+fn summarize(found: Found, suppressions: &crate::suppress::Suppressions) -> LeakCheck {
+    let mut out = LeakCheck::default();
+    let mut used: HashMap<usize, Amount> = HashMap::new();
+    let mut records: HashMap<(LeakKind, u32, u32), Amount> = HashMap::new();
+    let mut matcher = crate::suppress::Matcher::default();
+    for ((state, site, scope, heuristic), amount) in found.groups {
+        let b = Blk {
+            state,
+            ..Blk::new(0, 0, site, scope)
+        };
+        let kind = b.kind();
+        if kind != LeakKind::StillReachable {
+            if let Some(i) = matcher.suppressed(suppressions, site) {
+                let u = used.entry(i).or_default();
+                u.blocks += amount.blocks;
+                u.bytes += amount.bytes;
+                out.suppressed.blocks += amount.blocks;
+                out.suppressed.bytes += amount.bytes;
+                continue;
+            }
+        }
+        let total = match kind {
+            LeakKind::DefinitelyLost => &mut out.definitely_lost,
+            LeakKind::IndirectlyLost => &mut out.indirectly_lost,
+            LeakKind::PossiblyLost => &mut out.possibly_lost,
+            LeakKind::StillReachable => &mut out.still_reachable,
+        };
+        total.blocks += amount.blocks;
+        total.bytes += amount.bytes;
+        if heuristic {
+            out.reachable_via_heuristic.blocks += amount.blocks;
+            out.reachable_via_heuristic.bytes += amount.bytes;
+        }
+        let r = records.entry((kind, site, scope)).or_default();
+        r.blocks += amount.blocks;
+        r.bytes += amount.bytes;
+    }
+    let names: HashMap<u32, String> = scope::scope_entries()
+        .into_iter()
+        .map(|(id, e)| (id, e.name.clone()))
+        .collect();
+    out.loss_records = records
+        .into_iter()
+        .map(|((kind, site, scope), a)| LossRecord {
+            kind,
+            blocks: a.blocks,
+            bytes: a.bytes,
+            callsite: site,
+            scope: names.get(&scope).cloned(),
+        })
+        .collect();
+    out.loss_records.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then(b.blocks.cmp(&a.blocks))
+            .then(a.kind.cmp(&b.kind))
+            .then(a.callsite.cmp(&b.callsite))
+            .then(a.scope.cmp(&b.scope))
+    });
+    out.suppressions_used = used
+        .into_iter()
+        .map(|(i, a)| SuppressionUse {
+            pattern: suppressions.pattern(i).to_owned(),
+            blocks: a.blocks,
+            bytes: a.bytes,
+        })
+        .collect();
+    out.suppressions_used
+        .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pattern.cmp(&b.pattern)));
+    let _ = callsite::count();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks that are real memory of this test: `Vec<usize>` buffers.
+    fn classify_words(heap: &mut [Vec<usize>], roots: &[usize]) -> Vec<LeakKind> {
+        let mut bufs: Buf<Blk> = Buf::new(heap.len()).unwrap();
+        for (i, v) in heap.iter().enumerate() {
+            bufs.push(Blk::new(v.as_ptr() as usize, v.len() * 8, i as u32, 0));
+        }
+        let n = sort_blocks(&mut bufs);
+        let everything = [Range {
+            start: 0,
+            end: usize::MAX,
+        }];
+        let root = Range {
+            start: roots.as_ptr() as usize,
+            end: roots.as_ptr() as usize + roots.len() * 8,
+        };
+        let mut m = Marker::new(&mut bufs.as_mut_slice()[..n], &everything).unwrap();
+        m.run(&[root]);
+        drop(m);
+        let mut kinds = vec![LeakKind::DefinitelyLost; heap.len()];
+        for b in bufs.as_slice() {
+            kinds[b.site as usize] = b.kind();
+        }
+        kinds
+    }
+
+    #[test]
+    fn classifies_as_memcheck_does() {
+        // 0: reachable from the root; 1: reached from 0 (reachable);
+        // 2: only an interior pointer from the root (possibly lost);
+        // 3: nothing points to it (definitely lost) but it points to 4;
+        // 4: indirectly lost; 5 and 6: a cycle nothing else reaches.
+        let mut heap: Vec<Vec<usize>> = (0..7).map(|_| vec![0usize; 4]).collect();
+        let addr = |h: &Vec<Vec<usize>>, i: usize| h[i].as_ptr() as usize;
+        let (a1, a4, a5, a6) = (
+            addr(&heap, 1),
+            addr(&heap, 4),
+            addr(&heap, 5),
+            addr(&heap, 6),
+        );
+        heap[0][0] = a1;
+        heap[3][2] = a4;
+        heap[5][1] = a6;
+        heap[6][3] = a5;
+        let roots = [addr(&heap, 0), addr(&heap, 2) + 16, 12345];
+        let k = classify_words(&mut heap, &roots);
+        use LeakKind::*;
+        assert_eq!(
+            &k[..5],
+            &[
+                StillReachable,
+                StillReachable,
+                PossiblyLost,
+                DefinitelyLost,
+                IndirectlyLost
+            ]
+        );
+        // The cycle: the block at the lower address leads it.
+        let (lead, other) = if a5 < a6 { (5, 6) } else { (6, 5) };
+        assert_eq!((k[lead], k[other]), (DefinitelyLost, IndirectlyLost));
+    }
+
+    #[test]
+    fn a_possibly_reached_block_makes_what_it_points_to_possible() {
+        let mut heap: Vec<Vec<usize>> = (0..2).map(|_| vec![0usize; 4]).collect();
+        let a1 = heap[1].as_ptr() as usize;
+        heap[0][3] = a1;
+        let roots = [heap[0].as_ptr() as usize + 8 * 3];
+        let k = classify_words(&mut heap, &roots);
+        assert_eq!(k, vec![LeakKind::PossiblyLost, LeakKind::PossiblyLost]);
+    }
+
+    #[test]
+    fn length64_heuristic_makes_an_interior_pointer_reachable() {
+        // First word: the size of the rest (3 words = 24 bytes).
+        let mut heap = vec![vec![24usize, 0, 0, 0], vec![0usize; 4]];
+        let roots = [
+            heap[0].as_ptr() as usize + 8,
+            heap[1].as_ptr() as usize + 16,
+        ];
+        let k = classify_words(&mut heap, &roots);
+        assert_eq!(k, vec![LeakKind::StillReachable, LeakKind::PossiblyLost]);
+    }
+
+    #[test]
+    fn added_since_lists_growth_only() {
+        let rec = |blocks, bytes| LossRecord {
+            kind: LeakKind::DefinitelyLost,
+            blocks,
+            bytes,
+            callsite: 3,
+            scope: None,
+        };
+        let before = LeakCheck {
+            loss_records: vec![rec(2, 64)],
+            ..LeakCheck::default()
+        };
+        let after = LeakCheck {
+            loss_records: vec![rec(5, 160)],
+            ..LeakCheck::default()
+        };
+        assert_eq!(after.added_since(&before), vec![rec(3, 96)]);
+        assert_eq!(before.added_since(&after), vec![]);
+    }
+}

@@ -1,0 +1,578 @@
+//! Stopping the world for a leak check, and finding the memory it scans.
+//!
+//! Owns the stop signal and its handler, the list of stopped threads, the
+//! roots (writable segments of loaded objects, thread stacks, static TLS),
+//! the readable mappings of the process, and [`Buf`], the memory the check
+//! works in while the world is stopped.
+//!
+//! While other threads are stopped one of them may hold a libc lock (malloc's,
+//! the dynamic loader's), so everything between [`stop`] and [`World::resume`]
+//! is system calls and plain memory: no allocation, no libc call that locks.
+//! Whatever needs those (the loaded objects, the signal handler) is prepared
+//! before the stop.
+
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+
+/// A half-open address range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Range {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+/// A fixed-capacity array in its own anonymous mapping: usable while other
+/// threads are stopped, invisible to the check (no root is in it), and
+/// unmapped when dropped, so no leak checker finds the addresses it held.
+pub(crate) struct Buf<T: Copy> {
+    ptr: *mut T,
+    cap: usize,
+    len: usize,
+}
+
+impl<T: Copy> Buf<T> {
+    /// Room for `cap` items; `None` if the mapping fails.
+    pub(crate) fn new(cap: usize) -> Option<Buf<T>> {
+        let bytes = cap.max(1).checked_mul(std::mem::size_of::<T>().max(1))?;
+        // SAFETY: an anonymous private mapping; no memory of ours is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        Some(Buf {
+            ptr: p.cast(),
+            cap: cap.max(1),
+            len: 0,
+        })
+    }
+
+    /// Appends `v`; `false` when full.
+    pub(crate) fn push(&mut self, v: T) -> bool {
+        if self.len == self.cap {
+            return false;
+        }
+        // SAFETY: `len < cap`, inside the mapping.
+        unsafe { self.ptr.add(self.len).write(v) };
+        self.len += 1;
+        true
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        // SAFETY: the item at `len` was written by `push`.
+        Some(unsafe { self.ptr.add(self.len).read() })
+    }
+
+    pub(crate) fn as_slice(&self) -> &[T] {
+        // SAFETY: the first `len` items are initialised.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in `as_slice`, and `&mut self` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl<T: Copy> Drop for Buf<T> {
+    fn drop(&mut self) {
+        let bytes = self.cap * std::mem::size_of::<T>().max(1);
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), bytes) };
+    }
+}
+
+// ---------------------------------------------------------------- stopped threads
+
+/// Most threads a check can stop; past that the check is given up.
+const MAX_THREADS: usize = 4096;
+/// How long a check waits for a thread to stop before giving up.
+const STOP_TIMEOUT_MS: u64 = 3000;
+
+/// What a stopped thread left: its id, its stack pointer inside the handler
+/// (the kernel saved its registers above that, on the same stack) and the
+/// address of its [`ANCHOR`], which locates its static TLS.
+struct Parked {
+    tid: AtomicI32,
+    sp: AtomicUsize,
+    anchor: AtomicUsize,
+}
+
+static PARKED: [Parked; MAX_THREADS] = [const {
+    Parked {
+        tid: AtomicI32::new(0),
+        sp: AtomicUsize::new(0),
+        anchor: AtomicUsize::new(0),
+    }
+}; MAX_THREADS];
+/// Entries of `PARKED` claimed in this stop.
+static CLAIMED: AtomicUsize = AtomicUsize::new(0);
+/// The stop in progress (0: none). Odd numbers only.
+static EPOCH: AtomicU32 = AtomicU32::new(0);
+/// Equal to the stop's epoch once its threads may go on.
+static RELEASE: AtomicU32 = AtomicU32::new(0);
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+thread_local! {
+    /// A byte of this crate's static TLS: every thread has it at the same
+    /// offset from its thread pointer, so its address locates the thread's
+    /// static TLS blocks.
+    static ANCHOR: u8 = const { 0 };
+}
+
+fn anchor() -> usize {
+    ANCHOR.try_with(|a| a as *const u8 as usize).unwrap_or(0)
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+extern "C" fn on_stop(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: errno is this thread's; it is put back before returning.
+    let errno = unsafe { *libc::__errno_location() };
+    let epoch = EPOCH.load(Ordering::Acquire);
+    if epoch != 0 && RELEASE.load(Ordering::Acquire) != epoch {
+        let marker = 0usize;
+        let sp = std::hint::black_box(&marker) as *const usize as usize;
+        let i = CLAIMED.fetch_add(1, Ordering::AcqRel);
+        if let Some(p) = PARKED.get(i) {
+            p.sp.store(sp, Ordering::Relaxed);
+            p.anchor.store(anchor(), Ordering::Relaxed);
+            p.tid.store(gettid(), Ordering::Release);
+        }
+        while RELEASE.load(Ordering::Acquire) != epoch {
+            futex_wait(&RELEASE, RELEASE.load(Ordering::Acquire), epoch);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Sleeps while `word` holds `seen` (and is not `until`).
+fn futex_wait(word: &AtomicU32, seen: u32, until: u32) {
+    if seen == until {
+        return;
+    }
+    // SAFETY: FUTEX_WAIT reads the word at a valid address; no timeout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            seen,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        )
+    };
+}
+
+/// Installs the stop handler on a real-time signal nobody else handles
+/// (once). `None` if there is none free.
+fn stop_signal() -> Option<i32> {
+    let s = SIGNAL.load(Ordering::Acquire);
+    if s != 0 {
+        return Some(s);
+    }
+    let (lo, hi) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    for sig in (lo..=hi).rev() {
+        // SAFETY: sigaction reads and writes the structs given.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
+                || old.sa_sigaction != libc::SIG_DFL
+            {
+                continue;
+            }
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigfillset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) == 0 {
+                SIGNAL.store(sig, Ordering::Release);
+                return Some(sig);
+            }
+        }
+    }
+    None
+}
+
+/// One stopped thread.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stopped {
+    pub(crate) sp: usize,
+    pub(crate) anchor: usize,
+}
+
+/// The other threads, stopped until [`World::resume`] (or drop).
+pub(crate) struct World {
+    epoch: u32,
+    pub(crate) threads: Buf<Stopped>,
+}
+
+impl World {
+    pub(crate) fn resume(self) {}
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        RELEASE.store(self.epoch, Ordering::Release);
+        futex_wake_all(&RELEASE);
+        EPOCH.store(0, Ordering::Release);
+    }
+}
+
+/// Calls `f(tid)` for every thread of the process; `false` if the list
+/// could not be read.
+fn each_task(mut f: impl FnMut(i32)) -> bool {
+    // SAFETY: open/getdents64/close on a buffer of ours.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/task".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return false;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len());
+            if n <= 0 {
+                break;
+            }
+            let mut off = 0usize;
+            while off + 19 < n as usize {
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                if reclen == 0 {
+                    break;
+                }
+                let name = &buf[off + 19..(off + reclen).min(n as usize)];
+                let mut tid = 0i32;
+                let mut digits = 0;
+                for &c in name {
+                    if !c.is_ascii_digit() {
+                        break;
+                    }
+                    tid = tid.saturating_mul(10).saturating_add((c - b'0') as i32);
+                    digits += 1;
+                }
+                if digits > 0 {
+                    f(tid);
+                }
+                off += reclen;
+            }
+        }
+        libc::close(fd);
+    }
+    true
+}
+
+fn now_ms() -> u64 {
+    // SAFETY: clock_gettime fills the struct.
+    unsafe {
+        let mut t: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t);
+        t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
+    }
+}
+
+/// Stops every other thread of the process. Allocation-free. Callers hold
+/// the check lock, so stops never overlap.
+pub(crate) fn stop() -> Result<World, &'static str> {
+    let sig = stop_signal().ok_or("no free real-time signal to stop threads with")?;
+    let mut signalled: Buf<i32> = Buf::new(MAX_THREADS).ok_or("no memory to stop threads")?;
+    let threads: Buf<Stopped> = Buf::new(MAX_THREADS).ok_or("no memory to stop threads")?;
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let epoch = NEXT.fetch_add(2, Ordering::Relaxed) | 1;
+    CLAIMED.store(0, Ordering::Relaxed);
+    for p in &PARKED {
+        p.tid.store(0, Ordering::Relaxed);
+    }
+    EPOCH.store(epoch, Ordering::Release);
+    let mut world = World { epoch, threads };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let me = gettid();
+    let start = now_ms();
+    // Signal every thread not signalled yet, wait for them, and look again
+    // until a look finds no new thread (a thread can only be made by a
+    // running one).
+    loop {
+        let mut new = 0;
+        let mut full = false;
+        let listed = each_task(|tid| {
+            if tid == me || signalled.as_slice().contains(&tid) {
+                return;
+            }
+            // SAFETY: tgkill sends a signal whose handler we installed.
+            if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) } == 0 {
+                full |= !signalled.push(tid);
+                new += 1;
+            }
+        });
+        if !listed {
+            return Err("cannot list the threads (/proc/self/task)");
+        }
+        if full {
+            return Err("too many threads to stop");
+        }
+        if new == 0 {
+            break;
+        }
+        // Wait until every signalled thread that still exists has parked.
+        loop {
+            let parked = CLAIMED.load(Ordering::Acquire).min(MAX_THREADS);
+            let mut missing = 0;
+            for &tid in signalled.as_slice() {
+                let here = PARKED[..parked]
+                    .iter()
+                    .any(|p| p.tid.load(Ordering::Acquire) == tid);
+                // SAFETY: signal 0 only checks that the thread exists.
+                if !here && unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) } == 0 {
+                    missing += 1;
+                }
+            }
+            if missing == 0 {
+                break;
+            }
+            if now_ms() - start > STOP_TIMEOUT_MS {
+                return Err("a thread did not stop (does it block real-time signals?)");
+            }
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+    let parked = CLAIMED.load(Ordering::Acquire).min(MAX_THREADS);
+    for p in &PARKED[..parked] {
+        if p.tid.load(Ordering::Acquire) != 0 {
+            world.threads.push(Stopped {
+                sp: p.sp.load(Ordering::Relaxed),
+                anchor: p.anchor.load(Ordering::Relaxed),
+            });
+        }
+    }
+    Ok(world)
+}
+
+// ---------------------------------------------------------------- roots
+
+/// What is known before the stop about the loaded objects.
+#[derive(Debug, Default)]
+pub(crate) struct Objects {
+    /// Writable segments (data, bss, relro) of every loaded object but
+    /// libc's and the dynamic loader's (whose malloc bins would look like
+    /// pointers into the blocks next to free chunks).
+    pub(crate) segments: Vec<Range>,
+    /// Static TLS, relative to a thread's [`ANCHOR`]: (low, high) offsets.
+    pub(crate) tls: Option<(isize, isize)>,
+}
+
+/// Reads the loaded objects (takes the dynamic loader's lock: before the stop).
+pub(crate) fn objects() -> Objects {
+    struct Acc {
+        objects: Objects,
+        anchor: usize,
+    }
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `Acc` passed below; `info` is valid for the call.
+        let (acc, info) = unsafe { (&mut *data.cast::<Acc>(), &*info) };
+        let name = if info.dlpi_name.is_null() {
+            ""
+        } else {
+            // SAFETY: a NUL-terminated name owned by the loader.
+            unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }
+                .to_str()
+                .unwrap_or("")
+        };
+        let base = name.rsplit('/').next().unwrap_or("");
+        let allocator = base.starts_with("libc.so") || base.starts_with("ld-linux");
+        let phdrs = if info.dlpi_phdr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: the loader's program headers, `dlpi_phnum` of them.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+        };
+        for ph in phdrs {
+            let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
+            let end = start.wrapping_add(ph.p_memsz as usize);
+            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_W != 0 && !allocator {
+                acc.objects.segments.push(Range { start, end });
+            }
+            if ph.p_type == libc::PT_TLS && !info.dlpi_tls_data.is_null() && acc.anchor != 0 {
+                let lo = (info.dlpi_tls_data as isize).wrapping_sub(acc.anchor as isize);
+                let hi = lo.wrapping_add(ph.p_memsz as isize);
+                // Static TLS lies next to the thread pointer; a block far
+                // from it is dynamic TLS (not at the same offset in every thread).
+                if lo.unsigned_abs() < 1 << 24 {
+                    let (l, h) = acc.objects.tls.unwrap_or((lo, hi));
+                    acc.objects.tls = Some((l.min(lo), h.max(hi)));
+                }
+            }
+        }
+        0
+    }
+    let mut acc = Acc {
+        objects: Objects::default(),
+        anchor: anchor(),
+    };
+    // SAFETY: the callback only reads what the loader passes and writes `acc`.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut acc as *mut Acc).cast()) };
+    acc.objects
+}
+
+/// The readable mappings of the process, in address order. Allocation-free.
+pub(crate) fn readable_maps() -> Option<Buf<Range>> {
+    let mut text: Buf<u8> = Buf::new(64 << 20)?;
+    // SAFETY: open/read/close into our own mapping.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return None;
+        }
+        loop {
+            let room = text.cap - text.len;
+            if room == 0 {
+                break;
+            }
+            let n = libc::read(fd, text.ptr.add(text.len).cast(), room.min(1 << 20));
+            if n <= 0 {
+                break;
+            }
+            text.len += n as usize;
+        }
+        libc::close(fd);
+    }
+    let lines = text.as_slice().iter().filter(|&&c| c == b'\n').count();
+    let mut maps: Buf<Range> = Buf::new(lines + 1)?;
+    for line in text.as_slice().split(|&c| c == b'\n') {
+        let mut fields = line.split(|&c| c == b' ');
+        let (Some(span), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if perms.first() != Some(&b'r') {
+            continue;
+        }
+        let mut ends = span.split(|&c| c == b'-');
+        if let (Some(a), Some(b)) = (ends.next().and_then(hex), ends.next().and_then(hex)) {
+            maps.push(Range { start: a, end: b });
+        }
+    }
+    Some(maps)
+}
+
+fn hex(s: &[u8]) -> Option<usize> {
+    let mut v = 0usize;
+    if s.is_empty() {
+        return None;
+    }
+    for &c in s {
+        let d = (c as char).to_digit(16)?;
+        v = v.checked_mul(16)?.checked_add(d as usize)?;
+    }
+    Some(v)
+}
+
+/// The end of the readable mapping (or run of adjacent ones) holding `addr`.
+pub(crate) fn readable_end(maps: &[Range], addr: usize) -> Option<usize> {
+    let i = maps.partition_point(|m| m.end <= addr);
+    let m = maps.get(i)?;
+    if m.start > addr {
+        return None;
+    }
+    let mut end = m.end;
+    for next in maps.get(i + 1..).unwrap_or(&[]) {
+        if next.start != end {
+            break;
+        }
+        end = next.end;
+    }
+    Some(end)
+}
+
+/// Calls `f` for each readable part of `r`.
+pub(crate) fn each_readable(maps: &[Range], r: Range, mut f: impl FnMut(Range)) {
+    let mut at = r.start;
+    let mut i = maps.partition_point(|m| m.end <= at);
+    while at < r.end {
+        let Some(m) = maps.get(i) else { break };
+        if m.start >= r.end {
+            break;
+        }
+        let start = at.max(m.start);
+        let end = r.end.min(m.end);
+        if start < end {
+            f(Range { start, end });
+        }
+        at = end.max(m.end.min(r.end));
+        i += 1;
+    }
+}
+
+/// The callee-saved registers of the calling thread, for its own roots.
+#[inline(always)]
+pub(crate) fn callee_saved() -> [usize; 12] {
+    let mut regs = [0usize; 12];
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: stores six registers into the array, which has room for twelve.
+    unsafe {
+        std::arch::asm!(
+            "mov [{0}], rbx",
+            "mov [{0} + 8], rbp",
+            "mov [{0} + 16], r12",
+            "mov [{0} + 24], r13",
+            "mov [{0} + 32], r14",
+            "mov [{0} + 40], r15",
+            in(reg) regs.as_mut_ptr(),
+            options(nostack, preserves_flags)
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: stores eleven registers into the array, which has room for twelve.
+    unsafe {
+        std::arch::asm!(
+            "stp x19, x20, [{0}]",
+            "stp x21, x22, [{0}, #16]",
+            "stp x23, x24, [{0}, #32]",
+            "stp x25, x26, [{0}, #48]",
+            "stp x27, x28, [{0}, #64]",
+            "str x29, [{0}, #80]",
+            in(reg) regs.as_mut_ptr(),
+            options(nostack, preserves_flags)
+        );
+    }
+    regs
+}
+
+pub(crate) fn my_anchor() -> usize {
+    anchor()
+}

@@ -1,0 +1,192 @@
+//! Leak suppressions, in LeakSanitizer's format.
+//!
+//! Owns `LEAKSCOPE_SUPPRESSIONS` and the built-in list. A file holds
+//! `leak:<pattern>` lines (blank lines and `#` comments are skipped). A
+//! pattern matches a lost block when it matches the function, the source
+//! file or the module of any frame of the stack that made it (the frames a
+//! report shows: the allocator's own are left out). `*` matches any run of
+//! characters; a pattern matches anywhere in a name unless it starts with
+//! `^` or ends with `$`. A malformed line is reported with its line number
+//! and skipped; an unreadable file is reported and the built-ins still apply.
+
+use crate::report::{Frame, Symbolizer};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// One-time allocations of the Rust runtime that no pointer is left to at
+/// exit, so that a clean program reports nothing lost.
+const BUILT_IN: &[&str] = &[];
+
+/// The patterns in force: the built-ins, then the file's.
+#[derive(Debug, Default)]
+pub(crate) struct Suppressions {
+    patterns: Vec<String>,
+}
+
+impl Suppressions {
+    pub(crate) fn pattern(&self, i: usize) -> &str {
+        self.patterns.get(i).map_or("", String::as_str)
+    }
+
+    /// Parses a file's text; malformed lines come back as (line number, why).
+    pub(crate) fn parse(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
+        let mut patterns = Vec::new();
+        let mut bad = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match line.strip_prefix("leak:").map(str::trim) {
+                Some(p) if !p.is_empty() => patterns.push(p.to_owned()),
+                Some(_) => bad.push((n + 1, "empty pattern after leak:".to_owned())),
+                None => bad.push((n + 1, format!("{line:?} is not leak:<pattern>"))),
+            }
+        }
+        (patterns, bad)
+    }
+}
+
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The suppressions now: built-ins plus `LEAKSCOPE_SUPPRESSIONS`'s file.
+/// Problems with the file are reported on stderr, once per process.
+pub(crate) fn current() -> Suppressions {
+    let mut patterns: Vec<String> = BUILT_IN.iter().map(|p| (*p).to_owned()).collect();
+    let Some(path) = std::env::var_os("LEAKSCOPE_SUPPRESSIONS") else {
+        return Suppressions { patterns };
+    };
+    let path = path.to_string_lossy().into_owned();
+    let warn = !WARNED.swap(true, Ordering::Relaxed);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let (found, bad) = Suppressions::parse(&text);
+            if warn {
+                for (line, why) in bad {
+                    crate::exit::warn(&format!("{path}:{line}: {why}; line skipped"));
+                }
+            }
+            patterns.extend(found);
+        }
+        Err(e) if warn => crate::exit::warn(&format!(
+            "cannot read LEAKSCOPE_SUPPRESSIONS file {path}: {e}; using the built-in suppressions only"
+        )),
+        Err(_) => {}
+    }
+    Suppressions { patterns }
+}
+
+/// Whether `pattern` matches `text` (LeakSanitizer's rules, see the module).
+pub(crate) fn matches(pattern: &str, text: &str) -> bool {
+    let (start, p) = match pattern.strip_prefix('^') {
+        Some(p) => (true, p),
+        None => (false, pattern),
+    };
+    let (end, p) = match p.strip_suffix('$') {
+        Some(p) => (true, p),
+        None => (false, p),
+    };
+    let parts: Vec<&str> = p.split('*').collect();
+    let mut at = 0;
+    for (i, part) in parts.iter().enumerate() {
+        let first = i == 0;
+        let last = i == parts.len() - 1;
+        let rest = &text[at..];
+        if first && start {
+            if !rest.starts_with(part) {
+                return false;
+            }
+            at += part.len();
+            if last && end {
+                return at == text.len();
+            }
+            continue;
+        }
+        if last && end {
+            return rest.len() >= part.len() && rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(j) => at += j + part.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Matches call-sites against the suppressions, symbolizing each once.
+#[derive(Default)]
+pub(crate) struct Matcher {
+    verdicts: HashMap<u32, Option<usize>>,
+    symbols: Symbolizer,
+}
+
+impl Matcher {
+    /// The index of the first pattern that matches call-site `site`.
+    pub(crate) fn suppressed(&mut self, s: &Suppressions, site: u32) -> Option<usize> {
+        if s.patterns.is_empty() {
+            return None;
+        }
+        if let Some(&v) = self.verdicts.get(&site) {
+            return v;
+        }
+        let ips = crate::callsite::get(site)
+            .map(|c| c.frames())
+            .unwrap_or_default();
+        let frames = self.symbols.stack(&ips);
+        let v = s
+            .patterns
+            .iter()
+            .position(|p| frames.iter().any(|f| frame_matches(p, f)));
+        self.verdicts.insert(site, v);
+        v
+    }
+}
+
+fn frame_matches(pattern: &str, f: &Frame) -> bool {
+    f.function.as_deref().is_some_and(|n| matches(pattern, n))
+        || f.file.as_deref().is_some_and(|n| matches(pattern, n))
+        || module(f.ip).is_some_and(|m| matches(pattern, &m))
+}
+
+/// The file name of the loaded object holding `ip`.
+fn module(ip: usize) -> Option<String> {
+    // SAFETY: dladdr fills the struct; the name it points to belongs to the loader.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(ip as *const libc::c_void, &mut info) == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(info.dli_fname)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_as_lsan_does() {
+        assert!(matches("cache", "app::cache::insert"));
+        assert!(matches("app::*::insert", "app::cache::insert"));
+        assert!(matches("^app::", "app::cache::insert"));
+        assert!(!matches("^cache", "app::cache::insert"));
+        assert!(matches("insert$", "app::cache::insert"));
+        assert!(!matches("cache$", "app::cache::insert"));
+        assert!(matches("^app::cache::insert$", "app::cache::insert"));
+        assert!(!matches("^app::cache$", "app::cache::insert"));
+        assert!(matches("libfoo.so", "/usr/lib/libfoo.so.1"));
+        assert!(matches("*", "anything"));
+    }
+
+    #[test]
+    fn malformed_lines_are_reported_with_their_numbers() {
+        let text = "# comment\nleak:app::cache\n\nleek:oops\nleak:\n  leak: ^std::rt \n";
+        let (patterns, bad) = Suppressions::parse(text);
+        assert_eq!(patterns, vec!["app::cache", "^std::rt"]);
+        assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![4, 5]);
+    }
+}
