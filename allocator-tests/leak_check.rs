@@ -198,27 +198,13 @@ fn planted_cases_are_classified_exactly() {
         String::from_utf8_lossy(&out.stderr)
     );
     let doc = read_json(&json);
-    let mut got = planted_in_json(&doc);
-    let mut want = expected_strings();
-    // Run natively, a stale copy of plant_definite's address survives
-    // somewhere the scrub does not reach, and the block counts as still
-    // reachable (under valgrind, in `same_classification_as_valgrind`, it is
-    // definitely lost for both checkers). Open: see the README's limits.
-    let definite = ("plant_definite".to_string(), "definitely_lost".to_string());
-    let stale = ("plant_definite".to_string(), "still_reachable".to_string());
-    assert_eq!(got.remove(&definite).or(got.remove(&stale)), Some(1));
-    want.remove(&definite);
-    assert_eq!(got, want);
+    assert_eq!(planted_in_json(&doc), expected_strings());
     let lc = &doc["leak_check"];
     assert_eq!(lc["error"], serde_json::Value::Null);
-    // Sizes: 16 (node) + 32 (one Rc box) definitely lost (plus 32 from
-    // plant_definite when nothing stale points to it), 48 + 32 indirectly,
-    // 64 possibly; nothing else in this program is lost.
-    let definite_bytes = lc["definitely_lost"]["bytes"].as_u64().unwrap();
-    assert!(
-        definite_bytes == 16 + 32 || definite_bytes == 32 + 16 + 32,
-        "{definite_bytes}"
-    );
+    // Sizes: 32 + 16 (node) + 32 (one Rc box) definitely lost, 48 + 32
+    // indirectly, 64 possibly; nothing else in this program is lost.
+    assert_eq!(lc["definitely_lost"]["bytes"], 32 + 16 + 32);
+    assert_eq!(lc["definitely_lost"]["blocks"], 3);
     assert_eq!(lc["indirectly_lost"]["bytes"], 48 + 32);
     assert_eq!(lc["possibly_lost"]["bytes"], 64);
     let _ = std::fs::remove_dir_all(&dir);
@@ -289,6 +275,26 @@ fn ignored_and_disabled_blocks_are_not_leaks() {
         got.get(&("plant_disabled".to_string(), "definitely_lost")),
         None
     );
+}
+
+fn a_later_check_lists_only_new_leaks() {
+    let first = leakscope::leak_check();
+    plant_definite();
+    plant_definite();
+    scrub_all();
+    let second = leakscope::leak_check();
+    let added = second
+        .leak_check
+        .as_ref()
+        .unwrap()
+        .added_since(first.leak_check.as_ref().unwrap());
+    let new_definite: Vec<(u64, u64)> = added
+        .iter()
+        .filter(|r| r.kind == LeakKind::DefinitelyLost)
+        .map(|r| (r.blocks, r.bytes))
+        .collect();
+    // Two calls from two places: two call-sites, a block each.
+    assert_eq!(new_definite, vec![(1, 32), (1, 32)]);
 }
 
 fn other_threads_stacks_are_roots() {
@@ -394,6 +400,10 @@ fn main() {
         (
             "ignored_and_disabled_blocks_are_not_leaks",
             ignored_and_disabled_blocks_are_not_leaks,
+        ),
+        (
+            "a_later_check_lists_only_new_leaks",
+            a_later_check_lists_only_new_leaks,
         ),
         (
             "other_threads_stacks_are_roots",

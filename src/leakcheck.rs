@@ -470,8 +470,15 @@ pub(crate) fn sort_blocks(blocks: &mut Buf<Blk>) -> usize {
 /// Stops the world, scans the roots and the heap, and classifies every live
 /// block the way valgrind memcheck does; the report of the live state comes
 /// with it, in [`report::Report::leak_check`].
+#[inline(never)]
 pub fn leak_check() -> report::Report {
-    let check = thread::untracked(check);
+    // The caller's registers, and where the stack to scan begins: the
+    // caller's frames. The check's own frames, below, are not roots (they
+    // hold stale words of whatever ran there before).
+    let regs = stop::callee_saved();
+    let sp = std::hint::black_box(&regs) as *const [usize; 12] as usize;
+    let check = thread::untracked(|| check(sp));
+    std::hint::black_box(&regs);
     let mut r = report::snapshot();
     r.leak_check = Some(check);
     r
@@ -484,7 +491,7 @@ struct Found {
     groups: HashMap<(u8, u32, u32, bool), Amount>,
 }
 
-fn check() -> LeakCheck {
+fn check(my_sp: usize) -> LeakCheck {
     if crate::sample::current() != 0 {
         return failed("not available in sampling mode (it tracks only sampled blocks)");
     }
@@ -495,7 +502,7 @@ fn check() -> LeakCheck {
         .into_iter()
         .find(|(_, e)| e.name == NOT_CHECKED)
         .map_or(u32::MAX, |(id, _)| id);
-    let found = match classify(&objects, not_checked) {
+    let found = match classify(&objects, not_checked, my_sp) {
         Ok(f) => f,
         Err(e) => return failed(e),
     };
@@ -510,13 +517,13 @@ fn failed(why: &str) -> LeakCheck {
 }
 
 /// The marking itself, with the world stopped. Allocation-free between
-/// the stop and the resume.
+/// the stop and the resume. `my_sp`: where this thread's stack roots begin.
 #[inline(never)]
-fn classify(objects: &stop::Objects, not_checked: u32) -> Result<Found, &'static str> {
-    // This thread's callers' registers, and where its own roots begin: the
-    // frames below this one are the check's.
-    let regs = std::hint::black_box(stop::callee_saved());
-    let my_sp = &regs as *const [usize; 12] as usize;
+fn classify(
+    objects: &stop::Objects,
+    not_checked: u32,
+    my_sp: usize,
+) -> Result<Found, &'static str> {
     let my_anchor = stop::my_anchor();
 
     let ignored = IGNORED.lock();
@@ -595,7 +602,6 @@ fn classify(objects: &stop::Objects, not_checked: u32) -> Result<Found, &'static
             .or_insert_with(Amount::default)
             .add(b.size as u64);
     }
-    std::hint::black_box(&regs);
     Ok(Found { groups })
 }
 
