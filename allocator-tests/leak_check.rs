@@ -383,8 +383,14 @@ fn a_clean_program_loses_nothing() {
     // are possibly lost, as valgrind reports them too: the table (408
     // bytes), five keys (40 + 4 x 2 bytes) and five values (100 + 4 x 190).
     assert_eq!(
-        (&lc["possibly_lost"]["blocks"], &lc["possibly_lost"]["bytes"]),
-        (&serde_json::json!(11), &serde_json::json!(408 + 40 + 8 + 100 + 760))
+        (
+            &lc["possibly_lost"]["blocks"],
+            &lc["possibly_lost"]["bytes"]
+        ),
+        (
+            &serde_json::json!(11),
+            &serde_json::json!(408 + 40 + 8 + 100 + 760)
+        )
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
