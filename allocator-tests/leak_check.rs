@@ -356,6 +356,95 @@ fn child() {
     scrub_all();
 }
 
+fn suppressions_hide_lost_blocks_and_bad_lines_are_reported() {
+    let dir = scratch("supp");
+    let json = dir.join("report.json");
+    let supp = dir.join("leaks.supp");
+    std::fs::write(
+        &supp,
+        "# the node and its child\nleak:plant_indirect\nnot a suppression\nleak:\n",
+    )
+    .unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "1")
+        .env("LEAKSCOPE_REPORT", &json)
+        .env("LEAKSCOPE_SUPPRESSIONS", &supp)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("leaks.supp:3:"), "{stderr}");
+    assert!(stderr.contains("leaks.supp:4:"), "{stderr}");
+    let doc = read_json(&json);
+    let mut want = expected_strings();
+    want.retain(|(f, _), _| f != "plant_indirect");
+    assert_eq!(planted_in_json(&doc), want);
+    let lc = &doc["leak_check"];
+    // The node (16 bytes, definitely lost) and its child (48, indirectly).
+    assert_eq!(
+        lc["suppressed"],
+        serde_json::json!({"blocks": 2, "bytes": 64})
+    );
+    assert_eq!(
+        lc["suppressions_used"],
+        serde_json::json!([{"pattern": "plant_indirect", "blocks": 2, "bytes": 64}])
+    );
+    assert_eq!(lc["definitely_lost"]["bytes"], 32 + 32);
+    // An unreadable file: said once, and the check goes on.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "1")
+        .env("LEAKSCOPE_REPORT", &json)
+        .env("LEAKSCOPE_SUPPRESSIONS", dir.join("missing.supp"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("cannot read LEAKSCOPE_SUPPRESSIONS").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(planted_in_json(&read_json(&json)), expected_strings());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn bad_settings_are_reported_and_ignored() {
+    let dir = scratch("env");
+    let json = dir.join("report.json");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "1")
+        .env("LEAKSCOPE_REPORT", &json)
+        .env("LEAKSCOPE_LEAK_CHECK", "maybe")
+        .env("LEAKSCOPE_ERROR_EXITCODE", "lots")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("LEAKSCOPE_LEAK_CHECK=\"maybe\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("LEAKSCOPE_ERROR_EXITCODE=\"lots\""),
+        "{stderr}"
+    );
+    // The check stays on; the exit status is the program's own.
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(planted_in_json(&read_json(&json)), expected_strings());
+    // LEAKSCOPE_LEAK_CHECK=no: the report has no leak check.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "1")
+        .env("LEAKSCOPE_REPORT", &json)
+        .env("LEAKSCOPE_LEAK_CHECK", "no")
+        .env("LEAKSCOPE_ERROR_EXITCODE", "23")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc = read_json(&json);
+    assert_eq!(doc.get("leak_check"), None);
+    assert!(doc["callsites"].as_array().unwrap().len() > 5);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn a_clean_program_loses_nothing() {
     let dir = scratch("clean");
     let json = dir.join("report.json");
@@ -487,6 +576,14 @@ fn main() {
         (
             "a_clean_program_loses_nothing",
             a_clean_program_loses_nothing,
+        ),
+        (
+            "suppressions_hide_lost_blocks_and_bad_lines_are_reported",
+            suppressions_hide_lost_blocks_and_bad_lines_are_reported,
+        ),
+        (
+            "bad_settings_are_reported_and_ignored",
+            bad_settings_are_reported_and_ignored,
         ),
         (
             "same_classification_as_valgrind",

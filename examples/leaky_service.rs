@@ -16,7 +16,8 @@
 //!
 //! The only leakscope code is the allocator line and one `track_scope` per
 //! request; `LEAKSCOPE_REPORT=stderr` would print the same report at exit with
-//! no `snapshot()` call at all.
+//! no `leak_check()` call at all (and `LEAKSCOPE_ERROR_EXITCODE=23` would make
+//! the leaks fail the run, as in CI).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -302,5 +303,9 @@ fn main() {
         one.allocated_blocks, one.outstanding_blocks, one.outstanding_bytes
     );
 
-    print!("{}", leakscope::snapshot());
+    // The outstanding allocations per call-site and scope, then the full leak
+    // check: which of them nothing points to any more (valgrind's kinds).
+    let report = leakscope::leak_check();
+    print!("{report}");
+    drop(app);
 }
