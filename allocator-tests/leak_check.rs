@@ -445,6 +445,71 @@ fn bad_settings_are_reported_and_ignored() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Workers allocate, free, hand blocks to each other and open scopes as
+/// fast as they can while the main thread checks again and again: every
+/// check completes (a thread stopped inside the allocator holds no lock the
+/// check needs), and nothing the workers hold is lost.
+fn checks_while_threads_allocate() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u64>>();
+    let rx = Arc::new(Mutex::new(rx));
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            let tx = tx.clone();
+            let rx = rx.clone();
+            std::thread::spawn(move || {
+                let mut kept: Vec<Box<[u64; 3]>> = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    leakscope::track_scope("stress", || {
+                        kept.push(Box::new([n; 3]));
+                        if kept.len() > 64 {
+                            kept.drain(..32);
+                        }
+                        let v: Vec<u64> = (0..(n % 50)).collect();
+                        if i % 2 == 0 {
+                            let _ = tx.send(v);
+                        } else if let Ok(v) = rx.lock().unwrap().try_recv() {
+                            black_box(v);
+                        }
+                    });
+                    n += 1;
+                }
+                black_box(&kept);
+                kept.len()
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut checks = 0;
+    let mut lost_in_stress = 0;
+    for _ in 0..20 {
+        let report = leakscope::leak_check();
+        let lc = report.leak_check.as_ref().unwrap();
+        assert_eq!(lc.error, None);
+        lost_in_stress += lc
+            .loss_records
+            .iter()
+            .filter(|r| r.scope.as_deref() == Some("stress"))
+            .filter(|r| matches!(r.kind, LeakKind::DefinitelyLost | LeakKind::IndirectlyLost))
+            .map(|r| r.blocks)
+            .sum::<u64>();
+        checks += 1;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        assert!(w.join().unwrap() > 0);
+    }
+    // Drain what is left in the channel.
+    while rx.lock().unwrap().try_recv().is_ok() {}
+    assert_eq!(checks, 20);
+    assert_eq!(lost_in_stress, 0);
+}
+
 fn a_clean_program_loses_nothing() {
     let dir = scratch("clean");
     let json = dir.join("report.json");
@@ -576,6 +641,10 @@ fn main() {
         (
             "a_clean_program_loses_nothing",
             a_clean_program_loses_nothing,
+        ),
+        (
+            "checks_while_threads_allocate",
+            checks_while_threads_allocate,
         ),
         (
             "suppressions_hide_lost_blocks_and_bad_lines_are_reported",

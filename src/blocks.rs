@@ -301,8 +301,10 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Meta)) {
 }
 
 /// For the leak check, with the world stopped and [`lock_for_fork`] held:
-/// calls `f` for every live block, a block in the middle of a move perhaps
-/// twice (the caller removes repeats).
+/// calls `f` once for every live block. A block its owner was moving to the
+/// shared table when stopped is taken from there if it got there (its young
+/// entry may already hold part of the next block's fields), else from its
+/// young entry (not yet touched).
 pub(crate) fn for_each_held(mut f: impl FnMut(usize, &Meta)) {
     for s in &TABLE {
         // SAFETY: the caller holds every shard's lock (see above).
@@ -314,9 +316,21 @@ pub(crate) fn for_each_held(mut f: impl FnMut(usize, &Meta)) {
     for young in crate::thread::young_tables() {
         for e in &young.entries {
             let a = e.addr.load(Ordering::Acquire);
-            if a != 0 && a & FREED == 0 {
-                f(hide(a & !MOVING), &e.meta());
+            if a == 0 || a & FREED != 0 {
+                continue;
             }
+            let addr = hide(a & !MOVING);
+            if a & MOVING != 0 && addr <= ADDR_MASK {
+                // SAFETY: as above.
+                let shared = unsafe { shard(addr).0.held() }
+                    .main
+                    .find(hash(addr), |e| key_addr(e.0) == addr)
+                    .is_some();
+                if shared {
+                    continue;
+                }
+            }
+            f(addr, &e.meta());
         }
     }
 }

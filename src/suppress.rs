@@ -1,23 +1,25 @@
 //! Leak suppressions, in LeakSanitizer's format.
 //!
-//! Owns `LEAKSCOPE_SUPPRESSIONS` and the built-in list. A file holds
+//! Owns `LEAKSCOPE_SUPPRESSIONS`. A file holds
 //! `leak:<pattern>` lines (blank lines and `#` comments are skipped). A
 //! pattern matches a lost block when it matches the function, the source
 //! file or the module of any frame of the stack that made it (the frames a
 //! report shows: the allocator's own are left out). `*` matches any run of
 //! characters; a pattern matches anywhere in a name unless it starts with
 //! `^` or ends with `$`. A malformed line is reported with its line number
-//! and skipped; an unreadable file is reported and the built-ins still apply.
+//! and skipped; an unreadable file is reported and the check goes on.
+//!
+//! There are no built-in suppressions: the Rust runtime's one-time blocks
+//! (stdout's buffer, the main thread's handle and thread-locals) are held
+//! from statics and static TLS, which the check scans, so a clean program
+//! reports nothing lost without any (`allocator-tests/leak_check.rs` checks
+//! this).
 
 use crate::report::{Frame, Symbolizer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// One-time allocations of the Rust runtime that no pointer is left to at
-/// exit, so that a clean program reports nothing lost.
-const BUILT_IN: &[&str] = &[];
-
-/// The patterns in force: the built-ins, then the file's.
+/// The patterns in force, from the file.
 #[derive(Debug, Default)]
 pub(crate) struct Suppressions {
     patterns: Vec<String>,
@@ -49,10 +51,10 @@ impl Suppressions {
 
 static WARNED: AtomicBool = AtomicBool::new(false);
 
-/// The suppressions now: built-ins plus `LEAKSCOPE_SUPPRESSIONS`'s file.
-/// Problems with the file are reported on stderr, once per process.
+/// The suppressions now: `LEAKSCOPE_SUPPRESSIONS`'s file. Problems with the
+/// file are reported on stderr, once per process.
 pub(crate) fn current() -> Suppressions {
-    let mut patterns: Vec<String> = BUILT_IN.iter().map(|p| (*p).to_owned()).collect();
+    let mut patterns: Vec<String> = Vec::new();
     let Some(path) = std::env::var_os("LEAKSCOPE_SUPPRESSIONS") else {
         return Suppressions { patterns };
     };
@@ -69,7 +71,7 @@ pub(crate) fn current() -> Suppressions {
             patterns.extend(found);
         }
         Err(e) if warn => crate::exit::warn(&format!(
-            "cannot read LEAKSCOPE_SUPPRESSIONS file {path}: {e}; using the built-in suppressions only"
+            "cannot read LEAKSCOPE_SUPPRESSIONS file {path}: {e}; nothing is suppressed"
         )),
         Err(_) => {}
     }
