@@ -532,19 +532,15 @@ fn a_clean_program_loses_nothing() {
         serde_json::to_string_pretty(&doc["loss_records"]).unwrap()
     );
     assert_eq!(out.status.code(), Some(0));
-    // The map is held through a pointer into the middle of its table (where
-    // hashbrown's control bytes start), so its table and everything in it
-    // are possibly lost, as valgrind reports them too: the table (408
-    // bytes), five keys (40 + 4 x 2 bytes) and five values (100 + 4 x 190).
+    // The map is held through a pointer into the middle of its table (to
+    // hashbrown's control bytes), which valgrind takes for an interior
+    // pointer: it reports the table (408 bytes), its five keys and five
+    // values possibly lost. The hashbrown heuristic knows the table: all
+    // still reachable, the table through the heuristic.
+    assert_eq!(lc["possibly_lost"]["blocks"], 0);
     assert_eq!(
-        (
-            &lc["possibly_lost"]["blocks"],
-            &lc["possibly_lost"]["bytes"]
-        ),
-        (
-            &serde_json::json!(11),
-            &serde_json::json!(408 + 40 + 8 + 100 + 760)
-        )
+        lc["reachable_via_heuristic"],
+        serde_json::json!({"blocks": 1, "bytes": 408})
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

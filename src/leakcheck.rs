@@ -100,8 +100,9 @@ pub struct LeakCheck {
     pub possibly_lost: Amount,
     pub still_reachable: Amount,
     /// Of `still_reachable`: blocks reached only through an interior pointer
-    /// that one of valgrind's heuristics (stdstring, length64, newarray)
-    /// explains.
+    /// that a heuristic explains: valgrind's stdstring, length64 and
+    /// newarray, and leakscope's hashbrown (the table of a `HashMap`, held
+    /// by a pointer to its control bytes).
     pub reachable_via_heuristic: Amount,
     /// Lost blocks (of any of the three lost kinds) that a suppression matched.
     pub suppressed: Amount,
@@ -370,8 +371,57 @@ impl<'a> Marker<'a> {
     /// `stdstring` (length, capacity, refcount, then the characters),
     /// `length64` (a length word, then the data) and `newarray` (a count,
     /// then that many equal elements). Its `multipleinheritance` needs C++
-    /// vtables and is left out.
+    /// vtables and is left out. One of ours, for Rust: `hashbrown`, the
+    /// standard `HashMap`'s table, which is held by a pointer to its control
+    /// bytes, after the buckets.
     fn heuristic(&self, ptr: usize, b: &Blk) -> bool {
+        self.valgrind_heuristic(ptr, b) || self.hashbrown(ptr, b)
+    }
+
+    /// A hashbrown table: `ptr` is followed by exactly `buckets + W` control
+    /// bytes to the block's end (`buckets` a power of two, `W` the group
+    /// width, 16 with SSE2 and 8 without), every one a valid control byte
+    /// (empty 0xFF, deleted 0x80, or full 0x00-0x7F), at least an eighth of
+    /// them not full, and the last `W` mirroring the first ones as hashbrown
+    /// keeps them.
+    fn hashbrown(&self, ptr: usize, b: &Blk) -> bool {
+        let offset = ptr - b.start;
+        let tail = b.size - offset;
+        let Some(end) = stop::readable_end(self.maps, ptr) else {
+            return false;
+        };
+        if end < b.start + b.size {
+            return false;
+        }
+        // SAFETY: `tail` bytes from `ptr` are inside the block and readable.
+        let ctrl = unsafe { std::slice::from_raw_parts(ptr as *const u8, tail) };
+        let valid = |c: u8| c == 0xFF || c == 0x80 || c < 0x80;
+        [16usize, 8].iter().any(|&w| {
+            let Some(buckets) = tail.checked_sub(w) else {
+                return false;
+            };
+            if !buckets.is_power_of_two() || offset % w != 0 {
+                return false;
+            }
+            // At most 7/8 of the buckets are full (fewer than that in a
+            // table of less than 8): zeroed or text memory is not a table.
+            let (mut bad, mut open) = (false, 0usize);
+            for &c in &ctrl[..buckets] {
+                bad |= !valid(c);
+                open += usize::from(c >= 0x80);
+            }
+            if bad || open == 0 || open < buckets / 8 {
+                return false;
+            }
+            if buckets >= w {
+                ctrl[buckets..] == ctrl[..w]
+            } else {
+                ctrl[buckets..w].iter().all(|&c| c == 0xFF) && ctrl[w..] == ctrl[..buckets]
+            }
+        })
+    }
+
+    fn valgrind_heuristic(&self, ptr: usize, b: &Blk) -> bool {
         let w = |i: usize| self.word(b, b.start + 8 * i);
         if ptr == b.start + 24 {
             if let (Some(length), Some(capacity)) = (w(0), w(1)) {
@@ -764,6 +814,74 @@ mod tests {
         ];
         let k = classify_words(&mut heap, &roots);
         assert_eq!(k, vec![LeakKind::StillReachable, LeakKind::PossiblyLost]);
+    }
+
+    #[test]
+    fn stdstring_and_newarray_heuristics() {
+        // stdstring: length 3, capacity 7, refcount, then 8 bytes of
+        // characters: 3 * 8 + 7 + 1 = 32 bytes; pointed to at +24.
+        // newarray: a count of 2, then 32 bytes; pointed to at +8.
+        let mut heap = vec![
+            vec![3usize, 7, 0, 0],
+            vec![2usize, 0, 0, 0, 0],
+            vec![0usize; 4],
+        ];
+        let roots = [
+            heap[0].as_ptr() as usize + 24,
+            heap[1].as_ptr() as usize + 8,
+            heap[2].as_ptr() as usize + 24,
+        ];
+        let k = classify_words(&mut heap, &roots);
+        use LeakKind::*;
+        assert_eq!(k, vec![StillReachable, StillReachable, PossiblyLost]);
+    }
+
+    #[test]
+    fn hashbrown_heuristic_knows_a_table_by_its_control_bytes() {
+        // 4 buckets of 8 bytes, then 4 + 16 control bytes: two full (h2
+        // 0x12 and 0x34), two empty, the 12 bytes past the buckets empty,
+        // and the last 4 mirroring the first 4.
+        let mut table = vec![0usize; 4 + 3]; // 32 bytes of buckets, 24 of control
+        let ctrl: [u8; 20] = [
+            0x12, 0xFF, 0x34, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0xFF, 0xFF, 0x12, 0xFF, 0x34, 0xFF,
+        ];
+        // SAFETY: 20 bytes inside `table`'s 24 bytes after the buckets.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                ctrl.as_ptr(),
+                (table.as_mut_ptr() as *mut u8).add(32),
+                20,
+            )
+        };
+        let ctrl_at = table.as_ptr() as usize + 32;
+        // The block is 52 bytes: buckets and control bytes, nothing after.
+        let mut bufs: Buf<Blk> = Buf::new(2).unwrap();
+        bufs.push(Blk::new(table.as_ptr() as usize, 52, 0, 0));
+        let broken = [0x41usize; 7]; // text, not control bytes
+        bufs.push(Blk::new(broken.as_ptr() as usize, 52, 1, 0));
+        let n = sort_blocks(&mut bufs);
+        let everything = [Range {
+            start: 0,
+            end: usize::MAX,
+        }];
+        let roots = [ctrl_at, broken.as_ptr() as usize + 32];
+        let root = Range {
+            start: roots.as_ptr() as usize,
+            end: roots.as_ptr() as usize + 16,
+        };
+        let mut m = Marker::new(&mut bufs.as_mut_slice()[..n], &everything).unwrap();
+        m.run(&[root]);
+        drop(m);
+        let kind = |site: u32| {
+            bufs.as_slice()
+                .iter()
+                .find(|b| b.site == site)
+                .unwrap()
+                .kind()
+        };
+        assert_eq!(kind(0), LeakKind::StillReachable);
+        assert_eq!(kind(1), LeakKind::PossiblyLost);
     }
 
     #[test]
