@@ -616,7 +616,7 @@ fn classify(
     }
     let stack = |sp: usize| Range {
         start: sp,
-        end: stop::readable_end(maps.as_slice(), sp).unwrap_or(sp),
+        end: stop::mapping_end(maps.as_slice(), sp).unwrap_or(sp),
     };
     let tls = |anchor: usize| match objects.tls {
         Some((lo, hi)) if anchor != 0 => Range {

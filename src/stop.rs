@@ -502,6 +502,13 @@ fn hex(s: &[u8]) -> Option<usize> {
     Some(v)
 }
 
+/// The end of the one mapping holding `addr` (a stack ends there: the
+/// mapping above it may be anything).
+pub(crate) fn mapping_end(maps: &[Range], addr: usize) -> Option<usize> {
+    let m = maps.get(maps.partition_point(|m| m.end <= addr))?;
+    (m.start <= addr).then_some(m.end)
+}
+
 /// The end of the readable mapping (or run of adjacent ones) holding `addr`.
 pub(crate) fn readable_end(maps: &[Range], addr: usize) -> Option<usize> {
     let i = maps.partition_point(|m| m.end <= addr);
@@ -575,4 +582,78 @@ pub(crate) fn callee_saved() -> [usize; 12] {
 
 pub(crate) fn my_anchor() -> usize {
     anchor()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: [Range; 3] = [
+        Range {
+            start: 0x1000,
+            end: 0x3000,
+        },
+        Range {
+            start: 0x3000,
+            end: 0x4000,
+        },
+        Range {
+            start: 0x8000,
+            end: 0x9000,
+        },
+    ];
+
+    #[test]
+    fn ranges_are_clipped_to_readable_memory() {
+        let mut parts = Vec::new();
+        each_readable(
+            &MAPS,
+            Range {
+                start: 0x2000,
+                end: 0x8800,
+            },
+            |r| parts.push(r),
+        );
+        assert_eq!(
+            parts,
+            vec![
+                Range {
+                    start: 0x2000,
+                    end: 0x3000
+                },
+                Range {
+                    start: 0x3000,
+                    end: 0x4000
+                },
+                Range {
+                    start: 0x8000,
+                    end: 0x8800
+                },
+            ]
+        );
+        parts.clear();
+        each_readable(
+            &MAPS,
+            Range {
+                start: 0x4000,
+                end: 0x8000,
+            },
+            |r| parts.push(r),
+        );
+        assert_eq!(parts, vec![]);
+        assert_eq!(readable_end(&MAPS, 0x1800), Some(0x4000));
+        assert_eq!(mapping_end(&MAPS, 0x1800), Some(0x3000));
+        assert_eq!(readable_end(&MAPS, 0x5000), None);
+        assert_eq!(mapping_end(&MAPS, 0x9000), None);
+    }
+
+    #[test]
+    fn this_process_maps_are_read() {
+        let maps = readable_maps().unwrap();
+        let marker = 0u64;
+        let here = &marker as *const u64 as usize;
+        assert!(mapping_end(maps.as_slice(), here).is_some_and(|end| end > here));
+        assert_eq!(hex(b"7ffd88dbf000"), Some(0x7ffd_88db_f000));
+        assert_eq!(hex(b"xyz"), None);
+    }
 }
