@@ -442,6 +442,20 @@ fn bad_settings_are_reported_and_ignored() {
     let doc = read_json(&json);
     assert_eq!(doc.get("leak_check"), None);
     assert!(doc["callsites"].as_array().unwrap().len() > 5);
+    // LEAKSCOPE_ERROR_EXITCODE alone: the check runs at exit, one line says
+    // what was lost, and the status says so.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "1")
+        .env("LEAKSCOPE_ERROR_EXITCODE", "42")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(42));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("80 bytes in 3 blocks definitely lost, 80 bytes in 2 blocks indirectly lost"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -129,7 +129,10 @@ pub(crate) fn init() {
     }
     if let Some(value) = env(c"LEAKSCOPE_ERROR_EXITCODE") {
         match parse_exitcode(&value) {
-            Ok(n) => ERROR_EXITCODE.store(n, Ordering::Relaxed),
+            Ok(n) => {
+                ERROR_EXITCODE.store(n, Ordering::Relaxed);
+                hook_exit();
+            }
             Err(msg) => warn(&msg),
         }
     }
@@ -176,18 +179,34 @@ extern "C" fn at_exit() {
 }
 
 fn write_exit_report() {
-    let Some(dest) = DEST.lock().clone() else {
+    let dest = DEST.lock().clone();
+    let code = ERROR_EXITCODE.load(Ordering::Relaxed);
+    if dest.is_none() && code == 0 {
         return;
-    };
+    }
     let full = LEAK_CHECK.load(Ordering::Relaxed) && crate::sample::current() == 0;
     let report = if full {
         crate::leak_check()
     } else {
         report::snapshot()
     };
-    write_report(dest, &report);
-    let code = ERROR_EXITCODE.load(Ordering::Relaxed);
-    if code != 0 && report.leak_check.as_ref().is_some_and(|lc| lc.has_leaks()) {
+    let leaks = report.leak_check.as_ref().filter(|lc| lc.has_leaks());
+    match dest {
+        Some(dest) => write_report(dest, &report),
+        // No report asked for: one line says why the status is what it is.
+        None => {
+            if let Some(lc) = leaks {
+                warn(&format!(
+                    "{} bytes in {} blocks definitely lost, {} bytes in {} blocks indirectly lost (LEAKSCOPE_REPORT=stderr shows where); exit status {code}",
+                    lc.definitely_lost.bytes,
+                    lc.definitely_lost.blocks,
+                    lc.indirectly_lost.bytes,
+                    lc.indirectly_lost.blocks
+                ));
+            }
+        }
+    }
+    if code != 0 && leaks.is_some() {
         // As valgrind's --error-exitcode: the status says leaks were found.
         let _ = std::io::stdout().flush();
         // SAFETY: fflush(NULL) flushes every C stream; _exit ends the process
