@@ -599,8 +599,8 @@ fn same_classification_as_valgrind() {
             current = None;
             continue;
         }
-        // The tracker's own tables (libc memory that hashbrown points into
-        // the middle of) are not the program's blocks.
+        // The tracker's own tables (libc memory, allocated when a planted
+        // call first needed room) are not the program's blocks.
         if [
             "hashbrown",
             "leakscope::callsite",

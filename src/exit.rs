@@ -245,6 +245,7 @@ extern "C" fn before_fork() {
     scope::lock_for_fork();
     callsite::lock_for_fork();
     blocks::lock_for_fork();
+    crate::sync::lock_for_fork();
 }
 
 extern "C" fn after_fork_child() {
@@ -256,6 +257,7 @@ extern "C" fn after_fork() {
     // SAFETY: `before_fork` took exactly these locks in this process (or in the
     // parent this child was forked from), and nothing used them since.
     unsafe {
+        crate::sync::unlock_after_fork();
         blocks::unlock_after_fork();
         callsite::unlock_after_fork();
         scope::unlock_after_fork();

@@ -9,8 +9,124 @@ use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Allocator for metadata tables: libc's allocator, never the global one.
-pub(crate) type MetaAlloc = std::alloc::System;
+/// Allocator for metadata: libc's allocator, never the global one.
+///
+/// Hash tables get their memory as [`allocator_api2`]'s `Allocator`, and
+/// hashbrown keeps only a pointer into the middle of it (to its control
+/// bytes). So that valgrind, run over a tracked program, sees those blocks
+/// as still reachable rather than possibly lost, each one starts with a link
+/// in a list whose head is a static. Memory taken through `GlobalAlloc`
+/// (never freed, held from statics by its start) is plain `malloc`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MetaAlloc {}
+
+// SAFETY: forwards to `System`, which upholds the contract.
+unsafe impl std::alloc::GlobalAlloc for MetaAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+/// The link at the start of every table block (see [`MetaAlloc`]).
+struct Link {
+    prev: *mut Link,
+    next: *mut Link,
+}
+
+/// The first table block.
+struct Tables(*mut Link);
+
+// SAFETY: the list is only touched under `TABLES`' lock.
+unsafe impl Send for Tables {}
+
+static TABLES: SpinLock<Tables> = SpinLock::new(Tables(std::ptr::null_mut()));
+
+/// Room in front of a table block for its link, keeping its alignment.
+fn link_room(layout: std::alloc::Layout) -> Option<(std::alloc::Layout, usize)> {
+    let room = layout.align().max(std::mem::size_of::<Link>());
+    let outer = std::alloc::Layout::from_size_align(layout.size().checked_add(room)?, layout.align());
+    Some((outer.ok()?, room))
+}
+
+// SAFETY: blocks come from `System` with room for the link in front; the
+// caller gets memory of the layout it asked for, valid until deallocated.
+unsafe impl allocator_api2::alloc::Allocator for MetaAlloc {
+    fn allocate(
+        &self,
+        layout: std::alloc::Layout,
+    ) -> Result<std::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        let (outer, room) = link_room(layout).ok_or(allocator_api2::alloc::AllocError)?;
+        // SAFETY: `outer` is non-zero-sized (it holds the link).
+        let base = unsafe { std::alloc::GlobalAlloc::alloc(&std::alloc::System, outer) };
+        if base.is_null() {
+            return Err(allocator_api2::alloc::AllocError);
+        }
+        let link = base.cast::<Link>();
+        let mut t = TABLES.lock();
+        // SAFETY: `base` is a fresh block with room for a `Link`; the list's
+        // blocks are ours and live (under the lock).
+        unsafe {
+            link.write(Link {
+                prev: std::ptr::null_mut(),
+                next: t.0,
+            });
+            if let Some(first) = t.0.as_mut() {
+                first.prev = link;
+            }
+        }
+        t.0 = link;
+        drop(t);
+        // SAFETY: `room < outer.size()`.
+        let p = unsafe { base.add(room) };
+        let slice = std::ptr::slice_from_raw_parts_mut(p, layout.size());
+        std::ptr::NonNull::new(slice).ok_or(allocator_api2::alloc::AllocError)
+    }
+
+    unsafe fn deallocate(&self, ptr: std::ptr::NonNull<u8>, layout: std::alloc::Layout) {
+        let Some((outer, room)) = link_room(layout) else {
+            return;
+        };
+        // SAFETY: `ptr` came from `allocate` with this layout: its link is
+        // `room` below it, and the list's blocks are live (under the lock).
+        unsafe {
+            let base = ptr.as_ptr().sub(room);
+            let link = &mut *base.cast::<Link>();
+            let mut t = TABLES.lock();
+            match link.prev.as_mut() {
+                Some(prev) => prev.next = link.next,
+                None => t.0 = link.next,
+            }
+            if let Some(next) = link.next.as_mut() {
+                next.prev = link.prev;
+            }
+            drop(t);
+            std::alloc::GlobalAlloc::dealloc(&std::alloc::System, base, outer);
+        }
+    }
+}
+
+/// For the fork handlers: the table list's lock, innermost of the tracker's.
+pub(crate) fn lock_for_fork() {
+    TABLES.lock_for_fork();
+}
+
+/// # Safety
+/// Pairs with [`lock_for_fork`].
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: forwarded contract.
+    unsafe { TABLES.force_unlock() };
+}
 
 /// A test-and-test-and-set lock that needs no memory and cannot allocate.
 ///
@@ -140,7 +256,7 @@ pub(crate) fn leak_zeroed<T>() -> *mut T {
     let layout = std::alloc::Layout::new::<T>();
     // SAFETY: every `T` this is used for is non-zero-sized and valid when all
     // bytes are zero (atomics, integers, null pointers).
-    unsafe { std::alloc::GlobalAlloc::alloc_zeroed(&MetaAlloc::default(), layout).cast() }
+    unsafe { std::alloc::GlobalAlloc::alloc_zeroed(&MetaAlloc {}, layout).cast() }
 }
 
 /// Adds to a counter that only one thread writes: a plain load and store, no
