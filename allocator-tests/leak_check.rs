@@ -184,12 +184,13 @@ fn expected() -> BTreeMap<(String, &'static str), u64> {
 fn planted_cases_are_classified_exactly() {
     let dir = scratch("exact");
     let json = dir.join("report.json");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "1")
-        .env("LEAKSCOPE_REPORT", &json)
-        .env("LEAKSCOPE_ERROR_EXITCODE", "23")
-        .output()
-        .unwrap();
+    let out = child_run(
+        "1",
+        &[
+            ("LEAKSCOPE_REPORT", json.as_ref()),
+            ("LEAKSCOPE_ERROR_EXITCODE", "23".as_ref()),
+        ],
+    );
     // Definitely lost blocks remain: the exit status says so.
     assert_eq!(
         out.status.code(),
@@ -208,6 +209,16 @@ fn planted_cases_are_classified_exactly() {
     assert_eq!(lc["indirectly_lost"]["bytes"], 48 + 32);
     assert_eq!(lc["possibly_lost"]["bytes"], 64);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs this program as a child in `mode` with `env` set.
+fn child_run(mode: &str, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.env(CHILD, mode);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -365,12 +376,13 @@ fn suppressions_hide_lost_blocks_and_bad_lines_are_reported() {
         "# the node and its child\nleak:plant_indirect\nnot a suppression\nleak:\n",
     )
     .unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "1")
-        .env("LEAKSCOPE_REPORT", &json)
-        .env("LEAKSCOPE_SUPPRESSIONS", &supp)
-        .output()
-        .unwrap();
+    let out = child_run(
+        "1",
+        &[
+            ("LEAKSCOPE_REPORT", json.as_ref()),
+            ("LEAKSCOPE_SUPPRESSIONS", supp.as_ref()),
+        ],
+    );
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("leaks.supp:3:"), "{stderr}");
@@ -391,12 +403,13 @@ fn suppressions_hide_lost_blocks_and_bad_lines_are_reported() {
     );
     assert_eq!(lc["definitely_lost"]["bytes"], 32 + 32);
     // An unreadable file: said once, and the check goes on.
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "1")
-        .env("LEAKSCOPE_REPORT", &json)
-        .env("LEAKSCOPE_SUPPRESSIONS", dir.join("missing.supp"))
-        .output()
-        .unwrap();
+    let out = child_run(
+        "1",
+        &[
+            ("LEAKSCOPE_REPORT", json.as_ref()),
+            ("LEAKSCOPE_SUPPRESSIONS", dir.join("missing.supp").as_ref()),
+        ],
+    );
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -411,13 +424,14 @@ fn suppressions_hide_lost_blocks_and_bad_lines_are_reported() {
 fn bad_settings_are_reported_and_ignored() {
     let dir = scratch("env");
     let json = dir.join("report.json");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "1")
-        .env("LEAKSCOPE_REPORT", &json)
-        .env("LEAKSCOPE_LEAK_CHECK", "maybe")
-        .env("LEAKSCOPE_ERROR_EXITCODE", "lots")
-        .output()
-        .unwrap();
+    let out = child_run(
+        "1",
+        &[
+            ("LEAKSCOPE_REPORT", json.as_ref()),
+            ("LEAKSCOPE_LEAK_CHECK", "maybe".as_ref()),
+            ("LEAKSCOPE_ERROR_EXITCODE", "lots".as_ref()),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("LEAKSCOPE_LEAK_CHECK=\"maybe\""),
@@ -431,24 +445,21 @@ fn bad_settings_are_reported_and_ignored() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(planted_in_json(&read_json(&json)), expected_strings());
     // LEAKSCOPE_LEAK_CHECK=no: the report has no leak check.
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "1")
-        .env("LEAKSCOPE_REPORT", &json)
-        .env("LEAKSCOPE_LEAK_CHECK", "no")
-        .env("LEAKSCOPE_ERROR_EXITCODE", "23")
-        .output()
-        .unwrap();
+    let out = child_run(
+        "1",
+        &[
+            ("LEAKSCOPE_REPORT", json.as_ref()),
+            ("LEAKSCOPE_LEAK_CHECK", "no".as_ref()),
+            ("LEAKSCOPE_ERROR_EXITCODE", "23".as_ref()),
+        ],
+    );
     assert_eq!(out.status.code(), Some(0));
     let doc = read_json(&json);
     assert_eq!(doc.get("leak_check"), None);
     assert!(doc["callsites"].as_array().unwrap().len() > 5);
     // LEAKSCOPE_ERROR_EXITCODE alone: the check runs at exit, one line says
     // what was lost, and the status says so.
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "1")
-        .env("LEAKSCOPE_ERROR_EXITCODE", "42")
-        .output()
-        .unwrap();
+    let out = child_run("1", &[("LEAKSCOPE_ERROR_EXITCODE", "42".as_ref())]);
     assert_eq!(out.status.code(), Some(42));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -527,12 +538,13 @@ fn checks_while_threads_allocate() {
 fn a_clean_program_loses_nothing() {
     let dir = scratch("clean");
     let json = dir.join("report.json");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "clean")
-        .env("LEAKSCOPE_REPORT", &json)
-        .env("LEAKSCOPE_ERROR_EXITCODE", "23")
-        .output()
-        .unwrap();
+    let out = child_run(
+        "clean",
+        &[
+            ("LEAKSCOPE_REPORT", json.as_ref()),
+            ("LEAKSCOPE_ERROR_EXITCODE", "23".as_ref()),
+        ],
+    );
     let doc = read_json(&json);
     let lc = &doc["leak_check"];
     assert_eq!(lc["error"], serde_json::Value::Null);

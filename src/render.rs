@@ -51,6 +51,44 @@ fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
     }
 }
 
+/// "N bytes in M blocks are <what> in loss record X of Y", after a blank line.
+fn write_record_head(
+    f: &mut Formatter<'_>,
+    p: &str,
+    (bytes, blocks): (u64, u64),
+    what: &str,
+    (i, n): (usize, usize),
+) -> fmt::Result {
+    writeln!(f, "{p}")?;
+    writeln!(
+        f,
+        "{p} {} bytes in {} {} are {what} in loss record {} of {}",
+        Thousands(bytes),
+        Thousands(blocks),
+        plural(blocks, "block", "blocks"),
+        Thousands(i as u64 + 1),
+        Thousands(n as u64),
+    )
+}
+
+/// A call-site's stack as valgrind shows one (its --num-callers): the first
+/// frames, down to `main`.
+fn write_stack(f: &mut Formatter<'_>, p: &str, frames: &[Frame]) -> fmt::Result {
+    if frames.is_empty() {
+        writeln!(
+            f,
+            "{p}    (no stack: built without frame pointers, or past the call-site cap)"
+        )?;
+    }
+    let shown = frames
+        .iter()
+        .take_while(|fr| !crate::report::is_runtime_boundary(fr));
+    for (j, fr) in shown.take(MAX_TEXT_FRAMES).enumerate() {
+        write_frame(f, p, j == 0, fr)?;
+    }
+    Ok(())
+}
+
 fn write_frame(f: &mut Formatter<'_>, p: &str, first: bool, fr: &Frame) -> fmt::Result {
     let word = if first { "at" } else { "by" };
     write!(
@@ -121,30 +159,9 @@ impl Report {
             .filter(|c| c.live_blocks > 0)
             .collect();
         for (i, c) in live.iter().enumerate() {
-            writeln!(f, "{p}")?;
-            writeln!(
-                f,
-                "{p} {} bytes in {} {} are outstanding in loss record {} of {}",
-                Thousands(c.live_bytes),
-                Thousands(c.live_blocks),
-                plural(c.live_blocks, "block", "blocks"),
-                Thousands(i as u64 + 1),
-                Thousands(live.len() as u64),
-            )?;
-            if c.frames.is_empty() {
-                writeln!(
-                    f,
-                    "{p}    (no stack: built without frame pointers, or past the call-site cap)"
-                )?;
-            }
-            // Like valgrind's --num-callers: the first frames, down to main.
-            let shown = c
-                .frames
-                .iter()
-                .take_while(|fr| !crate::report::is_runtime_boundary(fr));
-            for (j, fr) in shown.take(MAX_TEXT_FRAMES).enumerate() {
-                write_frame(f, &p, j == 0, fr)?;
-            }
+            let (bytes, blocks) = (c.live_bytes, c.live_blocks);
+            write_record_head(f, &p, (bytes, blocks), "outstanding", (i, live.len()))?;
+            write_stack(f, &p, &c.frames)?;
             for s in &self.scopes {
                 for sc in s.by_callsite.iter().filter(|sc| sc.callsite == c.id) {
                     writeln!(
@@ -215,30 +232,15 @@ impl Report {
             writeln!(f, "{p}    not done: {why}")?;
             return Ok(());
         }
-        let n = lc.loss_records.len() as u64;
+        let n = lc.loss_records.len();
         for (i, r) in lc.loss_records.iter().enumerate() {
             if r.kind == LeakKind::StillReachable {
                 continue;
             }
-            writeln!(f, "{p}")?;
-            writeln!(
-                f,
-                "{p} {} bytes in {} {} are {} in loss record {} of {}",
-                Thousands(r.bytes),
-                Thousands(r.blocks),
-                plural(r.blocks, "block", "blocks"),
-                r.kind.words(),
-                Thousands(i as u64 + 1),
-                Thousands(n)
-            )?;
+            let words = r.kind.words();
+            write_record_head(f, p, (r.bytes, r.blocks), words, (i, n))?;
             if let Some(c) = self.callsite(r.callsite) {
-                let shown = c
-                    .frames
-                    .iter()
-                    .take_while(|fr| !crate::report::is_runtime_boundary(fr));
-                for (j, fr) in shown.take(MAX_TEXT_FRAMES).enumerate() {
-                    write_frame(f, p, j == 0, fr)?;
-                }
+                write_stack(f, p, &c.frames)?;
             }
             match &r.scope {
                 Some(s) => writeln!(

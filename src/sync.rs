@@ -55,7 +55,8 @@ static TABLES: SpinLock<Tables> = SpinLock::new(Tables(std::ptr::null_mut()));
 /// Room in front of a table block for its link, keeping its alignment.
 fn link_room(layout: std::alloc::Layout) -> Option<(std::alloc::Layout, usize)> {
     let room = layout.align().max(std::mem::size_of::<Link>());
-    let outer = std::alloc::Layout::from_size_align(layout.size().checked_add(room)?, layout.align());
+    let outer =
+        std::alloc::Layout::from_size_align(layout.size().checked_add(room)?, layout.align());
     Some((outer.ok()?, room))
 }
 
