@@ -15,7 +15,7 @@
 //! and is definitely lost; the blocks reached from it are indirectly lost.
 
 use crate::stop::{self, Buf, Range};
-use crate::{blocks, callsite, report, scope, thread};
+use crate::{blocks, report, scope, thread};
 use std::collections::HashMap;
 
 /// How a live block stands at a leak check (valgrind memcheck's kinds).
@@ -66,6 +66,13 @@ impl Amount {
     fn add(&mut self, bytes: u64) {
         self.blocks += 1;
         self.bytes += bytes;
+    }
+}
+
+impl std::ops::AddAssign for Amount {
+    fn add_assign(&mut self, other: Amount) {
+        self.blocks += other.blocks;
+        self.bytes += other.bytes;
     }
 }
 
@@ -256,14 +263,14 @@ impl Blk {
             ignored: false,
         }
     }
+}
 
-    pub(crate) fn kind(&self) -> LeakKind {
-        match self.state {
-            REACHABLE => LeakKind::StillReachable,
-            POSSIBLE => LeakKind::PossiblyLost,
-            INDIRECT => LeakKind::IndirectlyLost,
-            _ => LeakKind::DefinitelyLost,
-        }
+fn kind_of(state: u8) -> LeakKind {
+    match state {
+        REACHABLE => LeakKind::StillReachable,
+        POSSIBLE => LeakKind::PossiblyLost,
+        INDIRECT => LeakKind::IndirectlyLost,
+        _ => LeakKind::DefinitelyLost,
     }
 }
 
@@ -662,36 +669,24 @@ fn summarize(found: Found, suppressions: &crate::suppress::Suppressions) -> Leak
     let mut records: HashMap<(LeakKind, u32, u32), Amount> = HashMap::new();
     let mut matcher = crate::suppress::Matcher::default();
     for ((state, site, scope, heuristic), amount) in found.groups {
-        let b = Blk {
-            state,
-            ..Blk::new(0, 0, site, scope)
-        };
-        let kind = b.kind();
+        let kind = kind_of(state);
         if kind != LeakKind::StillReachable {
             if let Some(i) = matcher.suppressed(suppressions, site) {
-                let u = used.entry(i).or_default();
-                u.blocks += amount.blocks;
-                u.bytes += amount.bytes;
-                out.suppressed.blocks += amount.blocks;
-                out.suppressed.bytes += amount.bytes;
+                *used.entry(i).or_default() += amount;
+                out.suppressed += amount;
                 continue;
             }
         }
-        let total = match kind {
+        *match kind {
             LeakKind::DefinitelyLost => &mut out.definitely_lost,
             LeakKind::IndirectlyLost => &mut out.indirectly_lost,
             LeakKind::PossiblyLost => &mut out.possibly_lost,
             LeakKind::StillReachable => &mut out.still_reachable,
-        };
-        total.blocks += amount.blocks;
-        total.bytes += amount.bytes;
+        } += amount;
         if heuristic {
-            out.reachable_via_heuristic.blocks += amount.blocks;
-            out.reachable_via_heuristic.bytes += amount.bytes;
+            out.reachable_via_heuristic += amount;
         }
-        let r = records.entry((kind, site, scope)).or_default();
-        r.blocks += amount.blocks;
-        r.bytes += amount.bytes;
+        *records.entry((kind, site, scope)).or_default() += amount;
     }
     let names: HashMap<u32, String> = scope::scope_entries()
         .into_iter()
@@ -725,7 +720,6 @@ fn summarize(found: Found, suppressions: &crate::suppress::Suppressions) -> Leak
         .collect();
     out.suppressions_used
         .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pattern.cmp(&b.pattern)));
-    let _ = callsite::count();
     out
 }
 
@@ -753,7 +747,7 @@ mod tests {
         drop(m);
         let mut kinds = vec![LeakKind::DefinitelyLost; heap.len()];
         for b in bufs.as_slice() {
-            kinds[b.site as usize] = b.kind();
+            kinds[b.site as usize] = kind_of(b.state);
         }
         kinds
     }
@@ -877,8 +871,8 @@ mod tests {
             bufs.as_slice()
                 .iter()
                 .find(|b| b.site == site)
+                .map(|b| kind_of(b.state))
                 .unwrap()
-                .kind()
         };
         assert_eq!(kind(0), LeakKind::StillReachable);
         assert_eq!(kind(1), LeakKind::PossiblyLost);
