@@ -1,7 +1,7 @@
 //! Configuration from the environment, the report at exit, and `fork`.
 //!
-//! Owns `LEAKSCOPE_REPORT`, `LEAKSCOPE_UNWIND`, `LEAKSCOPE_LEAK_CHECK` and
-//! `LEAKSCOPE_ERROR_EXITCODE` (`LEAKSCOPE_SAMPLE_BYTES` is
+//! Owns `LEAKSCOPE_REPORT`, `LEAKSCOPE_REPORT_SIGNAL`, `LEAKSCOPE_UNWIND`,
+//! `LEAKSCOPE_LEAK_CHECK` and `LEAKSCOPE_ERROR_EXITCODE` (`LEAKSCOPE_SAMPLE_BYTES` is
 //! read by [`crate::sample`] before the first block is made, and a bad value
 //! is warned about here), the `atexit` hook that writes the report (also
 //! after `std::process::exit`), and the `fork` hooks
@@ -141,6 +141,7 @@ pub(crate) fn init() {
             Ok(dest) => {
                 *DEST.lock() = Some(dest);
                 hook_exit();
+                report_signal_from_env();
             }
             Err(msg) => warn(&format!("{msg}; no report will be written")),
         }
@@ -148,6 +149,28 @@ pub(crate) fn init() {
     // SAFETY: the handlers are `extern "C"` functions that only take and release
     // the tracker's spin locks (the child's also settles young-block entries).
     unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork_child)) };
+}
+
+/// With `LEAKSCOPE_REPORT` set: the report is also written on
+/// `LEAKSCOPE_REPORT_SIGNAL` (SIGUSR2 unless it says otherwise or `none`).
+fn report_signal_from_env() {
+    let signal = match env(c"LEAKSCOPE_REPORT_SIGNAL") {
+        None => Some(libc::SIGUSR2),
+        Some(v) => match crate::live::parse_signal(&v) {
+            Ok(s) => s,
+            Err(msg) => {
+                warn(&format!("{msg}; using SIGUSR2"));
+                Some(libc::SIGUSR2)
+            }
+        },
+    };
+    if let Some(signal) = signal {
+        if let Err(e) = crate::live::install(signal) {
+            warn(&format!(
+                "no report on signal {signal}: {e} (LEAKSCOPE_REPORT_SIGNAL picks another, or none)"
+            ));
+        }
+    }
 }
 
 /// Writes the report when the process exits (text to stderr unless
@@ -179,17 +202,12 @@ extern "C" fn at_exit() {
 }
 
 fn write_exit_report() {
-    let dest = DEST.lock().clone();
+    let dest = dest();
     let code = ERROR_EXITCODE.load(Ordering::Relaxed);
     if dest.is_none() && code == 0 {
         return;
     }
-    let full = LEAK_CHECK.load(Ordering::Relaxed) && crate::sample::current() == 0;
-    let report = if full {
-        crate::leak_check()
-    } else {
-        report::snapshot()
-    };
+    let report = report_now();
     let leaks = report.leak_check.as_ref().filter(|lc| lc.has_leaks());
     match dest {
         Some(dest) => write_report(dest, &report),
@@ -218,7 +236,22 @@ fn write_exit_report() {
     }
 }
 
-fn write_report(dest: Dest, report: &report::Report) {
+/// The report, with the full leak check unless `LEAKSCOPE_LEAK_CHECK=no`
+/// (or sampling mode).
+pub(crate) fn report_now() -> report::Report {
+    if LEAK_CHECK.load(Ordering::Relaxed) && crate::sample::current() == 0 {
+        crate::leak_check()
+    } else {
+        report::snapshot()
+    }
+}
+
+/// Where `LEAKSCOPE_REPORT` (or `report_on_exit`) sends the report.
+pub(crate) fn dest() -> Option<Dest> {
+    DEST.lock().clone()
+}
+
+pub(crate) fn write_report(dest: Dest, report: &report::Report) {
     let pid = std::process::id().to_string();
     let (path, body) = match dest {
         Dest::Stderr => {

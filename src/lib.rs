@@ -40,6 +40,7 @@ mod blocks;
 mod callsite;
 mod exit;
 mod leakcheck;
+mod live;
 mod render;
 mod report;
 mod sample;
@@ -55,6 +56,7 @@ pub use exit::report_on_exit;
 pub use leakcheck::{
     disable, ignore, leak_check, Amount, Disabled, LeakCheck, LeakKind, LossRecord, SuppressionUse,
 };
+pub use live::{report_on_signal, serve_report, ReportServer};
 pub use report::{snapshot, CallsiteStats, Frame, Report, ScopeCallsite, ScopeStats, Totals};
 pub use scope::{
     scope, scoped, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped, TrackScopeExt,

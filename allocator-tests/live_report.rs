@@ -1,0 +1,175 @@
+//! The live report: over HTTP on loopback while the program runs (and
+//! allocates), and written on a signal.
+
+#[global_allocator]
+static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
+
+mod common;
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::Mutex;
+
+const CHILD: &str = "LEAKSCOPE_TEST_CHILD";
+
+static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// One GET over a fresh connection: (status line, body).
+fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut all = String::new();
+    c.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+fn scope_in(doc: &serde_json::Value, name: &str) -> (u64, u64) {
+    let s = doc["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no scope {name}"));
+    (
+        s["runs"].as_u64().unwrap(),
+        s["outstanding_blocks"].as_u64().unwrap(),
+    )
+}
+
+fn the_report_is_served_on_loopback() {
+    let server = leakscope::serve_report("127.0.0.1:0").unwrap();
+    let addr = server.local_addr();
+    // Room first, so that the scope makes only the five blocks.
+    KEPT.lock().unwrap().reserve(16);
+    leakscope::track_scope("GET /live", || {
+        let mut k = KEPT.lock().unwrap();
+        for i in 0..5 {
+            k.push(black_box(vec![i as u8; 32]));
+        }
+    });
+    let (status, body) = get(addr, "/report.json");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(scope_in(&doc, "GET /live"), (1, 5));
+    let (status, text) = get(addr, "/");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(text.contains("GET /live:"), "{text}");
+    let (status, body) = get(addr, "/leak-check.json");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["leak_check"]["error"], serde_json::Value::Null);
+    assert_eq!(get(addr, "/nope").0, "HTTP/1.1 404 Not Found");
+    drop(server);
+    // Stopped: nobody listens there any more.
+    assert!(TcpStream::connect(addr).is_err());
+    let err = leakscope::serve_report("0.0.0.0:0").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+fn reports_while_threads_allocate() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let server = leakscope::serve_report("127.0.0.1:0").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    leakscope::track_scope("GET /busy", || {
+                        black_box(vec![0u8; (n % 200) as usize + 1]);
+                    });
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        let path = if i % 4 == 3 {
+            "/leak-check.json"
+        } else {
+            "/report.json"
+        };
+        let (status, body) = get(server.local_addr(), path);
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(doc["scopes"].is_array());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let runs: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let doc: serde_json::Value =
+        serde_json::from_str(&get(server.local_addr(), "/report.json").1).unwrap();
+    // Every run counted, none left anything behind.
+    assert_eq!(scope_in(&doc, "GET /busy"), (runs, 0));
+}
+
+/// The child: leaks in a scope, signals itself, and checks the report the
+/// signal wrote before it exits.
+fn child() {
+    let path = std::env::var("LEAKSCOPE_REPORT").unwrap();
+    KEPT.lock().unwrap().reserve(16);
+    leakscope::track_scope("before-signal", || {
+        let mut k = KEPT.lock().unwrap();
+        for _ in 0..3 {
+            k.push(black_box(vec![1u8; 16]));
+        }
+    });
+    // SAFETY: raise sends a signal to this thread; the tracker handles it.
+    unsafe { libc::raise(libc::SIGUSR2) };
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) {
+                assert_eq!(scope_in(&doc, "before-signal"), (1, 3));
+                println!("signal-report-ok");
+                return;
+            }
+        }
+        assert!(start.elapsed().as_secs() < 20, "no report after the signal");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn a_signal_writes_the_report() {
+    let dir = std::env::temp_dir().join(format!("leakscope-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("report.json");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "1")
+        .env("LEAKSCOPE_REPORT", &path)
+        .env("LEAKSCOPE_REPORT_SIGNAL", "bogus")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signal-report-ok"));
+    // A bad value: said, and SIGUSR2 is used.
+    assert_eq!(
+        stderr.matches("LEAKSCOPE_REPORT_SIGNAL=\"bogus\"").count(),
+        1,
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    if std::env::var_os(CHILD).is_some() {
+        return child();
+    }
+    common::run(&[
+        (
+            "the_report_is_served_on_loopback",
+            the_report_is_served_on_loopback,
+        ),
+        (
+            "reports_while_threads_allocate",
+            reports_while_threads_allocate,
+        ),
+        ("a_signal_writes_the_report", a_signal_writes_the_report),
+    ]);
+}
