@@ -49,6 +49,8 @@ mod stop;
 mod suppress;
 mod sync;
 mod thread;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod tracker;
 mod unwind;
 
@@ -59,6 +61,7 @@ pub use leakcheck::{
 pub use live::{report_on_signal, serve_report, ReportServer};
 pub use report::{snapshot, CallsiteStats, Frame, Report, ScopeCallsite, ScopeStats, Totals};
 pub use scope::{
-    scope, scoped, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped, TrackScopeExt,
+    scope, scoped, scoped_with, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped,
+    TrackScopeExt,
 };
 pub use tracker::LeakTracker;

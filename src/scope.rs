@@ -794,6 +794,23 @@ pub fn scoped<F: Future>(name: &str, fut: F) -> Scoped<F> {
     }
 }
 
+/// Like [`scoped`], with the run opened now and entered while `make` builds
+/// the future: what `make` allocates belongs to the run too (a tower
+/// service's `call` does its synchronous work there).
+pub fn scoped_with<F: Future>(name: &str, make: impl FnOnce() -> F) -> Scoped<F> {
+    let rec = open_run(name);
+    let fut = {
+        let _entered = Entered::new(rec);
+        make()
+    };
+    Scoped {
+        inner: ManuallyDrop::new(fut),
+        name: String::new(),
+        rec,
+        opened: true,
+    }
+}
+
 /// `fut.track_scope("GET /users")`: the method form of [`scoped`].
 pub trait TrackScopeExt: Future + Sized {
     fn track_scope(self, name: &str) -> Scoped<Self> {
