@@ -455,8 +455,14 @@ fn is_std_alloc_frame(f: &str) -> bool {
 
 /// The sources of the standard library's `alloc` and `core` crates, wherever
 /// the toolchain put them (`/rustc/<hash>/library/alloc/src/...`).
+/// The standard library's allocation plumbing by source file: `alloc`,
+/// `core`, std's collections, and the crates std vendors (`hashbrown`, as
+/// the debug info names it: `/rust/deps/hashbrown-*/`).
 fn is_std_alloc_file(path: &str) -> bool {
-    path.contains("/library/alloc/src/") || path.contains("/library/core/src/")
+    path.contains("/library/alloc/src/")
+        || path.contains("/library/core/src/")
+        || path.contains("/library/std/src/collections/")
+        || path.starts_with("/rust/deps/")
 }
 
 /// Whether `f` is the runtime's frame just below `main`, where a stack shown to
@@ -510,6 +516,27 @@ mod tests {
         assert_eq!(
             names(&strip_allocator_frames(frames)),
             ["app::handler", "alloc::vec::Vec<T>::push", "main"]
+        );
+    }
+
+    #[test]
+    fn std_collections_and_vendored_hashbrown_are_plumbing() {
+        let frames = vec![
+            frame("__rustc::__rust_alloc"),
+            frame_in(
+                "hashbrown::raw::alloc::inner::do_alloc",
+                Some("/rust/deps/hashbrown-0.16.1/src/raw/alloc.rs"),
+            ),
+            frame_in(
+                "std::collections::hash::map::HashMap<K,V,S,A>::insert",
+                Some("/rustc/59807616/library/std/src/collections/hash/map.rs"),
+            ),
+            frame_in("app::user::{{closure}}", Some("src/main.rs")),
+            frame("main"),
+        ];
+        assert_eq!(
+            names(&strip_allocator_frames(frames)),
+            ["app::user::{{closure}}", "main"]
         );
     }
 

@@ -2,8 +2,9 @@
 //! its method and route (feature `tower`; with feature `axum`, the route is
 //! axum's matched template, `GET /users/{id}`, not the raw path).
 //!
-//! ```ignore
-//! let app = axum::Router::new()
+//! ```no_run
+//! # async fn user() -> &'static str { "ada" }
+//! let app: axum::Router = axum::Router::new()
 //!     .route("/users/{id}", axum::routing::get(user))
 //!     .layer(leakscope::tower::LeakScopeLayer::new());
 //! ```
