@@ -51,6 +51,8 @@ mod sync;
 mod thread;
 #[cfg(feature = "tower")]
 pub mod tower;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 mod tracker;
 mod unwind;
 

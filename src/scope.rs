@@ -663,6 +663,37 @@ fn enter(rec: &'static RunRecord) {
     thread::set_current_run(rec);
 }
 
+/// Enters `rec` on this thread unless a thread has it entered already
+/// (tracing may enter one span on two threads at once; a run has one owner).
+#[cfg(feature = "tracing")]
+pub(crate) fn try_enter(rec: &'static RunRecord) -> bool {
+    let me = thread::token();
+    if rec
+        .owner
+        .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
+        return false;
+    }
+    enter(rec);
+    true
+}
+
+#[cfg(feature = "tracing")]
+pub(crate) fn open(name: &str) -> Option<&'static RunRecord> {
+    open_run(name)
+}
+
+#[cfg(feature = "tracing")]
+pub(crate) fn leave_run(rec: &'static RunRecord) {
+    leave(rec)
+}
+
+#[cfg(feature = "tracing")]
+pub(crate) fn close(rec: &'static RunRecord) {
+    close_run(rec, false);
+}
+
 /// Takes `rec` off this thread's stack of runs, wherever it is in it, so that
 /// guards dropped out of order never leave a closed run current.
 fn leave(rec: &'static RunRecord) {
