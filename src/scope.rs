@@ -130,6 +130,8 @@ pub(crate) fn scope_entries() -> Vec<(u32, &'static ScopeEntry)> {
 
 /// Call-sites a run counts without a lock; more spill into a locked table.
 const RUN_SITES: usize = 64;
+// `RunRecord::used` has a bit per entry.
+const _: () = assert!(RUN_SITES <= 64);
 /// How far the fixed table is probed before spilling.
 const PROBES: usize = 8;
 
@@ -192,6 +194,9 @@ pub(crate) struct RunRecord {
     /// Written by the owner on every allocation: on lines of their own, away
     /// from `gen` and `owner`, which other threads read on every free.
     sites: CacheAligned<[SiteSlot; RUN_SITES]>,
+    /// Which entries of `sites` this run claimed (bit i: entry i); written
+    /// by the owner when it claims one, so a close visits only those.
+    used: AtomicU64,
     locked: CacheAligned<SpinLock<Locked>>,
     /// The next record in whichever free list holds this one.
     next_free: AtomicU32,
@@ -247,6 +252,7 @@ fn new_chunk(index: usize) -> *mut RunRecord {
             owner: AtomicUsize::new(0),
             parent: AtomicPtr::new(std::ptr::null_mut()),
             sites: CacheAligned(std::array::from_fn(|_| SiteSlot::default())),
+            used: AtomicU64::new(0),
             locked: CacheAligned(SpinLock::new(Locked {
                 remote_freed: [(0, 0); RUN_SITES],
                 spilled: HashTable::new_in(MetaAlloc {}),
@@ -360,6 +366,9 @@ impl RunRecord {
                     // Counters of an empty slot are zero; publishing the key is
                     // all it takes (only the owner claims).
                     slot.key.store(key, Ordering::Release);
+                    let bit = 1u64 << ((start + i) % RUN_SITES);
+                    self.used
+                        .store(self.used.load(Ordering::Relaxed) | bit, Ordering::Relaxed);
                     return Some(slot);
                 }
                 0 => return None,
@@ -579,7 +588,14 @@ fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
             spilled,
             moved,
         } = &mut *l;
-        for (s, remote) in rec.sites.iter().zip(remote_freed.iter_mut()) {
+        // Only the entries this run claimed (most runs touch a few of 64).
+        let mut used = rec.used.swap(0, Ordering::Relaxed);
+        while used != 0 {
+            let i = used.trailing_zeros() as usize;
+            used &= used - 1;
+            let (Some(s), Some(remote)) = (rec.sites.get(i), remote_freed.get_mut(i)) else {
+                continue;
+            };
             let key = s.key.load(Ordering::Relaxed);
             if key == 0 {
                 continue;

@@ -54,17 +54,36 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // The name is put together on the stack: no allocation per request
+        // unless it is longer than the buffer.
+        let (method, route) = (req.method().as_str(), route(&req));
+        let mut buf = [0u8; 256];
+        let len = method.len() + 1 + route.len();
+        if let Some(b) = buf.get_mut(..len) {
+            b[..method.len()].copy_from_slice(method.as_bytes());
+            b[method.len()] = b' ';
+            b[method.len() + 1..].copy_from_slice(route.as_bytes());
+            if let Ok(name) = std::str::from_utf8(b) {
+                return scoped_with(name, || self.inner.call(req));
+            }
+        }
         let name = crate::thread::untracked(|| scope_name(&req));
         scoped_with(&name, || self.inner.call(req))
     }
 }
 
-/// `"<METHOD> <route>"`: the matched route template where axum gives one
-/// (feature `axum`), else the path.
-pub fn scope_name<B>(req: &http::Request<B>) -> String {
+/// The matched route template where axum gives one (feature `axum`), else
+/// the path.
+fn route<B>(req: &http::Request<B>) -> &str {
     #[cfg(feature = "axum")]
     if let Some(route) = req.extensions().get::<axum::extract::MatchedPath>() {
-        return format!("{} {}", req.method(), route.as_str());
+        return route.as_str();
     }
-    format!("{} {}", req.method(), req.uri().path())
+    req.uri().path()
+}
+
+/// The scope a request runs in: `"<METHOD> <route>"`, with the matched
+/// route template where axum gives one (feature `axum`), else the path.
+pub fn scope_name<B>(req: &http::Request<B>) -> String {
+    format!("{} {}", req.method(), route(req))
 }
