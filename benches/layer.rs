@@ -14,6 +14,7 @@ use axum::extract::Path;
 use axum::routing::get;
 use std::hint::black_box;
 use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_service::Service;
 
 async fn user(Path(id): Path<u64>) -> String {
@@ -141,6 +142,55 @@ fn main() {
         per_request(last.0),
         per_request(last.1),
         per_request(last.2),
+    );
+    // The same over HTTP on loopback: a server per layer, a client sending
+    // keep-alive requests on one connection.
+    let loopback = |layer: Layer| -> f64 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let app = router(layer);
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = REQUESTS / 4;
+            let start = Instant::now();
+            for i in 0..n {
+                let req = format!("GET /users/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+                c.write_all(req.as_bytes()).await.unwrap();
+                // One small response per request; read until its body ends.
+                let mut got = 0;
+                loop {
+                    let k = c.read(&mut buf[got..]).await.unwrap();
+                    got += k;
+                    let text = &buf[..got];
+                    if k == 0 || text.windows(4).any(|w| w == b"\r\n\r\n") && text.ends_with(b"-3")
+                    {
+                        break;
+                    }
+                }
+            }
+            start.elapsed().as_secs_f64() / n as f64
+        })
+    };
+    let mut over_http = Vec::new();
+    let mut last_http = (0.0, 0.0);
+    for _ in 0..rounds.min(5) {
+        let a = loopback(Layer::None);
+        let b = loopback(Layer::LeakScope);
+        over_http.push(b / a);
+        last_http = (a, b);
+    }
+    let (h, h_lo, h_hi) = median(&mut over_http);
+    println!(
+        "  over HTTP on loopback (keep-alive): LeakScopeLayer vs no layer {h:.2}x ({h_lo:.2}-{h_hi:.2}); {:.1} us vs {:.1} us per request",
+        last_http.1 * 1e6,
+        last_http.0 * 1e6
     );
     let report = leakscope::snapshot();
     let s = report.scope("GET /users/{id}").expect("the layer's scope");
