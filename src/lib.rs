@@ -31,6 +31,12 @@
 //! keeps every count that scopes and totals need exact and a stack for about
 //! one block per `N` bytes, with unbiased weights for the call-site figures.
 //!
+//! [`leak_check`] adds valgrind's full leak check (definitely, indirectly,
+//! possibly lost, still reachable) with suppressions and an exit status for
+//! CI; [`serve_report`] and `kill -USR2` show the report of a running
+//! service; features `tower`/`axum` and `tracing` give request scopes to
+//! async services.
+//!
 //! Where the hot path lives: [`LeakTracker`]'s `GlobalAlloc` impl in
 //! `tracker.rs` (both modes), the per-thread state it uses in `thread.rs`
 //! (with sampling mode's thread-local fast path), and the block table
