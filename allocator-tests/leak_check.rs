@@ -361,6 +361,24 @@ fn clean_child() {
     eprintln!("and stderr too");
 }
 
+/// Exits while another thread still runs, holding a block on its stack (and
+/// a third keeps allocating): the check at exit stops them and scans them.
+fn busy_child() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let held = black_box(vec![0x5Au8; 4321]);
+        tx.send(()).unwrap();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            black_box(&held);
+        }
+    });
+    std::thread::spawn(|| loop {
+        black_box(vec![1u8; 64]);
+    });
+    rx.recv().unwrap();
+}
+
 /// The child for the valgrind run: plants, then exits with the exit report.
 fn child() {
     plant_all();
@@ -571,6 +589,28 @@ fn a_clean_program_loses_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn the_check_at_exit_stops_running_threads() {
+    let dir = scratch("busy");
+    let json = dir.join("report.json");
+    let out = child_run("busy", &[("LEAKSCOPE_REPORT", json.as_ref())]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = read_json(&json);
+    assert_eq!(doc["leak_check"]["error"], serde_json::Value::Null);
+    let held: Vec<&serde_json::Value> = doc["loss_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["bytes"] == 4321)
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["kind"], "still_reachable");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn same_classification_as_valgrind() {
     if Command::new("valgrind").arg("--version").output().is_err() {
         println!("valgrind is not installed: skipped");
@@ -640,6 +680,7 @@ fn same_classification_as_valgrind() {
 fn main() {
     match std::env::var(CHILD).as_deref() {
         Ok("clean") => return clean_child(),
+        Ok("busy") => return busy_child(),
         Ok(_) => return child(),
         Err(_) => {}
     }
@@ -667,6 +708,10 @@ fn main() {
         (
             "checks_while_threads_allocate",
             checks_while_threads_allocate,
+        ),
+        (
+            "the_check_at_exit_stops_running_threads",
+            the_check_at_exit_stops_running_threads,
         ),
         (
             "suppressions_hide_lost_blocks_and_bad_lines_are_reported",
