@@ -611,6 +611,41 @@ fn the_check_at_exit_stops_running_threads() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A thread that blocks every signal cannot be stopped: the check gives up
+/// with the reason, and every thread (it too) runs on.
+fn a_thread_that_cannot_be_stopped_fails_the_check_not_the_program() {
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (ready, is_ready) = std::sync::mpsc::channel::<()>();
+    let deaf = std::thread::spawn(move || {
+        // SAFETY: blocks every signal on this thread only.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+        ready.send(()).unwrap();
+        wait.recv().unwrap();
+        black_box(vec![1u8; 10]).len()
+    });
+    is_ready.recv().unwrap();
+    let start = std::time::Instant::now();
+    let report = leakscope::leak_check();
+    let lc = report.leak_check.as_ref().unwrap();
+    assert!(
+        lc.error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not stop")),
+        "{:?}",
+        lc.error
+    );
+    assert_eq!(lc.definitely_lost, leakscope::Amount::default());
+    assert!(start.elapsed().as_secs() < 10);
+    go.send(()).unwrap();
+    assert_eq!(deaf.join().unwrap(), 10);
+    // The next check, with that thread gone, works.
+    assert_eq!(leakscope::leak_check().leak_check.unwrap().error, None);
+}
+
 fn same_classification_as_valgrind() {
     if Command::new("valgrind").arg("--version").output().is_err() {
         println!("valgrind is not installed: skipped");
@@ -712,6 +747,10 @@ fn main() {
         (
             "the_check_at_exit_stops_running_threads",
             the_check_at_exit_stops_running_threads,
+        ),
+        (
+            "a_thread_that_cannot_be_stopped_fails_the_check_not_the_program",
+            a_thread_that_cannot_be_stopped_fails_the_check_not_the_program,
         ),
         (
             "suppressions_hide_lost_blocks_and_bad_lines_are_reported",
