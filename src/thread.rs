@@ -550,7 +550,10 @@ pub(crate) fn current_run() -> *const RunRecord {
 
 pub(crate) fn set_current_run(run: *const RunRecord) {
     let _ = STATE.try_with(|st| {
-        flush(st);
+        // Counts are kept aside only under a run tag (sampling mode).
+        if st.run_tag.get() != 0 {
+            flush(st);
+        }
         st.run.set(run);
         let (tag, scope) = if run.is_null() || crate::sample::current() == 0 {
             (0, 0)
