@@ -155,17 +155,9 @@ pub fn report_on_signal(signal: i32) -> std::io::Result<()> {
 /// reads it. Makes no Rust allocation (it runs inside the first allocation
 /// when `LEAKSCOPE_REPORT` asks for it): the thread is a raw pthread.
 pub(crate) fn install(signal: i32) -> std::io::Result<()> {
-    // SAFETY: sigaction reads into a zeroed struct.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut old) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if old.sa_sigaction == on_report_signal as *const () as usize {
+    let handler = on_report_signal as *const () as usize;
+    if crate::stop::signal_owner(signal, handler)? {
         return Ok(());
-    }
-    if old.sa_sigaction != libc::SIG_DFL {
-        return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
     }
     if PIPE_WRITE.load(Ordering::Acquire) < 0 {
         let mut fds = [0; 2];
@@ -197,17 +189,8 @@ pub(crate) fn install(signal: i32) -> std::io::Result<()> {
         }
         PIPE_WRITE.store(fds[1], Ordering::Release);
     }
-    // SAFETY: installs a handler that only writes to a pipe.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_report_signal as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        if libc::sigaction(signal, &sa, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    // The handler only writes to a pipe.
+    crate::stop::set_handler(signal, handler, 0, false)
 }
 
 /// Parses `LEAKSCOPE_REPORT_SIGNAL`: `none`, a name (`USR2`, `SIGUSR1`) or

@@ -564,7 +564,7 @@ fn count_locked_free(rec: &RunRecord, l: &mut Locked, site: u32, size: u64) {
 }
 
 /// Opens a run of scope `name`.
-fn open_run(name: &str) -> Option<&'static RunRecord> {
+pub(crate) fn open_run(name: &str) -> Option<&'static RunRecord> {
     thread::untracked(|| {
         let entry = intern_name(name);
         // Per thread, so that threads serving the same route do not fight
@@ -579,7 +579,7 @@ fn open_run(name: &str) -> Option<&'static RunRecord> {
 }
 
 /// Closes a run; with `summarize`, says what it left behind.
-fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
+pub(crate) fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
     thread::untracked(|| {
         let mut l = rec.locked.lock();
         let mut counts: Vec<SiteRun> = Vec::new();
@@ -695,24 +695,9 @@ pub(crate) fn try_enter(rec: &'static RunRecord) -> bool {
     true
 }
 
-#[cfg(feature = "tracing")]
-pub(crate) fn open(name: &str) -> Option<&'static RunRecord> {
-    open_run(name)
-}
-
-#[cfg(feature = "tracing")]
-pub(crate) fn leave_run(rec: &'static RunRecord) {
-    leave(rec)
-}
-
-#[cfg(feature = "tracing")]
-pub(crate) fn close(rec: &'static RunRecord) {
-    close_run(rec, false);
-}
-
 /// Takes `rec` off this thread's stack of runs, wherever it is in it, so that
 /// guards dropped out of order never leave a closed run current.
-fn leave(rec: &'static RunRecord) {
+pub(crate) fn leave(rec: &'static RunRecord) {
     rec.owner.store(0, Ordering::Relaxed);
     let parent = rec.parent.load(Ordering::Relaxed);
     let mut cur = thread::current_run();

@@ -197,27 +197,61 @@ fn stop_signal() -> Option<i32> {
     if s != 0 {
         return Some(s);
     }
+    let handler = on_stop as *const () as usize;
     let (lo, hi) = (libc::SIGRTMIN(), libc::SIGRTMAX());
     for sig in (lo..=hi).rev() {
-        // SAFETY: sigaction reads and writes the structs given.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
-                || old.sa_sigaction != libc::SIG_DFL
-            {
-                continue;
-            }
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_stop as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            libc::sigfillset(&mut sa.sa_mask);
-            if libc::sigaction(sig, &sa, std::ptr::null_mut()) == 0 {
-                SIGNAL.store(sig, Ordering::Release);
-                return Some(sig);
-            }
+        if signal_owner(sig, handler).is_ok()
+            && set_handler(sig, handler, libc::SA_SIGINFO, true).is_ok()
+        {
+            SIGNAL.store(sig, Ordering::Release);
+            return Some(sig);
         }
     }
     None
+}
+
+/// Who handles `sig` now: `Ok(true)` if `handler` does, `Ok(false)` if
+/// nobody (the default action), an `AlreadyExists` error if the program does.
+pub(crate) fn signal_owner(sig: i32, handler: usize) -> std::io::Result<bool> {
+    // SAFETY: sigaction writes the current action into a zeroed struct.
+    let old = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        old
+    };
+    match old.sa_sigaction {
+        h if h == handler => Ok(true),
+        libc::SIG_DFL => Ok(false),
+        _ => Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)),
+    }
+}
+
+/// Makes `handler` the action of `sig`, with `SA_RESTART` and `flags`;
+/// `block_all`: every other signal waits while it runs.
+pub(crate) fn set_handler(
+    sig: i32,
+    handler: usize,
+    flags: i32,
+    block_all: bool,
+) -> std::io::Result<()> {
+    // SAFETY: sigaction reads the struct given; `handler` is an
+    // `extern "C"` function of the signature `flags` says.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler;
+        sa.sa_flags = libc::SA_RESTART | flags;
+        if block_all {
+            libc::sigfillset(&mut sa.sa_mask);
+        } else {
+            libc::sigemptyset(&mut sa.sa_mask);
+        }
+        if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// One stopped thread.

@@ -85,7 +85,7 @@ where
                 name = v.value;
             }
             let name = name.unwrap_or_else(|| attrs.metadata().name().to_owned());
-            scope::open(&name)
+            scope::open_run(&name)
         });
         if let Some(rec) = rec {
             crate::thread::untracked(|| span.extensions_mut().insert(SpanRun(rec)));
@@ -122,7 +122,7 @@ where
             .span(id)
             .and_then(|s| s.extensions().get::<SpanRun>().map(|r| r.0))
         {
-            scope::leave_run(rec);
+            scope::leave(rec);
         }
     }
 
@@ -130,7 +130,7 @@ where
         let Some(span) = ctx.span(&id) else { return };
         let run = span.extensions_mut().remove::<SpanRun>();
         if let Some(SpanRun(rec)) = run {
-            scope::close(rec);
+            scope::close_run(rec, false);
         }
     }
 }
