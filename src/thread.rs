@@ -90,7 +90,11 @@ impl Drift {
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = callsite::MAX_SITES / CHUNK;
-const CACHE: usize = 256;
+/// Sets of the call-site cache, of [`CACHE_WAYS`] entries each.
+const CACHE_SETS: usize = 128;
+/// Four ways: a request's few dozen hot stacks must not evict one another
+/// (each miss takes the shared table's lock).
+const CACHE_WAYS: usize = 4;
 
 /// A thread's [`Counts`] by id (call-site or scope), in chunks of [`CHUNK`]
 /// made on first use. Only the owner makes chunks; anyone may read them.
@@ -156,8 +160,9 @@ pub(crate) struct Slot {
     sites: Chunks,
     /// Per scope name: blocks opened in a run of that scope, freed by anyone.
     scopes: Chunks,
-    /// Direct-mapped cache from stack hash to call-site id; owner only.
-    cache: UnsafeCell<[CacheEntry; CACHE]>,
+    /// Set-associative cache from stack hash to call-site id, newest entry
+    /// of each set first; owner only.
+    cache: UnsafeCell<[[CacheEntry; CACHE_WAYS]; CACHE_SETS]>,
 }
 
 // SAFETY: `cache` is touched only by the thread that owns the slot (`in_use`
@@ -186,22 +191,26 @@ impl Slot {
     fn intern(&self, frames: &[usize], hash: u64) -> SiteRef {
         // SAFETY: the cache is only used by the slot's owner, which is us.
         let cache = unsafe { &mut *self.cache.get() };
-        let Some(entry) = cache.get_mut(hash as usize % CACHE) else {
+        let Some(set) = cache.get_mut(hash as usize % CACHE_SETS) else {
             return SiteRef::other();
         };
         let first = frames.first().copied().unwrap_or(0);
-        if entry.hash == hash && entry.len as usize == frames.len() && entry.first == first {
-            // SAFETY: a non-null `site` was a `&'static Site` (sites are never freed).
-            if let Some(site) = unsafe { entry.site.as_ref() } {
-                return SiteRef {
-                    id: entry.id,
-                    site: Some(site),
-                };
+        for entry in set.iter() {
+            if entry.hash == hash && entry.len as usize == frames.len() && entry.first == first {
+                // SAFETY: a non-null `site` was a `&'static Site` (sites are never freed).
+                if let Some(site) = unsafe { entry.site.as_ref() } {
+                    return SiteRef {
+                        id: entry.id,
+                        site: Some(site),
+                    };
+                }
             }
         }
         let id = callsite::intern(hash, frames);
         let site = callsite::get(id);
-        *entry = CacheEntry {
+        // The oldest entry of the set goes.
+        set.copy_within(..CACHE_WAYS - 1, 1);
+        set[0] = CacheEntry {
             hash,
             first,
             len: frames.len() as u32,
