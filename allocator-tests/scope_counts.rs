@@ -32,6 +32,10 @@ fn main() {
         ("outstanding_per_run", outstanding_per_run),
         ("summary_of_one_run", summary_of_one_run),
         ("nested_scopes", nested_scopes),
+        (
+            "finished_guard_inside_an_uncounted_run",
+            finished_guard_inside_an_uncounted_run,
+        ),
         ("panic_closes_scope", panic_closes_scope),
         ("freed_after_close", freed_after_close),
         ("guards_dropped_out_of_order", guards_dropped_out_of_order),
@@ -151,6 +155,28 @@ fn nested_scopes() {
     assert_eq!(common::scope(&r, "outer"), (1, 2, 20));
     assert_eq!(common::scope(&r, "inner"), (1, 2, 40));
     assert_eq!(common::scope(&r, "innermost"), (1, 1, 30));
+}
+
+/// `track_scope`'s run (like a future's) keeps no per-call-site counts, as
+/// nobody can ask it for a summary; a guard inside it still gives an exact
+/// one, and the outer run's block freed inside the guard's run is not the
+/// guard's.
+fn finished_guard_inside_an_uncounted_run() {
+    let sum = leakscope::track_scope("uncounted-outer", || {
+        let outer_block = black_box(vec![0u8; 48]);
+        leak_bytes(8);
+        let g = leakscope::scope("counted-inner");
+        leak_bytes(16);
+        temp_bytes(24);
+        drop(outer_block);
+        g.finish()
+    });
+    assert_eq!((sum.allocated_blocks, sum.allocated_bytes), (2, 40));
+    assert_eq!((sum.outstanding_blocks, sum.outstanding_bytes), (1, 16));
+    assert_eq!(sum.by_callsite.len(), 2);
+    let r = leakscope::snapshot();
+    assert_eq!(common::scope(&r, "uncounted-outer"), (1, 1, 8));
+    assert_eq!(common::scope(&r, "counted-inner"), (1, 1, 16));
 }
 
 fn panic_closes_scope() {

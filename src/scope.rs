@@ -19,7 +19,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 // ---------------------------------------------------------------- scope names
@@ -197,6 +197,11 @@ pub(crate) struct RunRecord {
     /// Bumped when the run closes, so frees of its blocks after that are ignored.
     gen: AtomicU32,
     scope: AtomicU32,
+    /// Whether this run counts its blocks per call-site, for a summary at its
+    /// close ([`ScopeGuard::finish`]). A run that can never be asked for one
+    /// (a future's, a span's, [`track_scope`]'s) does not: its blocks carry
+    /// only the scope, which is all the per-scope figures need.
+    counts: AtomicBool,
     /// Token of the thread that has this run entered now (0: none).
     owner: AtomicUsize,
     /// The next outer run on the thread that has this one entered.
@@ -259,6 +264,7 @@ fn new_chunk(index: usize) -> *mut RunRecord {
             slot: (index * RUN_CHUNK + i) as u32,
             gen: AtomicU32::new(1),
             scope: AtomicU32::new(0),
+            counts: AtomicBool::new(false),
             owner: AtomicUsize::new(0),
             parent: AtomicPtr::new(std::ptr::null_mut()),
             sites: CacheAligned(std::array::from_fn(|_| SiteSlot::default())),
@@ -403,6 +409,10 @@ pub(crate) fn record_alloc(run: *const RunRecord, site: u32, size: usize) -> (u3
     let Some(rec) = (unsafe { run.as_ref() }) else {
         return (0, 0, 0);
     };
+    if !rec.counts.load(Ordering::Relaxed) {
+        // No run tag: the block's free then costs the run nothing.
+        return (rec.scope.load(Ordering::Relaxed), 0, 0);
+    }
     let size = size as u64;
     match rec.find(site, true) {
         Some(slot) => {
@@ -451,8 +461,12 @@ pub(crate) fn enter_tag(run: *const RunRecord) -> (u64, u32) {
     let Some(rec) = (unsafe { run.as_ref() }) else {
         return (0, 0);
     };
-    rec.find(crate::callsite::OTHER, true);
     let scope = rec.scope.load(Ordering::Relaxed);
+    if !rec.counts.load(Ordering::Relaxed) {
+        // The scope alone (never 0): the thread still keeps counts aside.
+        return (crate::tracker::run_tag(0, 0, scope), scope);
+    }
+    rec.find(crate::callsite::OTHER, true);
     (
         crate::tracker::run_tag(rec.slot, rec.gen.load(Ordering::Relaxed), scope),
         scope,
@@ -466,6 +480,9 @@ pub(crate) fn absorb(run: *const RunRecord, p: thread::Pending) {
     let Some(rec) = (unsafe { run.as_ref() }) else {
         return;
     };
+    if !rec.counts.load(Ordering::Relaxed) {
+        return;
+    }
     let site = crate::callsite::OTHER;
     if let Some(s) = rec.find(site, true) {
         bump(&s.allocated_blocks, p.alloc_blocks);
@@ -573,8 +590,9 @@ fn count_locked_free(rec: &RunRecord, l: &mut Locked, site: u32, size: u64) {
     }
 }
 
-/// Opens a run of scope `name`.
-pub(crate) fn open_run(name: &str) -> Option<&'static RunRecord> {
+/// Opens a run of scope `name`; with `counts`, one that counts its blocks
+/// per call-site for a [`ScopeSummary`].
+pub(crate) fn open_run(name: &str, counts: bool) -> Option<&'static RunRecord> {
     thread::untracked(|| {
         let entry = intern_name(name);
         // Per thread, so that threads serving the same route do not fight
@@ -584,12 +602,20 @@ pub(crate) fn open_run(name: &str) -> Option<&'static RunRecord> {
         }
         let rec = acquire_record()?;
         rec.scope.store(entry.id, Ordering::Relaxed);
+        rec.counts.store(counts, Ordering::Relaxed);
         Some(rec)
     })
 }
 
 /// Closes a run; with `summarize`, says what it left behind.
 pub(crate) fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
+    if !rec.counts.load(Ordering::Relaxed) {
+        // Nothing counted, no block tagged with it: no other thread can be
+        // in it. (Only guards are asked for a summary, and they count.)
+        next_gen(rec);
+        release_record(rec);
+        return None;
+    }
     thread::untracked(|| {
         let mut l = rec.locked.lock();
         let mut counts: Vec<SiteRun> = Vec::new();
@@ -642,15 +668,20 @@ pub(crate) fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<Scop
         } else {
             moved.clear();
         }
-        // The next generation, never MOVED. Only the owner writes it.
-        let next = rec.gen.load(Ordering::Relaxed).wrapping_add(1) & GEN_MASK;
-        rec.gen
-            .store(if next == MOVED { 1 } else { next }, Ordering::Release);
+        next_gen(rec);
         let scope = rec.scope.load(Ordering::Relaxed);
         drop(l);
         release_record(rec);
         summarize.then(|| summary(scope, &counts))
     })
+}
+
+/// Moves a closing run's record to its next generation, never MOVED. Only
+/// the owner writes it.
+fn next_gen(rec: &RunRecord) {
+    let next = rec.gen.load(Ordering::Relaxed).wrapping_add(1) & GEN_MASK;
+    rec.gen
+        .store(if next == MOVED { 1 } else { next }, Ordering::Release);
 }
 
 fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
@@ -798,7 +829,12 @@ impl std::fmt::Debug for ScopeGuard {
 /// dropped. Every block allocated meanwhile on this thread (outside any inner
 /// scope) is tagged with this run.
 pub fn scope(name: &str) -> ScopeGuard {
-    let rec = open_run(name);
+    enter_scope(name, true)
+}
+
+/// [`scope`], with a run that counts per call-site only if `counts`.
+fn enter_scope(name: &str, counts: bool) -> ScopeGuard {
+    let rec = open_run(name, counts);
     if let Some(rec) = rec {
         enter(rec);
     }
@@ -810,7 +846,7 @@ pub fn scope(name: &str) -> ScopeGuard {
 
 /// Runs `f` inside a scope named `name`. A panic in `f` still closes the scope.
 pub fn track_scope<R>(name: &str, f: impl FnOnce() -> R) -> R {
-    let _guard = scope(name);
+    let _guard = enter_scope(name, false);
     f()
 }
 
@@ -843,7 +879,7 @@ pub fn scoped<F: Future>(name: &str, fut: F) -> Scoped<F> {
 /// the future: what `make` allocates belongs to the run too (a tower
 /// service's `call` does its synchronous work there).
 pub fn scoped_with<F: Future>(name: &str, make: impl FnOnce() -> F) -> Scoped<F> {
-    let rec = open_run(name);
+    let rec = open_run(name, false);
     let fut = {
         let _entered = Entered::new(rec);
         make()
@@ -895,7 +931,7 @@ impl<F: Future> Future for Scoped<F> {
         let this = unsafe { self.get_unchecked_mut() };
         if !this.opened {
             this.opened = true;
-            this.rec = open_run(&this.name);
+            this.rec = open_run(&this.name, false);
         }
         let _entered = Entered::new(this.rec);
         // SAFETY: see above; `inner` stays where it is.

@@ -85,7 +85,7 @@ where
                 name = v.value;
             }
             let name = name.unwrap_or_else(|| attrs.metadata().name().to_owned());
-            scope::open_run(&name)
+            scope::open_run(&name, false)
         });
         if let Some(rec) = rec {
             crate::thread::untracked(|| span.extensions_mut().insert(SpanRun(rec)));
