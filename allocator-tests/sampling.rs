@@ -228,6 +228,36 @@ fn remote_free_before_the_owner_writes_its_counts() {
     assert_eq!(s.scope("PUT /pending").unwrap().outstanding_blocks, 0);
 }
 
+/// Runs that keep no per-call-site counts (`track_scope`'s, a future's) tag
+/// their blocks with the scope alone, so two runs of one scope share a tag.
+/// A block of one, freed on another thread inside the other, leaves its scope
+/// once; a block freed inside another scope's run leaves its own scope.
+fn uncounted_runs_of_one_scope_share_a_tag() {
+    let a = leakscope::track_scope("tag-A", || black_box(vec![1u8; 21]));
+    let b = leakscope::track_scope("tag-A", || black_box(vec![1u8; 22]));
+    let c = leakscope::track_scope("tag-B", || black_box(vec![1u8; 23]));
+    let r = leakscope::snapshot();
+    assert_eq!(common::scope(&r, "tag-A"), (2, 2, 43));
+    assert_eq!(common::scope(&r, "tag-B"), (1, 1, 23));
+    drop(r);
+    std::thread::spawn(move || {
+        leakscope::track_scope("tag-A", || {
+            drop(black_box(a));
+            drop(black_box(c));
+        });
+        let r = leakscope::snapshot();
+        assert_eq!(common::scope(&r, "tag-A"), (3, 1, 22));
+        assert_eq!(common::scope(&r, "tag-B"), (1, 0, 0));
+        drop(r);
+        leakscope::track_scope("tag-B", || drop(black_box(b)));
+    })
+    .join()
+    .unwrap();
+    let r = leakscope::snapshot();
+    assert_eq!(common::scope(&r, "tag-A"), (3, 0, 0));
+    assert_eq!(common::scope(&r, "tag-B"), (2, 0, 0));
+}
+
 /// Allocates and frees in each poll, and keeps one block per poll.
 struct Steps {
     left: u32,
@@ -436,6 +466,10 @@ fn main() {
         (
             "frees_on_other_threads_and_realloc_are_exact",
             frees_on_other_threads_and_realloc_are_exact,
+        ),
+        (
+            "uncounted_runs_of_one_scope_share_a_tag",
+            uncounted_runs_of_one_scope_share_a_tag,
         ),
         (
             "remote_free_before_the_owner_writes_its_counts",
