@@ -833,7 +833,7 @@ pub fn scope(name: &str) -> ScopeGuard {
 }
 
 /// [`scope`], with a run that counts per call-site only if `counts`.
-fn enter_scope(name: &str, counts: bool) -> ScopeGuard {
+pub(crate) fn enter_scope(name: &str, counts: bool) -> ScopeGuard {
     let rec = open_run(name, counts);
     if let Some(rec) = rec {
         enter(rec);
