@@ -828,6 +828,11 @@ impl std::fmt::Debug for ScopeGuard {
 /// Opens a scope named `name` on this thread until the guard is finished or
 /// dropped. Every block allocated meanwhile on this thread (outside any inner
 /// scope) is tagged with this run.
+///
+/// The run counts its blocks per call-site, for [`ScopeGuard::finish`]'s
+/// summary. [`track_scope`] and [`scoped`] give the same per-scope figures in
+/// the report for less: their runs are never asked for a summary, so they
+/// count nothing per call-site.
 pub fn scope(name: &str) -> ScopeGuard {
     enter_scope(name, true)
 }
