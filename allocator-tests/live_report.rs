@@ -69,6 +69,91 @@ fn the_report_is_served_on_loopback() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
 
+/// `growth` of a served JSON report: (seconds, that scope's runs, blocks,
+/// bytes), the scope absent when it neither ran nor changed.
+fn growth_in(doc: &serde_json::Value, name: &str) -> (Option<f64>, Option<(u64, i64, i64)>) {
+    let g = &doc["growth"];
+    let scope = g["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name);
+    (
+        g["seconds"].as_f64(),
+        scope.map(|s| {
+            (
+                s["runs"].as_u64().unwrap(),
+                s["outstanding_blocks"].as_i64().unwrap(),
+                s["outstanding_bytes"].as_i64().unwrap(),
+            )
+        }),
+    )
+}
+
+fn each_report_says_what_grew_since_the_one_before() {
+    let server = leakscope::serve_report("127.0.0.1:0").unwrap();
+    let addr = server.local_addr();
+    KEPT.lock().unwrap().reserve(64);
+    let keep = |n: usize, size: usize| {
+        let mut k = KEPT.lock().unwrap();
+        for _ in 0..n {
+            k.push(black_box(vec![1u8; size]));
+        }
+    };
+    for _ in 0..3 {
+        leakscope::track_scope("grows-now", || keep(2, 24));
+    }
+    leakscope::track_scope("grew-before", || keep(1, 8));
+    let mut held = Vec::with_capacity(2);
+    leakscope::track_scope("shrinks", || {
+        held.push(black_box(vec![0u8; 40]));
+        held.push(black_box(vec![0u8; 40]));
+    });
+    // The first report served: growth since the program started.
+    let doc: serde_json::Value = serde_json::from_str(&get(addr, "/report.json").1).unwrap();
+    assert_eq!(growth_in(&doc, "grows-now"), (None, Some((3, 6, 144))));
+    assert_eq!(growth_in(&doc, "shrinks").1, Some((1, 2, 80)));
+    for _ in 0..4 {
+        leakscope::track_scope("grows-now", || keep(1, 24));
+    }
+    drop(held);
+    let text = get(addr, "/report").1;
+    let (_, since) = text
+        .split_once("Since the previous report, ")
+        .unwrap_or_else(|| panic!("{text}"));
+    let line = |name: &str| {
+        since.lines().find_map(|l| {
+            l.split_once(&format!(" {name}:"))
+                .map(|(_, rest)| rest.trim_start())
+        })
+    };
+    assert_eq!(
+        line("grows-now"),
+        Some("4 runs, +4 blocks / +96 bytes outstanding, +1 blocks (+24 bytes) per run"),
+        "{text}"
+    );
+    assert_eq!(
+        line("shrinks"),
+        Some("0 runs, -2 blocks / -80 bytes outstanding, +0 blocks (+0 bytes) per run"),
+        "{text}"
+    );
+    // Neither ran nor changed: in the scope table, not in what grew.
+    assert_eq!(line("grew-before"), None, "{text}");
+    assert!(text.contains(" grew-before:"), "{text}");
+    // Nothing happened since: an empty list, and the time since.
+    let doc: serde_json::Value = serde_json::from_str(&get(addr, "/report.json").1).unwrap();
+    let (seconds, grows) = growth_in(&doc, "grows-now");
+    assert!(seconds.is_some_and(|s| s >= 0.0), "{doc}");
+    assert_eq!(grows, None);
+    assert_eq!(
+        doc["growth"]["scopes"].as_array().unwrap().len(),
+        0,
+        "{doc}"
+    );
+    // A snapshot made in code carries no growth.
+    assert_eq!(leakscope::snapshot().growth, None);
+}
+
 fn reports_while_threads_allocate() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -121,13 +206,31 @@ fn child() {
     });
     // SAFETY: raise sends a signal to this thread; the tracker handles it.
     unsafe { libc::raise(libc::SIGUSR2) };
+    let doc = report_written(&path, |_| true);
+    assert_eq!(scope_in(&doc, "before-signal"), (1, 3));
+    assert_eq!(growth_in(&doc, "before-signal"), (None, Some((1, 3, 48))));
+    // The next signal's report says what grew since this one.
+    leakscope::track_scope("before-signal", || {
+        KEPT.lock().unwrap().push(black_box(vec![1u8; 16]));
+    });
+    // SAFETY: as above.
+    unsafe { libc::raise(libc::SIGUSR2) };
+    let doc = report_written(&path, |doc| doc["growth"]["seconds"].is_number());
+    assert_eq!(scope_in(&doc, "before-signal"), (2, 4));
+    assert_eq!(growth_in(&doc, "before-signal").1, Some((1, 1, 16)));
+    println!("signal-report-ok");
+}
+
+/// The JSON report at `path` once it is whole and `done` says it is the one
+/// awaited (the signal's thread writes it a little later).
+fn report_written(path: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let start = std::time::Instant::now();
     loop {
-        if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(text) = std::fs::read_to_string(path) {
             if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) {
-                assert_eq!(scope_in(&doc, "before-signal"), (1, 3));
-                println!("signal-report-ok");
-                return;
+                if done(&doc) {
+                    return doc;
+                }
             }
         }
         assert!(start.elapsed().as_secs() < 20, "no report after the signal");
@@ -169,6 +272,10 @@ fn main() {
         (
             "reports_while_threads_allocate",
             reports_while_threads_allocate,
+        ),
+        (
+            "each_report_says_what_grew_since_the_one_before",
+            each_report_says_what_grew_since_the_one_before,
         ),
         ("a_signal_writes_the_report", a_signal_writes_the_report),
     ]);

@@ -89,14 +89,18 @@ async fn send(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) 
         .unwrap_or_default()
 }
 
-/// The live report's scope lines, fetched over HTTP from `serve_report`.
+/// The live report's scope table and what grew since the report before,
+/// fetched over HTTP from `serve_report`.
 async fn live_scopes(report: std::net::SocketAddr) -> String {
     let text = send(report, "GET", "/report", "").await;
-    text.lines()
+    let mut lines: Vec<&str> = text
+        .lines()
         .skip_while(|l| !l.contains("Scopes"))
-        .take(5)
-        .collect::<Vec<_>>()
-        .join("\n")
+        .take_while(|l| !l.contains("loss record"))
+        .collect();
+    // The blank line before the first loss record.
+    lines.pop();
+    lines.join("\n")
 }
 
 fn main() {
@@ -140,6 +144,10 @@ fn main() {
             }
             for c in clients {
                 c.await.expect("client");
+            }
+            if batch == rounds / 32 {
+                // A first look; the next one says what grew since.
+                live_scopes(live.local_addr()).await;
             }
             if batch == rounds / 16 {
                 println!(

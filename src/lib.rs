@@ -67,7 +67,9 @@ pub use leakcheck::{
     disable, ignore, leak_check, Amount, Disabled, LeakCheck, LeakKind, LossRecord, SuppressionUse,
 };
 pub use live::{report_on_signal, serve_report, ReportServer};
-pub use report::{snapshot, CallsiteStats, Frame, Report, ScopeCallsite, ScopeStats, Totals};
+pub use report::{
+    snapshot, CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Totals,
+};
 pub use scope::{
     scope, scoped, scoped_with, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped,
     TrackScopeExt,

@@ -8,11 +8,13 @@
 //! those threads' allocations untracked.
 
 use crate::exit::{self, Dest};
+use crate::report::{Growth, Report, ScopeStats};
 use crate::thread;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The server [`serve_report`] started; dropping it stops it.
 #[derive(Debug)]
@@ -44,8 +46,9 @@ impl Drop for ReportServer {
 /// address (`127.0.0.1:0` picks a free port): `GET /` or `/report` gives the
 /// text, `GET /report.json` the JSON document, and `/leak-check` and
 /// `/leak-check.json` the same with a full leak check (it stops the
-/// program's threads for the time of the check). Scopes carry their growth
-/// per run, so the report shows which endpoint grows now.
+/// program's threads for the time of the check). Each report served says
+/// what every scope did since the one served before it ([`Report::growth`]),
+/// so the endpoint that grows now stands out.
 pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
     thread::untracked(|| {
         let listener = TcpListener::bind(addr)?;
@@ -62,12 +65,13 @@ pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
             .name("leakscope-report".to_owned())
             .spawn(move || {
                 thread::untracked(|| {
+                    let mut previous = Previous::default();
                     for conn in listener.incoming() {
                         if flag.load(Ordering::Acquire) {
                             break;
                         }
                         if let Ok(conn) = conn {
-                            let _ = answer(conn);
+                            let _ = answer(conn, &mut previous);
                         }
                     }
                 })
@@ -80,8 +84,36 @@ pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
     })
 }
 
+/// The scopes of the last report a channel (the server, the signal) gave,
+/// so that the next one says what grew in between.
+#[derive(Default)]
+struct Previous(Option<(Instant, Vec<ScopeStats>)>);
+
+impl Previous {
+    /// Sets `report`'s growth since the previous one, and remembers it.
+    fn mark(&mut self, report: &mut Report) {
+        let now = Instant::now();
+        let (seconds, scopes) = match &self.0 {
+            Some((at, earlier)) => (
+                Some(now.duration_since(*at).as_secs_f64()),
+                crate::report::growth(&report.scopes, earlier),
+            ),
+            None => (None, crate::report::growth(&report.scopes, &[])),
+        };
+        report.growth = Some(Growth { seconds, scopes });
+        self.0 = Some((now, report.scopes.clone()));
+    }
+}
+
+/// The report as served: with its growth since the previous one served.
+fn live_report(previous: &mut Previous) -> Report {
+    let mut report = crate::snapshot();
+    previous.mark(&mut report);
+    report
+}
+
 /// Reads one request and writes its answer.
-fn answer(mut conn: TcpStream) -> std::io::Result<()> {
+fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
     conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -97,8 +129,12 @@ fn answer(mut conn: TcpStream) -> std::io::Result<()> {
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (status, kind, body) = match (method, path) {
-        ("GET", "/" | "/report") => ("200 OK", "text/plain", crate::snapshot().to_string()),
-        ("GET", "/report.json") => ("200 OK", "application/json", crate::snapshot().to_json()),
+        ("GET", "/" | "/report") => ("200 OK", "text/plain", live_report(previous).to_string()),
+        ("GET", "/report.json") => (
+            "200 OK",
+            "application/json",
+            live_report(previous).to_json(),
+        ),
         ("GET", "/leak-check") => ("200 OK", "text/plain", crate::leak_check().to_string()),
         ("GET", "/leak-check.json") => {
             ("200 OK", "application/json", crate::leak_check().to_json())
@@ -217,6 +253,7 @@ pub(crate) fn parse_signal(value: &str) -> Result<Option<i32>, String> {
 /// The signal thread: a report per wake-up from the handler.
 extern "C" fn watch(arg: *mut libc::c_void) -> *mut libc::c_void {
     let fd = arg as usize as i32;
+    let mut previous = Previous::default();
     loop {
         let mut bytes = [0u8; 64];
         // SAFETY: reads into a buffer of ours.
@@ -230,13 +267,15 @@ extern "C" fn watch(arg: *mut libc::c_void) -> *mut libc::c_void {
             }
             break;
         }
-        // A panic must not unwind out of an `extern "C"` thread.
-        let _ = std::panic::catch_unwind(|| {
+        // A panic must not unwind out of an `extern "C"` thread. (After one,
+        // `previous` is at worst the report before: still a valid base.)
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             thread::untracked(|| {
-                let report = exit::report_now();
+                let mut report = exit::report_now();
+                previous.mark(&mut report);
                 exit::write_report(exit::dest().unwrap_or(Dest::Stderr), &report);
             })
-        });
+        }));
     }
     std::ptr::null_mut()
 }

@@ -43,12 +43,64 @@ impl Display for PerRun {
     }
 }
 
+/// A change: `+1,234`, `-56`, `+0`.
+struct Signed(i64);
+
+impl Display for Signed {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { '-' } else { '+' };
+        write!(f, "{sign}{}", Thousands(self.0.unsigned_abs()))
+    }
+}
+
+/// A change per run, signed: `+0.41`, `-2`.
+struct SignedPerRun(f64);
+
+impl Display for SignedPerRun {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        if self.0 < 0.0 {
+            write!(f, "-{}", &PerRun(-self.0).to_string()[1..])
+        } else {
+            PerRun(self.0).fmt(f)
+        }
+    }
+}
+
 fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 {
         one
     } else {
         many
     }
+}
+
+/// The scopes that ran or changed since the previous report.
+fn write_growth(f: &mut Formatter<'_>, p: &str, g: &crate::report::Growth) -> fmt::Result {
+    writeln!(f, "{p}")?;
+    match g.seconds {
+        Some(s) if s < 10.0 => writeln!(f, "{p} Since the previous report, {s:.2} s ago:")?,
+        Some(s) => writeln!(f, "{p} Since the previous report, {s:.0} s ago:")?,
+        None => writeln!(f, "{p} Since the program started (no earlier report):")?,
+    }
+    if g.scopes.is_empty() {
+        return writeln!(f, "{p}   no scope ran or changed");
+    }
+    let width = g.scopes.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for s in &g.scopes {
+        writeln!(
+            f,
+            "{p}   {:<width$}  {} {}, {} blocks / {} bytes outstanding, {} blocks ({} bytes) per run",
+            format!("{}:", s.name),
+            Thousands(s.runs),
+            plural(s.runs, "run", "runs"),
+            Signed(s.outstanding_blocks),
+            Signed(s.outstanding_bytes),
+            SignedPerRun(s.blocks_per_run()),
+            SignedPerRun(s.bytes_per_run().round()),
+            width = width + 1,
+        )?;
+    }
+    Ok(())
 }
 
 /// "N bytes in M blocks are <what> in loss record X of Y", after a blank line.
@@ -151,6 +203,9 @@ impl Report {
                     width = width + 1,
                 )?;
             }
+        }
+        if let Some(g) = &self.growth {
+            write_growth(f, &p, g)?;
         }
 
         let live: Vec<_> = self
@@ -340,6 +395,21 @@ impl Report {
                 })).collect::<Vec<_>>(),
             })
         });
+        if let Some(g) = &self.growth {
+            let growth = json!({
+                "seconds": g.seconds,
+                "scopes": g.scopes.iter().map(|s| json!({
+                    "name": s.name,
+                    "runs": s.runs,
+                    "outstanding_blocks": s.outstanding_blocks,
+                    "outstanding_bytes": s.outstanding_bytes,
+                    "blocks_per_run": s.blocks_per_run(),
+                    "bytes_per_run": s.bytes_per_run(),
+                })).collect::<Vec<_>>(),
+            });
+            out.extend_from_slice(b",\"growth\":");
+            let _ = serde_json::to_writer(&mut out, &growth);
+        }
         if let Some(lc) = &self.leak_check {
             let amount = |a: Amount| json!({"blocks": a.blocks, "bytes": a.bytes});
             let head = json!({
@@ -388,7 +458,7 @@ fn write_list<T>(out: &mut Vec<u8>, items: &[T], value: impl Fn(&T) -> Value) {
 
 #[cfg(test)]
 mod tests {
-    use super::{PerRun, Thousands};
+    use super::{PerRun, Signed, SignedPerRun, Thousands};
 
     #[test]
     fn thousands() {
@@ -406,5 +476,15 @@ mod tests {
         assert_eq!(PerRun(2.5).to_string(), "+2.50");
         assert_eq!(PerRun(0.333_333).to_string(), "+0.33");
         assert_eq!(PerRun(96_000.4).to_string(), "+96,000");
+    }
+
+    #[test]
+    fn signed_changes() {
+        assert_eq!(Signed(0).to_string(), "+0");
+        assert_eq!(Signed(1234).to_string(), "+1,234");
+        assert_eq!(Signed(-56_789).to_string(), "-56,789");
+        assert_eq!(SignedPerRun(0.41).to_string(), "+0.41");
+        assert_eq!(SignedPerRun(-2.0).to_string(), "-2");
+        assert_eq!(SignedPerRun(-1500.2).to_string(), "-1,500");
     }
 }

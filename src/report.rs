@@ -118,6 +118,56 @@ pub struct Report {
     /// The full leak check, in a report from [`crate::leak_check`] (and at
     /// exit, unless `LEAKSCOPE_LEAK_CHECK=no`); `None` in a [`snapshot`].
     pub leak_check: Option<crate::LeakCheck>,
+    /// What each scope did since the previous report of the same kind: set
+    /// in the reports [`crate::serve_report`] serves and a signal writes
+    /// (see [`Report::scope_growth_since`]); `None` in a [`snapshot`].
+    pub growth: Option<Growth>,
+}
+
+/// Scopes' growth between an earlier report and this one.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Growth {
+    /// Seconds since the earlier report; `None`: it is the first, and the
+    /// figures run from the program's start.
+    pub seconds: Option<f64>,
+    /// Scopes that ran or changed in between, largest byte growth first.
+    pub scopes: Vec<ScopeGrowth>,
+}
+
+/// How one scope moved between two reports ([`Report::scope_growth_since`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ScopeGrowth {
+    pub name: String,
+    /// Runs opened in between.
+    pub runs: u64,
+    /// Change in outstanding blocks and bytes: what the runs in between left
+    /// behind, less the earlier runs' blocks freed since (so it can be
+    /// negative).
+    pub outstanding_blocks: i64,
+    pub outstanding_bytes: i64,
+}
+
+impl ScopeGrowth {
+    /// Outstanding blocks gained per run in between: how fast this scope
+    /// grows the heap now.
+    pub fn blocks_per_run(&self) -> f64 {
+        signed_per_run(self.outstanding_blocks, self.runs)
+    }
+
+    /// Outstanding bytes gained per run in between.
+    pub fn bytes_per_run(&self) -> f64 {
+        signed_per_run(self.outstanding_bytes, self.runs)
+    }
+}
+
+fn signed_per_run(n: i64, runs: u64) -> f64 {
+    if runs == 0 {
+        0.0
+    } else {
+        n as f64 / runs as f64
+    }
 }
 
 impl Report {
@@ -127,6 +177,15 @@ impl Report {
 
     pub fn scope(&self, name: &str) -> Option<&ScopeStats> {
         self.scopes.iter().find(|s| s.name == name)
+    }
+
+    /// What each scope did since `earlier`, an earlier report of this
+    /// process: the runs opened in between and the change in its outstanding
+    /// blocks and bytes. [`ScopeStats`]' per-run figures average over the
+    /// program's whole life; these say which endpoint grows now. Scopes that
+    /// neither ran nor changed are left out; largest byte growth first.
+    pub fn scope_growth_since(&self, earlier: &Report) -> Vec<ScopeGrowth> {
+        growth(&self.scopes, &earlier.scopes)
     }
 
     /// Call-sites whose first frame (the code that allocated) is in a function
@@ -290,6 +349,7 @@ fn build() -> Report {
         untracked_blocks: crate::exit::untracked_count(),
         sample_bytes: mean as u64,
         leak_check: None,
+        growth: None,
     }
 }
 
@@ -473,9 +533,79 @@ pub(crate) fn is_runtime_boundary(f: &Frame) -> bool {
         .is_some_and(|n| n.contains("__rust_begin_short_backtrace"))
 }
 
+/// Per scope of `now`, the change since `earlier` (scopes of the same process).
+pub(crate) fn growth(now: &[ScopeStats], earlier: &[ScopeStats]) -> Vec<ScopeGrowth> {
+    let before: std::collections::HashMap<&str, &ScopeStats> =
+        earlier.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut out: Vec<ScopeGrowth> = now
+        .iter()
+        .map(|s| {
+            let (runs, blocks, bytes) = before.get(s.name.as_str()).map_or((0, 0, 0), |e| {
+                (e.runs, e.outstanding_blocks, e.outstanding_bytes)
+            });
+            ScopeGrowth {
+                name: s.name.clone(),
+                runs: s.runs.saturating_sub(runs),
+                outstanding_blocks: s.outstanding_blocks as i64 - blocks as i64,
+                outstanding_bytes: s.outstanding_bytes as i64 - bytes as i64,
+            }
+        })
+        .filter(|g| g.runs != 0 || g.outstanding_blocks != 0 || g.outstanding_bytes != 0)
+        .collect();
+    out.sort_by(|a, b| {
+        (b.outstanding_bytes, b.outstanding_blocks, &a.name).cmp(&(
+            a.outstanding_bytes,
+            a.outstanding_blocks,
+            &b.name,
+        ))
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stats(name: &str, runs: u64, blocks: u64, bytes: u64) -> ScopeStats {
+        ScopeStats {
+            name: name.to_owned(),
+            runs,
+            outstanding_blocks: blocks,
+            outstanding_bytes: bytes,
+            by_callsite: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn growth_between_two_reports() {
+        let earlier = [
+            stats("a", 10, 5, 500),
+            stats("idle", 3, 1, 10),
+            stats("b", 4, 4, 40),
+        ];
+        let now = [
+            stats("a", 12, 5, 500),
+            stats("idle", 3, 1, 10),
+            stats("b", 6, 0, 0),
+            stats("new", 2, 2, 64),
+        ];
+        let g = growth(&now, &earlier);
+        let got: Vec<_> = g
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.runs,
+                    s.outstanding_blocks,
+                    s.outstanding_bytes,
+                )
+            })
+            .collect();
+        // Largest byte growth first; a scope that neither ran nor changed is left out.
+        assert_eq!(got, [("new", 2, 2, 64), ("a", 2, 0, 0), ("b", 2, -4, -40)]);
+        assert_eq!(g[2].blocks_per_run(), -2.0);
+        assert_eq!(g[0].bytes_per_run(), 32.0);
+    }
 
     fn frame(name: &str) -> (Frame, Role) {
         frame_in(name, None)
