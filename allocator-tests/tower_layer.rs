@@ -1,6 +1,8 @@
 //! The tower layer over a real HTTP server on loopback: an axum router on a
 //! two-worker tokio runtime, 1,200 concurrent requests over three routes,
-//! each scope named by the matched route template and counted exactly.
+//! each scope named by the matched route template and counted exactly. And
+//! a plain tower service (no axum, so no templates) whose scopes a namer
+//! gives.
 
 #[global_allocator]
 static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
@@ -101,6 +103,73 @@ fn every_route_scope_is_exact() {
     assert!(report.scope("GET /users/3").is_none());
 }
 
+/// A plain tower service: `/items/{n}` keeps a 16-byte block when `n` is a
+/// multiple of 3, and makes a temporary one otherwise.
+#[derive(Clone)]
+struct Items;
+
+impl tower_service::Service<http::Request<()>> for Items {
+    type Response = usize;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<usize, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<()>) -> Self::Future {
+        let n: usize = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or(1);
+        let block = black_box(vec![n as u8; 16].into_boxed_slice());
+        if n % 3 == 0 {
+            KEPT.lock().unwrap().push(block);
+        }
+        std::future::ready(Ok(n))
+    }
+}
+
+fn a_namer_names_scopes_without_axum() {
+    use tower_layer::Layer;
+    use tower_service::Service;
+    KEPT.lock().unwrap().reserve(64);
+    let layer = leakscope::tower::LeakScopeLayer::new().name_with(|head| {
+        if head.uri.path().starts_with("/items/") {
+            std::borrow::Cow::Borrowed("GET /items/{n}")
+        } else {
+            std::borrow::Cow::Owned(format!("{} {}", head.method, head.uri.path()))
+        }
+    });
+    let mut svc = layer.layer(Items);
+    // Requests made first, so that the scopes hold only what the service does.
+    let requests: Vec<_> = (0..30)
+        .map(|i| http::Request::get(format!("/items/{i}")).body(()).unwrap())
+        .chain([http::Request::get("/other").body(()).unwrap()])
+        .collect();
+    for req in requests {
+        let mut fut = svc.call(req);
+        assert!(common::poll_once(&mut fut).is_ready());
+    }
+    let r = leakscope::snapshot();
+    assert_eq!(common::scope(&r, "GET /items/{n}"), (30, 10, 160));
+    assert_eq!(common::scope(&r, "GET /other"), (1, 0, 0));
+    assert!(r.scope("GET /items/3").is_none());
+}
+
 fn main() {
-    common::run(&[("every_route_scope_is_exact", every_route_scope_is_exact)]);
+    common::run(&[
+        ("every_route_scope_is_exact", every_route_scope_is_exact),
+        (
+            "a_namer_names_scopes_without_axum",
+            a_namer_names_scopes_without_axum,
+        ),
+    ]);
 }

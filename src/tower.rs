@@ -12,18 +12,46 @@
 //! The scope covers the service's `call` and every poll of its future, on
 //! whichever thread polls it (one run per request). A response body streamed
 //! after the future completed is outside it.
+//!
+//! Without axum (plain hyper, tower), the route is the raw path, one scope
+//! per distinct path; [`LeakScopeLayer::name_with`] names them otherwise.
 
 use crate::scope::{scoped_with, Scoped};
+use std::borrow::Cow;
 use std::task::{Context, Poll};
+
+/// Names a request's scope from its head (see [`LeakScopeLayer::name_with`]).
+pub type ScopeNamer = fn(&http::request::Parts) -> Cow<'static, str>;
 
 /// Wraps a service in [`LeakScope`].
 #[derive(Clone, Copy, Debug, Default)]
 #[non_exhaustive]
-pub struct LeakScopeLayer {}
+pub struct LeakScopeLayer {
+    name: Option<ScopeNamer>,
+}
 
 impl LeakScopeLayer {
     pub fn new() -> LeakScopeLayer {
-        LeakScopeLayer {}
+        LeakScopeLayer { name: None }
+    }
+
+    /// Names each request's scope with `name` instead of
+    /// `"<METHOD> <route>"`: for services without axum's route templates,
+    /// whose raw paths would make a scope per id. It runs before the scope
+    /// opens, with its own allocations untracked.
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// let layer = leakscope::tower::LeakScopeLayer::new().name_with(|head| {
+    ///     match head.uri.path().split('/').nth(1) {
+    ///         Some("users") => Cow::Borrowed("GET /users/{id}"),
+    ///         _ => Cow::Owned(format!("{} {}", head.method, head.uri.path())),
+    ///     }
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn name_with(self, name: ScopeNamer) -> LeakScopeLayer {
+        LeakScopeLayer { name: Some(name) }
     }
 }
 
@@ -31,14 +59,19 @@ impl<S> tower_layer::Layer<S> for LeakScopeLayer {
     type Service = LeakScope<S>;
 
     fn layer(&self, inner: S) -> LeakScope<S> {
-        LeakScope { inner }
+        LeakScope {
+            inner,
+            name: self.name,
+        }
     }
 }
 
-/// A service whose requests each run in a scope `"<METHOD> <route>"`.
+/// A service whose requests each run in a scope `"<METHOD> <route>"` (or
+/// as [`LeakScopeLayer::name_with`] names them).
 #[derive(Clone, Debug)]
 pub struct LeakScope<S> {
     inner: S,
+    name: Option<ScopeNamer>,
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for LeakScope<S>
@@ -54,6 +87,15 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(namer) = self.name {
+            let (head, body) = req.into_parts();
+            let name = crate::thread::untracked(|| namer(&head));
+            let req = http::Request::from_parts(head, body);
+            let fut = scoped_with(&name, || self.inner.call(req));
+            // Untracked, as it was made: the tracker need not look for it.
+            crate::thread::untracked(|| drop(name));
+            return fut;
+        }
         // The name is put together on the stack: no allocation per request
         // unless it is longer than the buffer.
         let (method, route) = (req.method().as_str(), route(&req));
