@@ -18,21 +18,21 @@
 
 use crate::scope::{scoped_with, Scoped};
 use std::borrow::Cow;
+use std::future::Future;
 use std::task::{Context, Poll};
 
-/// Names a request's scope from its head (see [`LeakScopeLayer::name_with`]).
-pub type ScopeNamer = fn(&http::request::Parts) -> Cow<'static, str>;
-
-/// Wraps a service in [`LeakScope`].
+/// Wraps a service in [`LeakScope`]. Zero-sized unless its namer captures
+/// something: axum clones a layer's closure per request, and a zero-sized
+/// one costs no allocation.
 #[derive(Clone, Copy, Debug, Default)]
 #[non_exhaustive]
-pub struct LeakScopeLayer {
-    name: Option<ScopeNamer>,
+pub struct LeakScopeLayer<N = ByRoute> {
+    name: N,
 }
 
 impl LeakScopeLayer {
     pub fn new() -> LeakScopeLayer {
-        LeakScopeLayer { name: None }
+        LeakScopeLayer { name: ByRoute }
     }
 
     /// Names each request's scope with `name` instead of
@@ -50,18 +50,23 @@ impl LeakScopeLayer {
     /// });
     /// # let _ = layer;
     /// ```
-    pub fn name_with(self, name: ScopeNamer) -> LeakScopeLayer {
-        LeakScopeLayer { name: Some(name) }
+    pub fn name_with<F>(self, name: F) -> LeakScopeLayer<NameWith<F>>
+    where
+        F: Fn(&http::request::Parts) -> Cow<'static, str> + Clone,
+    {
+        LeakScopeLayer {
+            name: NameWith(name),
+        }
     }
 }
 
-impl<S> tower_layer::Layer<S> for LeakScopeLayer {
-    type Service = LeakScope<S>;
+impl<S, N: Clone> tower_layer::Layer<S> for LeakScopeLayer<N> {
+    type Service = LeakScope<S, N>;
 
-    fn layer(&self, inner: S) -> LeakScope<S> {
+    fn layer(&self, inner: S) -> LeakScope<S, N> {
         LeakScope {
             inner,
-            name: self.name,
+            name: self.name.clone(),
         }
     }
 }
@@ -69,14 +74,15 @@ impl<S> tower_layer::Layer<S> for LeakScopeLayer {
 /// A service whose requests each run in a scope `"<METHOD> <route>"` (or
 /// as [`LeakScopeLayer::name_with`] names them).
 #[derive(Clone, Debug)]
-pub struct LeakScope<S> {
+pub struct LeakScope<S, N = ByRoute> {
     inner: S,
-    name: Option<ScopeNamer>,
+    name: N,
 }
 
-impl<S, B> tower_service::Service<http::Request<B>> for LeakScope<S>
+impl<S, B, N> tower_service::Service<http::Request<B>> for LeakScope<S, N>
 where
     S: tower_service::Service<http::Request<B>>,
+    N: ScopeNaming,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -87,15 +93,40 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Some(namer) = self.name {
-            let (head, body) = req.into_parts();
-            let name = crate::thread::untracked(|| namer(&head));
-            let req = http::Request::from_parts(head, body);
-            let fut = scoped_with(&name, || self.inner.call(req));
-            // Untracked, as it was made: the tracker need not look for it.
-            crate::thread::untracked(|| drop(name));
-            return fut;
-        }
+        let inner = &mut self.inner;
+        self.name.scoped(req, |req| inner.call(req))
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// How a [`LeakScope`] names a request's scope: [`ByRoute`], or
+/// [`NameWith`] (from [`LeakScopeLayer::name_with`]).
+pub trait ScopeNaming: sealed::Sealed + Clone {
+    /// Runs `call(req)` in a new run of the request's scope.
+    #[doc(hidden)]
+    fn scoped<B, F: Future>(
+        &self,
+        req: http::Request<B>,
+        call: impl FnOnce(http::Request<B>) -> F,
+    ) -> Scoped<F>;
+}
+
+/// Scopes named `"<METHOD> <route>"`: axum's matched route template (feature
+/// `axum`), else the path.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ByRoute;
+
+impl sealed::Sealed for ByRoute {}
+
+impl ScopeNaming for ByRoute {
+    fn scoped<B, F: Future>(
+        &self,
+        req: http::Request<B>,
+        call: impl FnOnce(http::Request<B>) -> F,
+    ) -> Scoped<F> {
         // The name is put together on the stack: no allocation per request
         // unless it is longer than the buffer.
         let (method, route) = (req.method().as_str(), route(&req));
@@ -107,10 +138,42 @@ where
             b[method.len() + 1..].copy_from_slice(route.as_bytes());
             // SAFETY: `b` is two whole `str`s and an ASCII space, so UTF-8.
             let name = unsafe { std::str::from_utf8_unchecked(b) };
-            return scoped_with(name, || self.inner.call(req));
+            return scoped_with(name, || call(req));
         }
         let name = crate::thread::untracked(|| scope_name(&req));
-        scoped_with(&name, || self.inner.call(req))
+        scoped_with(&name, || call(req))
+    }
+}
+
+/// Scopes named by a function of the request's head
+/// ([`LeakScopeLayer::name_with`]).
+#[derive(Clone, Copy)]
+pub struct NameWith<F>(F);
+
+impl<F> std::fmt::Debug for NameWith<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NameWith(..)")
+    }
+}
+
+impl<F> sealed::Sealed for NameWith<F> {}
+
+impl<N> ScopeNaming for NameWith<N>
+where
+    N: Fn(&http::request::Parts) -> Cow<'static, str> + Clone,
+{
+    fn scoped<B, F: Future>(
+        &self,
+        req: http::Request<B>,
+        call: impl FnOnce(http::Request<B>) -> F,
+    ) -> Scoped<F> {
+        let (head, body) = req.into_parts();
+        let name = crate::thread::untracked(|| (self.0)(&head));
+        let req = http::Request::from_parts(head, body);
+        let fut = scoped_with(&name, || call(req));
+        // Untracked, as it was made: the tracker need not look for it.
+        crate::thread::untracked(|| drop(name));
+        fut
     }
 }
 
@@ -128,4 +191,18 @@ fn route<B>(req: &http::Request<B>) -> &str {
 /// route template where axum gives one (feature `axum`), else the path.
 pub fn scope_name<B>(req: &http::Request<B>) -> String {
     format!("{} {}", req.method(), route(req))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// axum clones the layer per request (inside a box): a zero-sized one
+    /// costs no allocation.
+    #[test]
+    fn layers_are_zero_sized() {
+        assert_eq!(std::mem::size_of::<LeakScopeLayer>(), 0);
+        let named = LeakScopeLayer::new().name_with(|_| Cow::Borrowed("x"));
+        assert_eq!(std::mem::size_of_val(&named), 0);
+    }
 }
