@@ -58,10 +58,12 @@ struct SignedPerRun(f64);
 
 impl Display for SignedPerRun {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        if self.0 < 0.0 {
-            write!(f, "-{}", &PerRun(-self.0).to_string()[1..])
+        // What rounds to zero shows as +0, never -0.
+        if self.0 <= -0.005 {
+            let magnitude = PerRun(-self.0).to_string();
+            write!(f, "-{}", magnitude.trim_start_matches('+'))
         } else {
-            PerRun(self.0).fmt(f)
+            PerRun(self.0.max(0.0)).fmt(f)
         }
     }
 }
@@ -486,5 +488,6 @@ mod tests {
         assert_eq!(SignedPerRun(0.41).to_string(), "+0.41");
         assert_eq!(SignedPerRun(-2.0).to_string(), "-2");
         assert_eq!(SignedPerRun(-1500.2).to_string(), "-1,500");
+        assert_eq!(SignedPerRun(-0.001).to_string(), "+0");
     }
 }

@@ -609,14 +609,14 @@ pub(crate) fn open_run(name: &str, counts: bool) -> Option<&'static RunRecord> {
 
 /// Closes a run; with `summarize`, says what it left behind.
 pub(crate) fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
-    if !rec.counts.load(Ordering::Relaxed) {
-        // Nothing counted, no block tagged with it: no other thread can be
-        // in it. (Only guards are asked for a summary, and they count.)
-        next_gen(rec);
-        release_record(rec);
-        return None;
-    }
     thread::untracked(|| {
+        if !rec.counts.load(Ordering::Relaxed) {
+            // Nothing counted, no block tagged with it: no other thread can
+            // be in it. (Only guards are asked for a summary, and they count.)
+            next_gen(rec);
+            release_record(rec);
+            return None;
+        }
         let mut l = rec.locked.lock();
         let mut counts: Vec<SiteRun> = Vec::new();
         let Locked {
