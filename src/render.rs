@@ -89,20 +89,45 @@ fn write_growth(f: &mut Formatter<'_>, p: &str, g: &crate::report::Growth) -> fm
     }
     let width = g.scopes.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for s in &g.scopes {
-        writeln!(
+        let blocks = s.outstanding_blocks;
+        write_scope_row(
             f,
-            "{p}   {:<width$}  {} {}, {} blocks / {} bytes outstanding, {} blocks ({} bytes) per run",
-            format!("{}:", s.name),
-            Thousands(s.runs),
-            plural(s.runs, "run", "runs"),
-            Signed(s.outstanding_blocks),
-            Signed(s.outstanding_bytes),
-            SignedPerRun(s.blocks_per_run()),
-            SignedPerRun(s.bytes_per_run().round()),
-            width = width + 1,
+            (p, width),
+            (&s.name, s.runs),
+            (
+                format_args!(
+                    "{} {}",
+                    Signed(blocks),
+                    plural(blocks.unsigned_abs(), "block", "blocks")
+                ),
+                Signed(s.outstanding_bytes),
+            ),
+            (
+                SignedPerRun(s.blocks_per_run()),
+                SignedPerRun(s.bytes_per_run().round()),
+            ),
         )?;
     }
     Ok(())
+}
+
+/// One row of a scope table, names padded to `width`: its runs, its
+/// outstanding blocks and bytes, and their growth per run.
+fn write_scope_row(
+    f: &mut Formatter<'_>,
+    (p, width): (&str, usize),
+    (name, runs): (&str, u64),
+    (blocks, bytes): (impl Display, impl Display),
+    (blocks_per_run, bytes_per_run): (impl Display, impl Display),
+) -> fmt::Result {
+    writeln!(
+        f,
+        "{p}   {:<width$}  {} {}, {blocks} / {bytes} bytes outstanding, {blocks_per_run} blocks ({bytes_per_run} bytes) per run",
+        format!("{name}:"),
+        Thousands(runs),
+        plural(runs, "run", "runs"),
+        width = width + 1,
+    )
 }
 
 /// "N bytes in M blocks are <what> in loss record X of Y", after a blank line.
@@ -191,18 +216,23 @@ impl Report {
             )?;
             let width = self.scopes.iter().map(|s| s.name.len()).max().unwrap_or(0);
             for s in &self.scopes {
-                writeln!(
+                let blocks = s.outstanding_blocks;
+                write_scope_row(
                     f,
-                    "{p}   {:<width$}  {} {}, {} {} / {} bytes outstanding, {} blocks ({} bytes) per run",
-                    format!("{}:", s.name),
-                    Thousands(s.runs),
-                    plural(s.runs, "run", "runs"),
-                    Thousands(s.outstanding_blocks),
-                    plural(s.outstanding_blocks, "block", "blocks"),
-                    Thousands(s.outstanding_bytes),
-                    PerRun(s.blocks_per_run()),
-                    PerRun(s.bytes_per_run().round()),
-                    width = width + 1,
+                    (&p, width),
+                    (&s.name, s.runs),
+                    (
+                        format_args!(
+                            "{} {}",
+                            Thousands(blocks),
+                            plural(blocks, "block", "blocks")
+                        ),
+                        Thousands(s.outstanding_bytes),
+                    ),
+                    (
+                        PerRun(s.blocks_per_run()),
+                        PerRun(s.bytes_per_run().round()),
+                    ),
                 )?;
             }
         }

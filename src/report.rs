@@ -82,20 +82,21 @@ pub struct ScopeStats {
 impl ScopeStats {
     /// Outstanding blocks per run: how fast this scope grows the heap.
     pub fn blocks_per_run(&self) -> f64 {
-        per_run(self.outstanding_blocks, self.runs)
+        per_run(self.outstanding_blocks as f64, self.runs)
     }
 
     /// Outstanding bytes per run.
     pub fn bytes_per_run(&self) -> f64 {
-        per_run(self.outstanding_bytes, self.runs)
+        per_run(self.outstanding_bytes as f64, self.runs)
     }
 }
 
-fn per_run(n: u64, runs: u64) -> f64 {
+/// `n` over `runs`, 0 without runs.
+fn per_run(n: f64, runs: u64) -> f64 {
     if runs == 0 {
         0.0
     } else {
-        n as f64 / runs as f64
+        n / runs as f64
     }
 }
 
@@ -153,20 +154,12 @@ impl ScopeGrowth {
     /// Outstanding blocks gained per run in between: how fast this scope
     /// grows the heap now.
     pub fn blocks_per_run(&self) -> f64 {
-        signed_per_run(self.outstanding_blocks, self.runs)
+        per_run(self.outstanding_blocks as f64, self.runs)
     }
 
     /// Outstanding bytes gained per run in between.
     pub fn bytes_per_run(&self) -> f64 {
-        signed_per_run(self.outstanding_bytes, self.runs)
-    }
-}
-
-fn signed_per_run(n: i64, runs: u64) -> f64 {
-    if runs == 0 {
-        0.0
-    } else {
-        n as f64 / runs as f64
+        per_run(self.outstanding_bytes as f64, self.runs)
     }
 }
 
@@ -727,7 +720,8 @@ mod tests {
 
     #[test]
     fn per_run_growth() {
-        assert_eq!(per_run(150, 50), 3.0);
-        assert_eq!(per_run(5, 0), 0.0);
+        assert_eq!(per_run(150.0, 50), 3.0);
+        assert_eq!(per_run(-20.0, 8), -2.5);
+        assert_eq!(per_run(5.0, 0), 0.0);
     }
 }
