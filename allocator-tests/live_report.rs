@@ -26,13 +26,13 @@ fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     (head.lines().next().unwrap().to_owned(), body.to_owned())
 }
 
+/// The entry named `name` in the JSON list `list`.
+fn named<'a>(list: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    list.as_array().unwrap().iter().find(|s| s["name"] == name)
+}
+
 fn scope_in(doc: &serde_json::Value, name: &str) -> (u64, u64) {
-    let s = doc["scopes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no scope {name}"));
+    let s = named(&doc["scopes"], name).unwrap_or_else(|| panic!("no scope {name}"));
     (
         s["runs"].as_u64().unwrap(),
         s["outstanding_blocks"].as_u64().unwrap(),
@@ -73,14 +73,9 @@ fn the_report_is_served_on_loopback() {
 /// bytes), the scope absent when it neither ran nor changed.
 fn growth_in(doc: &serde_json::Value, name: &str) -> (Option<f64>, Option<(u64, i64, i64)>) {
     let g = &doc["growth"];
-    let scope = g["scopes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name);
     (
         g["seconds"].as_f64(),
-        scope.map(|s| {
+        named(&g["scopes"], name).map(|s| {
             (
                 s["runs"].as_u64().unwrap(),
                 s["outstanding_blocks"].as_i64().unwrap(),
