@@ -415,29 +415,28 @@ impl Report {
         });
         out.extend_from_slice(b",\"scopes\":");
         write_list(&mut out, &self.scopes, |s| {
-            json!({
-                "name": s.name,
-                "runs": s.runs,
-                "outstanding_blocks": s.outstanding_blocks,
-                "outstanding_bytes": s.outstanding_bytes,
-                "blocks_per_run": s.blocks_per_run(),
-                "bytes_per_run": s.bytes_per_run(),
-                "by_callsite": s.by_callsite.iter().map(|c| json!({
-                    "callsite": c.callsite, "blocks": c.blocks, "bytes": c.bytes,
-                })).collect::<Vec<_>>(),
-            })
+            let mut v = scope_json(
+                &s.name,
+                s.runs,
+                (s.outstanding_blocks.into(), s.outstanding_bytes.into()),
+                (s.blocks_per_run(), s.bytes_per_run()),
+            );
+            v["by_callsite"] = s
+                .by_callsite
+                .iter()
+                .map(|c| json!({"callsite": c.callsite, "blocks": c.blocks, "bytes": c.bytes}))
+                .collect();
+            v
         });
         if let Some(g) = &self.growth {
             let growth = json!({
                 "seconds": g.seconds,
-                "scopes": g.scopes.iter().map(|s| json!({
-                    "name": s.name,
-                    "runs": s.runs,
-                    "outstanding_blocks": s.outstanding_blocks,
-                    "outstanding_bytes": s.outstanding_bytes,
-                    "blocks_per_run": s.blocks_per_run(),
-                    "bytes_per_run": s.bytes_per_run(),
-                })).collect::<Vec<_>>(),
+                "scopes": g.scopes.iter().map(|s| scope_json(
+                    &s.name,
+                    s.runs,
+                    (s.outstanding_blocks.into(), s.outstanding_bytes.into()),
+                    (s.blocks_per_run(), s.bytes_per_run()),
+                )).collect::<Vec<_>>(),
             });
             out.extend_from_slice(b",\"growth\":");
             let _ = serde_json::to_writer(&mut out, &growth);
@@ -473,6 +472,24 @@ impl Report {
         // Only serde_json's output and ASCII went in.
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// A scope's entry, in `scopes` and in `growth` alike: its runs, its
+/// outstanding blocks and bytes (or their change), and those per run.
+fn scope_json(
+    name: &str,
+    runs: u64,
+    (blocks, bytes): (Value, Value),
+    per_run: (f64, f64),
+) -> Value {
+    json!({
+        "name": name,
+        "runs": runs,
+        "outstanding_blocks": blocks,
+        "outstanding_bytes": bytes,
+        "blocks_per_run": per_run.0,
+        "bytes_per_run": per_run.1,
+    })
 }
 
 /// A JSON array of `items`, each written as soon as it is made.
