@@ -37,41 +37,34 @@
 //! service; features `tower`/`axum` and `tracing` give request scopes to
 //! async services.
 //!
-//! Where the hot path lives: [`LeakTracker`]'s `GlobalAlloc` impl in
-//! `tracker.rs` (both modes), the per-thread state it uses in `thread.rs`
-//! (with sampling mode's thread-local fast path), and the block table
-//! (per-thread young blocks, then a shared table) in `blocks.rs`.
+//! Where things are: `src/alloc/` is everything that runs inside an
+//! allocation (the hot path: [`LeakTracker`]'s `GlobalAlloc` impl in
+//! `alloc/tracker.rs` and the per-thread state in `alloc/thread.rs`, with the
+//! block table in `alloc/blocks.rs`); `scope/` the scope API; `report/` the
+//! report model, snapshot, symbolization and renderings; `check/` the full
+//! leak check; `serve/` the environment, the exit report, signals and the
+//! live server; `integrations/` tower and tracing. Each layer imports only
+//! the layers before it in that list.
 
-mod blocks;
-mod callsite;
-mod exit;
-mod leakcheck;
-mod live;
-mod render;
+mod alloc;
+mod check;
+mod integrations;
 mod report;
-mod sample;
 mod scope;
-mod stop;
-mod suppress;
-mod sync;
-mod thread;
-#[cfg(feature = "tower")]
-pub mod tower;
-#[cfg(feature = "tracing")]
-pub mod tracing;
-mod tracker;
-mod unwind;
+mod serve;
 
-pub use exit::report_on_exit;
-pub use leakcheck::{
-    disable, ignore, leak_check, Amount, Disabled, LeakCheck, LeakKind, LossRecord, SuppressionUse,
-};
-pub use live::{report_on_signal, serve_report, ReportServer};
+pub use alloc::tracker::LeakTracker;
+pub use check::{disable, ignore, leak_check, Disabled};
+#[cfg(feature = "tower")]
+pub use integrations::tower;
+#[cfg(feature = "tracing")]
+pub use integrations::tracing;
 pub use report::{
-    snapshot, CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Totals,
+    snapshot, Amount, CallsiteStats, Frame, Growth, LeakCheck, LeakKind, LossRecord, Report,
+    ScopeCallsite, ScopeGrowth, ScopeStats, SuppressionUse, Totals,
 };
 pub use scope::{
     scope, scoped, scoped_with, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped,
     TrackScopeExt,
 };
-pub use tracker::LeakTracker;
+pub use serve::{report_on_exit, report_on_signal, serve_report, ReportServer};

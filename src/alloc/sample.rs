@@ -1,6 +1,6 @@
 //! Sampling mode: which blocks get a stack, and what each sampled block weighs.
 //!
-//! With `LEAKSCOPE_SAMPLE_BYTES=N` (or [`crate::LeakTracker::sample_bytes`]),
+//! With `LEAKSCOPE_SAMPLE_BYTES=N` (or [`crate::alloc::tracker::LeakTracker::sample_bytes`]),
 //! every block is still counted exactly (process totals, per scope and per
 //! scope run), but only some get a stack and a place in the block table:
 //! Poisson sampling by bytes, as tcmalloc and heapprofd do. Each thread draws
@@ -18,10 +18,10 @@
 //!
 //! The mode is fixed at the first allocation and never changes: a sampled
 //! process puts an 8-byte header in front of every block (see
-//! [`crate::tracker`]), so every block must be made and freed the same way.
+//! [`crate::alloc::tracker`]), so every block must be made and freed the same way.
 //! Nothing here allocates; reading the environment uses `getenv` in place.
 
-use crate::sync::mix;
+use crate::alloc::meta::mix;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Not decided yet.
@@ -30,7 +30,7 @@ const UNSET: usize = usize::MAX;
 /// The process's mean sampling interval in bytes; 0 means every block is
 /// tracked with its stack (full mode).
 static SAMPLE_BYTES: AtomicUsize = AtomicUsize::new(UNSET);
-/// A bad `LEAKSCOPE_SAMPLE_BYTES` value was seen (warned about by `exit::init`).
+/// A bad `LEAKSCOPE_SAMPLE_BYTES` value was seen (warned about by the report layer at the start).
 static BAD_VALUE: AtomicUsize = AtomicUsize::new(0);
 /// Seed of every thread's generator (`LEAKSCOPE_SAMPLE_SEED`), fixed at the
 /// first allocation.

@@ -1,5 +1,5 @@
 //! The allocator wrapper: the hot path, all of it in this file and
-//! [`crate::thread`].
+//! [`crate::alloc::thread`].
 //!
 //! Every `alloc`, `alloc_zeroed`, `realloc` and `dealloc` goes to the inner
 //! allocator and is then recorded: call-site capture, the block table, the
@@ -8,15 +8,16 @@
 //! a thread already inside the tracker (its re-entrancy flag up) passes
 //! straight through, and so does a free of a block the tracker never saw.
 //!
-//! In sampling mode ([`crate::sample`]) every block gets a 16-byte header in
-//! front of it, holding its scope run and whether it was counted and sampled;
-//! an unsampled block is counted on the thread's fast path
-//! ([`crate::thread::sampled_alloc`]) and never enters the block table.
+//! In sampling mode ([`crate::alloc::sample`]) every block gets an 8-byte
+//! header (or its alignment, when larger) in front of it, holding its scope
+//! run and whether it was counted and sampled; an unsampled block is counted
+//! on the thread's fast path ([`crate::alloc::thread::sampled_alloc`]) and
+//! never enters the block table.
 
-use crate::blocks::{self, Inserted, Meta};
-use crate::callsite::OTHER;
-use crate::thread::{self, FastAlloc, SiteRef, Tracking};
-use crate::{sample, scope};
+use crate::alloc::blocks::{self, Inserted, Meta};
+use crate::alloc::callsite::OTHER;
+use crate::alloc::thread::{self, FastAlloc, SiteRef, Tracking};
+use crate::alloc::{ignored, process, runs, sample};
 use std::alloc::{GlobalAlloc, Layout, System};
 
 /// A global allocator that counts live blocks per call-site and per scope.
@@ -67,7 +68,7 @@ impl<A: GlobalAlloc> LeakTracker<A> {
     /// scope's counts stay exact. `0` means full mode. The environment
     /// variable `LEAKSCOPE_SAMPLE_BYTES` overrides this value.
     ///
-    /// In sampling mode each block carries a 16-byte header (or its
+    /// In sampling mode each block carries an 8-byte header (or its
     /// alignment, when larger) in front of it.
     pub const fn sample_bytes(self, bytes: usize) -> LeakTracker<A> {
         // A const fn cannot drop a generic `self`, so its inner allocator is
@@ -182,7 +183,7 @@ fn put_back(t: &Tracking<'_>, addr: usize, meta: Meta, gone: impl Fn(&Tracking<'
         Inserted::New => {}
         Inserted::Replaced(at, stale) => gone(t, at, &stale),
         Inserted::Dropped => {
-            crate::exit::note_untracked();
+            process::note_untracked();
             gone(t, addr, &meta);
         }
     }
@@ -210,7 +211,7 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
     let (scope, run_slot, run_gen) = if run.is_null() {
         (0, 0, 0)
     } else {
-        scope::record_alloc(run, site.id, size)
+        runs::record_alloc(run, site.id, size)
     };
     let meta = Meta {
         size,
@@ -225,7 +226,7 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
         Inserted::Dropped => {
             // Not in the table, so never counted as freed: not counted at all
             // (a run that counted it already keeps it as outstanding).
-            crate::exit::note_untracked();
+            process::note_untracked();
             return;
         }
     }
@@ -239,17 +240,17 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
 /// Counts a tracked block at `addr` (full mode) as freed.
 #[inline]
 fn count_free(t: &Tracking<'_>, addr: usize, meta: &Meta) {
-    crate::leakcheck::on_free(addr);
+    ignored::on_free(addr);
     t.total_free(meta.size);
     t.site_free(meta.site, 1, meta.size as u64);
     if meta.scope != 0 {
         t.scope_free(meta.scope, meta.size);
     }
     if meta.run_slot != 0 {
-        if meta.run_gen == scope::MOVED {
-            scope::record_free_moved(meta.run_slot, addr, meta.site, meta.size);
+        if meta.run_gen == runs::MOVED {
+            runs::record_free_moved(meta.run_slot, addr, meta.site, meta.size);
         } else {
-            scope::record_free(meta.run_slot, meta.run_gen, meta.site, meta.size, t.token());
+            runs::record_free(meta.run_slot, meta.run_gen, meta.site, meta.size, t.token());
         }
     }
 }
@@ -276,7 +277,7 @@ struct Header(u64);
 
 /// The tag of blocks made in run (`slot`, `gen`) of scope id `scope`, as
 /// their headers carry it (0: no run). Slots and scope ids are below 2^16,
-/// generations below 2^30 (`scope::GEN_MASK`).
+/// generations below 2^30 (`runs::GEN_MASK`).
 #[inline]
 pub(crate) fn run_tag(slot: u32, gen: u32, scope: u32) -> u64 {
     (slot as u64 & 0xffff) << 48 | (scope as u64 & 0xffff) << 32 | (gen as u64 & 0x3fff_ffff) << 2
@@ -483,7 +484,7 @@ fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize, sample
     let (scope, run_slot, run_gen) = if run.is_null() {
         (0, 0, 0)
     } else {
-        scope::record_alloc(run, site.id, size)
+        runs::record_alloc(run, site.id, size)
     };
     if scope != 0 {
         t.scope_alloc(scope, size);
@@ -504,7 +505,7 @@ fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize, sample
                 forget_sampled(t, &stale, mean);
                 flags |= SAMPLED;
             }
-            Inserted::Dropped => crate::exit::note_untracked(),
+            Inserted::Dropped => process::note_untracked(),
         }
         if flags & SAMPLED != 0 {
             let (units, bytes) = sample::weight(size, mean);
@@ -526,7 +527,7 @@ fn count_sampled_free(t: &Tracking<'_>, size: usize, h: Header, entry: Option<Me
         t.scope_free(h.scope(), size);
     }
     if h.run_slot() != 0 {
-        scope::record_free(h.run_slot(), h.run_gen(), site, size, t.token());
+        runs::record_free(h.run_slot(), h.run_gen(), site, size, t.token());
     }
 }
 
@@ -542,7 +543,7 @@ mod tests {
 
     #[test]
     fn a_header_gives_back_what_it_was_made_of() {
-        let gen = scope::GEN_MASK;
+        let gen = runs::GEN_MASK;
         let h = Header::tagged(run_tag(65_535, gen, 65_534), COUNTED | SAMPLED);
         assert_eq!(
             (h.run_slot(), h.run_gen(), h.scope(), h.flags()),

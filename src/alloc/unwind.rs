@@ -153,5 +153,5 @@ fn hash_step(h: u64, ip: usize) -> u64 {
 
 #[inline(always)]
 fn hash_finish(h: u64, len: usize) -> u64 {
-    crate::sync::mix(h ^ len as u64)
+    crate::alloc::meta::mix(h ^ len as u64)
 }

@@ -19,7 +19,7 @@
 //! libc's memory) and never hold a lock while calling anything that could
 //! re-enter the tracker.
 
-use crate::sync::{hide, mix, MetaAlloc, SpinLock};
+use crate::alloc::meta::{hide, mix, MetaAlloc, SpinLock};
 use hashbrown::HashTable;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -220,7 +220,7 @@ fn move_out(e: &YoungEntry, addr: usize, meta: Meta) -> Inserted {
             Shared::New => Inserted::New,
             Shared::Replaced(stale) => Inserted::Replaced(old, stale),
             Shared::Dropped => {
-                crate::exit::note_untracked();
+                crate::alloc::process::note_untracked();
                 Inserted::Replaced(old, moved)
             }
         };
@@ -251,7 +251,7 @@ fn remove_elsewhere(addr: usize) -> Option<Meta> {
     }
     let mut spins = 0u32;
     'search: loop {
-        for young in crate::thread::young_tables() {
+        for young in crate::alloc::thread::young_tables() {
             match young.claim(addr) {
                 Claim::Got(meta) => return Some(meta),
                 Claim::Missing => {}
@@ -290,7 +290,7 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Meta)) {
             f(key_addr(key), &t.get(key, w));
         }
     }
-    for young in crate::thread::young_tables() {
+    for young in crate::alloc::thread::young_tables() {
         for e in &young.entries {
             let a = e.addr.load(Ordering::Acquire);
             if a != 0 && a & FLAGS == 0 {
@@ -313,7 +313,7 @@ pub(crate) fn for_each_held(mut f: impl FnMut(usize, &Meta)) {
             f(key_addr(key), &t.get(key, w));
         }
     }
-    for young in crate::thread::young_tables() {
+    for young in crate::alloc::thread::young_tables() {
         for e in &young.entries {
             let a = e.addr.load(Ordering::Acquire);
             if a == 0 || a & FREED != 0 {
@@ -342,7 +342,7 @@ pub(crate) fn count_held() -> usize {
         // SAFETY: as in `for_each_held`.
         n += unsafe { s.0.held() }.main.len();
     }
-    n + crate::thread::young_tables().count() * YOUNG
+    n + crate::alloc::thread::young_tables().count() * YOUNG
 }
 
 // ---------------------------------------------------------------- shared table
@@ -351,7 +351,7 @@ pub(crate) fn count_held() -> usize {
 // scope id in the low 16, the top bit set: see `key`) and one packed word (call-site, run slot, size). A
 // size of 1 GiB or more lives in the shard's second, small table. A block
 // moved here while its run was open keeps only the run's slot: the run lists
-// it by address (see `scope::note_moved`), so no generation is needed here.
+// it by address (see `runs::note_moved`), so no generation is needed here.
 
 const SHARDS: usize = 256;
 
@@ -413,7 +413,7 @@ fn unpack(key: usize, w: u64, big: Option<usize>) -> Meta {
         } else {
             0
         },
-        run_gen: crate::scope::MOVED,
+        run_gen: crate::alloc::runs::MOVED,
     }
 }
 
@@ -501,8 +501,8 @@ fn insert_shared(addr: usize, mut meta: Meta) -> Shared {
         return Shared::Dropped;
     }
     if meta.run_slot != 0
-        && meta.run_gen != crate::scope::MOVED
-        && !crate::scope::note_moved(meta.run_slot, meta.run_gen, addr)
+        && meta.run_gen != crate::alloc::runs::MOVED
+        && !crate::alloc::runs::note_moved(meta.run_slot, meta.run_gen, addr)
     {
         meta.run_slot = 0;
     }
@@ -515,7 +515,7 @@ fn insert_shared(addr: usize, mut meta: Meta) -> Shared {
     let room = t.main.try_reserve(1, |e| key_addr_hash(e.0)).is_ok();
     if w & BIG != 0 && t.big.try_reserve(1, |e| hash(hide(e.0))).is_err() {
         // Out of libc memory: keep the block, with the largest size it holds.
-        crate::exit::note_untracked();
+        crate::alloc::process::note_untracked();
         w = w & !BIG | (SIZE_MAX as u64) << SIZE_SHIFT;
     }
     // An entry still here is of a block freed unseen: replaced in place.
@@ -580,7 +580,7 @@ pub(crate) unsafe fn unlock_after_fork() {
 /// block to the shared table is gone, and would leave the entry marked for
 /// ever. Finish its move (the block is in the shared table) or undo it.
 pub(crate) fn settle_after_fork() {
-    for young in crate::thread::young_tables() {
+    for young in crate::alloc::thread::young_tables() {
         for e in &young.entries {
             let a = e.addr.load(Ordering::Acquire);
             if a & MOVING != 0 {
@@ -597,7 +597,7 @@ pub(crate) fn settle_after_fork() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scope::MOVED;
+    use crate::alloc::runs::MOVED;
 
     fn meta(size: usize, run_slot: u32) -> Meta {
         Meta {

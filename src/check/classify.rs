@@ -1,9 +1,9 @@
 //! The full leak check: which live blocks can still be reached.
 //!
 //! Owns [`leak_check`], the classification of live blocks (valgrind
-//! memcheck's rules and names), loss records, [`ignore`] and [`disable`],
-//! and comparing two checks. Stopping threads and finding the roots is
-//! [`crate::stop`]'s; suppressions are [`crate::suppress`]'s.
+//! memcheck's rules and names) and loss records. Stopping threads is
+//! [`crate::check::stop`]'s, finding the roots [`crate::check::roots`]'s;
+//! suppressions are [`crate::check::suppress`]'s.
 //!
 //! As memcheck does it: every word of the roots (writable segments of the
 //! loaded objects, each thread's stack from its stack pointer up and its
@@ -14,224 +14,16 @@
 //! lost block not reached from another lost block leads a group ("clique")
 //! and is definitely lost; the blocks reached from it are indirectly lost.
 
-use crate::stop::{self, Buf, Range};
-use crate::{blocks, report, scope, thread};
+use crate::alloc::{blocks, ignored, sample, thread};
+use crate::check::controls::NOT_CHECKED;
+use crate::check::roots::{self, Objects};
+use crate::check::stop::{self, Buf, Range};
+use crate::check::suppress::{self, Matcher, Suppressions};
+use crate::report::collect::snapshot;
+use crate::report::leak::{Amount, LeakCheck, LeakKind, LossRecord, SuppressionUse};
+use crate::report::model::Report;
+use crate::scope::names;
 use std::collections::HashMap;
-
-/// How a live block stands at a leak check (valgrind memcheck's kinds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum LeakKind {
-    /// No pointer to it (or into it) anywhere.
-    DefinitelyLost,
-    /// Reached only from lost blocks.
-    IndirectlyLost,
-    /// Reached only through pointers into its interior.
-    PossiblyLost,
-    /// A pointer to its start is reachable from the roots.
-    StillReachable,
-}
-
-impl LeakKind {
-    /// The JSON name: `definitely_lost` and so on.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeakKind::DefinitelyLost => "definitely_lost",
-            LeakKind::IndirectlyLost => "indirectly_lost",
-            LeakKind::PossiblyLost => "possibly_lost",
-            LeakKind::StillReachable => "still_reachable",
-        }
-    }
-
-    /// As valgrind writes it: `definitely lost` and so on.
-    pub fn words(self) -> &'static str {
-        match self {
-            LeakKind::DefinitelyLost => "definitely lost",
-            LeakKind::IndirectlyLost => "indirectly lost",
-            LeakKind::PossiblyLost => "possibly lost",
-            LeakKind::StillReachable => "still reachable",
-        }
-    }
-}
-
-/// Blocks and their bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Amount {
-    pub blocks: u64,
-    pub bytes: u64,
-}
-
-impl Amount {
-    fn add(&mut self, bytes: u64) {
-        self.blocks += 1;
-        self.bytes += bytes;
-    }
-}
-
-impl std::ops::AddAssign for Amount {
-    fn add_assign(&mut self, other: Amount) {
-        self.blocks += other.blocks;
-        self.bytes += other.bytes;
-    }
-}
-
-/// The blocks of one kind made at one call-site in one scope.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LossRecord {
-    pub kind: LeakKind,
-    pub blocks: u64,
-    pub bytes: u64,
-    /// The call-site's id in the report's `callsites`.
-    pub callsite: u32,
-    /// The scope that was open when the blocks were made.
-    pub scope: Option<String>,
-}
-
-/// A suppression that matched, with what it hid.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SuppressionUse {
-    pub pattern: String,
-    pub blocks: u64,
-    pub bytes: u64,
-}
-
-/// The result of a full leak check.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LeakCheck {
-    pub definitely_lost: Amount,
-    pub indirectly_lost: Amount,
-    pub possibly_lost: Amount,
-    pub still_reachable: Amount,
-    /// Of `still_reachable`: blocks reached only through an interior pointer
-    /// that a heuristic explains: valgrind's stdstring, length64 and
-    /// newarray, and leakscope's hashbrown (the table of a `HashMap`, held
-    /// by a pointer to its control bytes).
-    pub reachable_via_heuristic: Amount,
-    /// Lost blocks (of any of the three lost kinds) that a suppression matched.
-    pub suppressed: Amount,
-    /// Unsuppressed blocks, grouped by kind, call-site and scope, largest
-    /// bytes first.
-    pub loss_records: Vec<LossRecord>,
-    pub suppressions_used: Vec<SuppressionUse>,
-    /// Why the check did not run, when it did not (all counts are then 0).
-    pub error: Option<String>,
-}
-
-impl LeakCheck {
-    /// Something definitely or indirectly lost is left unsuppressed (what
-    /// `LEAKSCOPE_ERROR_EXITCODE` tests).
-    pub fn has_leaks(&self) -> bool {
-        self.definitely_lost.blocks + self.indirectly_lost.blocks > 0
-    }
-
-    /// The amount of one kind.
-    pub fn amount(&self, kind: LeakKind) -> Amount {
-        match kind {
-            LeakKind::DefinitelyLost => self.definitely_lost,
-            LeakKind::IndirectlyLost => self.indirectly_lost,
-            LeakKind::PossiblyLost => self.possibly_lost,
-            LeakKind::StillReachable => self.still_reachable,
-        }
-    }
-
-    /// The loss records that grew since `earlier` (valgrind's
-    /// `leak_check added`), each with what it gained; largest first.
-    pub fn added_since(&self, earlier: &LeakCheck) -> Vec<LossRecord> {
-        let before: HashMap<(LeakKind, u32, Option<&str>), (u64, u64)> = earlier
-            .loss_records
-            .iter()
-            .map(|r| {
-                (
-                    (r.kind, r.callsite, r.scope.as_deref()),
-                    (r.blocks, r.bytes),
-                )
-            })
-            .collect();
-        self.loss_records
-            .iter()
-            .filter_map(|r| {
-                let (b, y) = before
-                    .get(&(r.kind, r.callsite, r.scope.as_deref()))
-                    .copied()
-                    .unwrap_or((0, 0));
-                (r.blocks > b || r.bytes > y).then(|| LossRecord {
-                    blocks: r.blocks.saturating_sub(b),
-                    bytes: r.bytes.saturating_sub(y),
-                    ..r.clone()
-                })
-            })
-            .collect()
-    }
-}
-
-// ---------------------------------------------------------------- in-code controls
-
-/// The scope [`disable`] opens; blocks made in it are not reported.
-pub(crate) const NOT_CHECKED: &str = "(leakscope: not checked)";
-
-/// Keeps the live block at `ptr` (the address an allocation returned) out
-/// of leak reports, as LeakSanitizer's `__lsan_ignore_object`: it counts as
-/// still reachable, and so does what it points to. Freeing it ends that.
-pub fn ignore<T: ?Sized>(ptr: *const T) {
-    let addr = ptr as *const u8 as usize;
-    thread::untracked(|| {
-        let mut set = IGNORED.lock();
-        let h = crate::sync::mix(addr as u64);
-        let hidden = crate::sync::hide(addr);
-        if set.find(h, |&a| a == hidden).is_none() && set.try_reserve(1, ignored_hash).is_ok() {
-            set.insert_unique(h, hidden, ignored_hash);
-        }
-        IGNORING.store(true, std::sync::atomic::Ordering::Relaxed);
-    });
-}
-
-/// Blocks allocated on this thread while the guard lives are not reported
-/// as leaks (LeakSanitizer's `ScopedDisabler`). It is a scope named
-/// `(leakscope: not checked)`: a scope opened inside it takes its blocks.
-#[must_use = "blocks are unchecked only while the guard lives"]
-pub struct Disabled(#[allow(dead_code)] scope::ScopeGuard);
-
-/// Stops checking what this thread allocates until the guard is dropped.
-pub fn disable() -> Disabled {
-    // Never finished, so its run keeps no per-call-site counts.
-    Disabled(scope::enter_scope(NOT_CHECKED, false))
-}
-
-/// Addresses given to [`ignore`], hidden.
-static IGNORED: crate::sync::SpinLock<hashbrown::HashTable<usize, crate::sync::MetaAlloc>> =
-    crate::sync::SpinLock::new(hashbrown::HashTable::new_in(crate::sync::MetaAlloc {}));
-/// Whether [`IGNORED`] was ever used: frees look there only then.
-static IGNORING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-fn ignored_hash(hidden: &usize) -> u64 {
-    crate::sync::mix(crate::sync::hide(*hidden) as u64)
-}
-
-/// A tracked block at `addr` is freed. Allocation path: a relaxed load
-/// unless [`ignore`] was ever called.
-#[inline]
-pub(crate) fn on_free(addr: usize) {
-    if IGNORING.load(std::sync::atomic::Ordering::Relaxed) {
-        forget_ignored(addr);
-    }
-}
-
-#[cold]
-fn forget_ignored(addr: usize) {
-    let hidden = crate::sync::hide(addr);
-    if let Ok(e) = IGNORED
-        .lock()
-        .find_entry(crate::sync::mix(addr as u64), |&a| a == hidden)
-    {
-        e.remove();
-    }
-}
-
-// ---------------------------------------------------------------- the check
 
 const UNREACHED: u8 = 0;
 const POSSIBLE: u8 = 1;
@@ -368,7 +160,7 @@ impl<'a> Marker<'a> {
         if addr < b.start || end > b.start + b.size || addr % 8 != 0 {
             return None;
         }
-        if stop::readable_end(self.maps, addr)? < end {
+        if roots::readable_end(self.maps, addr)? < end {
             return None;
         }
         // SAFETY: an aligned word inside a readable mapping.
@@ -395,7 +187,7 @@ impl<'a> Marker<'a> {
     fn hashbrown(&self, ptr: usize, b: &Blk) -> bool {
         let offset = ptr - b.start;
         let tail = b.size - offset;
-        let Some(end) = stop::readable_end(self.maps, ptr) else {
+        let Some(end) = roots::readable_end(self.maps, ptr) else {
             return false;
         };
         if end < b.start + b.size {
@@ -453,7 +245,7 @@ impl<'a> Marker<'a> {
     /// collected, or `None` while marking from the roots.
     fn scan(&mut self, r: Range, definite: bool, clique: Option<usize>) {
         let maps = self.maps;
-        stop::each_readable(maps, r, |part| {
+        roots::each_readable(maps, r, |part| {
             let mut at = part.start.next_multiple_of(8);
             while at + 8 <= part.end {
                 // SAFETY: an aligned word inside a readable mapping.
@@ -527,17 +319,17 @@ pub(crate) fn sort_blocks(blocks: &mut Buf<Blk>) -> usize {
 
 /// Stops the world, scans the roots and the heap, and classifies every live
 /// block the way valgrind memcheck does; the report of the live state comes
-/// with it, in [`report::Report::leak_check`].
+/// with it, in [`Report::leak_check`].
 #[inline(never)]
-pub fn leak_check() -> report::Report {
+pub fn leak_check() -> Report {
     // The caller's registers, and where the stack to scan begins: the
     // caller's frames. The check's own frames, below, are not roots (they
     // hold stale words of whatever ran there before).
-    let regs = stop::callee_saved();
+    let regs = roots::callee_saved();
     let sp = std::hint::black_box(&regs) as *const [usize; 12] as usize;
     let check = thread::untracked(|| check(sp));
     std::hint::black_box(&regs);
-    let mut r = report::snapshot();
+    let mut r = snapshot();
     r.leak_check = Some(check);
     r
 }
@@ -550,13 +342,13 @@ struct Found {
 }
 
 fn check(my_sp: usize) -> LeakCheck {
-    if crate::sample::current() != 0 {
+    if sample::current() != 0 {
         return failed("not available in sampling mode (it tracks only sampled blocks)");
     }
     let _one = CHECKING.lock();
-    let suppressions = crate::suppress::current();
-    let objects = stop::objects();
-    let not_checked = scope::scope_entries()
+    let suppressions = suppress::current();
+    let objects = roots::objects();
+    let not_checked = names::scope_entries()
         .into_iter()
         .find(|(_, e)| e.name == NOT_CHECKED)
         .map_or(u32::MAX, |(id, _)| id);
@@ -577,14 +369,10 @@ fn failed(why: &str) -> LeakCheck {
 /// The marking itself, with the world stopped. Allocation-free between
 /// the stop and the resume. `my_sp`: where this thread's stack roots begin.
 #[inline(never)]
-fn classify(
-    objects: &stop::Objects,
-    not_checked: u32,
-    my_sp: usize,
-) -> Result<Found, &'static str> {
-    let my_anchor = stop::my_anchor();
+fn classify(objects: &Objects, not_checked: u32, my_sp: usize) -> Result<Found, &'static str> {
+    let my_anchor = roots::my_anchor();
 
-    let ignored = IGNORED.lock();
+    let ignored = ignored::lock();
     blocks::lock_for_fork();
     struct Unlock;
     impl Drop for Unlock {
@@ -595,7 +383,7 @@ fn classify(
     }
     let unlock = Unlock;
     let world = stop::stop()?;
-    let maps = stop::readable_maps().ok_or("cannot read /proc/self/maps")?;
+    let maps = roots::readable_maps().ok_or("cannot read /proc/self/maps")?;
     let mut all: Buf<Blk> = Buf::new(blocks::count_held()).ok_or("no memory for the check")?;
     blocks::for_each_held(|addr, m| {
         let mut b = Blk::new(addr, m.size, m.site, m.scope);
@@ -606,11 +394,7 @@ fn classify(
     let blocks = all.as_mut_slice().get_mut(..n).unwrap_or(&mut []);
     if !ignored.is_empty() {
         for b in blocks.iter_mut() {
-            let hidden = crate::sync::hide(b.start);
-            if ignored
-                .find(crate::sync::mix(b.start as u64), |&a| a == hidden)
-                .is_some()
-            {
+            if ignored::contains(&ignored, b.start) {
                 b.ignored = true;
             }
         }
@@ -624,7 +408,7 @@ fn classify(
     }
     let stack = |sp: usize| Range {
         start: sp,
-        end: stop::mapping_end(maps.as_slice(), sp).unwrap_or(sp),
+        end: roots::mapping_end(maps.as_slice(), sp).unwrap_or(sp),
     };
     let tls = |anchor: usize| match objects.tls {
         Some((lo, hi)) if anchor != 0 => Range {
@@ -664,11 +448,11 @@ fn classify(
 }
 
 /// Names, suppressions and totals, after the world runs again.
-fn summarize(found: Found, suppressions: &crate::suppress::Suppressions) -> LeakCheck {
+fn summarize(found: Found, suppressions: &Suppressions) -> LeakCheck {
     let mut out = LeakCheck::default();
     let mut used: HashMap<usize, Amount> = HashMap::new();
     let mut records: HashMap<(LeakKind, u32, u32), Amount> = HashMap::new();
-    let mut matcher = crate::suppress::Matcher::default();
+    let mut matcher = Matcher::default();
     for ((state, site, scope, heuristic), amount) in found.groups {
         let kind = kind_of(state);
         if kind != LeakKind::StillReachable {
@@ -689,7 +473,7 @@ fn summarize(found: Found, suppressions: &crate::suppress::Suppressions) -> Leak
         }
         *records.entry((kind, site, scope)).or_default() += amount;
     }
-    let names: HashMap<u32, String> = scope::scope_entries()
+    let names: HashMap<u32, String> = names::scope_entries()
         .into_iter()
         .map(|(id, e)| (id, e.name.clone()))
         .collect();
@@ -877,26 +661,5 @@ mod tests {
         };
         assert_eq!(kind(0), LeakKind::StillReachable);
         assert_eq!(kind(1), LeakKind::PossiblyLost);
-    }
-
-    #[test]
-    fn added_since_lists_growth_only() {
-        let rec = |blocks, bytes| LossRecord {
-            kind: LeakKind::DefinitelyLost,
-            blocks,
-            bytes,
-            callsite: 3,
-            scope: None,
-        };
-        let before = LeakCheck {
-            loss_records: vec![rec(2, 64)],
-            ..LeakCheck::default()
-        };
-        let after = LeakCheck {
-            loss_records: vec![rec(5, 160)],
-            ..LeakCheck::default()
-        };
-        assert_eq!(after.added_since(&before), vec![rec(3, 96)]);
-        assert_eq!(before.added_since(&after), vec![]);
     }
 }

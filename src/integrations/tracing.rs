@@ -13,7 +13,9 @@
 //! by the value of a field ([`ScopeLayer::with_field`]). A span entered on
 //! two threads at once counts on the first only.
 
-use crate::scope::{self, RunRecord};
+use crate::alloc::runs::{self, RunRecord};
+use crate::alloc::thread;
+use crate::scope::guard::{close_run, open_run};
 use std::cell::RefCell;
 use tracing_core::span::{Attributes, Id};
 use tracing_core::Subscriber;
@@ -74,7 +76,7 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let rec = crate::thread::untracked(|| {
+        let rec = thread::untracked(|| {
             let mut name = None;
             if let Some(field) = self.field {
                 let mut v = FieldValue {
@@ -85,10 +87,10 @@ where
                 name = v.value;
             }
             let name = name.unwrap_or_else(|| attrs.metadata().name().to_owned());
-            scope::open_run(&name, false)
+            open_run(&name, false)
         });
         if let Some(rec) = rec {
-            crate::thread::untracked(|| span.extensions_mut().insert(SpanRun(rec)));
+            thread::untracked(|| span.extensions_mut().insert(SpanRun(rec)));
         }
     }
 
@@ -97,8 +99,8 @@ where
         let Some(rec) = span.extensions().get::<SpanRun>().map(|r| r.0) else {
             return;
         };
-        if scope::try_enter(rec) {
-            crate::thread::untracked(|| {
+        if runs::try_enter(rec) {
+            thread::untracked(|| {
                 let _ = ENTERED.try_with(|e| e.borrow_mut().push(id.into_u64()));
             });
         }
@@ -122,7 +124,7 @@ where
             .span(id)
             .and_then(|s| s.extensions().get::<SpanRun>().map(|r| r.0))
         {
-            scope::leave(rec);
+            runs::leave(rec);
         }
     }
 
@@ -130,7 +132,7 @@ where
         let Some(span) = ctx.span(&id) else { return };
         let run = span.extensions_mut().remove::<SpanRun>();
         if let Some(SpanRun(rec)) = run {
-            scope::close_run(rec, false);
+            close_run(rec, false);
         }
     }
 }

@@ -5,8 +5,8 @@
 //! lock once its id is published. Must never allocate through the global
 //! allocator: the arena and the index take memory from libc directly.
 
-use crate::sync::{leak_zeroed, MetaAlloc, SpinLock};
-use crate::unwind::MAX_FRAMES;
+use crate::alloc::meta::{leak_zeroed, MetaAlloc, SpinLock};
+use crate::alloc::unwind::MAX_FRAMES;
 use hashbrown::HashTable;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -19,7 +19,7 @@ pub(crate) const OTHER: u32 = 0;
 
 /// Live bytes of one call-site (or of the whole process) as seen by all
 /// threads, and the highest value seen. Threads add their changes in batches
-/// (see [`crate::thread`]), so this stays off the hot path's shared lines.
+/// (see [`crate::alloc::thread`]), so this stays off the hot path's shared lines.
 pub(crate) struct Peak {
     pub(crate) flushed: AtomicI64,
     pub(crate) peak: AtomicU64,

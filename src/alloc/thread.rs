@@ -8,12 +8,12 @@
 //! loses nothing). Must never allocate through the global allocator, never
 //! panic, and work during and after thread-local destruction.
 
-use crate::blocks::Young;
-use crate::callsite::{self, Peak, OTHER};
-use crate::sample::Sampler;
-use crate::scope::RunRecord;
-use crate::sync::{bump, leak_zeroed, CacheAligned};
-use crate::unwind::{self, Frames, MAX_FRAMES};
+use crate::alloc::blocks::Young;
+use crate::alloc::callsite::{self, Peak, OTHER};
+use crate::alloc::meta::{bump, leak_zeroed, CacheAligned};
+use crate::alloc::runs::RunRecord;
+use crate::alloc::sample::Sampler;
+use crate::alloc::unwind::{self, Frames, MAX_FRAMES};
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 
@@ -154,7 +154,7 @@ pub(crate) struct Slot {
     /// its drift feeds [`TOTAL_PEAK`].
     /// (On its own line: other threads walk `next` and read `young`.)
     total: CacheAligned<Counts>,
-    /// The blocks this thread allocated lately (see [`crate::blocks`]).
+    /// The blocks this thread allocated lately (see [`crate::alloc::blocks`]).
     pub(crate) young: Young,
     /// Per call-site (in sampling mode: sampled blocks, weighted).
     sites: Chunks,
@@ -406,7 +406,7 @@ impl Tracking<'_> {
         t.drift.by(-(size as i64), &TOTAL_PEAK);
     }
 
-    /// Counts `units` (see [`crate::sample::block_unit`]) and `bytes` at a call-site.
+    /// Counts `units` (see [`crate::alloc::sample::block_unit`]) and `bytes` at a call-site.
     #[inline]
     pub(crate) fn site_alloc(&self, site: SiteRef, units: u64, bytes: u64) {
         if let (Some(c), Some(s)) = (self.slot.sites.make(site.id), site.site) {
@@ -501,7 +501,7 @@ fn init_once() {
         .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
         .is_ok()
     {
-        crate::exit::init();
+        crate::alloc::process::start();
         INIT.store(2, Ordering::Release);
     }
 }
@@ -564,10 +564,10 @@ pub(crate) fn set_current_run(run: *const RunRecord) {
             flush(st);
         }
         st.run.set(run);
-        let (tag, scope) = if run.is_null() || crate::sample::current() == 0 {
+        let (tag, scope) = if run.is_null() || crate::alloc::sample::current() == 0 {
             (0, 0)
         } else {
-            crate::scope::enter_tag(run)
+            crate::alloc::runs::enter_tag(run)
         };
         st.run_tag.set(tag);
         st.run_scope.set(scope);
@@ -581,7 +581,7 @@ fn flush(st: &State) {
     if p == Pending::NONE {
         return;
     }
-    crate::scope::absorb(st.run.get(), p);
+    crate::alloc::runs::absorb(st.run.get(), p);
     let scope = st.run_scope.get();
     if let Some(c) = st.slot.get().and_then(|slot| slot.scopes.make(scope)) {
         c.on_alloc(p.alloc_blocks, p.alloc_bytes);

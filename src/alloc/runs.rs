@@ -1,135 +1,27 @@
-//! Request scopes: which scope run each block was opened in.
+//! Scope runs as the allocation path sees them: run records and the
+//! per-run counts a block updates.
 //!
-//! Owns scope names (interned to ids), run records (one per open run, pooled
-//! and reused, never freed, so a block's stale reference to a closed run is
-//! harmless: the generation check turns it away), the guards and the future
-//! adaptor. The allocation path calls only [`record_alloc`] and
-//! [`record_free`], which take a run's spin lock and never allocate through the
-//! global allocator. Everything else runs with the thread's allocations
-//! untracked, outside the allocation path.
+//! Owns the run records (one per open run, pooled and reused, never freed,
+//! so a block's stale reference to a closed run is harmless: the generation
+//! check turns it away), which thread has a run entered, and each run's
+//! per-call-site counts. The allocation path calls [`record_alloc`],
+//! [`record_free`], [`record_free_moved`] and [`note_moved`], which take at
+//! most a run's spin lock and never allocate through the global allocator.
+//! Opening and closing runs ([`open`], [`close`]) runs with the thread's
+//! allocations untracked, outside the allocation path. Scope names, guards
+//! and futures are the scope layer's; here a scope is its id.
 
-use crate::sync::{bump, CacheAligned, MetaAlloc, SpinLock};
-use crate::thread;
+use crate::alloc::meta::{bump, CacheAligned, MetaAlloc, SpinLock};
+use crate::alloc::thread;
 use hashbrown::HashTable;
-use once_cell::sync::Lazy;
-use parking_lot::RwLock;
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::future::Future;
-use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 
-// ---------------------------------------------------------------- scope names
+/// Scope ids a block can carry (1 to this less one; 0 means "no scope"):
+/// sampling mode's block headers keep them in 16 bits, and each thread has a
+/// counter per id.
+pub(crate) const MAX_SCOPES: usize = crate::alloc::callsite::MAX_SITES;
 
-pub(crate) struct ScopeEntry {
-    pub(crate) id: u32,
-    pub(crate) name: String,
-    /// Runs opened on threads without counters of their own (see
-    /// [`thread::count_run`]); reports add every thread's counts.
-    pub(crate) runs: AtomicU64,
-}
-
-#[derive(Default)]
-struct Names {
-    by_name: HashMap<String, &'static ScopeEntry>,
-    /// Index `id - 1`; id 0 means "no scope".
-    list: Vec<&'static ScopeEntry>,
-}
-
-static NAMES: Lazy<RwLock<Names>> = Lazy::new(Default::default);
-
-const NAME_CACHE: usize = 32;
-
-/// Distinct scope names kept (ids 1 to this less one); later names are
-/// counted under [`OTHER_SCOPES`].
-pub(crate) const MAX_SCOPE_NAMES: usize = crate::callsite::MAX_SITES;
-const OTHER_SCOPES: &str = "(other scopes)";
-
-thread_local! {
-    /// Names this thread opened lately, so that a request's scope costs no
-    /// shared lock: direct-mapped by a hash of the name, checked by content.
-    static RECENT_NAMES: [Cell<*const ScopeEntry>; NAME_CACHE] =
-        const { [const { Cell::new(std::ptr::null()) }; NAME_CACHE] };
-}
-
-/// The cache index of `name`: eight bytes a step, since a request pays for
-/// each step in a chain of multiplies.
-fn name_hash(name: &str) -> usize {
-    let mut words = name.as_bytes().chunks_exact(8);
-    let step = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut h = name.len() as u64;
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        h = step(h, u64::from_le_bytes(b));
-    }
-    let tail =
-        (words.remainder().iter().enumerate()).fold(0u64, |w, (i, &b)| w | (b as u64) << (8 * i));
-    h = step(h, tail);
-    (h >> 32) as usize % NAME_CACHE
-}
-
-fn intern_name(name: &str) -> &'static ScopeEntry {
-    let i = name_hash(name);
-    let cached = RECENT_NAMES.try_with(|c| c.get(i).map_or(std::ptr::null(), Cell::get));
-    // SAFETY: the cache holds only leaked, never-freed entries.
-    if let Some(e) = cached.ok().and_then(|p| unsafe { p.as_ref() }) {
-        if e.name == name {
-            return e;
-        }
-    }
-    let e = intern_name_slow(name);
-    let _ = RECENT_NAMES.try_with(|c| c.get(i).map(|cell| cell.set(e)));
-    e
-}
-
-fn intern_name_slow(name: &str) -> &'static ScopeEntry {
-    // One guard at a time: a second read lock taken while a writer waits
-    // would deadlock.
-    let found = NAMES.read().by_name.get(name).copied();
-    if let Some(e) = found {
-        return e;
-    }
-    let mut names = NAMES.write();
-    if let Some(&e) = names.by_name.get(name) {
-        return e;
-    }
-    // Bounded: past the cap, new names share one entry (ids must fit the
-    // per-thread scope counters).
-    if names.list.len() + 2 >= MAX_SCOPE_NAMES && name != OTHER_SCOPES {
-        drop(names);
-        return intern_name_slow(OTHER_SCOPES);
-    }
-    let id = names.list.len() as u32 + 1;
-    let entry: &'static ScopeEntry = Box::leak(Box::new(ScopeEntry {
-        id,
-        name: name.to_owned(),
-        runs: AtomicU64::new(0),
-    }));
-    names.list.push(entry);
-    names.by_name.insert(name.to_owned(), entry);
-    entry
-}
-
-/// The entry of scope id `id` (ids start at 1).
-pub(crate) fn scope_entry(id: u32) -> Option<&'static ScopeEntry> {
-    NAMES
-        .read()
-        .list
-        .get((id as usize).checked_sub(1)?)
-        .copied()
-}
-
-/// Every scope name seen so far, with its id.
-pub(crate) fn scope_entries() -> Vec<(u32, &'static ScopeEntry)> {
-    NAMES.read().list.iter().map(|e| (e.id, *e)).collect()
-}
-
-// ---------------------------------------------------------------- run records
-//
 // A run is written by one thread at a time: the thread that has it entered
 // (its owner), since only that thread allocates into it. The owner counts its
 // allocations, and its own frees of the run's blocks, in the run's fixed site
@@ -159,12 +51,12 @@ struct SiteSlot {
 /// Counts kept under the lock: for call-sites past the fixed table, and for
 /// frees by other threads than the owner.
 #[derive(Clone, Copy, Default)]
-struct SiteRun {
-    site: u32,
-    allocated_blocks: u64,
-    allocated_bytes: u64,
-    freed_blocks: u64,
-    freed_bytes: u64,
+pub(crate) struct SiteRun {
+    pub(crate) site: u32,
+    pub(crate) allocated_blocks: u64,
+    pub(crate) allocated_bytes: u64,
+    pub(crate) freed_blocks: u64,
+    pub(crate) freed_bytes: u64,
 }
 
 struct Locked {
@@ -175,7 +67,7 @@ struct Locked {
     /// Blocks of this run moved to the shared block table while it was open
     /// (their entries there carry only the run slot, see [`MOVED`]): a free
     /// of one found here is this run's; the set is emptied at the close.
-    /// Addresses are kept hidden ([`crate::sync::hide`]).
+    /// Addresses are kept hidden ([`crate::alloc::meta::hide`]).
     moved: HashTable<usize, MetaAlloc>,
 }
 
@@ -198,8 +90,8 @@ pub(crate) struct RunRecord {
     gen: AtomicU32,
     scope: AtomicU32,
     /// Whether this run counts its blocks per call-site, for a summary at its
-    /// close ([`ScopeGuard::finish`]). A run that can never be asked for one
-    /// (a future's, a span's, [`track_scope`]'s) does not: its blocks carry
+    /// close (a guard's `finish`). A run that can never be asked for one
+    /// (a future's, a span's, `track_scope`'s) does not: its blocks carry
     /// only the scope, which is all the per-scope figures need.
     counts: AtomicBool,
     /// Token of the thread that has this run entered now (0: none).
@@ -220,7 +112,7 @@ pub(crate) struct RunRecord {
 const RUN_CHUNK: usize = 64;
 const RUN_CHUNKS: usize = 1024;
 // Sampling mode's block headers keep run slots and scope ids in 16 bits.
-const _: () = assert!(RUN_CHUNK * RUN_CHUNKS <= 1 << 16 && MAX_SCOPE_NAMES <= 1 << 16);
+const _: () = assert!(RUN_CHUNK * RUN_CHUNKS <= 1 << 16 && MAX_SCOPES <= 1 << 16);
 
 static RUNS: [AtomicPtr<RunRecord>; RUN_CHUNKS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; RUN_CHUNKS];
@@ -364,7 +256,7 @@ fn release_shared(rec: &'static RunRecord) {
 }
 
 fn site_hash(site: u32) -> u64 {
-    crate::sync::mix(site as u64)
+    crate::alloc::meta::mix(site as u64)
 }
 
 impl RunRecord {
@@ -452,7 +344,7 @@ fn spilled(l: &mut Locked, site: u32) -> Option<&mut SiteRun> {
     l.spilled.find_mut(h, |s| s.site == site)
 }
 
-/// Sampling mode: the tag ([`crate::tracker::run_tag`]) and scope id of blocks
+/// Sampling mode: the tag ([`crate::alloc::tracker::run_tag`]) and scope id of blocks
 /// made now in `run`, which the calling thread is entering. Claims the run's
 /// entry for unsampled blocks first, so that a free on another thread finds it
 /// even before the owner writes the counts it keeps aside there.
@@ -464,11 +356,11 @@ pub(crate) fn enter_tag(run: *const RunRecord) -> (u64, u32) {
     let scope = rec.scope.load(Ordering::Relaxed);
     if !rec.counts.load(Ordering::Relaxed) {
         // The scope alone (never 0): the thread still keeps counts aside.
-        return (crate::tracker::run_tag(0, 0, scope), scope);
+        return (crate::alloc::tracker::run_tag(0, 0, scope), scope);
     }
-    rec.find(crate::callsite::OTHER, true);
+    rec.find(crate::alloc::callsite::OTHER, true);
     (
-        crate::tracker::run_tag(rec.slot, rec.gen.load(Ordering::Relaxed), scope),
+        crate::alloc::tracker::run_tag(rec.slot, rec.gen.load(Ordering::Relaxed), scope),
         scope,
     )
 }
@@ -483,7 +375,7 @@ pub(crate) fn absorb(run: *const RunRecord, p: thread::Pending) {
     if !rec.counts.load(Ordering::Relaxed) {
         return;
     }
-    let site = crate::callsite::OTHER;
+    let site = crate::alloc::callsite::OTHER;
     if let Some(s) = rec.find(site, true) {
         bump(&s.allocated_blocks, p.alloc_blocks);
         bump(&s.allocated_bytes, p.alloc_bytes);
@@ -543,18 +435,18 @@ pub(crate) fn note_moved(slot: u32, gen: u32, addr: usize) -> bool {
         return false;
     }
     let h = addr_hash(addr);
-    let hidden = crate::sync::hide(addr);
+    let hidden = crate::alloc::meta::hide(addr);
     if l.moved.find(h, |&a| a == hidden).is_some() {
         return true;
     }
     if l.moved
-        .try_reserve(1, |&a| addr_hash(crate::sync::hide(a)))
+        .try_reserve(1, |&a| addr_hash(crate::alloc::meta::hide(a)))
         .is_err()
     {
         return false;
     }
     l.moved
-        .insert_unique(h, hidden, |&a| addr_hash(crate::sync::hide(a)));
+        .insert_unique(h, hidden, |&a| addr_hash(crate::alloc::meta::hide(a)));
     true
 }
 
@@ -564,7 +456,7 @@ pub(crate) fn note_moved(slot: u32, gen: u32, addr: usize) -> bool {
 pub(crate) fn record_free_moved(slot: u32, addr: usize, site: u32, size: usize) {
     let Some(rec) = run_record(slot) else { return };
     let mut l = rec.locked.lock();
-    let hidden = crate::sync::hide(addr);
+    let hidden = crate::alloc::meta::hide(addr);
     let listed = l.moved.find_entry(addr_hash(addr), |&a| a == hidden).ok();
     if let Some(e) = listed {
         e.remove();
@@ -573,7 +465,7 @@ pub(crate) fn record_free_moved(slot: u32, addr: usize, site: u32, size: usize) 
 }
 
 fn addr_hash(addr: usize) -> u64 {
-    crate::sync::mix(addr as u64)
+    crate::alloc::meta::mix(addr as u64)
 }
 
 /// Counts a free of one of `rec`'s blocks, with its lock held.
@@ -590,25 +482,21 @@ fn count_locked_free(rec: &RunRecord, l: &mut Locked, site: u32, size: u64) {
     }
 }
 
-/// Opens a run of scope `name`; with `counts`, one that counts its blocks
-/// per call-site for a [`ScopeSummary`].
-pub(crate) fn open_run(name: &str, counts: bool) -> Option<&'static RunRecord> {
+/// Opens a run of scope id `scope`; with `counts`, one that counts its
+/// blocks per call-site for a summary at its close. `None` when 65,535 runs
+/// are open at once. Runs untracked.
+pub(crate) fn open(scope: u32, counts: bool) -> Option<&'static RunRecord> {
     thread::untracked(|| {
-        let entry = intern_name(name);
-        // Per thread, so that threads serving the same route do not fight
-        // over one counter; the shared one is for threads without counters.
-        if !thread::count_run(entry.id) {
-            entry.runs.fetch_add(1, Ordering::Relaxed);
-        }
         let rec = acquire_record()?;
-        rec.scope.store(entry.id, Ordering::Relaxed);
+        rec.scope.store(scope, Ordering::Relaxed);
         rec.counts.store(counts, Ordering::Relaxed);
         Some(rec)
     })
 }
 
-/// Closes a run; with `summarize`, says what it left behind.
-pub(crate) fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
+/// Closes a run; with `summarize` (and a run that counts), returns its scope
+/// id and what each call-site allocated and freed in it. Runs untracked.
+pub(crate) fn close(rec: &'static RunRecord, summarize: bool) -> Option<(u32, Vec<SiteRun>)> {
     thread::untracked(|| {
         if !rec.counts.load(Ordering::Relaxed) {
             // Nothing counted, no block tagged with it: no other thread can
@@ -672,7 +560,7 @@ pub(crate) fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<Scop
         let scope = rec.scope.load(Ordering::Relaxed);
         drop(l);
         release_record(rec);
-        summarize.then(|| summary(scope, &counts))
+        summarize.then_some((scope, counts))
     })
 }
 
@@ -684,39 +572,8 @@ fn next_gen(rec: &RunRecord) {
         .store(if next == MOVED { 1 } else { next }, Ordering::Release);
 }
 
-fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
-    let mut summary = ScopeSummary {
-        name: scope_entry(scope)
-            .map(|e| e.name.clone())
-            .unwrap_or_default(),
-        ..ScopeSummary::default()
-    };
-    for s in counts {
-        let c = CallsiteCount {
-            callsite: s.site,
-            allocated_blocks: s.allocated_blocks,
-            allocated_bytes: s.allocated_bytes,
-            outstanding_blocks: s.allocated_blocks.saturating_sub(s.freed_blocks),
-            outstanding_bytes: s.allocated_bytes.saturating_sub(s.freed_bytes),
-        };
-        summary.allocated_blocks += c.allocated_blocks;
-        summary.allocated_bytes += c.allocated_bytes;
-        summary.outstanding_blocks += c.outstanding_blocks;
-        summary.outstanding_bytes += c.outstanding_bytes;
-        summary.by_callsite.push(c);
-    }
-    summary.by_callsite.sort_by(|a, b| {
-        (b.outstanding_bytes, b.allocated_bytes, a.callsite).cmp(&(
-            a.outstanding_bytes,
-            a.allocated_bytes,
-            b.callsite,
-        ))
-    });
-    summary
-}
-
 /// Makes `rec` the innermost run on this thread, and this thread its owner.
-fn enter(rec: &'static RunRecord) {
+pub(crate) fn enter(rec: &'static RunRecord) {
     rec.parent
         .store(thread::current_run() as *mut RunRecord, Ordering::Relaxed);
     rec.owner.store(thread::token(), Ordering::Relaxed);
@@ -760,208 +617,8 @@ pub(crate) fn leave(rec: &'static RunRecord) {
     }
 }
 
-// ---------------------------------------------------------------- public API
-
-/// Counts of one call-site within one scope run.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CallsiteCount {
-    /// The call-site id, as in [`crate::Report`] and its JSON.
-    pub callsite: u32,
-    pub allocated_blocks: u64,
-    pub allocated_bytes: u64,
-    /// Still live when the scope closed.
-    pub outstanding_blocks: u64,
-    pub outstanding_bytes: u64,
-}
-
-/// What one run of a scope allocated and left behind.
-///
-/// Counts the blocks that belong to this run: allocated while it was the
-/// innermost open scope on the allocating thread (blocks of nested scopes
-/// belong to those). "Outstanding" means still live when the scope closed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ScopeSummary {
-    pub name: String,
-    pub allocated_blocks: u64,
-    pub allocated_bytes: u64,
-    pub outstanding_blocks: u64,
-    pub outstanding_bytes: u64,
-    /// Largest outstanding first.
-    pub by_callsite: Vec<CallsiteCount>,
-}
-
-/// An open scope run on this thread; closes when finished or dropped.
-#[must_use = "the scope closes when this guard is dropped"]
-pub struct ScopeGuard {
-    rec: Option<&'static RunRecord>,
-    /// Tied to the thread that opened it.
-    _not_send: PhantomData<*const ()>,
-}
-
-impl ScopeGuard {
-    /// Closes the scope and returns what this run allocated and left behind.
-    pub fn finish(mut self) -> ScopeSummary {
-        self.close(true).unwrap_or_default()
-    }
-
-    fn close(&mut self, summarize: bool) -> Option<ScopeSummary> {
-        let rec = self.rec.take()?;
-        leave(rec);
-        close_run(rec, summarize)
-    }
-}
-
-impl Drop for ScopeGuard {
-    fn drop(&mut self) {
-        self.close(false);
-    }
-}
-
-impl std::fmt::Debug for ScopeGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScopeGuard").finish_non_exhaustive()
-    }
-}
-
-/// Opens a scope named `name` on this thread until the guard is finished or
-/// dropped. Every block allocated meanwhile on this thread (outside any inner
-/// scope) is tagged with this run.
-///
-/// The run counts its blocks per call-site, for [`ScopeGuard::finish`]'s
-/// summary. [`track_scope`] and [`scoped`] give the same per-scope figures in
-/// the report for less: their runs are never asked for a summary, so they
-/// count nothing per call-site.
-pub fn scope(name: &str) -> ScopeGuard {
-    enter_scope(name, true)
-}
-
-/// [`scope`], with a run that counts per call-site only if `counts`.
-pub(crate) fn enter_scope(name: &str, counts: bool) -> ScopeGuard {
-    let rec = open_run(name, counts);
-    if let Some(rec) = rec {
-        enter(rec);
-    }
-    ScopeGuard {
-        rec,
-        _not_send: PhantomData,
-    }
-}
-
-/// Runs `f` inside a scope named `name`. A panic in `f` still closes the scope.
-pub fn track_scope<R>(name: &str, f: impl FnOnce() -> R) -> R {
-    let _guard = enter_scope(name, false);
-    f()
-}
-
-/// A future whose polls (and drop) run inside one run of a scope: see [`scoped`].
-#[must_use = "futures do nothing unless polled"]
-pub struct Scoped<F> {
-    inner: ManuallyDrop<F>,
-    name: String,
-    rec: Option<&'static RunRecord>,
-    opened: bool,
-}
-
-// SAFETY: the run record is a pooled, lock-protected structure any thread may
-// use; only `inner` decides whether the future may move between threads.
-unsafe impl<F: Send> Send for Scoped<F> {}
-
-/// Wraps `fut` so that every block allocated while it is polled, on whichever
-/// thread polls it, is tagged with one run of scope `name`. The run opens at the
-/// first poll and closes when the future is dropped.
-pub fn scoped<F: Future>(name: &str, fut: F) -> Scoped<F> {
-    Scoped {
-        inner: ManuallyDrop::new(fut),
-        name: thread::untracked(|| name.to_owned()),
-        rec: None,
-        opened: false,
-    }
-}
-
-/// Like [`scoped`], with the run opened now and entered while `make` builds
-/// the future: what `make` allocates belongs to the run too (a tower
-/// service's `call` does its synchronous work there).
-pub fn scoped_with<F: Future>(name: &str, make: impl FnOnce() -> F) -> Scoped<F> {
-    let rec = open_run(name, false);
-    let fut = {
-        let _entered = Entered::new(rec);
-        make()
-    };
-    Scoped {
-        inner: ManuallyDrop::new(fut),
-        name: String::new(),
-        rec,
-        opened: true,
-    }
-}
-
-/// `fut.track_scope("GET /users")`: the method form of [`scoped`].
-pub trait TrackScopeExt: Future + Sized {
-    fn track_scope(self, name: &str) -> Scoped<Self> {
-        scoped(name, self)
-    }
-}
-
-impl<F: Future> TrackScopeExt for F {}
-
-/// Leaves the run when dropped, so a panicking poll still leaves it.
-struct Entered(Option<&'static RunRecord>);
-
-impl Entered {
-    fn new(rec: Option<&'static RunRecord>) -> Self {
-        if let Some(rec) = rec {
-            enter(rec);
-        }
-        Entered(rec)
-    }
-}
-
-impl Drop for Entered {
-    fn drop(&mut self) {
-        if let Some(rec) = self.0 {
-            leave(rec);
-        }
-    }
-}
-
-impl<F: Future> Future for Scoped<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `inner` is structurally pinned: it is never moved out of
-        // `self`, and `Scoped` has no `Unpin` impl of its own beyond the auto
-        // impl that requires `F: Unpin`. The other fields are not pinned.
-        let this = unsafe { self.get_unchecked_mut() };
-        if !this.opened {
-            this.opened = true;
-            this.rec = open_run(&this.name, false);
-        }
-        let _entered = Entered::new(this.rec);
-        // SAFETY: see above; `inner` stays where it is.
-        unsafe { Pin::new_unchecked(&mut *this.inner) }.poll(cx)
-    }
-}
-
-impl<F> Drop for Scoped<F> {
-    fn drop(&mut self) {
-        let rec = self.rec.take();
-        {
-            let _entered = Entered::new(rec);
-            // SAFETY: `inner` is dropped exactly once, here, in place (so a
-            // pinned future is not moved), and never used again.
-            unsafe { ManuallyDrop::drop(&mut self.inner) };
-        }
-        if let Some(rec) = rec {
-            close_run(rec, false);
-        }
-    }
-}
-
-/// Holds the scope locks across `fork` so the child never inherits one held.
+/// Holds the run records' locks across `fork` so the child never inherits one held.
 pub(crate) fn lock_for_fork() {
-    std::mem::forget(NAMES.write());
     FREE.lock_for_fork();
     let high = FREE_HIGH.load(Ordering::Relaxed);
     for slot in 1..=high {
@@ -983,6 +640,4 @@ pub(crate) unsafe fn unlock_after_fork() {
     }
     // SAFETY: forwarded contract; `lock_for_fork` took this lock.
     unsafe { FREE.force_unlock() };
-    // SAFETY: forwarded contract; `lock_for_fork` forgot a write guard of NAMES.
-    unsafe { NAMES.force_unlock_write() };
 }

@@ -15,7 +15,10 @@
 //! reports nothing lost without any (`allocator-tests/leak_check.rs` checks
 //! this).
 
-use crate::report::{Frame, Symbolizer};
+use crate::alloc::callsite;
+use crate::report::model::Frame;
+use crate::report::symbolize::Symbolizer;
+use crate::report::warn::warn;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -59,18 +62,19 @@ pub(crate) fn current() -> Suppressions {
         return Suppressions { patterns };
     };
     let path = path.to_string_lossy().into_owned();
-    let warn = !WARNED.swap(true, Ordering::Relaxed);
+    // Said once per process, not at every check.
+    let first = !WARNED.swap(true, Ordering::Relaxed);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let (found, bad) = Suppressions::parse(&text);
-            if warn {
+            if first {
                 for (line, why) in bad {
-                    crate::exit::warn(&format!("{path}:{line}: {why}; line skipped"));
+                    warn(&format!("{path}:{line}: {why}; line skipped"));
                 }
             }
             patterns.extend(found);
         }
-        Err(e) if warn => crate::exit::warn(&format!(
+        Err(e) if first => warn(&format!(
             "cannot read LEAKSCOPE_SUPPRESSIONS file {path}: {e}; nothing is suppressed"
         )),
         Err(_) => {}
@@ -131,9 +135,7 @@ impl Matcher {
         if let Some(&v) = self.verdicts.get(&site) {
             return v;
         }
-        let ips = crate::callsite::get(site)
-            .map(|c| c.frames())
-            .unwrap_or_default();
+        let ips = callsite::get(site).map(|c| c.frames()).unwrap_or_default();
         let frames = self.symbols.stack(&ips);
         let v = s
             .patterns

@@ -7,9 +7,13 @@
 //! build reports outside the allocation path, on their own threads, with
 //! those threads' allocations untracked.
 
-use crate::exit::{self, Dest};
-use crate::report::{Growth, Report, ScopeStats};
-use crate::thread;
+use crate::alloc::thread;
+use crate::check::classify::leak_check;
+use crate::check::stop;
+use crate::report::collect::snapshot;
+use crate::report::model::{growth, Growth, Report, ScopeStats};
+use crate::serve::env::Dest;
+use crate::serve::exit;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -96,9 +100,9 @@ impl Previous {
         let (seconds, scopes) = match &self.0 {
             Some((at, earlier)) => (
                 Some(now.duration_since(*at).as_secs_f64()),
-                crate::report::growth(&report.scopes, earlier),
+                growth(&report.scopes, earlier),
             ),
-            None => (None, crate::report::growth(&report.scopes, &[])),
+            None => (None, growth(&report.scopes, &[])),
         };
         report.growth = Some(Growth { seconds, scopes });
         self.0 = Some((now, report.scopes.clone()));
@@ -107,7 +111,7 @@ impl Previous {
 
 /// The report as served: with its growth since the previous one served.
 fn live_report(previous: &mut Previous) -> Report {
-    let mut report = crate::snapshot();
+    let mut report = snapshot();
     previous.mark(&mut report);
     report
 }
@@ -135,10 +139,8 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
             "application/json",
             live_report(previous).to_json(),
         ),
-        ("GET", "/leak-check") => ("200 OK", "text/plain", crate::leak_check().to_string()),
-        ("GET", "/leak-check.json") => {
-            ("200 OK", "application/json", crate::leak_check().to_json())
-        }
+        ("GET", "/leak-check") => ("200 OK", "text/plain", leak_check().to_string()),
+        ("GET", "/leak-check.json") => ("200 OK", "application/json", leak_check().to_json()),
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
@@ -192,7 +194,7 @@ pub fn report_on_signal(signal: i32) -> std::io::Result<()> {
 /// when `LEAKSCOPE_REPORT` asks for it): the thread is a raw pthread.
 pub(crate) fn install(signal: i32) -> std::io::Result<()> {
     let handler = on_report_signal as *const () as usize;
-    if crate::stop::signal_owner(signal, handler)? {
+    if stop::signal_owner(signal, handler)? {
         return Ok(());
     }
     if PIPE_WRITE.load(Ordering::Acquire) < 0 {
@@ -226,7 +228,7 @@ pub(crate) fn install(signal: i32) -> std::io::Result<()> {
         PIPE_WRITE.store(fds[1], Ordering::Release);
     }
     // The handler only writes to a pipe.
-    crate::stop::set_handler(signal, handler, 0, false)
+    stop::set_handler(signal, handler, 0, false)
 }
 
 /// Parses `LEAKSCOPE_REPORT_SIGNAL`: `none`, a name (`USR2`, `SIGUSR1`) or

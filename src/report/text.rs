@@ -1,12 +1,13 @@
-//! Text and JSON renderings of a [`Report`].
+//! The text rendering of a [`Report`]: `Display`.
 //!
-//! The text follows valgrind's leak summary (`==PID==` prefix, loss records
-//! largest first, "at"/"by" stack lines), with a per-scope table at the top.
-//! The JSON is schema `leakscope/1`: fields may be added, never renamed.
+//! Follows valgrind's leak summary (`==PID==` prefix, loss records largest
+//! first, "at"/"by" stack lines), with a per-scope table at the top and,
+//! in a live report, what grew since the previous one.
 
-use crate::leakcheck::{Amount, LeakCheck, LeakKind};
-use crate::report::{Frame, Report};
-use serde_json::{json, Value};
+use crate::alloc::thread;
+use crate::report::leak::{Amount, LeakCheck, LeakKind};
+use crate::report::model::{Frame, Growth, Report};
+use crate::report::symbolize::is_runtime_boundary;
 use std::fmt::{self, Display, Formatter};
 
 /// `1234567` as `1,234,567`, as valgrind prints counts.
@@ -77,7 +78,7 @@ fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
 }
 
 /// The scopes that ran or changed since the previous report.
-fn write_growth(f: &mut Formatter<'_>, p: &str, g: &crate::report::Growth) -> fmt::Result {
+fn write_growth(f: &mut Formatter<'_>, p: &str, g: &Growth) -> fmt::Result {
     writeln!(f, "{p}")?;
     match g.seconds {
         Some(s) if s < 10.0 => writeln!(f, "{p} Since the previous report, {s:.2} s ago:")?,
@@ -130,7 +131,7 @@ fn write_scope_row(
     )
 }
 
-/// "N bytes in M blocks are <what> in loss record X of Y", after a blank line.
+/// "N bytes in M blocks are `<what>` in loss record X of Y", after a blank line.
 fn write_record_head(
     f: &mut Formatter<'_>,
     p: &str,
@@ -159,9 +160,7 @@ fn write_stack(f: &mut Formatter<'_>, p: &str, frames: &[Frame]) -> fmt::Result 
             "{p}    (no stack: built without frame pointers, or past the call-site cap)"
         )?;
     }
-    let shown = frames
-        .iter()
-        .take_while(|fr| !crate::report::is_runtime_boundary(fr));
+    let shown = frames.iter().take_while(|fr| !is_runtime_boundary(fr));
     for (j, fr) in shown.take(MAX_TEXT_FRAMES).enumerate() {
         write_frame(f, p, j == 0, fr)?;
     }
@@ -193,7 +192,7 @@ fn write_frame(f: &mut Formatter<'_>, p: &str, first: bool, fr: &Frame) -> fmt::
 impl Display for Report {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         // The tracker's own formatting stays out of the counts.
-        crate::thread::untracked(|| self.write_text(f))
+        thread::untracked(|| self.write_text(f))
     }
 }
 
@@ -367,142 +366,6 @@ impl Report {
         }
         Ok(())
     }
-}
-
-impl Report {
-    /// The JSON document, schema `leakscope/1`.
-    pub fn to_json(&self) -> String {
-        crate::thread::untracked(|| self.write_json())
-    }
-
-    /// Written one call-site and scope at a time, into one buffer: a report
-    /// of 10,000 call-sites never holds a tree of the whole document.
-    fn write_json(&self) -> String {
-        let t = &self.totals;
-        let head = json!({
-            "schema": "leakscope/1",
-            "pid": self.pid,
-            "totals": {
-                "live_blocks": t.live_blocks,
-                "live_bytes": t.live_bytes,
-                "total_blocks": t.total_blocks,
-                "total_bytes": t.total_bytes,
-                "peak_live_bytes": t.peak_live_bytes,
-            },
-            "untracked_blocks": self.untracked_blocks,
-            "sample_bytes": self.sample_bytes,
-        });
-        let mut out: Vec<u8> = Vec::with_capacity(256 + 2048 * self.callsites.len());
-        let head = head.to_string();
-        // `head` is an object: reopen it to add the two lists.
-        out.extend_from_slice(head.trim_end_matches('}').as_bytes());
-        out.extend_from_slice(b",\"callsites\":");
-        write_list(&mut out, &self.callsites, |c| {
-            json!({
-                "id": c.id,
-                "live_blocks": c.live_blocks,
-                "live_bytes": c.live_bytes,
-                "total_blocks": c.total_blocks,
-                "total_bytes": c.total_bytes,
-                "peak_live_bytes": c.peak_live_bytes,
-                "frames": c.frames.iter().map(|fr| json!({
-                    "ip": format!("{:#x}", fr.ip),
-                    "function": fr.function,
-                    "file": fr.file,
-                    "line": fr.line,
-                })).collect::<Vec<_>>(),
-            })
-        });
-        out.extend_from_slice(b",\"scopes\":");
-        write_list(&mut out, &self.scopes, |s| {
-            let mut v = scope_json(
-                &s.name,
-                s.runs,
-                (s.outstanding_blocks.into(), s.outstanding_bytes.into()),
-                (s.blocks_per_run(), s.bytes_per_run()),
-            );
-            v["by_callsite"] = s
-                .by_callsite
-                .iter()
-                .map(|c| json!({"callsite": c.callsite, "blocks": c.blocks, "bytes": c.bytes}))
-                .collect();
-            v
-        });
-        if let Some(g) = &self.growth {
-            let growth = json!({
-                "seconds": g.seconds,
-                "scopes": g.scopes.iter().map(|s| scope_json(
-                    &s.name,
-                    s.runs,
-                    (s.outstanding_blocks.into(), s.outstanding_bytes.into()),
-                    (s.blocks_per_run(), s.bytes_per_run()),
-                )).collect::<Vec<_>>(),
-            });
-            out.extend_from_slice(b",\"growth\":");
-            let _ = serde_json::to_writer(&mut out, &growth);
-        }
-        if let Some(lc) = &self.leak_check {
-            let amount = |a: Amount| json!({"blocks": a.blocks, "bytes": a.bytes});
-            let head = json!({
-                "definitely_lost": amount(lc.definitely_lost),
-                "indirectly_lost": amount(lc.indirectly_lost),
-                "possibly_lost": amount(lc.possibly_lost),
-                "still_reachable": amount(lc.still_reachable),
-                "reachable_via_heuristic": amount(lc.reachable_via_heuristic),
-                "suppressed": amount(lc.suppressed),
-                "suppressions_used": lc.suppressions_used.iter().map(|u| json!({
-                    "pattern": u.pattern, "blocks": u.blocks, "bytes": u.bytes,
-                })).collect::<Vec<_>>(),
-                "error": lc.error,
-            });
-            out.extend_from_slice(b",\"leak_check\":");
-            let _ = serde_json::to_writer(&mut out, &head);
-            out.extend_from_slice(b",\"loss_records\":");
-            write_list(&mut out, &lc.loss_records, |r| {
-                json!({
-                    "kind": r.kind.as_str(),
-                    "blocks": r.blocks,
-                    "bytes": r.bytes,
-                    "callsite": r.callsite,
-                    "scope": r.scope,
-                })
-            });
-        }
-        out.push(b'}');
-        // Only serde_json's output and ASCII went in.
-        String::from_utf8(out).unwrap_or_default()
-    }
-}
-
-/// A scope's entry, in `scopes` and in `growth` alike: its runs, its
-/// outstanding blocks and bytes (or their change), and those per run.
-fn scope_json(
-    name: &str,
-    runs: u64,
-    (blocks, bytes): (Value, Value),
-    per_run: (f64, f64),
-) -> Value {
-    json!({
-        "name": name,
-        "runs": runs,
-        "outstanding_blocks": blocks,
-        "outstanding_bytes": bytes,
-        "blocks_per_run": per_run.0,
-        "bytes_per_run": per_run.1,
-    })
-}
-
-/// A JSON array of `items`, each written as soon as it is made.
-fn write_list<T>(out: &mut Vec<u8>, items: &[T], value: impl Fn(&T) -> Value) {
-    out.push(b'[');
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        // Writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &value(item));
-    }
-    out.push(b']');
 }
 
 #[cfg(test)]

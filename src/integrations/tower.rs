@@ -16,7 +16,8 @@
 //! Without axum (plain hyper, tower), the route is the raw path, one scope
 //! per distinct path; [`LeakScopeLayer::name_with`] names them otherwise.
 
-use crate::scope::{scoped_with, Scoped};
+use crate::alloc::thread;
+use crate::scope::future::{scoped_with, Scoped};
 use std::borrow::Cow;
 use std::future::Future;
 use std::task::{Context, Poll};
@@ -140,7 +141,7 @@ impl ScopeNaming for ByRoute {
             let name = unsafe { std::str::from_utf8_unchecked(b) };
             return scoped_with(name, || call(req));
         }
-        let name = crate::thread::untracked(|| scope_name(&req));
+        let name = thread::untracked(|| scope_name(&req));
         scoped_with(&name, || call(req))
     }
 }
@@ -168,11 +169,11 @@ where
         call: impl FnOnce(http::Request<B>) -> F,
     ) -> Scoped<F> {
         let (head, body) = req.into_parts();
-        let name = crate::thread::untracked(|| (self.0)(&head));
+        let name = thread::untracked(|| (self.0)(&head));
         let req = http::Request::from_parts(head, body);
         let fut = scoped_with(&name, || call(req));
         // Untracked, as it was made: the tracker need not look for it.
-        crate::thread::untracked(|| drop(name));
+        thread::untracked(|| drop(name));
         fut
     }
 }

@@ -1,0 +1,25 @@
+//! The allocation layer: everything that runs inside `alloc`, `dealloc` and
+//! `realloc`, and the state they touch.
+//!
+//! The hot path is [`tracker`] (the `GlobalAlloc` wrapper, both modes) and
+//! [`thread`] (per-thread state and counters), with the block table in
+//! [`blocks`]. Around them: call-site interning ([`callsite`]), stack
+//! capture ([`unwind`]), sampling ([`sample`]), the per-run counts a block
+//! updates ([`runs`]), blocks kept out of leak reports ([`ignored`]), spin
+//! locks and metadata memory ([`meta`]), and the process-wide start, `fork`
+//! handlers and counters ([`process`]).
+//!
+//! Must never panic, allocate through the global allocator, or take a lock
+//! that can allocate. Imports nothing from the layers above: what they must
+//! hear of (the start) they register for with [`process::on_start`].
+
+pub(crate) mod blocks;
+pub(crate) mod callsite;
+pub(crate) mod ignored;
+pub(crate) mod meta;
+pub(crate) mod process;
+pub(crate) mod runs;
+pub(crate) mod sample;
+pub(crate) mod thread;
+pub(crate) mod tracker;
+pub(crate) mod unwind;

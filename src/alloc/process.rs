@@ -1,0 +1,88 @@
+//! The allocation layer's process-wide edges: its start, `fork`, and the
+//! count of blocks it could not track.
+//!
+//! Owns [`start`], which the first allocation runs once (with the thread's
+//! re-entrancy flag up): it installs the `fork` handlers that keep a child
+//! from inheriting one of this layer's locks held, then runs the hook a
+//! layer above registered with [`on_start`] (the report layer reads the
+//! environment and arms the exit report there). The layers above register
+//! before `main` or at any time later: a hook registered after the start
+//! runs at once. Nothing here may block on a lock the allocation path holds.
+
+use crate::alloc::{blocks, callsite, meta, runs, thread};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+static UNTRACKED: AtomicU64 = AtomicU64::new(0);
+
+/// A block went untracked for lack of table memory.
+pub(crate) fn note_untracked() {
+    UNTRACKED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Blocks that went untracked for lack of table memory, so far.
+pub(crate) fn untracked_count() -> u64 {
+    UNTRACKED.load(Ordering::Relaxed)
+}
+
+/// The hook for the start, as a `fn()` cast to an address (0: none yet).
+static HOOK: AtomicUsize = AtomicUsize::new(0);
+static STARTED: AtomicBool = AtomicBool::new(false);
+/// The hook ran (or is running): it runs once, whichever side comes second.
+static HOOK_RAN: AtomicBool = AtomicBool::new(false);
+
+/// Registers `hook` to run once when the tracker starts, or now if it has
+/// started (then with this thread's allocations untracked). One hook: a
+/// later registration replaces one that has not run.
+pub(crate) fn on_start(hook: fn()) {
+    HOOK.store(hook as usize, Ordering::SeqCst);
+    if STARTED.load(Ordering::SeqCst) {
+        run_hook();
+    }
+}
+
+/// Runs once, from the first allocation, with this thread's allocations
+/// untracked.
+pub(crate) fn start() {
+    // SAFETY: the handlers are `extern "C"` functions that only take and
+    // release the allocation path's spin locks (the child's also settles
+    // young-block entries).
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork_child)) };
+    STARTED.store(true, Ordering::SeqCst);
+    run_hook();
+}
+
+/// Both sides store their flag before they look at the other's (SeqCst),
+/// so at least one of them sees both and calls this; the swap lets one run.
+fn run_hook() {
+    let hook = HOOK.load(Ordering::SeqCst);
+    if hook == 0 || HOOK_RAN.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: a non-zero HOOK was stored from a `fn()` in `on_start`.
+    let hook: fn() = unsafe { std::mem::transmute::<usize, fn()>(hook) };
+    thread::untracked(hook);
+}
+
+extern "C" fn before_fork() {
+    // Locks are taken in the order the allocation path nests them.
+    runs::lock_for_fork();
+    callsite::lock_for_fork();
+    blocks::lock_for_fork();
+    meta::lock_for_fork();
+}
+
+extern "C" fn after_fork_child() {
+    after_fork();
+    blocks::settle_after_fork();
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: `before_fork` took exactly these locks in this process (or in the
+    // parent this child was forked from), and nothing used them since.
+    unsafe {
+        meta::unlock_after_fork();
+        blocks::unlock_after_fork();
+        callsite::unlock_after_fork();
+        runs::unlock_after_fork();
+    }
+}

@@ -1,0 +1,165 @@
+//! Taking a snapshot: the live state of the process as a [`Report`].
+//!
+//! Merges every thread's counters (call-sites, scopes, totals), reads the
+//! per-scope view from the block table, and symbolizes the call-sites it
+//! lists. Runs outside the allocation path, with the thread's own
+//! allocations untracked.
+
+use crate::alloc::{blocks, callsite, process, sample, thread};
+use crate::report::model::{CallsiteStats, Report, ScopeCallsite, ScopeStats, Totals};
+use crate::report::symbolize::Symbolizer;
+use crate::scope::names;
+use std::collections::HashMap;
+
+/// The live state now: totals, per call-site, per scope.
+pub fn snapshot() -> Report {
+    thread::untracked(build)
+}
+
+#[derive(Default, Clone, Copy)]
+struct Sum {
+    alloc_blocks: u64,
+    alloc_bytes: u64,
+    free_blocks: u64,
+    free_bytes: u64,
+    runs: u64,
+}
+
+impl Sum {
+    fn add(&mut self, c: &thread::Counts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.alloc_blocks = self.alloc_blocks.wrapping_add(c.alloc_blocks.load(Relaxed));
+        self.alloc_bytes = self.alloc_bytes.wrapping_add(c.alloc_bytes.load(Relaxed));
+        self.free_blocks = self.free_blocks.wrapping_add(c.free_blocks.load(Relaxed));
+        self.free_bytes = self.free_bytes.wrapping_add(c.free_bytes.load(Relaxed));
+        self.runs = self.runs.wrapping_add(c.runs.load(Relaxed));
+    }
+
+    fn live(&self) -> (u64, u64) {
+        (
+            self.alloc_blocks.saturating_sub(self.free_blocks),
+            self.alloc_bytes.saturating_sub(self.free_bytes),
+        )
+    }
+}
+
+fn build() -> Report {
+    use std::sync::atomic::Ordering::Relaxed;
+    thread::flush_current();
+    let mean = sample::current();
+    let unit = sample::block_unit();
+    let n = callsite::count();
+    let mut sums = vec![Sum::default(); n as usize];
+    let mut totals = Sum::default();
+    let entries = names::scope_entries();
+    let mut scope_sums = vec![Sum::default(); entries.len() + 1];
+    for slot in thread::slots() {
+        totals.add(slot.total_counts());
+        for (id, sum) in sums.iter_mut().enumerate() {
+            if let Some(c) = slot.site_counts(id as u32) {
+                sum.add(c);
+            }
+        }
+        for (id, sum) in scope_sums.iter_mut().enumerate() {
+            if let Some(c) = slot.scope_counts(id as u32) {
+                sum.add(c);
+            }
+        }
+    }
+    // Call-site block counts are in units of 1/`unit` block (sampling mode).
+    let blocks = |units: u64| (units + unit / 2) / unit;
+
+    // Per scope and call-site, from the live blocks themselves (in sampling
+    // mode, the sampled ones, weighted).
+    let mut by_scope: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
+    blocks::for_each(|_, meta| {
+        if meta.scope != 0 {
+            let (units, bytes) = if mean == 0 {
+                (1, meta.size as u64)
+            } else {
+                sample::weight(meta.size, mean)
+            };
+            let e = by_scope.entry((meta.scope, meta.site)).or_default();
+            e.0 += units;
+            e.1 += bytes;
+        }
+    });
+
+    let mut symbols = Symbolizer::default();
+    let mut callsites: Vec<CallsiteStats> = sums
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.alloc_blocks > 0)
+        .filter_map(|(id, s)| {
+            let site = callsite::get(id as u32)?;
+            let (live_units, live_bytes) = s.live();
+            Some(CallsiteStats {
+                id: id as u32,
+                live_blocks: blocks(live_units),
+                live_bytes,
+                total_blocks: blocks(s.alloc_blocks),
+                total_bytes: s.alloc_bytes,
+                peak_live_bytes: site.peak.peak.load(Relaxed).max(live_bytes),
+                frames: symbols.stack(&site.frames()),
+            })
+        })
+        .collect();
+    callsites.sort_by(|a, b| {
+        (b.live_bytes, b.live_blocks, a.id).cmp(&(a.live_bytes, a.live_blocks, b.id))
+    });
+
+    let mut scopes: Vec<ScopeStats> = entries
+        .into_iter()
+        .map(|(id, entry)| {
+            let mut by_callsite: Vec<ScopeCallsite> = by_scope
+                .iter()
+                .filter(|((s, _), _)| *s == id)
+                .map(|(&(_, callsite), &(units, bytes))| ScopeCallsite {
+                    callsite,
+                    blocks: blocks(units),
+                    bytes,
+                })
+                .collect();
+            by_callsite.sort_by(|a, b| {
+                (b.bytes, b.blocks, a.callsite).cmp(&(a.bytes, a.blocks, b.callsite))
+            });
+            // Exact in both modes: every block opened in a run of this
+            // scope, less every such block freed since, by any thread.
+            let (outstanding_blocks, outstanding_bytes) =
+                scope_sums.get(id as usize).map_or((0, 0), Sum::live);
+            ScopeStats {
+                name: entry.name.clone(),
+                runs: entry
+                    .runs
+                    .load(Relaxed)
+                    .wrapping_add(scope_sums.get(id as usize).map_or(0, |s| s.runs)),
+                outstanding_blocks,
+                outstanding_bytes,
+                by_callsite,
+            }
+        })
+        .collect();
+    scopes.sort_by(|a, b| {
+        (b.outstanding_bytes, b.outstanding_blocks)
+            .cmp(&(a.outstanding_bytes, a.outstanding_blocks))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+
+    let (live_blocks, live_bytes) = totals.live();
+    Report {
+        pid: std::process::id(),
+        totals: Totals {
+            live_blocks,
+            live_bytes,
+            total_blocks: totals.alloc_blocks,
+            total_bytes: totals.alloc_bytes,
+            peak_live_bytes: thread::TOTAL_PEAK.peak.load(Relaxed).max(live_bytes),
+        },
+        callsites,
+        scopes,
+        untracked_blocks: process::untracked_count(),
+        sample_bytes: mean as u64,
+        leak_check: None,
+        growth: None,
+    }
+}

@@ -1,0 +1,145 @@
+//! The JSON rendering of a [`Report`]: schema `leakscope/1`.
+//!
+//! Fields may be added, never renamed. Written one call-site and scope at a
+//! time into one buffer, never as a tree of the whole document.
+
+use crate::alloc::thread;
+use crate::report::leak::Amount;
+use crate::report::model::Report;
+use serde_json::{json, Value};
+
+impl Report {
+    /// The JSON document, schema `leakscope/1`.
+    pub fn to_json(&self) -> String {
+        thread::untracked(|| self.write_json())
+    }
+
+    /// Written one call-site and scope at a time, into one buffer: a report
+    /// of 10,000 call-sites never holds a tree of the whole document.
+    fn write_json(&self) -> String {
+        let t = &self.totals;
+        let head = json!({
+            "schema": "leakscope/1",
+            "pid": self.pid,
+            "totals": {
+                "live_blocks": t.live_blocks,
+                "live_bytes": t.live_bytes,
+                "total_blocks": t.total_blocks,
+                "total_bytes": t.total_bytes,
+                "peak_live_bytes": t.peak_live_bytes,
+            },
+            "untracked_blocks": self.untracked_blocks,
+            "sample_bytes": self.sample_bytes,
+        });
+        let mut out: Vec<u8> = Vec::with_capacity(256 + 2048 * self.callsites.len());
+        let head = head.to_string();
+        // `head` is an object: reopen it to add the two lists.
+        out.extend_from_slice(head.trim_end_matches('}').as_bytes());
+        out.extend_from_slice(b",\"callsites\":");
+        write_list(&mut out, &self.callsites, |c| {
+            json!({
+                "id": c.id,
+                "live_blocks": c.live_blocks,
+                "live_bytes": c.live_bytes,
+                "total_blocks": c.total_blocks,
+                "total_bytes": c.total_bytes,
+                "peak_live_bytes": c.peak_live_bytes,
+                "frames": c.frames.iter().map(|fr| json!({
+                    "ip": format!("{:#x}", fr.ip),
+                    "function": fr.function,
+                    "file": fr.file,
+                    "line": fr.line,
+                })).collect::<Vec<_>>(),
+            })
+        });
+        out.extend_from_slice(b",\"scopes\":");
+        write_list(&mut out, &self.scopes, |s| {
+            let mut v = scope_json(
+                &s.name,
+                s.runs,
+                (s.outstanding_blocks.into(), s.outstanding_bytes.into()),
+                (s.blocks_per_run(), s.bytes_per_run()),
+            );
+            v["by_callsite"] = s
+                .by_callsite
+                .iter()
+                .map(|c| json!({"callsite": c.callsite, "blocks": c.blocks, "bytes": c.bytes}))
+                .collect();
+            v
+        });
+        if let Some(g) = &self.growth {
+            let growth = json!({
+                "seconds": g.seconds,
+                "scopes": g.scopes.iter().map(|s| scope_json(
+                    &s.name,
+                    s.runs,
+                    (s.outstanding_blocks.into(), s.outstanding_bytes.into()),
+                    (s.blocks_per_run(), s.bytes_per_run()),
+                )).collect::<Vec<_>>(),
+            });
+            out.extend_from_slice(b",\"growth\":");
+            let _ = serde_json::to_writer(&mut out, &growth);
+        }
+        if let Some(lc) = &self.leak_check {
+            let amount = |a: Amount| json!({"blocks": a.blocks, "bytes": a.bytes});
+            let head = json!({
+                "definitely_lost": amount(lc.definitely_lost),
+                "indirectly_lost": amount(lc.indirectly_lost),
+                "possibly_lost": amount(lc.possibly_lost),
+                "still_reachable": amount(lc.still_reachable),
+                "reachable_via_heuristic": amount(lc.reachable_via_heuristic),
+                "suppressed": amount(lc.suppressed),
+                "suppressions_used": lc.suppressions_used.iter().map(|u| json!({
+                    "pattern": u.pattern, "blocks": u.blocks, "bytes": u.bytes,
+                })).collect::<Vec<_>>(),
+                "error": lc.error,
+            });
+            out.extend_from_slice(b",\"leak_check\":");
+            let _ = serde_json::to_writer(&mut out, &head);
+            out.extend_from_slice(b",\"loss_records\":");
+            write_list(&mut out, &lc.loss_records, |r| {
+                json!({
+                    "kind": r.kind.as_str(),
+                    "blocks": r.blocks,
+                    "bytes": r.bytes,
+                    "callsite": r.callsite,
+                    "scope": r.scope,
+                })
+            });
+        }
+        out.push(b'}');
+        // Only serde_json's output and ASCII went in.
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// A scope's entry, in `scopes` and in `growth` alike: its runs, its
+/// outstanding blocks and bytes (or their change), and those per run.
+fn scope_json(
+    name: &str,
+    runs: u64,
+    (blocks, bytes): (Value, Value),
+    per_run: (f64, f64),
+) -> Value {
+    json!({
+        "name": name,
+        "runs": runs,
+        "outstanding_blocks": blocks,
+        "outstanding_bytes": bytes,
+        "blocks_per_run": per_run.0,
+        "bytes_per_run": per_run.1,
+    })
+}
+
+/// A JSON array of `items`, each written as soon as it is made.
+fn write_list<T>(out: &mut Vec<u8>, items: &[T], value: impl Fn(&T) -> Value) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &value(item));
+    }
+    out.push(b']');
+}

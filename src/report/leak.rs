@@ -1,0 +1,183 @@
+//! The leak check's result, as a report carries it.
+//!
+//! Owns [`LeakCheck`] (valgrind memcheck's kinds and totals, loss records,
+//! suppressions used) and comparing two checks. The check itself is the
+//! check layer's; this is plain data.
+
+use std::collections::HashMap;
+
+/// How a live block stands at a leak check (valgrind memcheck's kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum LeakKind {
+    /// No pointer to it (or into it) anywhere.
+    DefinitelyLost,
+    /// Reached only from lost blocks.
+    IndirectlyLost,
+    /// Reached only through pointers into its interior.
+    PossiblyLost,
+    /// A pointer to its start is reachable from the roots.
+    StillReachable,
+}
+
+impl LeakKind {
+    /// The JSON name: `definitely_lost` and so on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakKind::DefinitelyLost => "definitely_lost",
+            LeakKind::IndirectlyLost => "indirectly_lost",
+            LeakKind::PossiblyLost => "possibly_lost",
+            LeakKind::StillReachable => "still_reachable",
+        }
+    }
+
+    /// As valgrind writes it: `definitely lost` and so on.
+    pub fn words(self) -> &'static str {
+        match self {
+            LeakKind::DefinitelyLost => "definitely lost",
+            LeakKind::IndirectlyLost => "indirectly lost",
+            LeakKind::PossiblyLost => "possibly lost",
+            LeakKind::StillReachable => "still reachable",
+        }
+    }
+}
+
+/// Blocks and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Amount {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl Amount {
+    pub(crate) fn add(&mut self, bytes: u64) {
+        self.blocks += 1;
+        self.bytes += bytes;
+    }
+}
+
+impl std::ops::AddAssign for Amount {
+    fn add_assign(&mut self, other: Amount) {
+        self.blocks += other.blocks;
+        self.bytes += other.bytes;
+    }
+}
+
+/// The blocks of one kind made at one call-site in one scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LossRecord {
+    pub kind: LeakKind,
+    pub blocks: u64,
+    pub bytes: u64,
+    /// The call-site's id in the report's `callsites`.
+    pub callsite: u32,
+    /// The scope that was open when the blocks were made.
+    pub scope: Option<String>,
+}
+
+/// A suppression that matched, with what it hid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SuppressionUse {
+    pub pattern: String,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// The result of a full leak check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeakCheck {
+    pub definitely_lost: Amount,
+    pub indirectly_lost: Amount,
+    pub possibly_lost: Amount,
+    pub still_reachable: Amount,
+    /// Of `still_reachable`: blocks reached only through an interior pointer
+    /// that a heuristic explains: valgrind's stdstring, length64 and
+    /// newarray, and leakscope's hashbrown (the table of a `HashMap`, held
+    /// by a pointer to its control bytes).
+    pub reachable_via_heuristic: Amount,
+    /// Lost blocks (of any of the three lost kinds) that a suppression matched.
+    pub suppressed: Amount,
+    /// Unsuppressed blocks, grouped by kind, call-site and scope, largest
+    /// bytes first.
+    pub loss_records: Vec<LossRecord>,
+    pub suppressions_used: Vec<SuppressionUse>,
+    /// Why the check did not run, when it did not (all counts are then 0).
+    pub error: Option<String>,
+}
+
+impl LeakCheck {
+    /// Something definitely or indirectly lost is left unsuppressed (what
+    /// `LEAKSCOPE_ERROR_EXITCODE` tests).
+    pub fn has_leaks(&self) -> bool {
+        self.definitely_lost.blocks + self.indirectly_lost.blocks > 0
+    }
+
+    /// The amount of one kind.
+    pub fn amount(&self, kind: LeakKind) -> Amount {
+        match kind {
+            LeakKind::DefinitelyLost => self.definitely_lost,
+            LeakKind::IndirectlyLost => self.indirectly_lost,
+            LeakKind::PossiblyLost => self.possibly_lost,
+            LeakKind::StillReachable => self.still_reachable,
+        }
+    }
+
+    /// The loss records that grew since `earlier` (valgrind's
+    /// `leak_check added`), each with what it gained; largest first.
+    pub fn added_since(&self, earlier: &LeakCheck) -> Vec<LossRecord> {
+        let before: HashMap<(LeakKind, u32, Option<&str>), (u64, u64)> = earlier
+            .loss_records
+            .iter()
+            .map(|r| {
+                (
+                    (r.kind, r.callsite, r.scope.as_deref()),
+                    (r.blocks, r.bytes),
+                )
+            })
+            .collect();
+        self.loss_records
+            .iter()
+            .filter_map(|r| {
+                let (b, y) = before
+                    .get(&(r.kind, r.callsite, r.scope.as_deref()))
+                    .copied()
+                    .unwrap_or((0, 0));
+                (r.blocks > b || r.bytes > y).then(|| LossRecord {
+                    blocks: r.blocks.saturating_sub(b),
+                    bytes: r.bytes.saturating_sub(y),
+                    ..r.clone()
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn added_since_lists_growth_only() {
+        let rec = |blocks, bytes| LossRecord {
+            kind: LeakKind::DefinitelyLost,
+            blocks,
+            bytes,
+            callsite: 3,
+            scope: None,
+        };
+        let before = LeakCheck {
+            loss_records: vec![rec(2, 64)],
+            ..LeakCheck::default()
+        };
+        let after = LeakCheck {
+            loss_records: vec![rec(5, 160)],
+            ..LeakCheck::default()
+        };
+        assert_eq!(after.added_since(&before), vec![rec(3, 96)]);
+        assert_eq!(before.added_since(&after), vec![]);
+    }
+}

@@ -1,0 +1,22 @@
+//! The report layer: what a report holds and how it is shown.
+//!
+//! The model ([`model`], with the leak check's result types in [`leak`]),
+//! taking a snapshot of the live state ([`collect`]), symbolization
+//! ([`symbolize`]), one file per rendering ([`text`], [`json`]), and the one
+//! line on stderr everything above uses to say what went wrong ([`warn`]).
+//! Runs outside the allocation path, with the thread's own allocations
+//! untracked.
+
+pub(crate) mod collect;
+pub(crate) mod json;
+pub(crate) mod leak;
+pub(crate) mod model;
+pub(crate) mod symbolize;
+pub(crate) mod text;
+pub(crate) mod warn;
+
+pub use collect::snapshot;
+pub use leak::{Amount, LeakCheck, LeakKind, LossRecord, SuppressionUse};
+pub use model::{
+    CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Totals,
+};

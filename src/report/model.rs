@@ -1,0 +1,274 @@
+//! The report model: what a report holds, whichever way it is rendered.
+//!
+//! Owns [`Report`] and its parts (totals, call-sites with their frames,
+//! scopes with their growth per run) and the growth of scopes between two
+//! reports. The leak check's result types are in [`crate::report::leak`].
+//! Plain data: nothing here touches the tracker's state.
+
+#[cfg(doc)]
+use crate::report::collect::snapshot;
+use crate::report::leak::LeakCheck;
+
+/// One frame of an allocating stack, innermost first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Frame {
+    /// The return address (the same for the inlined frames of one call).
+    pub ip: usize,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+/// Whole-process counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Totals {
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+    pub total_blocks: u64,
+    pub total_bytes: u64,
+    /// Exact when one thread at a time allocates; with several threads it may be
+    /// off by up to 64 KiB per other thread (threads publish live bytes in batches).
+    pub peak_live_bytes: u64,
+}
+
+/// Counts of one call-site (one distinct allocating stack).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallsiteStats {
+    pub id: u32,
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+    pub total_blocks: u64,
+    pub total_bytes: u64,
+    /// As precise as [`Totals::peak_live_bytes`].
+    pub peak_live_bytes: u64,
+    /// Innermost first, the allocator's own frames left out.
+    pub frames: Vec<Frame>,
+}
+
+impl CallsiteStats {
+    /// The function of the first frame: the code that allocated.
+    pub fn function(&self) -> Option<&str> {
+        self.frames.first().and_then(|f| f.function.as_deref())
+    }
+}
+
+/// Blocks of one scope at one call-site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScopeCallsite {
+    pub callsite: u32,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// One scope name over all its runs.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ScopeStats {
+    pub name: String,
+    pub runs: u64,
+    /// Blocks opened in a run of this scope and never freed since.
+    pub outstanding_blocks: u64,
+    pub outstanding_bytes: u64,
+    /// Largest first.
+    pub by_callsite: Vec<ScopeCallsite>,
+}
+
+impl ScopeStats {
+    /// Outstanding blocks per run: how fast this scope grows the heap.
+    pub fn blocks_per_run(&self) -> f64 {
+        per_run(self.outstanding_blocks as f64, self.runs)
+    }
+
+    /// Outstanding bytes per run.
+    pub fn bytes_per_run(&self) -> f64 {
+        per_run(self.outstanding_bytes as f64, self.runs)
+    }
+}
+
+/// `n` over `runs`, 0 without runs.
+fn per_run(n: f64, runs: u64) -> f64 {
+    if runs == 0 {
+        0.0
+    } else {
+        n / runs as f64
+    }
+}
+
+/// The tracker's view of the heap at one moment.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Report {
+    pub pid: u32,
+    pub totals: Totals,
+    /// Every call-site that allocated, largest live bytes first.
+    pub callsites: Vec<CallsiteStats>,
+    /// Every scope name opened so far, largest outstanding bytes first.
+    pub scopes: Vec<ScopeStats>,
+    /// Blocks the tracker could not record for lack of memory for its tables.
+    pub untracked_blocks: u64,
+    /// Sampling mode's mean interval in bytes, 0 in full mode. When not 0,
+    /// call-site figures (and scopes' `by_callsite`) are estimates from
+    /// sampled blocks; totals and scopes' outstanding counts are exact.
+    pub sample_bytes: u64,
+    /// The full leak check, in a report from `leak_check()` (and at exit,
+    /// unless `LEAKSCOPE_LEAK_CHECK=no`); `None` in a [`snapshot`].
+    pub leak_check: Option<LeakCheck>,
+    /// What each scope did since the previous report of the same kind: set
+    /// in the reports `serve_report` serves and a signal writes
+    /// (see [`Report::scope_growth_since`]); `None` in a [`snapshot`].
+    pub growth: Option<Growth>,
+}
+
+/// Scopes' growth between an earlier report and this one.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Growth {
+    /// Seconds since the earlier report; `None`: it is the first, and the
+    /// figures run from the program's start.
+    pub seconds: Option<f64>,
+    /// Scopes that ran or changed in between, largest byte growth first.
+    pub scopes: Vec<ScopeGrowth>,
+}
+
+/// How one scope moved between two reports ([`Report::scope_growth_since`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ScopeGrowth {
+    pub name: String,
+    /// Runs opened in between.
+    pub runs: u64,
+    /// Change in outstanding blocks and bytes: what the runs in between left
+    /// behind, less the earlier runs' blocks freed since (so it can be
+    /// negative).
+    pub outstanding_blocks: i64,
+    pub outstanding_bytes: i64,
+}
+
+impl ScopeGrowth {
+    /// Outstanding blocks gained per run in between: how fast this scope
+    /// grows the heap now.
+    pub fn blocks_per_run(&self) -> f64 {
+        per_run(self.outstanding_blocks as f64, self.runs)
+    }
+
+    /// Outstanding bytes gained per run in between.
+    pub fn bytes_per_run(&self) -> f64 {
+        per_run(self.outstanding_bytes as f64, self.runs)
+    }
+}
+
+impl Report {
+    pub fn callsite(&self, id: u32) -> Option<&CallsiteStats> {
+        self.callsites.iter().find(|c| c.id == id)
+    }
+
+    pub fn scope(&self, name: &str) -> Option<&ScopeStats> {
+        self.scopes.iter().find(|s| s.name == name)
+    }
+
+    /// What each scope did since `earlier`, an earlier report of this
+    /// process: the runs opened in between and the change in its outstanding
+    /// blocks and bytes. [`ScopeStats`]' per-run figures average over the
+    /// program's whole life; these say which endpoint grows now. Scopes that
+    /// neither ran nor changed are left out; largest byte growth first.
+    pub fn scope_growth_since(&self, earlier: &Report) -> Vec<ScopeGrowth> {
+        growth(&self.scopes, &earlier.scopes)
+    }
+
+    /// Call-sites whose first frame (the code that allocated) is in a function
+    /// whose name contains `function`.
+    pub fn callsites_in<'a>(
+        &'a self,
+        function: &'a str,
+    ) -> impl Iterator<Item = &'a CallsiteStats> + 'a {
+        self.callsites
+            .iter()
+            .filter(move |c| c.function().is_some_and(|f| f.contains(function)))
+    }
+}
+
+/// Per scope of `now`, the change since `earlier` (scopes of the same process).
+pub(crate) fn growth(now: &[ScopeStats], earlier: &[ScopeStats]) -> Vec<ScopeGrowth> {
+    let before: std::collections::HashMap<&str, &ScopeStats> =
+        earlier.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut out: Vec<ScopeGrowth> = now
+        .iter()
+        .map(|s| {
+            let (runs, blocks, bytes) = before.get(s.name.as_str()).map_or((0, 0, 0), |e| {
+                (e.runs, e.outstanding_blocks, e.outstanding_bytes)
+            });
+            ScopeGrowth {
+                name: s.name.clone(),
+                runs: s.runs.saturating_sub(runs),
+                outstanding_blocks: s.outstanding_blocks as i64 - blocks as i64,
+                outstanding_bytes: s.outstanding_bytes as i64 - bytes as i64,
+            }
+        })
+        .filter(|g| g.runs != 0 || g.outstanding_blocks != 0 || g.outstanding_bytes != 0)
+        .collect();
+    out.sort_by(|a, b| {
+        (b.outstanding_bytes, b.outstanding_blocks, &a.name).cmp(&(
+            a.outstanding_bytes,
+            a.outstanding_blocks,
+            &b.name,
+        ))
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(name: &str, runs: u64, blocks: u64, bytes: u64) -> ScopeStats {
+        ScopeStats {
+            name: name.to_owned(),
+            runs,
+            outstanding_blocks: blocks,
+            outstanding_bytes: bytes,
+            by_callsite: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn growth_between_two_reports() {
+        let earlier = [
+            stats("a", 10, 5, 500),
+            stats("idle", 3, 1, 10),
+            stats("b", 4, 4, 40),
+        ];
+        let now = [
+            stats("a", 12, 5, 500),
+            stats("idle", 3, 1, 10),
+            stats("b", 6, 0, 0),
+            stats("new", 2, 2, 64),
+        ];
+        let g = growth(&now, &earlier);
+        let got: Vec<_> = g
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.runs,
+                    s.outstanding_blocks,
+                    s.outstanding_bytes,
+                )
+            })
+            .collect();
+        // Largest byte growth first; a scope that neither ran nor changed is left out.
+        assert_eq!(got, [("new", 2, 2, 64), ("a", 2, 0, 0), ("b", 2, -4, -40)]);
+        assert_eq!(g[2].blocks_per_run(), -2.0);
+        assert_eq!(g[0].bytes_per_run(), 32.0);
+    }
+
+    #[test]
+    fn per_run_growth() {
+        assert_eq!(per_run(150.0, 50), 3.0);
+        assert_eq!(per_run(-20.0, 8), -2.5);
+        assert_eq!(per_run(5.0, 0), 0.0);
+    }
+}

@@ -1,0 +1,312 @@
+//! Symbolization: from return addresses to the frames a report shows.
+//!
+//! Owns [`Symbolizer`] (the backtrace crate, each address resolved once per
+//! report) and which frames are the allocator's own, the standard library's
+//! allocation plumbing or the user's code, so that a stack starts at the
+//! code that allocated. Never runs on the allocation path.
+
+use crate::report::model::Frame;
+use std::collections::HashMap;
+
+/// What a frame is to the allocating stack: the allocator, the standard
+/// library's allocation plumbing, or the code that allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// `__rust_alloc` and friends: everything inside them is the allocator.
+    Shim,
+    /// leakscope itself.
+    Tracker,
+    /// `alloc::`/`core::` code between the user's call and the allocator.
+    Plumbing,
+    User,
+}
+
+/// leakscope's own sources, as the debug info names them.
+const OWN_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+
+impl Role {
+    /// By name where the name is qualified; by source file too, because the
+    /// names of inlined frames in line-tables-only debug info are bare
+    /// (`alloc`, `with_capacity<u8>`).
+    fn of(name: &str, path: Option<&str>) -> Role {
+        let path = path.unwrap_or("");
+        if is_alloc_shim(name) {
+            Role::Shim
+        } else if is_tracker_frame(name) || path.starts_with(OWN_SRC) {
+            Role::Tracker
+        } else if is_std_alloc_frame(name) || is_std_alloc_file(path) {
+            Role::Plumbing
+        } else {
+            Role::User
+        }
+    }
+}
+
+/// Symbolizes return addresses, each once per report.
+#[derive(Default)]
+pub(crate) struct Symbolizer {
+    cache: HashMap<usize, Vec<(Frame, Role)>>,
+    cwd: Option<String>,
+}
+
+impl Symbolizer {
+    /// The frames of a stack, innermost first, allocator frames left out.
+    pub(crate) fn stack(&mut self, ips: &[usize]) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        for &ip in ips {
+            if !self.cache.contains_key(&ip) {
+                let resolved = self.resolve(ip);
+                self.cache.insert(ip, resolved);
+            }
+            if let Some(f) = self.cache.get(&ip) {
+                frames.extend(f.iter().cloned());
+            }
+        }
+        strip_allocator_frames(frames)
+    }
+
+    fn resolve(&mut self, ip: usize) -> Vec<(Frame, Role)> {
+        if self.cwd.is_none() {
+            let mut cwd = std::env::current_dir()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            if !cwd.is_empty() && !cwd.ends_with('/') {
+                cwd.push('/');
+            }
+            self.cwd = Some(cwd);
+        }
+        let cwd = self.cwd.as_deref().unwrap_or("");
+        let mut out = Vec::new();
+        // A return address points after the call; the call itself is one byte before.
+        backtrace::resolve(ip.saturating_sub(1) as *mut std::ffi::c_void, |sym| {
+            let path = sym.filename().map(|p| p.display().to_string());
+            let function = sym.name().map(|n| format!("{n:#}"));
+            let role = Role::of(function.as_deref().unwrap_or(""), path.as_deref());
+            let file = path.map(|p| match p.strip_prefix(cwd) {
+                Some(rel) if !cwd.is_empty() => rel.to_owned(),
+                _ => p,
+            });
+            let frame = Frame {
+                ip,
+                function,
+                file,
+                line: sym.lineno(),
+            };
+            out.push((frame, role));
+        });
+        if out.is_empty() {
+            let frame = Frame {
+                ip,
+                function: None,
+                file: None,
+                line: None,
+            };
+            out.push((frame, Role::User));
+        }
+        out
+    }
+}
+
+/// Leaves out the frames of the tracker, the allocator shims and the standard
+/// library's allocation plumbing (`alloc::`, `core::`), so that the first frame
+/// is the user's code that allocated. Keeps everything if that would leave nothing.
+fn strip_allocator_frames(frames: Vec<(Frame, Role)>) -> Vec<Frame> {
+    // Everything up to the global allocator's entry (`__rust_alloc` and
+    // friends) is the allocator itself; without a shim in the stack (a direct
+    // `GlobalAlloc` call, or a shim inlined away), the leading frames of the
+    // tracker are.
+    let own = match frames.iter().position(|(_, r)| *r == Role::Shim) {
+        Some(i) => i + 1,
+        None => frames
+            .iter()
+            .position(|(_, r)| *r != Role::Tracker)
+            .unwrap_or(frames.len()),
+    };
+    let user = frames
+        .iter()
+        .skip(own)
+        .position(|(_, r)| !matches!(r, Role::Plumbing | Role::Tracker))
+        .map(|i| i + own);
+    let start = match user {
+        Some(i) => i,
+        None if own < frames.len() => own,
+        None => 0,
+    };
+    frames.into_iter().skip(start).map(|(f, _)| f).collect()
+}
+
+fn is_alloc_shim(f: &str) -> bool {
+    [
+        "__rust_alloc",
+        "__rust_realloc",
+        "__rust_dealloc",
+        "__rg_alloc",
+        "__rg_realloc",
+        "__rdl_alloc",
+        "__rdl_realloc",
+    ]
+    .iter()
+    .any(|shim| f.contains(shim))
+}
+
+fn is_tracker_frame(f: &str) -> bool {
+    f.starts_with("leakscope::")
+        || f.starts_with("<leakscope::")
+        || f.starts_with("std::thread::local::")
+        || f.starts_with("<std::thread::local::")
+        || f.contains(" as core::alloc::global::GlobalAlloc>::")
+}
+
+fn is_std_alloc_frame(f: &str) -> bool {
+    let f = f.strip_prefix('<').unwrap_or(f);
+    let crate_of = |s: &str| s.starts_with("alloc::") || s.starts_with("core::");
+    // `<T as alloc::string::ToString>::to_string` belongs to the trait's crate.
+    let path = match f.split_once(" as ") {
+        Some((ty, tr)) if !crate_of(ty) => tr,
+        _ => f,
+    };
+    crate_of(path)
+}
+
+/// The sources of the standard library's `alloc` and `core` crates, wherever
+/// the toolchain put them (`/rustc/<hash>/library/alloc/src/...`).
+/// The standard library's allocation plumbing by source file: `alloc`,
+/// `core`, std's collections, and the crates std vendors (`hashbrown`, as
+/// the debug info names it: `/rust/deps/hashbrown-*/`).
+fn is_std_alloc_file(path: &str) -> bool {
+    path.contains("/library/alloc/src/")
+        || path.contains("/library/core/src/")
+        || path.contains("/library/std/src/collections/")
+        || path.starts_with("/rust/deps/")
+}
+
+/// Whether `f` is the runtime's frame just below `main`, where a stack shown to
+/// a person can stop.
+pub(crate) fn is_runtime_boundary(f: &Frame) -> bool {
+    f.function
+        .as_deref()
+        .is_some_and(|n| n.contains("__rust_begin_short_backtrace"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(name: &str) -> (Frame, Role) {
+        frame_in(name, None)
+    }
+
+    fn frame_in(name: &str, file: Option<&str>) -> (Frame, Role) {
+        let f = Frame {
+            ip: 1,
+            function: Some(name.to_owned()),
+            file: file.map(str::to_owned),
+            line: None,
+        };
+        (f, Role::of(name, file))
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames
+            .iter()
+            .filter_map(|f| f.function.as_deref())
+            .collect()
+    }
+
+    #[test]
+    fn strips_tracker_shims_and_std_plumbing() {
+        let frames = vec![
+            frame("std::thread::local::LocalKey<T>::try_with"),
+            frame("leakscope::thread::with_tracking"),
+            frame("<leakscope::LeakTracker<A> as core::alloc::global::GlobalAlloc>::alloc"),
+            frame("<bench::Switch as core::alloc::global::GlobalAlloc>::alloc"),
+            frame("__rustc::__rust_alloc"),
+            frame("alloc::raw_vec::RawVecInner<A>::finish_grow"),
+            frame("<alloc::string::String as core::fmt::Write>::write_str"),
+            frame("<str as alloc::string::ToString>::to_string"),
+            frame("app::handler"),
+            frame("alloc::vec::Vec<T>::push"),
+            frame("main"),
+        ];
+        assert_eq!(
+            names(&strip_allocator_frames(frames)),
+            ["app::handler", "alloc::vec::Vec<T>::push", "main"]
+        );
+    }
+
+    #[test]
+    fn std_collections_and_vendored_hashbrown_are_plumbing() {
+        let frames = vec![
+            frame("__rustc::__rust_alloc"),
+            frame_in(
+                "hashbrown::raw::alloc::inner::do_alloc",
+                Some("/rust/deps/hashbrown-0.16.1/src/raw/alloc.rs"),
+            ),
+            frame_in(
+                "std::collections::hash::map::HashMap<K,V,S,A>::insert",
+                Some("/rustc/59807616/library/std/src/collections/hash/map.rs"),
+            ),
+            frame_in("app::user::{{closure}}", Some("src/main.rs")),
+            frame("main"),
+        ];
+        assert_eq!(
+            names(&strip_allocator_frames(frames)),
+            ["app::user::{{closure}}", "main"]
+        );
+    }
+
+    #[test]
+    fn keeps_std_frames_when_nothing_else_is_left() {
+        let frames = vec![
+            frame("__rust_alloc"),
+            frame("alloc::alloc::alloc"),
+            frame("core::ops::function::FnOnce::call_once"),
+        ];
+        assert_eq!(
+            names(&strip_allocator_frames(frames)),
+            [
+                "alloc::alloc::alloc",
+                "core::ops::function::FnOnce::call_once"
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_shim_strips_leading_tracker_frames() {
+        let frames = vec![
+            frame("leakscope::tracker::on_alloc"),
+            frame("<leakscope::LeakTracker<A> as core::alloc::global::GlobalAlloc>::alloc"),
+            frame("app::direct_call"),
+            frame("std::sys::backtrace::__rust_begin_short_backtrace"),
+        ];
+        assert_eq!(
+            names(&strip_allocator_frames(frames)),
+            [
+                "app::direct_call",
+                "std::sys::backtrace::__rust_begin_short_backtrace"
+            ]
+        );
+    }
+
+    #[test]
+    fn bare_inlined_names_are_told_apart_by_file() {
+        // Release builds with line-tables-only debug info: inlined frames
+        // carry bare names, and no shim frame is left.
+        let own = format!("{OWN_SRC}tracker.rs");
+        let frames = vec![
+            frame_in("on_alloc", Some(&own)),
+            frame_in("alloc", Some("/rustc/59807616e/library/alloc/src/alloc.rs")),
+            frame_in(
+                "with_capacity<u8>",
+                Some("/rustc/59807616e/library/alloc/src/vec/mod.rs"),
+            ),
+            frame_in("repeat", Some("/rustc/59807616e/library/alloc/src/str.rs")),
+            frame_in("json_site", Some("/home/u/app/src/main.rs")),
+            frame_in("main", Some("/home/u/app/src/main.rs")),
+        ];
+        assert_eq!(
+            names(&strip_allocator_frames(frames)),
+            ["json_site", "main"]
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! Scope runs from code: [`scope`] and its guard, [`track_scope`], and the
+//! summary of one run.
+//!
+//! Opens and closes runs (a name, a run record from `crate::alloc::runs`,
+//! the run entered on this thread) and turns a closed run's counts into a
+//! [`ScopeSummary`]. Runs outside the allocation path, with the thread's
+//! allocations untracked; never panics the host (a run that cannot open
+//! leaves its blocks in the enclosing scope).
+
+use crate::alloc::runs::{self, RunRecord, SiteRun};
+use crate::alloc::thread;
+use crate::scope::names;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+
+pub(crate) fn open_run(name: &str, counts: bool) -> Option<&'static RunRecord> {
+    thread::untracked(|| {
+        let entry = names::intern(name);
+        // Per thread, so that threads serving the same route do not fight
+        // over one counter; the shared one is for threads without counters.
+        if !thread::count_run(entry.id) {
+            entry.runs.fetch_add(1, Ordering::Relaxed);
+        }
+        runs::open(entry.id, counts)
+    })
+}
+
+/// Closes a run; with `summarize`, says what it left behind.
+pub(crate) fn close_run(rec: &'static RunRecord, summarize: bool) -> Option<ScopeSummary> {
+    let (scope, counts) = runs::close(rec, summarize)?;
+    Some(thread::untracked(|| summary(scope, &counts)))
+}
+
+fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
+    let mut summary = ScopeSummary {
+        name: names::scope_entry(scope)
+            .map(|e| e.name.clone())
+            .unwrap_or_default(),
+        ..ScopeSummary::default()
+    };
+    for s in counts {
+        let c = CallsiteCount {
+            callsite: s.site,
+            allocated_blocks: s.allocated_blocks,
+            allocated_bytes: s.allocated_bytes,
+            outstanding_blocks: s.allocated_blocks.saturating_sub(s.freed_blocks),
+            outstanding_bytes: s.allocated_bytes.saturating_sub(s.freed_bytes),
+        };
+        summary.allocated_blocks += c.allocated_blocks;
+        summary.allocated_bytes += c.allocated_bytes;
+        summary.outstanding_blocks += c.outstanding_blocks;
+        summary.outstanding_bytes += c.outstanding_bytes;
+        summary.by_callsite.push(c);
+    }
+    summary.by_callsite.sort_by(|a, b| {
+        (b.outstanding_bytes, b.allocated_bytes, a.callsite).cmp(&(
+            a.outstanding_bytes,
+            a.allocated_bytes,
+            b.callsite,
+        ))
+    });
+    summary
+}
+
+/// Counts of one call-site within one scope run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallsiteCount {
+    /// The call-site id, as in the report (`Report::callsites`) and its JSON.
+    pub callsite: u32,
+    pub allocated_blocks: u64,
+    pub allocated_bytes: u64,
+    /// Still live when the scope closed.
+    pub outstanding_blocks: u64,
+    pub outstanding_bytes: u64,
+}
+
+/// What one run of a scope allocated and left behind.
+///
+/// Counts the blocks that belong to this run: allocated while it was the
+/// innermost open scope on the allocating thread (blocks of nested scopes
+/// belong to those). "Outstanding" means still live when the scope closed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScopeSummary {
+    pub name: String,
+    pub allocated_blocks: u64,
+    pub allocated_bytes: u64,
+    pub outstanding_blocks: u64,
+    pub outstanding_bytes: u64,
+    /// Largest outstanding first.
+    pub by_callsite: Vec<CallsiteCount>,
+}
+
+/// An open scope run on this thread; closes when finished or dropped.
+#[must_use = "the scope closes when this guard is dropped"]
+pub struct ScopeGuard {
+    rec: Option<&'static RunRecord>,
+    /// Tied to the thread that opened it.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl ScopeGuard {
+    /// Closes the scope and returns what this run allocated and left behind.
+    pub fn finish(mut self) -> ScopeSummary {
+        self.close(true).unwrap_or_default()
+    }
+
+    fn close(&mut self, summarize: bool) -> Option<ScopeSummary> {
+        let rec = self.rec.take()?;
+        runs::leave(rec);
+        close_run(rec, summarize)
+    }
+}
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        self.close(false);
+    }
+}
+
+impl std::fmt::Debug for ScopeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopeGuard").finish_non_exhaustive()
+    }
+}
+
+/// Opens a scope named `name` on this thread until the guard is finished or
+/// dropped. Every block allocated meanwhile on this thread (outside any inner
+/// scope) is tagged with this run.
+///
+/// The run counts its blocks per call-site, for [`ScopeGuard::finish`]'s
+/// summary. [`track_scope`] and [`scoped`](crate::scope::scoped) give the same per-scope figures in
+/// the report for less: their runs are never asked for a summary, so they
+/// count nothing per call-site.
+pub fn scope(name: &str) -> ScopeGuard {
+    enter_scope(name, true)
+}
+
+/// [`scope`], with a run that counts per call-site only if `counts`.
+pub(crate) fn enter_scope(name: &str, counts: bool) -> ScopeGuard {
+    let rec = open_run(name, counts);
+    if let Some(rec) = rec {
+        runs::enter(rec);
+    }
+    ScopeGuard {
+        rec,
+        _not_send: PhantomData,
+    }
+}
+
+/// Runs `f` inside a scope named `name`. A panic in `f` still closes the scope.
+pub fn track_scope<R>(name: &str, f: impl FnOnce() -> R) -> R {
+    let _guard = enter_scope(name, false);
+    f()
+}

@@ -1,0 +1,142 @@
+//! Scope names: the name a request's scope is opened with, interned to the
+//! id its blocks carry.
+//!
+//! Owns the table from name to id (bounded: past [`MAX_SCOPE_NAMES`], new
+//! names share one entry), each name's count of runs opened on threads
+//! without counters of their own, and a per-thread cache so that a request's
+//! scope takes no shared lock. Runs outside the allocation path, with the
+//! thread's allocations untracked.
+
+use crate::alloc::runs;
+use once_cell::sync::Lazy;
+use parking_lot::RwLock;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+
+pub(crate) struct ScopeEntry {
+    pub(crate) id: u32,
+    pub(crate) name: String,
+    /// Runs opened on threads without counters of their own (see
+    /// [`crate::alloc::thread::count_run`]); reports add every thread's counts.
+    pub(crate) runs: AtomicU64,
+}
+
+#[derive(Default)]
+struct Names {
+    by_name: HashMap<String, &'static ScopeEntry>,
+    /// Index `id - 1`; id 0 means "no scope".
+    list: Vec<&'static ScopeEntry>,
+}
+
+static NAMES: Lazy<RwLock<Names>> = Lazy::new(|| {
+    // SAFETY: the handlers are `extern "C"` functions that only take and
+    // release this lock. Registered after the tracker's own (at the first
+    // allocation), so a fork takes this lock first, as the layers nest.
+    unsafe {
+        libc::pthread_atfork(
+            Some(lock_for_fork),
+            Some(unlock_after_fork),
+            Some(unlock_after_fork),
+        )
+    };
+    RwLock::default()
+});
+
+const NAME_CACHE: usize = 32;
+
+/// Distinct scope names kept (ids 1 to this less one); later names are
+/// counted under [`OTHER_SCOPES`].
+pub(crate) const MAX_SCOPE_NAMES: usize = runs::MAX_SCOPES;
+const OTHER_SCOPES: &str = "(other scopes)";
+
+thread_local! {
+    /// Names this thread opened lately, so that a request's scope costs no
+    /// shared lock: direct-mapped by a hash of the name, checked by content.
+    static RECENT_NAMES: [Cell<*const ScopeEntry>; NAME_CACHE] =
+        const { [const { Cell::new(std::ptr::null()) }; NAME_CACHE] };
+}
+
+/// The cache index of `name`: eight bytes a step, since a request pays for
+/// each step in a chain of multiplies.
+fn name_hash(name: &str) -> usize {
+    let mut words = name.as_bytes().chunks_exact(8);
+    let step = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut h = name.len() as u64;
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = step(h, u64::from_le_bytes(b));
+    }
+    let tail =
+        (words.remainder().iter().enumerate()).fold(0u64, |w, (i, &b)| w | (b as u64) << (8 * i));
+    h = step(h, tail);
+    (h >> 32) as usize % NAME_CACHE
+}
+
+pub(crate) fn intern(name: &str) -> &'static ScopeEntry {
+    let i = name_hash(name);
+    let cached = RECENT_NAMES.try_with(|c| c.get(i).map_or(std::ptr::null(), Cell::get));
+    // SAFETY: the cache holds only leaked, never-freed entries.
+    if let Some(e) = cached.ok().and_then(|p| unsafe { p.as_ref() }) {
+        if e.name == name {
+            return e;
+        }
+    }
+    let e = intern_slow(name);
+    let _ = RECENT_NAMES.try_with(|c| c.get(i).map(|cell| cell.set(e)));
+    e
+}
+
+fn intern_slow(name: &str) -> &'static ScopeEntry {
+    // One guard at a time: a second read lock taken while a writer waits
+    // would deadlock.
+    let found = NAMES.read().by_name.get(name).copied();
+    if let Some(e) = found {
+        return e;
+    }
+    let mut names = NAMES.write();
+    if let Some(&e) = names.by_name.get(name) {
+        return e;
+    }
+    // Bounded: past the cap, new names share one entry (ids must fit the
+    // per-thread scope counters).
+    if names.list.len() + 2 >= MAX_SCOPE_NAMES && name != OTHER_SCOPES {
+        drop(names);
+        return intern_slow(OTHER_SCOPES);
+    }
+    let id = names.list.len() as u32 + 1;
+    let entry: &'static ScopeEntry = Box::leak(Box::new(ScopeEntry {
+        id,
+        name: name.to_owned(),
+        runs: AtomicU64::new(0),
+    }));
+    names.list.push(entry);
+    names.by_name.insert(name.to_owned(), entry);
+    entry
+}
+
+/// The entry of scope id `id` (ids start at 1).
+pub(crate) fn scope_entry(id: u32) -> Option<&'static ScopeEntry> {
+    NAMES
+        .read()
+        .list
+        .get((id as usize).checked_sub(1)?)
+        .copied()
+}
+
+/// Every scope name seen so far, with its id.
+pub(crate) fn scope_entries() -> Vec<(u32, &'static ScopeEntry)> {
+    NAMES.read().list.iter().map(|e| (e.id, *e)).collect()
+}
+
+/// Holds the names' lock across `fork` so the child never inherits it held.
+extern "C" fn lock_for_fork() {
+    std::mem::forget(NAMES.write());
+}
+
+extern "C" fn unlock_after_fork() {
+    // SAFETY: `lock_for_fork` forgot a write guard of NAMES in this process
+    // (or in the parent this child was forked from), and nothing used it since.
+    unsafe { NAMES.force_unlock_write() };
+}

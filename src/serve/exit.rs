@@ -1,0 +1,141 @@
+//! The report at exit and the CI gate's exit status.
+//!
+//! Owns where the report goes (`LEAKSCOPE_REPORT`, or [`report_on_exit`]),
+//! the `atexit` hook that writes it (also after `std::process::exit`),
+//! whether it includes the full leak check, and `LEAKSCOPE_ERROR_EXITCODE`'s
+//! exit status when something is lost. Nothing here panics the host
+//! program: write errors are one line on stderr.
+
+use crate::alloc::{sample, thread};
+use crate::check::classify::leak_check;
+use crate::report::collect::snapshot;
+use crate::report::model::Report;
+use crate::report::warn::warn;
+use crate::serve::env::Dest;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+static DEST: parking_lot::Mutex<Option<Dest>> = parking_lot::const_mutex(None);
+static HOOKED: AtomicBool = AtomicBool::new(false);
+static REPORTED: AtomicBool = AtomicBool::new(false);
+/// `LEAKSCOPE_LEAK_CHECK` (on unless `no`).
+static LEAK_CHECK: AtomicBool = AtomicBool::new(true);
+/// `LEAKSCOPE_ERROR_EXITCODE` (0: not set).
+static ERROR_EXITCODE: AtomicI32 = AtomicI32::new(0);
+
+/// `LEAKSCOPE_REPORT`: the report goes to `dest` at exit.
+pub(crate) fn set_dest(dest: Dest) {
+    *DEST.lock() = Some(dest);
+    hook_exit();
+}
+
+/// `LEAKSCOPE_LEAK_CHECK`: whether the exit report runs the full leak check.
+pub(crate) fn set_leak_check(on: bool) {
+    LEAK_CHECK.store(on, Ordering::Relaxed);
+}
+
+/// `LEAKSCOPE_ERROR_EXITCODE`: the exit status when something is lost.
+pub(crate) fn set_error_exitcode(code: i32) {
+    ERROR_EXITCODE.store(code, Ordering::Relaxed);
+    hook_exit();
+}
+
+/// Writes the report when the process exits (text to stderr unless
+/// `LEAKSCOPE_REPORT` says where), also after `std::process::exit`.
+pub fn report_on_exit() {
+    thread::untracked(|| {
+        DEST.lock().get_or_insert(Dest::Stderr);
+        hook_exit();
+    });
+}
+
+fn hook_exit() {
+    if !HOOKED.swap(true, Ordering::AcqRel) {
+        // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.
+        if unsafe { libc::atexit(at_exit) } != 0 {
+            warn("could not register the exit report (atexit failed)");
+        }
+    }
+}
+
+extern "C" fn at_exit() {
+    if REPORTED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let done = std::panic::catch_unwind(|| thread::untracked(write_exit_report));
+    if done.is_err() {
+        warn("the exit report failed");
+    }
+}
+
+fn write_exit_report() {
+    let dest = dest();
+    let code = ERROR_EXITCODE.load(Ordering::Relaxed);
+    if dest.is_none() && code == 0 {
+        return;
+    }
+    let report = report_now();
+    let leaks = report.leak_check.as_ref().filter(|lc| lc.has_leaks());
+    match dest {
+        Some(dest) => write_report(dest, &report),
+        // No report asked for: one line says why the status is what it is.
+        None => {
+            if let Some(lc) = leaks {
+                warn(&format!(
+                    "{} bytes in {} blocks definitely lost, {} bytes in {} blocks indirectly lost (LEAKSCOPE_REPORT=stderr shows where); exit status {code}",
+                    lc.definitely_lost.bytes,
+                    lc.definitely_lost.blocks,
+                    lc.indirectly_lost.bytes,
+                    lc.indirectly_lost.blocks
+                ));
+            }
+        }
+    }
+    if code != 0 && leaks.is_some() {
+        // As valgrind's --error-exitcode: the status says leaks were found.
+        let _ = std::io::stdout().flush();
+        // SAFETY: fflush(NULL) flushes every C stream; _exit ends the process
+        // without running the remaining exit handlers again.
+        unsafe {
+            libc::fflush(std::ptr::null_mut());
+            libc::_exit(code);
+        }
+    }
+}
+
+/// The report, with the full leak check unless `LEAKSCOPE_LEAK_CHECK=no`
+/// (or sampling mode).
+pub(crate) fn report_now() -> Report {
+    if LEAK_CHECK.load(Ordering::Relaxed) && sample::current() == 0 {
+        leak_check()
+    } else {
+        snapshot()
+    }
+}
+
+/// Where `LEAKSCOPE_REPORT` (or `report_on_exit`) sends the report.
+pub(crate) fn dest() -> Option<Dest> {
+    DEST.lock().clone()
+}
+
+pub(crate) fn write_report(dest: Dest, report: &Report) {
+    let pid = std::process::id().to_string();
+    let (path, body) = match dest {
+        Dest::Stderr => {
+            let _ = std::io::stderr().write_all(report.to_string().as_bytes());
+            return;
+        }
+        Dest::Stdout => {
+            let mut out = std::io::stdout();
+            let _ = out
+                .write_all(report.to_string().as_bytes())
+                .and_then(|_| out.flush());
+            return;
+        }
+        Dest::Json(path) => (path.replace("%p", &pid), report.to_json()),
+        Dest::Text(path) => (path.replace("%p", &pid), report.to_string()),
+    };
+    if let Err(e) = std::fs::write(&path, body) {
+        warn(&format!("cannot write the report to {path}: {e}"));
+    }
+}
