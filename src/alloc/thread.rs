@@ -467,8 +467,9 @@ impl Tracking<'_> {
 /// Live bytes of the whole process, for the peak.
 pub(crate) static TOTAL_PEAK: Peak = Peak::new();
 
-/// One-time set-up (environment, exit and fork hooks), run by the first
-/// allocation with the re-entrancy flag up.
+/// One-time set-up ([`crate::alloc::process::start`]: fork handlers, then the
+/// layers above: environment, exit report), run by the first allocation with
+/// the re-entrancy flag up.
 static INIT: AtomicU8 = AtomicU8::new(0);
 
 /// Runs `f` with tracking entered on this thread: the re-entrancy flag is up,
