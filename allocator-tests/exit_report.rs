@@ -37,7 +37,36 @@ fn child(mode: &str) {
             leakscope::report_on_exit();
             std::process::exit(4);
         }
+        "sites" => {
+            // 2,048 call-sites whose blocks are freed, 5 of them kept live.
+            for leaf in 0..SITES {
+                let block = site_tree(TREE_DEPTH, leaf);
+                if leaf % 410 == 7 {
+                    KEEP.lock().unwrap().push(block);
+                }
+            }
+        }
         other => panic!("unknown child mode {other}"),
+    }
+}
+
+/// Leaves of the call-site tree: each is a distinct stack.
+const SITES: usize = 1 << TREE_DEPTH;
+const TREE_DEPTH: u32 = 11;
+
+/// One block made at the end of a chain of calls spelling `leaf` in binary
+/// (two call instructions, one per bit value), so that every leaf is its own
+/// call-site.
+#[inline(never)]
+fn site_tree(depth: u32, leaf: usize) -> Box<[u8]> {
+    if depth == 0 {
+        return black_box(vec![2u8; 24].into_boxed_slice());
+    }
+    if black_box(leaf) & 1 == 0 {
+        black_box(site_tree(depth - 1, leaf >> 1))
+    } else {
+        let b = site_tree(depth - 1, leaf >> 1);
+        black_box(b)
     }
 }
 
@@ -60,6 +89,11 @@ fn main() {
         ("empty_value_warns_once", empty_value_warns_once),
         ("unwritable_path_warns_once", unwritable_path_warns_once),
         ("bad_unwind_value_warns_once", bad_unwind_value_warns_once),
+        ("json_lists_the_live_sites", json_lists_the_live_sites),
+        (
+            "sampling_mode_never_passes_the_gate",
+            sampling_mode_never_passes_the_gate,
+        ),
     ]);
     let _ = std::fs::remove_dir_all(scratch("x").parent().unwrap());
 }
@@ -272,4 +306,84 @@ fn bad_unwind_value_warns_once() {
         ["leakscope: LEAKSCOPE_UNWIND=\"sideways\" is not fp or dwarf; using frame pointers"]
     );
     check_json(&path);
+}
+
+/// A program that saw 2,048 call-sites and keeps 5 of them live: its JSON
+/// lists the live ones (and no freed one), small; every one only when asked.
+fn json_lists_the_live_sites() {
+    let path = scratch("sites.json");
+    let report = ("LEAKSCOPE_REPORT", path.to_str().unwrap());
+    let out = run_child("sites", &[report, ("LEAKSCOPE_LEAK_CHECK", "no")]);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let sites = doc["callsites"].as_array().unwrap();
+    let planted = |c: &&serde_json::Value| {
+        c["frames"][0]["function"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("::site_tree"))
+    };
+    let tree: Vec<_> = sites.iter().filter(planted).collect();
+    assert_eq!(tree.len(), 5, "{tree:?}");
+    for c in &tree {
+        assert_eq!(
+            (c["live_blocks"].as_u64(), c["live_bytes"].as_u64()),
+            (Some(1), Some(24))
+        );
+    }
+    assert!(
+        sites.iter().all(|c| c["live_blocks"].as_u64() > Some(0)),
+        "a site with no live block is listed"
+    );
+    assert!(text.len() < 100_000, "{} bytes of JSON", text.len());
+
+    let out = run_child(
+        "sites",
+        &[
+            report,
+            ("LEAKSCOPE_LEAK_CHECK", "no"),
+            ("LEAKSCOPE_REPORT_ALL_SITES", "1"),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let all = doc["callsites"].as_array().unwrap();
+    assert_eq!(all.iter().filter(planted).count(), SITES);
+}
+
+/// Sampling mode cannot run the leak check: the gate fails with its status
+/// and says why, once on stderr and in the report; never a silent pass.
+fn sampling_mode_never_passes_the_gate() {
+    let gate = ("LEAKSCOPE_ERROR_EXITCODE", "23");
+    let sampled = ("LEAKSCOPE_SAMPLE_BYTES", "4k");
+    let why = "the leak check needs full mode: sampling mode (LEAKSCOPE_SAMPLE_BYTES) tracks only sampled blocks";
+    let out = run_child("return", &[gate, sampled]);
+    assert_eq!(out.status.code(), Some(23));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!("leakscope: the leak check did not run ({why})")),
+        "{lines:?}"
+    );
+    assert!(lines[0].ends_with("exit status 23"), "{lines:?}");
+
+    let path = scratch("sampled.txt");
+    let out = run_child(
+        "return",
+        &[gate, sampled, ("LEAKSCOPE_REPORT", path.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(23));
+    assert_eq!(stderr_lines(&out).len(), 1, "{out:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(&format!("not done: {why}")), "{text}");
+    // Without the gate, the report still says so, and the status is the program's.
+    let out = run_child(
+        "return",
+        &[sampled, ("LEAKSCOPE_REPORT", path.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains(&format!("not done: {why}")));
 }

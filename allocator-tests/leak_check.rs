@@ -462,7 +462,8 @@ fn bad_settings_are_reported_and_ignored() {
     // The check stays on; the exit status is the program's own.
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(planted_in_json(&read_json(&json)), expected_strings());
-    // LEAKSCOPE_LEAK_CHECK=no: the report has no leak check.
+    // LEAKSCOPE_LEAK_CHECK=no: the report has no leak check, and the gate
+    // cannot pass the program.
     let out = child_run(
         "1",
         &[
@@ -471,7 +472,16 @@ fn bad_settings_are_reported_and_ignored() {
             ("LEAKSCOPE_ERROR_EXITCODE", "23".as_ref()),
         ],
     );
-    assert_eq!(out.status.code(), Some(0));
+    // A gate that cannot look never passes: the status is the gate's, and
+    // one line says why.
+    assert_eq!(out.status.code(), Some(23));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "the leak check did not run (LEAKSCOPE_LEAK_CHECK=no turns the leak check off)"
+        ),
+        "{stderr}"
+    );
     let doc = read_json(&json);
     assert_eq!(doc.get("leak_check"), None);
     assert!(doc["callsites"].as_array().unwrap().len() > 5);

@@ -320,8 +320,19 @@ pub(crate) fn sort_blocks(blocks: &mut Buf<Blk>) -> usize {
 /// Stops the world, scans the roots and the heap, and classifies every live
 /// block the way valgrind memcheck does; the report of the live state comes
 /// with it, in [`Report::leak_check`].
-#[inline(never)]
+#[inline(always)]
 pub fn leak_check() -> Report {
+    leak_check_then(|check| {
+        let mut r = snapshot();
+        r.leak_check = Some(check);
+        r
+    })
+}
+
+/// The leak check, handed to `then` (which makes what the caller shows of
+/// it: a report, or nothing but an exit status).
+#[inline(never)]
+pub(crate) fn leak_check_then<R>(then: impl FnOnce(LeakCheck) -> R) -> R {
     // The caller's registers, and where the stack to scan begins: the
     // caller's frames. The check's own frames, below, are not roots (they
     // hold stale words of whatever ran there before).
@@ -329,9 +340,7 @@ pub fn leak_check() -> Report {
     let sp = std::hint::black_box(&regs) as *const [usize; 12] as usize;
     let check = thread::untracked(|| check(sp));
     std::hint::black_box(&regs);
-    let mut r = snapshot();
-    r.leak_check = Some(check);
-    r
+    then(check)
 }
 
 static CHECKING: parking_lot::Mutex<()> = parking_lot::const_mutex(());
@@ -343,7 +352,9 @@ struct Found {
 
 fn check(my_sp: usize) -> LeakCheck {
     if sample::current() != 0 {
-        return failed("not available in sampling mode (it tracks only sampled blocks)");
+        return failed(
+            "the leak check needs full mode: sampling mode (LEAKSCOPE_SAMPLE_BYTES) tracks only sampled blocks",
+        );
     }
     let _one = CHECKING.lock();
     let suppressions = suppress::current();

@@ -2,18 +2,36 @@
 //!
 //! Merges every thread's counters (call-sites, scopes, totals), reads the
 //! per-scope view from the block table, and symbolizes the call-sites it
-//! lists. Runs outside the allocation path, with the thread's own
-//! allocations untracked.
+//! lists: every one seen ([`snapshot`], for code that asks), or only those a
+//! report shows ([`Sites::Shown`], for the exit report and the live ones),
+//! so that a report costs what it shows. Runs outside the allocation path,
+//! with the thread's own allocations untracked.
 
 use crate::alloc::{blocks, callsite, process, sample, thread};
 use crate::report::model::{CallsiteStats, Report, ScopeCallsite, ScopeStats, Totals};
 use crate::report::symbolize::Symbolizer;
 use crate::scope::names;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-/// The live state now: totals, per call-site, per scope.
+/// The live state now: totals, per call-site (every one seen so far, with
+/// its stack), per scope.
 pub fn snapshot() -> Report {
-    thread::untracked(build)
+    snapshot_of(Sites::All)
+}
+
+/// Which call-sites a report lists (and so symbolizes).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Sites<'a> {
+    /// Every call-site seen so far.
+    All,
+    /// Those with live blocks, and those named in `also` (a leak check's
+    /// loss records): what a report shows.
+    Shown { also: &'a [u32] },
+}
+
+/// The live state now, listing `sites`.
+pub(crate) fn snapshot_of(sites: Sites<'_>) -> Report {
+    thread::untracked(|| build(sites))
 }
 
 #[derive(Default, Clone, Copy)]
@@ -43,7 +61,7 @@ impl Sum {
     }
 }
 
-fn build() -> Report {
+fn build(sites: Sites<'_>) -> Report {
     use std::sync::atomic::Ordering::Relaxed;
     thread::flush_current();
     let mean = sample::current();
@@ -85,11 +103,21 @@ fn build() -> Report {
         }
     });
 
+    let also: HashSet<u32> = match sites {
+        Sites::All => HashSet::new(),
+        Sites::Shown { also } => also.iter().copied().collect(),
+    };
     let mut symbols = Symbolizer::default();
     let mut callsites: Vec<CallsiteStats> = sums
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.alloc_blocks > 0)
+        .filter(|(id, s)| {
+            s.alloc_blocks > 0
+                && match sites {
+                    Sites::All => true,
+                    Sites::Shown { .. } => s.live() != (0, 0) || also.contains(&(*id as u32)),
+                }
+        })
         .filter_map(|(id, s)| {
             let site = callsite::get(id as u32)?;
             let (live_units, live_bytes) = s.live();

@@ -5,18 +5,32 @@
 
 use crate::alloc::thread;
 use crate::report::leak::Amount;
-use crate::report::model::Report;
+use crate::report::model::{CallsiteStats, Report};
 use serde_json::{json, Value};
+use std::collections::HashSet;
 
 impl Report {
-    /// The JSON document, schema `leakscope/1`.
+    /// The JSON document, schema `leakscope/1`. Its `callsites` are the ones
+    /// the report shows: with live blocks, or named by a loss record or a
+    /// scope's `by_callsite` ([`Report::to_json_all_sites`] lists them all).
     pub fn to_json(&self) -> String {
-        thread::untracked(|| self.write_json())
+        thread::untracked(|| self.write_json(false))
+    }
+
+    /// [`Report::to_json`], with every call-site the report holds (in a
+    /// `snapshot()`, every one seen, freed or not).
+    pub fn to_json_all_sites(&self) -> String {
+        thread::untracked(|| self.write_json(true))
+    }
+
+    /// Whether the JSON lists call-site `c` (see [`Report::to_json`]).
+    fn shows(&self, c: &CallsiteStats, named: &HashSet<u32>) -> bool {
+        c.live_blocks > 0 || c.live_bytes > 0 || named.contains(&c.id)
     }
 
     /// Written one call-site and scope at a time, into one buffer: a report
     /// of 10,000 call-sites never holds a tree of the whole document.
-    fn write_json(&self) -> String {
+    fn write_json(&self, all_sites: bool) -> String {
         let t = &self.totals;
         let head = json!({
             "schema": "leakscope/1",
@@ -31,12 +45,23 @@ impl Report {
             "untracked_blocks": self.untracked_blocks,
             "sample_bytes": self.sample_bytes,
         });
-        let mut out: Vec<u8> = Vec::with_capacity(256 + 2048 * self.callsites.len());
+        let mut out: Vec<u8> = Vec::with_capacity(4096);
         let head = head.to_string();
         // `head` is an object: reopen it to add the two lists.
         out.extend_from_slice(head.trim_end_matches('}').as_bytes());
+        let named: HashSet<u32> = (self.scopes.iter())
+            .flat_map(|s| s.by_callsite.iter().map(|c| c.callsite))
+            .chain(
+                self.leak_check
+                    .iter()
+                    .flat_map(|lc| lc.loss_records.iter().map(|r| r.callsite)),
+            )
+            .collect();
+        let sites: Vec<&CallsiteStats> = (self.callsites.iter())
+            .filter(|c| all_sites || self.shows(c, &named))
+            .collect();
         out.extend_from_slice(b",\"callsites\":");
-        write_list(&mut out, &self.callsites, |c| {
+        write_list(&mut out, &sites, |c| {
             json!({
                 "id": c.id,
                 "live_blocks": c.live_blocks,

@@ -104,7 +104,9 @@ fn per_run(n: f64, runs: u64) -> f64 {
 pub struct Report {
     pub pid: u32,
     pub totals: Totals,
-    /// Every call-site that allocated, largest live bytes first.
+    /// Call-sites that allocated, largest live bytes first: in a [`snapshot`],
+    /// every one seen; in the exit report and the live ones, those with live
+    /// blocks or a loss record (`LEAKSCOPE_REPORT_ALL_SITES=1`: every one).
     pub callsites: Vec<CallsiteStats>,
     /// Every scope name opened so far, largest outstanding bytes first.
     pub scopes: Vec<ScopeStats>,

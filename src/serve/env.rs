@@ -1,7 +1,8 @@
 //! Configuration from the environment, read once when the tracker starts.
 //!
 //! Owns `LEAKSCOPE_REPORT`, `LEAKSCOPE_REPORT_SIGNAL`, `LEAKSCOPE_UNWIND`,
-//! `LEAKSCOPE_LEAK_CHECK` and `LEAKSCOPE_ERROR_EXITCODE`
+//! `LEAKSCOPE_LEAK_CHECK`, `LEAKSCOPE_ERROR_EXITCODE` and
+//! `LEAKSCOPE_REPORT_ALL_SITES`
 //! (`LEAKSCOPE_SAMPLE_BYTES` is read by the allocation layer before the first
 //! block is made, and a bad value is warned about here). [`start`] is the
 //! hook the allocation layer runs at its start (the first allocation): this
@@ -59,14 +60,22 @@ impl Dest {
     }
 }
 
-/// Parses `LEAKSCOPE_LEAK_CHECK`.
+/// A yes-or-no value: `1`, `yes`, `on`, `true` or `0`, `no`, `off`, `false`.
+fn parse_flag(value: &str) -> Option<bool> {
+    match value.trim() {
+        "yes" | "1" | "on" | "true" => Some(true),
+        "no" | "0" | "off" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses `LEAKSCOPE_LEAK_CHECK` (empty or `full`: on).
 pub(crate) fn parse_leak_check(value: &str) -> Result<bool, String> {
     match value.trim() {
-        "" | "yes" | "full" | "1" | "on" | "true" => Ok(true),
-        "no" | "0" | "off" | "false" => Ok(false),
-        v => Err(format!(
-            "LEAKSCOPE_LEAK_CHECK={v:?} is not yes or no; the leak check stays on"
-        )),
+        "" | "full" => Ok(true),
+        v => parse_flag(v).ok_or_else(|| {
+            format!("LEAKSCOPE_LEAK_CHECK={v:?} is not yes or no; the leak check stays on")
+        }),
     }
 }
 
@@ -116,6 +125,14 @@ fn start() {
         match parse_exitcode(&value) {
             Ok(n) => exit::set_error_exitcode(n),
             Err(msg) => warn(&msg),
+        }
+    }
+    if let Some(value) = env(c"LEAKSCOPE_REPORT_ALL_SITES") {
+        match parse_flag(&value) {
+            Some(on) => exit::set_all_sites(on),
+            None => warn(&format!(
+                "LEAKSCOPE_REPORT_ALL_SITES={value:?} is not 1 or 0; reports list the live call-sites"
+            )),
         }
     }
     if let Some(value) = env(c"LEAKSCOPE_REPORT") {

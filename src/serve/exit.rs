@@ -6,9 +6,9 @@
 //! exit status when something is lost. Nothing here panics the host
 //! program: write errors are one line on stderr.
 
-use crate::alloc::{sample, thread};
-use crate::check::classify::leak_check;
-use crate::report::collect::snapshot;
+use crate::alloc::thread;
+use crate::check::classify::leak_check_then;
+use crate::report::collect::{snapshot_of, Sites};
 use crate::report::model::Report;
 use crate::report::warn::warn;
 use crate::serve::env::Dest;
@@ -22,6 +22,8 @@ static REPORTED: AtomicBool = AtomicBool::new(false);
 static LEAK_CHECK: AtomicBool = AtomicBool::new(true);
 /// `LEAKSCOPE_ERROR_EXITCODE` (0: not set).
 static ERROR_EXITCODE: AtomicI32 = AtomicI32::new(0);
+/// `LEAKSCOPE_REPORT_ALL_SITES=1`: reports list every call-site seen.
+static ALL_SITES: AtomicBool = AtomicBool::new(false);
 
 /// `LEAKSCOPE_REPORT`: the report goes to `dest` at exit.
 pub(crate) fn set_dest(dest: Dest) {
@@ -32,6 +34,11 @@ pub(crate) fn set_dest(dest: Dest) {
 /// `LEAKSCOPE_LEAK_CHECK`: whether the exit report runs the full leak check.
 pub(crate) fn set_leak_check(on: bool) {
     LEAK_CHECK.store(on, Ordering::Relaxed);
+}
+
+/// `LEAKSCOPE_REPORT_ALL_SITES`: whether reports list every call-site seen.
+pub(crate) fn set_all_sites(on: bool) {
+    ALL_SITES.store(on, Ordering::Relaxed);
 }
 
 /// `LEAKSCOPE_ERROR_EXITCODE`: the exit status when something is lost.
@@ -74,13 +81,35 @@ fn write_exit_report() {
     if dest.is_none() && code == 0 {
         return;
     }
-    let report = report_now();
-    let leaks = report.leak_check.as_ref().filter(|lc| lc.has_leaks());
-    match dest {
-        Some(dest) => write_report(dest, &report),
-        // No report asked for: one line says why the status is what it is.
-        None => {
-            if let Some(lc) = leaks {
+    let check_on = LEAK_CHECK.load(Ordering::Relaxed);
+    // Without a report to write, the gate needs the check alone: no
+    // snapshot, nothing symbolized unless a suppression file asks.
+    let (report, check) = match &dest {
+        Some(_) => {
+            let report = report_now();
+            let check = report.leak_check.clone();
+            (Some(report), check)
+        }
+        None => (None, check_on.then(|| leak_check_then(|lc| lc))),
+    };
+    if let (Some(dest), Some(report)) = (dest.clone(), &report) {
+        write_report(dest, report);
+    }
+    if code == 0 {
+        return;
+    }
+    let not_run = match &check {
+        None => Some("LEAKSCOPE_LEAK_CHECK=no turns the leak check off".to_owned()),
+        Some(lc) => lc.error.clone(),
+    };
+    match (&check, not_run) {
+        // A gate never passes in silence: it fails, and says why.
+        (_, Some(why)) => warn(&format!(
+            "the leak check did not run ({why}), so LEAKSCOPE_ERROR_EXITCODE cannot pass the program; exit status {code}"
+        )),
+        (Some(lc), None) if lc.has_leaks() => {
+            if dest.is_none() {
+                // No report asked for: one line says why the status is what it is.
                 warn(&format!(
                     "{} bytes in {} blocks definitely lost, {} bytes in {} blocks indirectly lost (LEAKSCOPE_REPORT=stderr shows where); exit status {code}",
                     lc.definitely_lost.bytes,
@@ -90,26 +119,61 @@ fn write_exit_report() {
                 ));
             }
         }
+        _ => return,
     }
-    if code != 0 && leaks.is_some() {
-        // As valgrind's --error-exitcode: the status says leaks were found.
-        let _ = std::io::stdout().flush();
-        // SAFETY: fflush(NULL) flushes every C stream; _exit ends the process
-        // without running the remaining exit handlers again.
-        unsafe {
-            libc::fflush(std::ptr::null_mut());
-            libc::_exit(code);
-        }
+    // As valgrind's --error-exitcode: the status says leaks were found (or
+    // could not be looked for).
+    let _ = std::io::stdout().flush();
+    // SAFETY: fflush(NULL) flushes every C stream; _exit ends the process
+    // without running the remaining exit handlers again.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::_exit(code);
     }
 }
 
-/// The report, with the full leak check unless `LEAKSCOPE_LEAK_CHECK=no`
-/// (or sampling mode).
-pub(crate) fn report_now() -> Report {
-    if LEAK_CHECK.load(Ordering::Relaxed) && sample::current() == 0 {
-        leak_check()
+/// The call-sites a report made now lists: the shown ones (live, or in
+/// `also`), or every one with `LEAKSCOPE_REPORT_ALL_SITES=1`.
+fn sites(also: &[u32]) -> Sites<'_> {
+    if ALL_SITES.load(Ordering::Relaxed) {
+        Sites::All
     } else {
-        snapshot()
+        Sites::Shown { also }
+    }
+}
+
+/// The JSON document of a report made here: the shown call-sites, or every
+/// one with `LEAKSCOPE_REPORT_ALL_SITES=1`.
+pub(crate) fn json(report: &Report) -> String {
+    if ALL_SITES.load(Ordering::Relaxed) {
+        report.to_json_all_sites()
+    } else {
+        report.to_json()
+    }
+}
+
+/// The live state as a report shows it, without the leak check.
+pub(crate) fn snapshot_now() -> Report {
+    snapshot_of(sites(&[]))
+}
+
+/// The live state with the full leak check (which, in sampling mode, says
+/// why it did not run).
+pub(crate) fn checked_report() -> Report {
+    leak_check_then(|lc| {
+        let also: Vec<u32> = lc.loss_records.iter().map(|r| r.callsite).collect();
+        let mut report = snapshot_of(sites(&also));
+        report.leak_check = Some(lc);
+        report
+    })
+}
+
+/// The report, with the full leak check unless `LEAKSCOPE_LEAK_CHECK=no`.
+pub(crate) fn report_now() -> Report {
+    if LEAK_CHECK.load(Ordering::Relaxed) {
+        checked_report()
+    } else {
+        snapshot_now()
     }
 }
 
@@ -132,7 +196,7 @@ pub(crate) fn write_report(dest: Dest, report: &Report) {
                 .and_then(|_| out.flush());
             return;
         }
-        Dest::Json(path) => (path.replace("%p", &pid), report.to_json()),
+        Dest::Json(path) => (path.replace("%p", &pid), json(report)),
         Dest::Text(path) => (path.replace("%p", &pid), report.to_string()),
     };
     if let Err(e) = std::fs::write(&path, body) {

@@ -8,9 +8,7 @@
 //! those threads' allocations untracked.
 
 use crate::alloc::thread;
-use crate::check::classify::leak_check;
 use crate::check::stop;
-use crate::report::collect::snapshot;
 use crate::report::model::{growth, Growth, Report, ScopeStats};
 use crate::serve::env::Dest;
 use crate::serve::exit;
@@ -111,7 +109,7 @@ impl Previous {
 
 /// The report as served: with its growth since the previous one served.
 fn live_report(previous: &mut Previous) -> Report {
-    let mut report = snapshot();
+    let mut report = exit::snapshot_now();
     previous.mark(&mut report);
     report
 }
@@ -137,10 +135,14 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
         ("GET", "/report.json") => (
             "200 OK",
             "application/json",
-            live_report(previous).to_json(),
+            exit::json(&live_report(previous)),
         ),
-        ("GET", "/leak-check") => ("200 OK", "text/plain", leak_check().to_string()),
-        ("GET", "/leak-check.json") => ("200 OK", "application/json", leak_check().to_json()),
+        ("GET", "/leak-check") => ("200 OK", "text/plain", exit::checked_report().to_string()),
+        ("GET", "/leak-check.json") => (
+            "200 OK",
+            "application/json",
+            exit::json(&exit::checked_report()),
+        ),
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
