@@ -18,31 +18,67 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 const CHILD: &str = "LEAKSCOPE_BENCH_EXIT_CHILD";
-/// Call-sites the child makes: 2^DEPTH.
-const DEPTH: u32 = 8;
 
 static HELD: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 
-/// A block at the end of a chain of calls spelling `leaf` in binary: every
-/// leaf is its own call-site.
+/// A block made in a function of its own (one per `N`, never merged: each
+/// fills its block with another byte), so that every `N` is a call-site.
 #[inline(never)]
-fn site_tree(depth: u32, leaf: usize) -> Box<[u8]> {
-    if depth == 0 {
-        return black_box(vec![1u8; 48].into_boxed_slice());
-    }
-    if black_box(leaf) & 1 == 0 {
-        black_box(site_tree(depth - 1, leaf >> 1))
-    } else {
-        let b = site_tree(depth - 1, leaf >> 1);
-        black_box(b)
-    }
+fn leaf<const N: usize>() -> Box<[u8]> {
+    black_box(vec![N as u8; 48].into_boxed_slice())
 }
+
+macro_rules! row {
+    ($r:literal) => {
+        [
+            leaf::<{ $r * 16 }>,
+            leaf::<{ $r * 16 + 1 }>,
+            leaf::<{ $r * 16 + 2 }>,
+            leaf::<{ $r * 16 + 3 }>,
+            leaf::<{ $r * 16 + 4 }>,
+            leaf::<{ $r * 16 + 5 }>,
+            leaf::<{ $r * 16 + 6 }>,
+            leaf::<{ $r * 16 + 7 }>,
+            leaf::<{ $r * 16 + 8 }>,
+            leaf::<{ $r * 16 + 9 }>,
+            leaf::<{ $r * 16 + 10 }>,
+            leaf::<{ $r * 16 + 11 }>,
+            leaf::<{ $r * 16 + 12 }>,
+            leaf::<{ $r * 16 + 13 }>,
+            leaf::<{ $r * 16 + 14 }>,
+            leaf::<{ $r * 16 + 15 }>,
+        ]
+    };
+}
+
+/// Makes one block at its own call-site.
+type Make = fn() -> Box<[u8]>;
+
+/// The 256 call-sites.
+const SITES: [[Make; 16]; 16] = [
+    row!(0),
+    row!(1),
+    row!(2),
+    row!(3),
+    row!(4),
+    row!(5),
+    row!(6),
+    row!(7),
+    row!(8),
+    row!(9),
+    row!(10),
+    row!(11),
+    row!(12),
+    row!(13),
+    row!(14),
+    row!(15),
+];
 
 fn child() {
     let mut words = std::collections::HashMap::new();
     for round in 0..20 {
-        for leaf in 0..1usize << DEPTH {
-            let block = site_tree(DEPTH, leaf);
+        for (leaf, make) in SITES.iter().flatten().enumerate() {
+            let block = make();
             *words.entry(block.len() + leaf % 7).or_insert(0usize) += 1;
             if round == 0 && leaf % 60 == 1 {
                 HELD.lock().unwrap().push(block);
@@ -126,7 +162,7 @@ fn main() {
     let base_r = median(&mut rss[0].clone());
     println!(
         "{} call-sites, {rounds} interleaved rounds, medians:",
-        1 << DEPTH
+        SITES.len() * 16
     );
     for (i, (name, _)) in cases.iter().enumerate() {
         let t = median(&mut times[i]);

@@ -17,7 +17,7 @@
 
 use crate::alloc::callsite;
 use crate::report::model::Frame;
-use crate::report::symbolize::Symbolizer;
+use crate::report::symbolize::{loaded_object, Symbolizer};
 use crate::report::warn::warn;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,23 +149,7 @@ impl Matcher {
 fn frame_matches(pattern: &str, f: &Frame) -> bool {
     f.function.as_deref().is_some_and(|n| matches(pattern, n))
         || f.file.as_deref().is_some_and(|n| matches(pattern, n))
-        || module(f.ip).is_some_and(|m| matches(pattern, &m))
-}
-
-/// The file name of the loaded object holding `ip`.
-fn module(ip: usize) -> Option<String> {
-    // SAFETY: dladdr fills the struct; the name it points to belongs to the loader.
-    unsafe {
-        let mut info: libc::Dl_info = std::mem::zeroed();
-        if libc::dladdr(ip as *const libc::c_void, &mut info) == 0 || info.dli_fname.is_null() {
-            return None;
-        }
-        Some(
-            std::ffi::CStr::from_ptr(info.dli_fname)
-                .to_string_lossy()
-                .into_owned(),
-        )
-    }
+        || loaded_object(f.ip).is_some_and(|o| matches(pattern, &o.file))
 }
 
 #[cfg(test)]

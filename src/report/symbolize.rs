@@ -43,10 +43,21 @@ impl Role {
 }
 
 /// Symbolizes return addresses, each once per report.
+///
+/// Only the object this crate is linked into (the program, for a Rust
+/// binary: its code and the standard library's) has its debug info read,
+/// for function, file and line, inlined frames included. A frame in another
+/// loaded object (libc, the dynamic loader, a C library) is named from that
+/// object's dynamic symbols, `symbol+0xoffset` as glibc's backtraces write
+/// it, without file or line: its debug info, when installed, is often a
+/// compressed file of its own that would cost tens of megabytes to read for
+/// the frames below `main`.
 #[derive(Default)]
 pub(crate) struct Symbolizer {
     cache: HashMap<usize, Vec<(Frame, Role)>>,
     cwd: Option<String>,
+    /// Load address of the object holding this code (0: not looked up yet).
+    own_base: usize,
 }
 
 impl Symbolizer {
@@ -74,6 +85,14 @@ impl Symbolizer {
                 cwd.push('/');
             }
             self.cwd = Some(cwd);
+        }
+        if self.own_base == 0 {
+            let here = Symbolizer::resolve as fn(&mut Symbolizer, usize) -> _ as usize;
+            self.own_base = loaded_object(here).map_or(usize::MAX, |o| o.base);
+        }
+        match loaded_object(ip) {
+            Some(o) if o.base != self.own_base => return vec![foreign_frame(ip, &o)],
+            _ => {}
         }
         let cwd = self.cwd.as_deref().unwrap_or("");
         let mut out = Vec::new();
@@ -105,6 +124,53 @@ impl Symbolizer {
         }
         out
     }
+}
+
+/// What the dynamic loader knows of the object holding an address.
+pub(crate) struct LoadedObject {
+    /// Where the object is loaded.
+    pub(crate) base: usize,
+    /// Its file name, as the loader has it.
+    pub(crate) file: String,
+    /// The nearest dynamic symbol at or below the address, with its address.
+    symbol: Option<(String, usize)>,
+}
+
+/// The loaded object holding `ip` (`dladdr`).
+pub(crate) fn loaded_object(ip: usize) -> Option<LoadedObject> {
+    // SAFETY: dladdr fills the struct; the names it points to belong to the
+    // loader and are copied at once.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(ip as *const libc::c_void, &mut info) == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        let text = |p: *const libc::c_char| std::ffi::CStr::from_ptr(p).to_string_lossy();
+        let symbol = (!info.dli_sname.is_null() && !info.dli_saddr.is_null())
+            .then(|| (text(info.dli_sname).into_owned(), info.dli_saddr as usize));
+        Some(LoadedObject {
+            base: info.dli_fbase as usize,
+            file: text(info.dli_fname).into_owned(),
+            symbol,
+        })
+    }
+}
+
+/// A frame in another object than this crate's: its dynamic symbol (demangled)
+/// and the offset into it, no file or line.
+fn foreign_frame(ip: usize, o: &LoadedObject) -> (Frame, Role) {
+    let function = o.symbol.as_ref().map(|(name, at)| {
+        let name = backtrace::SymbolName::new(name.as_bytes());
+        format!("{name:#}+{:#x}", ip.saturating_sub(*at))
+    });
+    let role = Role::of(function.as_deref().unwrap_or(""), None);
+    let frame = Frame {
+        ip,
+        function,
+        file: None,
+        line: None,
+    };
+    (frame, role)
 }
 
 /// Leaves out the frames of the tracker, the allocator shims and the standard
@@ -191,6 +257,32 @@ pub(crate) fn is_runtime_boundary(f: &Frame) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_in_other_objects_are_named_by_their_dynamic_symbols() {
+        // `getpid` is in libc, not in this test program: named from libc's
+        // dynamic symbols, its offset after the name, no file or line.
+        let ip = libc::getpid as usize + 5;
+        let frames = Symbolizer::default().resolve(ip);
+        assert_eq!(frames.len(), 1);
+        let (f, role) = &frames[0];
+        let name = f.function.as_deref().unwrap();
+        assert!(name.contains("getpid") && name.ends_with("+0x5"), "{name}");
+        assert_eq!(
+            (f.ip, f.file.as_deref(), f.line, *role),
+            (ip, None, None, Role::User)
+        );
+        // This program's own code keeps its file and line (a return address
+        // in this test, from a real stack).
+        let mut here = 0;
+        backtrace::trace(|f| {
+            here = f.ip() as usize;
+            false
+        });
+        let own = Symbolizer::default().resolve(here);
+        let f = &own[0].0;
+        assert!(f.file.is_some() && f.line.is_some(), "{f:?}");
+    }
 
     fn frame(name: &str) -> (Frame, Role) {
         frame_in(name, None)
