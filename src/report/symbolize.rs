@@ -262,7 +262,7 @@ mod tests {
     fn frames_in_other_objects_are_named_by_their_dynamic_symbols() {
         // `getpid` is in libc, not in this test program: named from libc's
         // dynamic symbols, its offset after the name, no file or line.
-        let ip = libc::getpid as usize + 5;
+        let ip = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize + 5;
         let frames = Symbolizer::default().resolve(ip);
         assert_eq!(frames.len(), 1);
         let (f, role) = &frames[0];
