@@ -255,9 +255,62 @@ fn a_signal_writes_the_report() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The child of the `%n` test: two signals, then the exit, each report in a
+/// file of its own.
+fn series_child() {
+    let pattern = std::env::var("LEAKSCOPE_REPORT").unwrap();
+    let nth = |n: u32| pattern.replace("%n", &n.to_string());
+    KEPT.lock().unwrap().reserve(16);
+    for n in 1..=2 {
+        leakscope::track_scope("series", || {
+            KEPT.lock().unwrap().push(black_box(vec![1u8; 16]));
+        });
+        // SAFETY: raise sends a signal to this thread; the tracker handles it.
+        unsafe { libc::raise(libc::SIGUSR2) };
+        report_written(&nth(n), |_| true);
+    }
+}
+
+/// `%n` in `LEAKSCOPE_REPORT`: every report keeps a file of its own, and
+/// each one's growth spans the time between its snapshot and the one before.
+fn reports_in_a_series_keep_their_own_files() {
+    let dir = std::env::temp_dir().join(format!("leakscope-series-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pattern = dir.join("report-%n.json");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "series")
+        .env("LEAKSCOPE_REPORT", &pattern)
+        .env("LEAKSCOPE_LEAK_CHECK", "no")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |n: u32| -> serde_json::Value {
+        let path = dir.join(format!("report-{n}.json"));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let (first, second, at_exit) = (read(1), read(2), read(3));
+    assert!(!dir.join("report-4.json").exists());
+    assert_eq!(scope_in(&first, "series"), (1, 1));
+    assert_eq!(scope_in(&second, "series"), (2, 2));
+    assert_eq!(scope_in(&at_exit, "series"), (2, 2));
+    assert_eq!(growth_in(&first, "series"), (None, Some((1, 1, 16))));
+    assert_eq!(growth_in(&second, "series").1, Some((1, 1, 16)));
+    // The interval is the one between the two snapshots.
+    let between = second["seconds"].as_f64().unwrap() - first["seconds"].as_f64().unwrap();
+    assert!(between > 0.0);
+    assert_eq!(growth_in(&second, "series").0, Some(between));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
-    if std::env::var_os(CHILD).is_some() {
-        return child();
+    match std::env::var(CHILD).as_deref() {
+        Ok("series") => return series_child(),
+        Ok(_) => return child(),
+        Err(_) => {}
     }
     common::run(&[
         (
@@ -273,5 +326,9 @@ fn main() {
             each_report_says_what_grew_since_the_one_before,
         ),
         ("a_signal_writes_the_report", a_signal_writes_the_report),
+        (
+            "reports_in_a_series_keep_their_own_files",
+            reports_in_a_series_keep_their_own_files,
+        ),
     ]);
 }

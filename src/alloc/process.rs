@@ -13,6 +13,24 @@ use crate::alloc::{blocks, callsite, meta, runs, thread};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 static UNTRACKED: AtomicU64 = AtomicU64::new(0);
+/// `CLOCK_MONOTONIC` at the start, in nanoseconds.
+static STARTED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds (no allocation, no lock).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// Seconds since the tracker started (the first allocation).
+pub(crate) fn seconds_since_start() -> f64 {
+    monotonic_ns().saturating_sub(STARTED_NS.load(Ordering::Relaxed)) as f64 / 1e9
+}
 
 /// A block went untracked for lack of table memory.
 pub(crate) fn note_untracked() {
@@ -43,6 +61,7 @@ pub(crate) fn on_start(hook: fn()) {
 /// Runs once, from the first allocation, with this thread's allocations
 /// untracked.
 pub(crate) fn start() {
+    STARTED_NS.store(monotonic_ns(), Ordering::Relaxed);
     // SAFETY: the handlers are `extern "C"` functions that only take and
     // release the allocation path's spin locks (the child's also settles
     // young-block entries).

@@ -189,5 +189,6 @@ fn build(sites: Sites<'_>) -> Report {
         sample_bytes: mean as u64,
         leak_check: None,
         growth: None,
+        seconds: process::seconds_since_start(),
     }
 }

@@ -123,6 +123,9 @@ pub struct Report {
     /// in the reports `serve_report` serves and a signal writes
     /// (see [`Report::scope_growth_since`]); `None` in a [`snapshot`].
     pub growth: Option<Growth>,
+    /// When the snapshot was taken: seconds since the tracker started (the
+    /// process's first allocation).
+    pub seconds: f64,
 }
 
 /// Scopes' growth between an earlier report and this one.

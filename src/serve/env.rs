@@ -38,9 +38,10 @@ extern "C" fn register() {
 pub(crate) enum Dest {
     Stderr,
     Stdout,
-    /// JSON document; `%p` in the path becomes the process id.
+    /// JSON document; `%p` in the path becomes the process id, `%n` the
+    /// report's sequence number.
     Json(String),
-    /// Text report; `%p` in the path becomes the process id.
+    /// Text report; `%p` and `%n` as for JSON.
     Text(String),
 }
 

@@ -13,7 +13,7 @@ use crate::report::model::Report;
 use crate::report::warn::warn;
 use crate::serve::env::Dest;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 static DEST: parking_lot::Mutex<Option<Dest>> = parking_lot::const_mutex(None);
 static HOOKED: AtomicBool = AtomicBool::new(false);
@@ -182,8 +182,18 @@ pub(crate) fn dest() -> Option<Dest> {
     DEST.lock().clone()
 }
 
+/// Reports written so far (at exit and on signals): `%n` in a path.
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// `path` with `%p` (the process id) and `%n` (the report's sequence
+/// number, from 1) filled in.
+fn fill_path(path: &str, n: u64) -> String {
+    path.replace("%p", &std::process::id().to_string())
+        .replace("%n", &n.to_string())
+}
+
 pub(crate) fn write_report(dest: Dest, report: &Report) {
-    let pid = std::process::id().to_string();
+    let n = WRITTEN.fetch_add(1, Ordering::Relaxed) + 1;
     let (path, body) = match dest {
         Dest::Stderr => {
             let _ = std::io::stderr().write_all(report.to_string().as_bytes());
@@ -196,8 +206,8 @@ pub(crate) fn write_report(dest: Dest, report: &Report) {
                 .and_then(|_| out.flush());
             return;
         }
-        Dest::Json(path) => (path.replace("%p", &pid), json(report)),
-        Dest::Text(path) => (path.replace("%p", &pid), report.to_string()),
+        Dest::Json(path) => (fill_path(&path, n), json(report)),
+        Dest::Text(path) => (fill_path(&path, n), report.to_string()),
     };
     if let Err(e) = std::fs::write(&path, body) {
         warn(&format!("cannot write the report to {path}: {e}"));

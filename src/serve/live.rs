@@ -16,7 +16,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// The server [`serve_report`] started; dropping it stops it.
 #[derive(Debug)]
@@ -89,21 +88,18 @@ pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
 /// The scopes of the last report a channel (the server, the signal) gave,
 /// so that the next one says what grew in between.
 #[derive(Default)]
-struct Previous(Option<(Instant, Vec<ScopeStats>)>);
+struct Previous(Option<(f64, Vec<ScopeStats>)>);
 
 impl Previous {
-    /// Sets `report`'s growth since the previous one, and remembers it.
+    /// Sets `report`'s growth since the previous one (the time between the
+    /// two snapshots), and remembers it.
     fn mark(&mut self, report: &mut Report) {
-        let now = Instant::now();
         let (seconds, scopes) = match &self.0 {
-            Some((at, earlier)) => (
-                Some(now.duration_since(*at).as_secs_f64()),
-                growth(&report.scopes, earlier),
-            ),
+            Some((at, earlier)) => (Some(report.seconds - at), growth(&report.scopes, earlier)),
             None => (None, growth(&report.scopes, &[])),
         };
         report.growth = Some(Growth { seconds, scopes });
-        self.0 = Some((now, report.scopes.clone()));
+        self.0 = Some((report.seconds, report.scopes.clone()));
     }
 }
 
