@@ -225,18 +225,24 @@ fn stop_signal() -> Option<i32> {
     None
 }
 
-/// Who handles `sig` now: `Ok(true)` if `handler` does, `Ok(false)` if
-/// nobody (the default action), an `AlreadyExists` error if the program does.
-pub(crate) fn signal_owner(sig: i32, handler: usize) -> std::io::Result<bool> {
+/// The action of `sig` now (a handler's address, `SIG_DFL` or `SIG_IGN`).
+/// Async-signal-safe: a handler calls it to see whether it is still the
+/// installed one, or was chained to by a handler installed after it.
+pub(crate) fn current_action(sig: i32) -> std::io::Result<usize> {
     // SAFETY: sigaction writes the current action into a zeroed struct.
-    let old = unsafe {
+    unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
         if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        old
-    };
-    match old.sa_sigaction {
+        Ok(old.sa_sigaction)
+    }
+}
+
+/// Who handles `sig` now: `Ok(true)` if `handler` does, `Ok(false)` if
+/// nobody (the default action), an `AlreadyExists` error if the program does.
+pub(crate) fn signal_owner(sig: i32, handler: usize) -> std::io::Result<bool> {
+    match current_action(sig)? {
         h if h == handler => Ok(true),
         libc::SIG_DFL => Ok(false),
         _ => Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)),

@@ -13,7 +13,7 @@
 
 use crate::alloc::{process, sample, unwind};
 use crate::report::warn::warn;
-use crate::serve::{exit, live};
+use crate::serve::{exit, signal};
 use std::ffi::CStr;
 
 /// Registers [`start`] with the allocation layer before `main` runs (the
@@ -141,6 +141,7 @@ fn start() {
             Ok(dest) => {
                 exit::set_dest(dest);
                 report_signal_from_env();
+                signal::install_fatal();
             }
             Err(msg) => warn(&format!("{msg}; no report will be written")),
         }
@@ -152,7 +153,7 @@ fn start() {
 fn report_signal_from_env() {
     let signal = match env(c"LEAKSCOPE_REPORT_SIGNAL") {
         None => Some(libc::SIGUSR2),
-        Some(v) => match live::parse_signal(&v) {
+        Some(v) => match signal::parse_signal(&v) {
             Ok(s) => s,
             Err(msg) => {
                 warn(&format!("{msg}; using SIGUSR2"));
@@ -161,7 +162,7 @@ fn report_signal_from_env() {
         },
     };
     if let Some(signal) = signal {
-        if let Err(e) = live::install(signal) {
+        if let Err(e) = signal::install(signal) {
             warn(&format!(
                 "no report on signal {signal}: {e} (LEAKSCOPE_REPORT_SIGNAL picks another, or none)"
             ));

@@ -75,6 +75,18 @@ extern "C" fn at_exit() {
     }
 }
 
+/// A fatal signal is ending the process: the exit report, written now
+/// (once: the exit hook then writes nothing), without the gate's exit
+/// status (the process dies by the signal).
+pub(crate) fn report_before_death() {
+    if REPORTED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    if let Some(dest) = dest() {
+        write_report(dest, &report_now());
+    }
+}
+
 fn write_exit_report() {
     let dest = dest();
     let code = ERROR_EXITCODE.load(Ordering::Relaxed);

@@ -1,0 +1,226 @@
+//! Reports on signals: the report signal (`kill -USR2`), and the report a
+//! process killed by SIGTERM, SIGINT, SIGQUIT or SIGHUP writes before it dies.
+//!
+//! Owns the handlers, the pipe they write to and the thread that reads it.
+//! A handler only writes one byte to the pipe (the report signal's `!`, or
+//! the number of the fatal signal): the thread builds and writes the report,
+//! outside any signal handler and any allocation, with its allocations
+//! untracked. A fatal signal's report is written as at exit, then the signal
+//! is raised again with its default action, so the process dies by it and a
+//! shell sees the same status as without leakscope.
+//!
+//! leakscope is a guest: it takes a signal only where the program left the
+//! default action, and its handlers stand aside when the program installs
+//! one of its own later and chains to the one before (tokio's `ctrl_c`,
+//! signal-hook): a handler that is no longer the installed one does nothing.
+
+use crate::alloc::thread;
+use crate::check::stop;
+use crate::report::warn::warn;
+use crate::serve::env::Dest;
+use crate::serve::exit;
+use crate::serve::live::Previous;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The write end of the pipe the handlers write to (-1: none yet).
+static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+
+/// The byte that asks for a report; a fatal signal writes its number (< 32).
+const REPORT: u8 = b'!';
+
+/// The signals whose default action ends the process and that get a report
+/// first, as valgrind writes its leak report when one kills the program.
+pub(crate) const FATAL: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGHUP];
+
+/// Writes `byte` to the pipe unless `sig`'s installed action is no longer
+/// `handler` (a later handler chained to this one: it decides).
+/// Async-signal-safe: errno is saved and put back; write(2) on a pipe never
+/// blocks here (a full pipe means a report is pending anyway).
+fn notify(sig: i32, handler: usize, byte: u8) {
+    // SAFETY: errno is this thread's; the write is from a one-byte buffer.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let fd = PIPE_WRITE.load(Ordering::Relaxed);
+        if fd >= 0 && stop::current_action(sig).is_ok_and(|a| a == handler) {
+            libc::write(fd, [byte].as_ptr().cast(), 1);
+        }
+        *libc::__errno_location() = errno;
+    }
+}
+
+extern "C" fn on_report_signal(sig: libc::c_int) {
+    notify(sig, on_report_signal as *const () as usize, REPORT);
+}
+
+extern "C" fn on_fatal_signal(sig: libc::c_int) {
+    notify(sig, on_fatal_signal as *const () as usize, sig as u8);
+}
+
+/// Writes the report each time the process gets `signal` (`libc::SIGUSR2`,
+/// say): where `LEAKSCOPE_REPORT` says, or to stderr; with the full leak
+/// check unless `LEAKSCOPE_LEAK_CHECK=no`. Fails, changing nothing, if the
+/// program already handles that signal. With `LEAKSCOPE_REPORT` set, this
+/// is done for `LEAKSCOPE_REPORT_SIGNAL` (SIGUSR2 unless it says otherwise)
+/// without any code.
+pub fn report_on_signal(signal: i32) -> std::io::Result<()> {
+    thread::untracked(|| install(signal))
+}
+
+/// Installs the report signal's handler (and the pipe and thread, the first
+/// time). Makes no Rust allocation (it runs inside the first allocation
+/// when `LEAKSCOPE_REPORT` asks for it).
+pub(crate) fn install(signal: i32) -> std::io::Result<()> {
+    take(signal, on_report_signal as *const () as usize)
+}
+
+/// With `LEAKSCOPE_REPORT` set: the fatal signals that still have their
+/// default action get a report before the process dies. Ignored signals
+/// (`nohup`, a background job's SIGINT) and the program's own handlers are
+/// left alone.
+pub(crate) fn install_fatal() {
+    let handler = on_fatal_signal as *const () as usize;
+    for sig in FATAL {
+        if stop::current_action(sig).is_ok_and(|a| a == libc::SIG_DFL) {
+            if let Err(e) = take(sig, handler) {
+                warn(&format!(
+                    "no report when signal {sig} ends the program: {e}"
+                ));
+            }
+        }
+    }
+}
+
+/// Makes `handler` the action of `signal` unless the program has one (an
+/// `AlreadyExists` error), starting the pipe and its thread the first time.
+fn take(signal: i32, handler: usize) -> std::io::Result<()> {
+    if stop::signal_owner(signal, handler)? {
+        return Ok(());
+    }
+    if PIPE_WRITE.load(Ordering::Acquire) < 0 {
+        start_watch()?;
+    }
+    stop::set_handler(signal, handler, 0, false)
+}
+
+/// The pipe and the thread that reads it: a raw pthread, since this may run
+/// inside the first allocation.
+fn start_watch() -> std::io::Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors; the write end never blocks.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(fds[1], libc::F_SETFL, libc::O_NONBLOCK) };
+    // SAFETY: a detached thread running `watch` with the read end; the
+    // attribute struct lives across the call.
+    let made = unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let mut t: libc::pthread_t = std::mem::zeroed();
+        let rc = libc::pthread_create(&mut t, &attr, watch, fds[0] as usize as *mut libc::c_void);
+        libc::pthread_attr_destroy(&mut attr);
+        rc
+    };
+    if made != 0 {
+        // SAFETY: closing our own descriptors.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        return Err(std::io::Error::from_raw_os_error(made));
+    }
+    PIPE_WRITE.store(fds[1], Ordering::Release);
+    Ok(())
+}
+
+/// Parses `LEAKSCOPE_REPORT_SIGNAL`: `none`, a name (`USR2`, `SIGUSR1`) or
+/// a number. `Ok(None)`: no signal.
+pub(crate) fn parse_signal(value: &str) -> Result<Option<i32>, String> {
+    let v = value.trim();
+    let name = v.strip_prefix("SIG").unwrap_or(v);
+    match name {
+        "none" | "NONE" | "" => Ok(None),
+        "USR1" => Ok(Some(libc::SIGUSR1)),
+        "USR2" => Ok(Some(libc::SIGUSR2)),
+        "HUP" => Ok(Some(libc::SIGHUP)),
+        n => match n.parse::<i32>() {
+            Ok(s) if s > 0 && s <= libc::SIGRTMAX() && s != libc::SIGKILL && s != libc::SIGSTOP => {
+                Ok(Some(s))
+            }
+            _ => Err(format!(
+                "LEAKSCOPE_REPORT_SIGNAL={value:?} is not a signal (USR2, USR1, HUP, a number, or none)"
+            )),
+        },
+    }
+}
+
+/// The signal thread: a report per byte from a handler; after a fatal
+/// signal's report, that signal again, with its default action.
+extern "C" fn watch(arg: *mut libc::c_void) -> *mut libc::c_void {
+    let fd = arg as usize as i32;
+    let mut previous = Previous::default();
+    loop {
+        let mut bytes = [0u8; 64];
+        // SAFETY: reads into a buffer of ours.
+        let n = unsafe { libc::read(fd, bytes.as_mut_ptr().cast(), bytes.len()) };
+        if n == 0 {
+            break;
+        }
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        let got = bytes.get(..n as usize).unwrap_or(&[]);
+        if let Some(&sig) = got.iter().find(|&&b| b != REPORT) {
+            die_by(sig as i32);
+        }
+        // A panic must not unwind out of an `extern "C"` thread. (After one,
+        // `previous` is at worst the report before: still a valid base.)
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            thread::untracked(|| {
+                let mut report = exit::report_now();
+                previous.mark(&mut report);
+                exit::write_report(exit::dest().unwrap_or(Dest::Stderr), &report);
+            })
+        }));
+    }
+    std::ptr::null_mut()
+}
+
+/// Writes the exit report (once: not again at exit), then ends the process
+/// by `sig` with its default action, as it would have died without us.
+fn die_by(sig: i32) {
+    let _ = std::panic::catch_unwind(|| thread::untracked(exit::report_before_death));
+    // SAFETY: the default action, then the signal to the whole process;
+    // should it come back (blocked everywhere), exit as a shell reports a
+    // death by signal.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::kill(libc::getpid(), sig);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+        libc::_exit(128 + sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_signal;
+
+    #[test]
+    fn signal_names_and_numbers() {
+        assert_eq!(parse_signal("USR2"), Ok(Some(libc::SIGUSR2)));
+        assert_eq!(parse_signal("SIGUSR1"), Ok(Some(libc::SIGUSR1)));
+        assert_eq!(parse_signal(" 10 "), Ok(Some(10)));
+        assert_eq!(parse_signal("none"), Ok(None));
+        assert!(parse_signal("9").is_err());
+        assert!(parse_signal("USR3").is_err());
+    }
+}
