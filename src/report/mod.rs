@@ -2,12 +2,13 @@
 //!
 //! The model ([`model`], with the leak check's result types in [`leak`]),
 //! taking a snapshot of the live state ([`collect`]), symbolization
-//! ([`symbolize`]), one file per rendering ([`text`], [`json`]), and the one
+//! ([`symbolize`], reading the program's debug info with [`dwarf`]), one file per rendering ([`text`], [`json`]), and the one
 //! line on stderr everything above uses to say what went wrong ([`warn`]).
 //! Runs outside the allocation path, with the thread's own allocations
 //! untracked.
 
 pub(crate) mod collect;
+pub(crate) mod dwarf;
 pub(crate) mod json;
 pub(crate) mod leak;
 pub(crate) mod model;

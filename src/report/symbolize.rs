@@ -1,10 +1,12 @@
 //! Symbolization: from return addresses to the frames a report shows.
 //!
-//! Owns [`Symbolizer`] (the backtrace crate, each address resolved once per
-//! report) and which frames are the allocator's own, the standard library's
+//! Owns [`Symbolizer`] (each address resolved once per report: this
+//! program's debug info through [`crate::report::dwarf`], the backtrace
+//! crate where that reader cannot go) and which frames are the allocator's own, the standard library's
 //! allocation plumbing or the user's code, so that a stack starts at the
 //! code that allocated. Never runs on the allocation path.
 
+use crate::report::dwarf::Program;
 use crate::report::model::Frame;
 use std::collections::HashMap;
 
@@ -46,7 +48,8 @@ impl Role {
 ///
 /// Only the object this crate is linked into (the program, for a Rust
 /// binary: its code and the standard library's) has its debug info read,
-/// for function, file and line, inlined frames included. A frame in another
+/// for function, file and line, inlined frames included, one unit at a time
+/// ([`Program`]). A frame in another
 /// loaded object (libc, the dynamic loader, a C library) is named from that
 /// object's dynamic symbols, `symbol+0xoffset` as glibc's backtraces write
 /// it, without file or line: its debug info, when installed, is often a
@@ -58,6 +61,9 @@ pub(crate) struct Symbolizer {
     cwd: Option<String>,
     /// Load address of the object holding this code (0: not looked up yet).
     own_base: usize,
+    /// That object's debug info, read on the first lookup (`None` inside:
+    /// none this reader can use, so the backtrace crate resolves).
+    program: Option<Option<Program>>,
 }
 
 impl Symbolizer {
@@ -88,11 +94,31 @@ impl Symbolizer {
         }
         if self.own_base == 0 {
             let here = Symbolizer::resolve as fn(&mut Symbolizer, usize) -> _ as usize;
-            self.own_base = loaded_object(here).map_or(usize::MAX, |o| o.base);
+            let own = loaded_object(here);
+            self.own_base = own.as_ref().map_or(usize::MAX, |o| o.base);
+            self.program = Some(own.and_then(|o| Program::load(&o.file, o.base)));
         }
         match loaded_object(ip) {
             Some(o) if o.base != self.own_base => return vec![foreign_frame(ip, &o)],
             _ => {}
+        }
+        if let Some(program) = self.program.as_mut().and_then(Option::as_mut) {
+            if let Some(found) = program.frames(ip) {
+                return found
+                    .into_iter()
+                    .map(|l| {
+                        let role = Role::of(l.function.as_deref().unwrap_or(""), l.file.as_deref());
+                        let file = l.file.as_deref().map(|p| program.shown_path(p).to_owned());
+                        let frame = Frame {
+                            ip,
+                            function: l.function,
+                            file,
+                            line: l.line,
+                        };
+                        (frame, role)
+                    })
+                    .collect();
+            }
         }
         let cwd = self.cwd.as_deref().unwrap_or("");
         let mut out = Vec::new();

@@ -1,0 +1,644 @@
+//! Reading this program's debug info, one compilation unit at a time.
+//!
+//! Owns [`Program`]: the DWARF sections of the object this crate is linked
+//! into, mapped from its file, and what a report's lookups have parsed of
+//! them. A lookup finds its unit through `.debug_aranges` and parses that
+//! unit alone (its abbreviations, line table and functions), so a report
+//! pays for the units its call-sites are in, not for every unit of the
+//! program (as a context built over all of them does: tens of megabytes for
+//! a real program). Functions inlined into the one that holds an address are
+//! found by walking only that function's entries.
+//!
+//! Paths follow one convention: relative to the workspace root (the
+//! compilation directory of the unit that holds `main`) when the file is
+//! under it, absolute otherwise (dependencies from a registry, the standard
+//! library's `/rustc/<hash>/library/...`).
+//!
+//! Runs outside the allocation path, untracked. Anything it cannot read
+//! (no `.debug_aranges`, compressed sections, a malformed unit) makes
+//! [`Program::frames`] return `None`, and the caller asks the backtrace
+//! crate instead.
+
+use gimli::{AttributeValue, EndianSlice, RunTimeEndian, Section, UnitOffset};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+use std::collections::HashMap;
+
+type R = EndianSlice<'static, RunTimeEndian>;
+
+/// One frame as the debug info gives it: `file` absolute (or as recorded;
+/// [`Program::shown_path`] gives it as a report shows it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Located {
+    pub(crate) function: Option<String>,
+    pub(crate) file: Option<String>,
+    pub(crate) line: Option<u32>,
+}
+
+/// A read-only mapping of a file, unmapped when dropped.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn open(path: &str) -> Option<Mapped> {
+        let path = std::ffi::CString::new(path).ok()?;
+        // SAFETY: open/fstat/mmap/close on a descriptor of ours; the mapping
+        // is private and read-only, and outlives every slice made from it
+        // (see `Program`).
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return None;
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            let len = if libc::fstat(fd, &mut st) == 0 {
+                st.st_size as usize
+            } else {
+                0
+            };
+            let ptr = if len > 0 {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    fd,
+                    0,
+                )
+            } else {
+                libc::MAP_FAILED
+            };
+            libc::close(fd);
+            (ptr != libc::MAP_FAILED).then_some(Mapped { ptr, len })
+        }
+    }
+
+    /// The file's bytes, for as long as the mapping lives.
+    ///
+    /// # Safety
+    /// The caller must not use the slice after `self` is dropped.
+    unsafe fn bytes(&self) -> &'static [u8] {
+        // SAFETY: the mapping is `len` readable bytes (caller: while it lives).
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// A line-table row: from `addr` on, `file` and `line` (an end of sequence
+/// has `file == NO_FILE`).
+#[derive(Clone, Copy)]
+struct Row {
+    addr: u64,
+    file: u64,
+    line: u32,
+}
+
+const NO_FILE: u64 = u64::MAX;
+
+/// What lookups have parsed of one unit.
+struct UnitData {
+    unit: gimli::Unit<R>,
+    /// Sorted by address; built on the first location lookup.
+    rows: Option<Vec<Row>>,
+    /// Ranges of the unit's functions (`DW_TAG_subprogram`), sorted by start.
+    functions: Option<Vec<(u64, u64, UnitOffset)>>,
+    /// File paths by line-table index.
+    files: HashMap<u64, Option<String>>,
+}
+
+/// The debug info of the object this crate is linked into.
+///
+/// Field order matters: `dwarf` and `units` hold slices of `map` and are
+/// dropped before it.
+pub(crate) struct Program {
+    dwarf: gimli::Dwarf<R>,
+    units: HashMap<usize, Option<UnitData>>,
+    /// (start, end, unit offset in `.debug_info`), sorted by start.
+    aranges: Vec<(u64, u64, usize)>,
+    /// Every unit's offset, sorted: read on the first reference into
+    /// another unit.
+    unit_starts: Option<Vec<usize>>,
+    /// Runtime address minus file address.
+    bias: u64,
+    /// The workspace root, with a trailing `/` (see the module docs).
+    root: Option<String>,
+    /// Function symbols (file address, name), sorted: for code the debug
+    /// info does not cover (`_start`, the `main` shim).
+    symbols: Vec<(u64, &'static str)>,
+    _map: Mapped,
+}
+
+impl Program {
+    /// The debug info of the object loaded at `base` from `file`; `None` if
+    /// it has none this reader can use.
+    pub(crate) fn load(file: &str, base: usize) -> Option<Program> {
+        let map = Mapped::open(file).or_else(|| Mapped::open("/proc/self/exe"))?;
+        // SAFETY: every slice made from the mapping is kept in `dwarf` and
+        // `units`, which `Program` drops before `map`.
+        let data = unsafe { map.bytes() };
+        let obj = object::File::parse(data).ok()?;
+        let endian = if obj.is_little_endian() {
+            RunTimeEndian::Little
+        } else {
+            RunTimeEndian::Big
+        };
+        let first_load = obj.segments().map(|s| s.address()).min().unwrap_or(0);
+        // The program's own `main` function, `<crate>::main`, named after the
+        // executable (`leaky_service`, `rg`; a test binary's `-<hash>` left
+        // out): its unit was compiled in the workspace root.
+        let krate = program_crate(file);
+        let mut main = None;
+        let mut symbols = Vec::new();
+        for sym in obj.symbols() {
+            let (Ok(name), object::SymbolKind::Text) = (sym.name(), sym.kind()) else {
+                continue;
+            };
+            if sym.address() == 0 || name.is_empty() {
+                continue;
+            }
+            if name.contains("main")
+                && krate
+                    .as_deref()
+                    .is_some_and(|k| demangle(name).strip_suffix("::main") == Some(k))
+            {
+                main = Some(sym.address());
+            }
+            symbols.push((sym.address(), name));
+        }
+        symbols.sort_unstable_by_key(|s| s.0);
+        let mut missing = false;
+        let dwarf = gimli::Dwarf::load(|id| -> Result<R, ()> {
+            let bytes = match obj.section_by_name(id.name()) {
+                // Compressed sections would need inflating: not here.
+                Some(s) => match s.uncompressed_data() {
+                    Ok(std::borrow::Cow::Borrowed(b)) => b,
+                    _ => {
+                        missing = true;
+                        &[][..]
+                    }
+                },
+                None => &[][..],
+            };
+            Ok(EndianSlice::new(bytes, endian))
+        })
+        .ok()?;
+        if missing || dwarf.debug_info.reader().is_empty() {
+            return None;
+        }
+        let mut aranges = Vec::new();
+        let mut headers = dwarf.debug_aranges.headers();
+        while let Ok(Some(h)) = headers.next() {
+            let unit = h.debug_info_offset().0;
+            let mut entries = h.entries();
+            while let Ok(Some(e)) = entries.next() {
+                let r = e.range();
+                if r.begin < r.end && r.begin != 0 {
+                    aranges.push((r.begin, r.end, unit));
+                }
+            }
+        }
+        if aranges.is_empty() {
+            return None;
+        }
+        aranges.sort_unstable();
+        let mut program = Program {
+            dwarf,
+            units: HashMap::new(),
+            aranges,
+            unit_starts: None,
+            bias: (base as u64).wrapping_sub(first_load),
+            root: None,
+            symbols,
+            _map: map,
+        };
+        program.root = main.and_then(|m| program.workspace_root(m));
+        Some(program)
+    }
+
+    /// The frames at return address `ip`, innermost (inlined) first: `None`
+    /// when this reader cannot say (the caller asks another).
+    pub(crate) fn frames(&mut self, ip: usize) -> Option<Vec<Located>> {
+        // A return address points after the call; the call is one byte before.
+        let addr = (ip as u64).wrapping_sub(1).wrapping_sub(self.bias);
+        let Some((unit, (function, inlined))) = self
+            .unit_of(addr)
+            .and_then(|unit| Some((unit, self.chain(unit, addr)?)))
+        else {
+            // Code without debug info: the function symbol before it.
+            let i = self
+                .symbols
+                .partition_point(|s| s.0 <= addr)
+                .checked_sub(1)?;
+            return Some(vec![Located {
+                function: self.symbols.get(i).map(|s| demangle(s.1)),
+                file: None,
+                line: None,
+            }]);
+        };
+        let mut out = Vec::with_capacity(inlined.len() + 1);
+        // The innermost frame is where the line table says; each one outside
+        // it is where the inner one was inlined from (its call file and line).
+        let mut at = self.location(unit, addr);
+        for &(die, call_file, call_line) in inlined.iter().rev() {
+            out.push(Located {
+                function: self.name(unit, die, 0),
+                file: at.0,
+                line: at.1,
+            });
+            at = (self.file(unit, call_file), call_line);
+        }
+        out.push(Located {
+            function: self.name(unit, function, 0),
+            file: at.0,
+            line: at.1,
+        });
+        Some(out)
+    }
+
+    /// `path` as a report shows it: relative to the workspace root when it
+    /// is under it, as it is otherwise.
+    pub(crate) fn shown_path<'p>(&self, path: &'p str) -> &'p str {
+        match &self.root {
+            Some(root) => path.strip_prefix(root.as_str()).unwrap_or(path),
+            None => path,
+        }
+    }
+
+    /// The compilation directory of the unit that holds `main` (at file
+    /// address `main`).
+    fn workspace_root(&mut self, main: u64) -> Option<String> {
+        let unit = self.unit_of(main)?;
+        let data = self.units.get(&unit)?.as_ref()?;
+        let dir = data.unit.comp_dir?.to_string_lossy().into_owned();
+        Some(if dir.ends_with('/') { dir } else { dir + "/" })
+    }
+
+    /// The unit that holds `addr` (a file address), parsed.
+    fn unit_of(&mut self, addr: u64) -> Option<usize> {
+        let i = self
+            .aranges
+            .partition_point(|r| r.0 <= addr)
+            .checked_sub(1)?;
+        let &(_, end, unit) = self.aranges.get(i)?;
+        if addr >= end {
+            return None;
+        }
+        self.parse_unit(unit).then_some(unit)
+    }
+
+    /// Parses the unit at `offset` once; whether it could.
+    fn parse_unit(&mut self, offset: usize) -> bool {
+        let dwarf = &self.dwarf;
+        self.units
+            .entry(offset)
+            .or_insert_with(|| {
+                let header = dwarf
+                    .debug_info
+                    .header_from_offset(gimli::DebugInfoOffset(offset))
+                    .ok()?;
+                let unit = dwarf.unit(header).ok()?;
+                Some(UnitData {
+                    unit,
+                    rows: None,
+                    functions: None,
+                    files: HashMap::new(),
+                })
+            })
+            .is_some()
+    }
+
+    fn data(&mut self, unit: usize) -> Option<&mut UnitData> {
+        self.units.get_mut(&unit)?.as_mut()
+    }
+
+    /// The function holding `addr` and the inlined calls inside it that
+    /// hold it, outermost first: (entry, call file, call line).
+    #[allow(clippy::type_complexity)]
+    fn chain(
+        &mut self,
+        unit: usize,
+        addr: u64,
+    ) -> Option<(UnitOffset, Vec<(UnitOffset, u64, Option<u32>)>)> {
+        let dwarf = &self.dwarf;
+        let data = self.units.get_mut(&unit)?.as_mut()?;
+        if data.functions.is_none() {
+            data.functions = Some(functions(dwarf, &data.unit));
+        }
+        let functions = data.functions.as_deref().unwrap_or(&[]);
+        let i = functions.partition_point(|f| f.0 <= addr);
+        // The innermost (smallest) function range holding `addr`.
+        let function = functions[..i]
+            .iter()
+            .rev()
+            .take(64)
+            .filter(|f| addr < f.1)
+            .min_by_key(|f| f.1 - f.0)?
+            .2;
+        let mut inlined = Vec::new();
+        let mut tree = data.unit.entries_tree(Some(function)).ok()?;
+        let root = tree.root().ok()?;
+        inlined_at(dwarf, &data.unit, root, addr, &mut inlined, 0);
+        Some((function, inlined))
+    }
+
+    /// File and line of `addr` from the unit's line table.
+    fn location(&mut self, unit: usize, addr: u64) -> (Option<String>, Option<u32>) {
+        let Some(data) = self.data(unit) else {
+            return (None, None);
+        };
+        if data.rows.is_none() {
+            data.rows = Some(rows(&data.unit));
+        }
+        let rows = data.rows.as_deref().unwrap_or(&[]);
+        let Some(row) = rows
+            .partition_point(|r| r.addr <= addr)
+            .checked_sub(1)
+            .and_then(|i| rows.get(i))
+            .copied()
+        else {
+            return (None, None);
+        };
+        if row.file == NO_FILE {
+            return (None, None);
+        }
+        let line = (row.line != 0).then_some(row.line);
+        (self.file(unit, row.file), line)
+    }
+
+    /// The path of file `index` of the unit's line table (absolute when the
+    /// debug info says where it was compiled).
+    fn file(&mut self, unit: usize, index: u64) -> Option<String> {
+        let dwarf = &self.dwarf;
+        let data = self.units.get_mut(&unit)?.as_mut()?;
+        if let Some(known) = data.files.get(&index) {
+            return known.clone();
+        }
+        let path = file_path(dwarf, &data.unit, index);
+        data.files.insert(index, path.clone());
+        path
+    }
+
+    /// The name of the function of entry `die` in `unit`: its linkage name
+    /// (demangled), else its name, else its abstract origin's or
+    /// specification's, in whichever unit they are.
+    fn name(&mut self, unit: usize, die: UnitOffset, depth: u32) -> Option<String> {
+        if depth > 8 {
+            return None;
+        }
+        let dwarf = &self.dwarf;
+        let data = self.units.get(&unit)?.as_ref()?;
+        let entry = data.unit.entry(die).ok()?;
+        let text = |v: AttributeValue<R>| {
+            let s = dwarf.attr_string(&data.unit, v).ok()?;
+            Some(s.to_string_lossy().into_owned())
+        };
+        for at in [gimli::DW_AT_linkage_name, gimli::DW_AT_MIPS_linkage_name] {
+            if let Some(name) = entry.attr_value(at).and_then(text) {
+                return Some(demangle(&name));
+            }
+        }
+        if let Some(name) = entry.attr_value(gimli::DW_AT_name).and_then(text) {
+            return Some(name);
+        }
+        let target = [gimli::DW_AT_abstract_origin, gimli::DW_AT_specification]
+            .into_iter()
+            .find_map(|at| entry.attr_value(at))?;
+        match target {
+            AttributeValue::UnitRef(o) => self.name(unit, o, depth + 1),
+            AttributeValue::DebugInfoRef(o) => {
+                let other = self.unit_holding(o.0)?;
+                let header = &self.units.get(&other)?.as_ref()?.unit.header;
+                let local = o.to_unit_offset(header)?;
+                self.name(other, local, depth + 1)
+            }
+            _ => None,
+        }
+    }
+
+    /// The unit whose entries hold `.debug_info` offset `offset`, parsed.
+    fn unit_holding(&mut self, offset: usize) -> Option<usize> {
+        if self.unit_starts.is_none() {
+            let mut starts = Vec::new();
+            let mut headers = self.dwarf.units();
+            while let Ok(Some(h)) = headers.next() {
+                if let Some(o) = h.debug_info_offset() {
+                    starts.push(o.0);
+                }
+            }
+            self.unit_starts = Some(starts);
+        }
+        let starts = self.unit_starts.as_deref()?;
+        let start = *starts.get(starts.partition_point(|&s| s <= offset).checked_sub(1)?)?;
+        self.parse_unit(start).then_some(start)
+    }
+}
+
+/// A symbol's name as a person reads it (Rust's, without the hash).
+fn demangle(name: &str) -> String {
+    format!("{:#}", backtrace::SymbolName::new(name.as_bytes()))
+}
+
+/// The crate name of the program at `path`: its file name, without the
+/// `-<hash>` cargo gives test binaries, `-` as `_`.
+fn program_crate(path: &str) -> Option<String> {
+    let name = std::path::Path::new(path).file_name()?.to_str()?;
+    let name = match name.rsplit_once('-') {
+        Some((krate, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            krate
+        }
+        _ => name,
+    };
+    Some(name.replace('-', "_"))
+}
+
+/// The ranges of a unit's functions, sorted by start.
+fn functions(dwarf: &gimli::Dwarf<R>, unit: &gimli::Unit<R>) -> Vec<(u64, u64, UnitOffset)> {
+    let mut out = Vec::new();
+    let mut cursor = unit.entries();
+    while let Ok(Some(entry)) = cursor.next_dfs() {
+        if entry.tag() != gimli::DW_TAG_subprogram {
+            continue;
+        }
+        if let Ok(mut ranges) = dwarf.die_ranges(unit, entry) {
+            while let Ok(Some(r)) = ranges.next() {
+                if r.begin < r.end && r.begin != 0 {
+                    out.push((r.begin, r.end, entry.offset()));
+                }
+            }
+        }
+    }
+    out.sort_unstable_by_key(|f| f.0);
+    out
+}
+
+/// Follows the inlined calls (and lexical blocks) below `node` that hold
+/// `addr`, appending (entry, call file, call line) for each call.
+fn inlined_at(
+    dwarf: &gimli::Dwarf<R>,
+    unit: &gimli::Unit<R>,
+    node: gimli::EntriesTreeNode<'_, '_, R>,
+    addr: u64,
+    out: &mut Vec<(UnitOffset, u64, Option<u32>)>,
+    depth: u32,
+) {
+    if depth > 64 {
+        return;
+    }
+    let mut children = node.children();
+    while let Ok(Some(child)) = children.next() {
+        let entry = child.entry();
+        let tag = entry.tag();
+        if tag != gimli::DW_TAG_inlined_subroutine && tag != gimli::DW_TAG_lexical_block {
+            continue;
+        }
+        let holds = dwarf.die_ranges(unit, entry).is_ok_and(|mut ranges| {
+            while let Ok(Some(r)) = ranges.next() {
+                if r.begin <= addr && addr < r.end {
+                    return true;
+                }
+            }
+            false
+        });
+        if !holds {
+            continue;
+        }
+        if tag == gimli::DW_TAG_inlined_subroutine {
+            let file = entry
+                .attr_value(gimli::DW_AT_call_file)
+                .and_then(|v| match v {
+                    AttributeValue::FileIndex(i) => Some(i),
+                    v => v.udata_value(),
+                })
+                .unwrap_or(NO_FILE);
+            let line = entry
+                .attr_value(gimli::DW_AT_call_line)
+                .and_then(|v| v.udata_value())
+                .and_then(|l| u32::try_from(l).ok())
+                .filter(|&l| l != 0);
+            out.push((entry.offset(), file, line));
+        }
+        inlined_at(dwarf, unit, child, addr, out, depth + 1);
+        return;
+    }
+}
+
+/// A unit's line table as rows sorted by address (an end of sequence before
+/// a row that starts at the same address).
+fn rows(unit: &gimli::Unit<R>) -> Vec<Row> {
+    let mut out = Vec::new();
+    let Some(program) = unit.line_program.clone() else {
+        return out;
+    };
+    let mut rows = program.rows();
+    while let Ok(Some((_, row))) = rows.next_row() {
+        out.push(if row.end_sequence() {
+            Row {
+                addr: row.address(),
+                file: NO_FILE,
+                line: 0,
+            }
+        } else {
+            Row {
+                addr: row.address(),
+                file: row.file_index(),
+                line: row
+                    .line()
+                    .map_or(0, |l| u32::try_from(l.get()).unwrap_or(0)),
+            }
+        });
+    }
+    out.sort_by_key(|r| (r.addr, r.file != NO_FILE));
+    out
+}
+
+/// The path of file `index` in the unit's line table: its directory and name,
+/// under the unit's compilation directory when relative.
+fn file_path(dwarf: &gimli::Dwarf<R>, unit: &gimli::Unit<R>, index: u64) -> Option<String> {
+    let header = unit.line_program.as_ref()?.header();
+    let file = header.file(index)?;
+    let text = |v: AttributeValue<R>| -> Option<String> {
+        Some(
+            dwarf
+                .attr_string(unit, v)
+                .ok()?
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    let name = text(file.path_name())?;
+    let mut path = std::path::PathBuf::new();
+    if let Some(dir) = unit.comp_dir.map(|d| d.to_string_lossy().into_owned()) {
+        path.push(dir);
+    }
+    if let Some(dir) = file.directory(header).and_then(text) {
+        path.push(dir);
+    }
+    path.push(name);
+    Some(path.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::symbolize::loaded_object;
+
+    #[test]
+    fn crate_names_from_program_files() {
+        assert_eq!(program_crate("/x/target/release/rg").as_deref(), Some("rg"));
+        assert_eq!(
+            program_crate("/x/deps/leak_check-0123456789abcdef").as_deref(),
+            Some("leak_check")
+        );
+        assert_eq!(
+            program_crate("/x/examples/axum-service").as_deref(),
+            Some("axum_service")
+        );
+    }
+
+    /// The return addresses of the stack here, innermost first.
+    #[inline(never)]
+    fn stack_here() -> Vec<usize> {
+        let mut ips = Vec::new();
+        backtrace::trace(|f| {
+            ips.push(f.ip() as usize);
+            true
+        });
+        ips
+    }
+
+    #[test]
+    fn frames_are_read_from_their_own_units() {
+        let ips = stack_here();
+        let here = loaded_object(ips[0]).unwrap();
+        let mut program = Program::load(&here.file, here.base).unwrap();
+        let stacks: Vec<Vec<Located>> = ips.iter().filter_map(|&ip| program.frames(ip)).collect();
+        let find = |name: &str| {
+            stacks
+                .iter()
+                .flatten()
+                .find(|f| f.function.as_deref().is_some_and(|n| n.ends_with(name)))
+                .unwrap_or_else(|| panic!("no {name} in {stacks:?}"))
+                .clone()
+        };
+        // The test harness's `leakscope::main` was compiled in this crate's
+        // root: a report shows this crate's files relative to it.
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/");
+        assert_eq!(program.root.as_deref(), Some(root));
+        let own = find("report::dwarf::tests::stack_here");
+        let file = own.file.unwrap();
+        assert_eq!(file, format!("{root}src/report/dwarf.rs"));
+        assert_eq!(program.shown_path(&file), "src/report/dwarf.rs");
+        assert!(own.line.is_some());
+        // A dependency's files are not under it: they stay absolute.
+        let dep = find("backtrace::trace").file.unwrap();
+        assert!(dep.starts_with('/') && dep.contains("backtrace"), "{dep}");
+        assert_eq!(program.shown_path(&dep), dep);
+    }
+}
