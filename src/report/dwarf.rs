@@ -139,7 +139,13 @@ impl Program {
     /// The debug info of the object loaded at `base` from `file`; `None` if
     /// it has none this reader can use.
     pub(crate) fn load(file: &str, base: usize) -> Option<Program> {
-        let map = Mapped::open(file).or_else(|| Mapped::open("/proc/self/exe"))?;
+        // The loader may know the program by a relative name (its argv[0]
+        // before a chdir): then it is the executable itself.
+        let map = Mapped::open(file).or_else(|| {
+            (!file.starts_with('/'))
+                .then(|| Mapped::open("/proc/self/exe"))
+                .flatten()
+        })?;
         // SAFETY: every slice made from the mapping is kept in `dwarf` and
         // `units`, which `Program` drops before `map`.
         let data = unsafe { map.bytes() };
