@@ -102,11 +102,7 @@ fn child(mode: &str) {
             ready_then_wait();
         }
         "tokio" => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = common::two_worker_runtime();
             rt.block_on(async {
                 let ctrl_c = tokio::spawn(tokio::signal::ctrl_c());
                 // The handler is installed once the task has polled.

@@ -233,16 +233,26 @@ fn report_written(path: &str, done: impl Fn(&serde_json::Value) -> bool) -> serd
     }
 }
 
+/// Runs this program as a child in `mode` with `env`.
+fn run_child(mode: &str, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, mode)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 fn a_signal_writes_the_report() {
     let dir = std::env::temp_dir().join(format!("leakscope-live-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("report.json");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "1")
-        .env("LEAKSCOPE_REPORT", &path)
-        .env("LEAKSCOPE_REPORT_SIGNAL", "bogus")
-        .output()
-        .unwrap();
+    let out = run_child(
+        "1",
+        &[
+            ("LEAKSCOPE_REPORT", path.as_os_str()),
+            ("LEAKSCOPE_REPORT_SIGNAL", "bogus".as_ref()),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("signal-report-ok"));
@@ -277,12 +287,13 @@ fn reports_in_a_series_keep_their_own_files() {
     let dir = std::env::temp_dir().join(format!("leakscope-series-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pattern = dir.join("report-%n.json");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "series")
-        .env("LEAKSCOPE_REPORT", &pattern)
-        .env("LEAKSCOPE_LEAK_CHECK", "no")
-        .output()
-        .unwrap();
+    let out = run_child(
+        "series",
+        &[
+            ("LEAKSCOPE_REPORT", pattern.as_os_str()),
+            ("LEAKSCOPE_LEAK_CHECK", "no".as_ref()),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",

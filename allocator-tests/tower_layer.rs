@@ -57,11 +57,7 @@ async fn send(addr: std::net::SocketAddr, request: String) -> String {
 
 fn every_route_scope_is_exact() {
     KEPT.lock().unwrap().reserve(4 * PER_ROUTE);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::two_worker_runtime();
     rt.block_on(async {
         let app = axum::Router::new()
             .route("/users/{id}", get(user))

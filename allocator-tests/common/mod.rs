@@ -91,3 +91,13 @@ pub fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F
     let waker = unsafe { Waker::from_raw(raw()) };
     std::pin::Pin::new(f).poll(&mut Context::from_waker(&waker))
 }
+
+/// A tokio runtime with two workers and its I/O, time and signal drivers,
+/// as the async scenarios run them.
+pub fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
