@@ -115,8 +115,8 @@ struct UnitData {
 
 /// The debug info of the object this crate is linked into.
 ///
-/// Field order matters: `dwarf` and `units` hold slices of `map` and are
-/// dropped before it.
+/// Field order matters: `dwarf`, `units` and `symbols` hold slices of the
+/// mapping and are dropped before it.
 pub(crate) struct Program {
     dwarf: gimli::Dwarf<R>,
     units: HashMap<usize, Option<UnitData>>,
@@ -146,8 +146,10 @@ impl Program {
                 .then(|| Mapped::open("/proc/self/exe"))
                 .flatten()
         })?;
-        // SAFETY: every slice made from the mapping is kept in `dwarf` and
-        // `units`, which `Program` drops before `map`.
+        // SAFETY: every slice made from the mapping is kept in `dwarf`,
+        // `units` and `symbols`, which `Program` drops before `map` (fields
+        // drop in declaration order), and none leaves `Program`: lookups
+        // return owned strings.
         let data = unsafe { map.bytes() };
         let obj = object::File::parse(data).ok()?;
         let endian = if obj.is_little_endian() {
