@@ -2,14 +2,15 @@
 //! count of blocks it could not track.
 //!
 //! Owns [`start`], which the first allocation runs once (with the thread's
-//! re-entrancy flag up): it installs the `fork` handlers that keep a child
-//! from inheriting one of this layer's locks held, then runs the hook a
+//! re-entrancy flag up): it chooses how stacks are captured, installs the
+//! `fork` handlers that keep a child from inheriting one of this layer's
+//! locks held, then runs the hook a
 //! layer above registered with [`on_start`] (the report layer reads the
 //! environment and arms the exit report there). The layers above register
 //! before `main` or at any time later: a hook registered after the start
 //! runs at once. Nothing here may block on a lock the allocation path holds.
 
-use crate::alloc::{blocks, callsite, meta, runs, thread};
+use crate::alloc::{blocks, callsite, meta, runs, thread, unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 static UNTRACKED: AtomicU64 = AtomicU64::new(0);
@@ -62,6 +63,7 @@ pub(crate) fn on_start(hook: fn()) {
 /// untracked.
 pub(crate) fn start() {
     STARTED_NS.store(monotonic_ns(), Ordering::Relaxed);
+    unwind::choose();
     // SAFETY: the handlers are `extern "C"` functions that only take and
     // release the allocation path's spin locks (the child's also settles
     // young-block entries).

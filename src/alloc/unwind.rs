@@ -1,9 +1,13 @@
 //! Call-site capture: the return addresses of the stack that is allocating.
 //!
-//! Owns the frame-pointer walk (the default) and the opt-in DWARF unwinder.
-//! Must never allocate, lock or fault: every step of the walk is checked
-//! against the current thread's stack bounds and alignment, so code built
-//! without frame pointers yields a shorter stack, never a crash.
+//! Owns the frame-pointer walk (the default), the DWARF unwinder, and the
+//! choice between them: at the start, a program built without frame pointers
+//! (its code, this crate's included, has no frame-pointer prologues, so
+//! the chain breaks in the first frame) gets the DWARF unwinder, unless
+//! `LEAKSCOPE_UNWIND` says otherwise. Must never allocate, lock or fault:
+//! every step of the walk is checked against the current thread's stack
+//! bounds and alignment, so code built without frame pointers yields a
+//! shorter stack, never a crash.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,12 +17,67 @@ pub(crate) const MAX_FRAMES: usize = 32;
 /// Return addresses, innermost first.
 pub(crate) type Frames = [usize; MAX_FRAMES];
 
-/// `LEAKSCOPE_UNWIND=dwarf`: use the backtrace crate's unwinder instead of
-/// frame pointers, for code that cannot be rebuilt with them.
+/// Use the backtrace crate's (DWARF) unwinder instead of frame pointers:
+/// `LEAKSCOPE_UNWIND=dwarf`, or the fallback for a build without them.
 static DWARF: AtomicBool = AtomicBool::new(false);
+/// The DWARF unwinder was chosen because the build lacks frame pointers.
+static FALLBACK: AtomicBool = AtomicBool::new(false);
 
+/// `LEAKSCOPE_UNWIND`: the unwinder the user asked for.
 pub(crate) fn set_dwarf(on: bool) {
     DWARF.store(on, Ordering::Relaxed);
+    FALLBACK.store(false, Ordering::Relaxed);
+}
+
+/// At the start: the DWARF unwinder when this build has no frame pointers.
+pub(crate) fn choose() {
+    if !built_with_frame_pointers() {
+        DWARF.store(true, Ordering::Relaxed);
+        FALLBACK.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The unwinder in use: (DWARF, chosen as the fallback for a build without
+/// frame pointers).
+pub(crate) fn unwinder() -> (bool, bool) {
+    (
+        DWARF.load(Ordering::Relaxed),
+        FALLBACK.load(Ordering::Relaxed),
+    )
+}
+
+/// A function of this crate, compiled with the build's flags like every
+/// crate of the program: its prologue says whether frames keep the chain.
+#[inline(never)]
+fn probe(x: usize) -> usize {
+    std::hint::black_box(x).wrapping_mul(3)
+}
+
+/// Whether this crate's code (so, the program's: `-C force-frame-pointers`
+/// applies to a whole build) sets up frame pointers: its functions open
+/// with `push rbp; mov rbp, rsp` (x86_64, after an `endbr64`) or
+/// `stp x29, x30, [sp, #-N]!` (aarch64). Elsewhere: assumed so.
+pub(crate) fn built_with_frame_pointers() -> bool {
+    let code = probe as fn(usize) -> usize as *const u8;
+    // SAFETY: the first 12 bytes at a function of ours: code in a mapped,
+    // readable text segment (a function shorter than that is followed by
+    // more of the segment).
+    let bytes = unsafe { std::slice::from_raw_parts(code, 12) };
+    let bytes = match bytes {
+        [0xf3, 0x0f, 0x1e, 0xfa, rest @ ..] => rest,
+        b => b,
+    };
+    if cfg!(target_arch = "x86_64") {
+        bytes.starts_with(&[0x55, 0x48, 0x89, 0xe5])
+    } else if cfg!(target_arch = "aarch64") {
+        // stp x29, x30, [sp, #imm]! : 0b1010_1001_10.. with Rt2=30, Rn=sp, Rt=29.
+        let first = bytes
+            .first_chunk::<4>()
+            .map_or(0, |b| u32::from_le_bytes(*b));
+        first & 0xffc0_7fff == 0xa980_7bfd
+    } else {
+        true
+    }
 }
 
 /// The bounds `[lo, hi)` of the calling thread's stack, or `(0, 0)` when the

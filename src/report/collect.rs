@@ -7,9 +7,12 @@
 //! so that a report costs what it shows. Runs outside the allocation path,
 //! with the thread's own allocations untracked.
 
-use crate::alloc::{blocks, callsite, process, sample, thread};
-use crate::report::model::{CallsiteStats, Report, ScopeCallsite, ScopeStats, Totals};
+use crate::alloc::{blocks, callsite, process, sample, thread, unwind};
+use crate::report::model::{
+    CallsiteStats, Report, ScopeCallsite, ScopeStats, Totals, Unwinder, FRAME_POINTERS_FIX,
+};
 use crate::report::symbolize::Symbolizer;
+use crate::report::warn::warn;
 use crate::scope::names;
 use std::collections::{HashMap, HashSet};
 
@@ -29,9 +32,21 @@ pub(crate) enum Sites<'a> {
     Shown { also: &'a [u32] },
 }
 
-/// The live state now, listing `sites`.
+/// The live state now, listing `sites`. The first report of a process
+/// whose stacks come from the DWARF fallback says so, once, on stderr.
 pub(crate) fn snapshot_of(sites: Sites<'_>) -> Report {
-    thread::untracked(|| build(sites))
+    let report = thread::untracked(|| build(sites));
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if report.unwinder == Unwinder::DwarfFallback
+        && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        thread::untracked(|| {
+            warn(&format!(
+                "stacks come from DWARF unwinding, since this program is built without frame pointers; {FRAME_POINTERS_FIX}"
+            ))
+        });
+    }
+    report
 }
 
 #[derive(Default, Clone, Copy)]
@@ -190,5 +205,10 @@ fn build(sites: Sites<'_>) -> Report {
         leak_check: None,
         growth: None,
         seconds: process::seconds_since_start(),
+        unwinder: match unwind::unwinder() {
+            (false, _) => Unwinder::FramePointers,
+            (true, false) => Unwinder::Dwarf,
+            (true, true) => Unwinder::DwarfFallback,
+        },
     }
 }

@@ -45,6 +45,7 @@ impl Report {
             "untracked_blocks": self.untracked_blocks,
             "sample_bytes": self.sample_bytes,
             "seconds": self.seconds,
+            "unwinder": self.unwinder.as_str(),
         });
         let mut out: Vec<u8> = Vec::with_capacity(4096);
         let head = head.to_string();

@@ -19,5 +19,5 @@ pub(crate) mod warn;
 pub use collect::snapshot;
 pub use leak::{Amount, LeakCheck, LeakKind, LossRecord, SuppressionUse};
 pub use model::{
-    CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Totals,
+    CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Totals, Unwinder,
 };

@@ -126,7 +126,39 @@ pub struct Report {
     /// When the snapshot was taken: seconds since the tracker started (the
     /// process's first allocation).
     pub seconds: f64,
+    /// How the stacks of this report were captured.
+    pub unwinder: Unwinder,
 }
+
+/// How stacks are captured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unwinder {
+    /// The frame-pointer chain (the program is built with frame pointers).
+    FramePointers,
+    /// The DWARF unwinder, as `LEAKSCOPE_UNWIND=dwarf` asked.
+    Dwarf,
+    /// The DWARF unwinder, because the program is built without frame
+    /// pointers: right stacks, at a higher cost per allocation.
+    DwarfFallback,
+}
+
+impl Unwinder {
+    /// The JSON name: `frame_pointers`, `dwarf`, `dwarf_fallback`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unwinder::FramePointers => "frame_pointers",
+            Unwinder::Dwarf => "dwarf",
+            Unwinder::DwarfFallback => "dwarf_fallback",
+        }
+    }
+}
+
+/// What to add for full speed when the fallback is on.
+pub(crate) const FRAME_POINTERS_FIX: &str = "for full speed build with frame pointers: in .cargo/config.toml, [build] rustflags = [\"-C\", \"force-frame-pointers=yes\"]";
+
+/// What to add for file and line in frames that have none.
+pub(crate) const LINE_TABLES_FIX: &str = "frames have no file and line: build with line tables, in Cargo.toml [profile.release] debug = \"limited\"";
 
 /// Scopes' growth between an earlier report and this one.
 #[derive(Clone, Debug, PartialEq)]

@@ -6,7 +6,7 @@
 
 use crate::alloc::thread;
 use crate::report::leak::{Amount, LeakCheck, LeakKind};
-use crate::report::model::{Frame, Growth, Report};
+use crate::report::model::{Frame, Growth, Report, Unwinder, FRAME_POINTERS_FIX, LINE_TABLES_FIX};
 use crate::report::symbolize::is_runtime_boundary;
 use std::fmt::{self, Display, Formatter};
 
@@ -200,6 +200,21 @@ impl Report {
     fn write_text(&self, f: &mut Formatter<'_>) -> fmt::Result {
         let p = format!("=={}==", self.pid);
         writeln!(f, "{p} leakscope: outstanding allocations")?;
+        if self.unwinder == Unwinder::DwarfFallback {
+            writeln!(
+                f,
+                "{p} stacks: DWARF unwinding, since this program is built without frame pointers ({FRAME_POINTERS_FIX})"
+            )?;
+        }
+        let shown = self.callsites.iter().filter(|c| c.live_blocks > 0);
+        let frames: Vec<&Frame> = shown.flat_map(|c| c.frames.iter()).collect();
+        if !frames.is_empty()
+            && frames
+                .iter()
+                .all(|fr| fr.file.is_none() && fr.line.is_none())
+        {
+            writeln!(f, "{p} {LINE_TABLES_FIX}")?;
+        }
         if self.sample_bytes != 0 {
             writeln!(
                 f,

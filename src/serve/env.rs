@@ -104,7 +104,8 @@ fn env(name: &CStr) -> Option<String> {
 /// [`REGISTER`]), with this thread's allocations untracked.
 fn start() {
     match env(c"LEAKSCOPE_UNWIND").as_deref().map(str::trim) {
-        None | Some("") | Some("fp") => {}
+        None | Some("") => {}
+        Some("fp") => unwind::set_dwarf(false),
         Some("dwarf") => unwind::set_dwarf(true),
         Some(other) => warn(&format!(
             "LEAKSCOPE_UNWIND={other:?} is not fp or dwarf; using frame pointers"
