@@ -123,15 +123,20 @@ fn the_fallback_gives_exact_stacks_and_says_how_to_be_fast() {
     assert!(found < PLANTED.len(), "{doc}");
 }
 
-fn the_text_report_names_the_fallback() {
-    let exe = build();
-    let out = Command::new(&exe)
+/// The text report `exe` writes to stderr at exit (and anything else there).
+fn text_report(exe: &PathBuf) -> String {
+    let out = Command::new(exe)
         .env("LEAKSCOPE_REPORT", "stderr")
         .env("LEAKSCOPE_LEAK_CHECK", "no")
         .env_remove("LEAKSCOPE_UNWIND")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn the_text_report_names_the_fallback() {
+    let exe = build();
+    let text = text_report(&exe);
     assert!(
         text.contains("stacks: DWARF unwinding, since this program is built without frame pointers (for full speed build with frame pointers: in .cargo/config.toml, [build] rustflags = [\"-C\", \"force-frame-pointers=yes\"])"),
         "{text}"
@@ -150,13 +155,7 @@ fn a_report_without_lines_says_how_to_get_them() {
         &["--config", "profile.dev.debug=0"],
         "no-frame-pointers-no-debug",
     );
-    let out = Command::new(&exe)
-        .env("LEAKSCOPE_REPORT", "stderr")
-        .env("LEAKSCOPE_LEAK_CHECK", "no")
-        .env_remove("LEAKSCOPE_UNWIND")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
+    let text = text_report(&exe);
     let hint = "frames have no file and line: build with line tables, in Cargo.toml [profile.release] debug = \"limited\"";
     assert_eq!(text.matches(hint).count(), 1, "{text}");
     assert!(
@@ -164,12 +163,7 @@ fn a_report_without_lines_says_how_to_get_them() {
         "{text}"
     );
     // The build with line tables has no such line.
-    let out = Command::new(build())
-        .env("LEAKSCOPE_REPORT", "stderr")
-        .env("LEAKSCOPE_LEAK_CHECK", "no")
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stderr).contains(hint));
+    assert!(!text_report(&build()).contains(hint));
 }
 
 fn main() {
