@@ -4,7 +4,7 @@
 //! The hot path is [`tracker`] (the `GlobalAlloc` wrapper, both modes) and
 //! [`thread`] (per-thread state and counters), with the block table in
 //! [`blocks`]. Around them: call-site interning ([`callsite`]), stack
-//! capture ([`unwind`]), sampling ([`sample`]), the per-run counts a block
+//! capture ([`unwind`], with the DWARF fallback's walk in [`cfi`]), sampling ([`sample`]), the per-run counts a block
 //! updates ([`runs`]), blocks kept out of leak reports ([`ignored`]), spin
 //! locks and metadata memory ([`meta`]), and the process-wide start, `fork`
 //! handlers and counters ([`process`]).
@@ -15,6 +15,7 @@
 
 pub(crate) mod blocks;
 pub(crate) mod callsite;
+pub(crate) mod cfi;
 pub(crate) mod ignored;
 pub(crate) mod meta;
 pub(crate) mod process;

@@ -10,6 +10,7 @@
 
 use crate::alloc::blocks::Young;
 use crate::alloc::callsite::{self, Peak, OTHER};
+use crate::alloc::cfi;
 use crate::alloc::meta::{bump, leak_zeroed, CacheAligned};
 use crate::alloc::runs::RunRecord;
 use crate::alloc::sample::Sampler;
@@ -163,6 +164,8 @@ pub(crate) struct Slot {
     /// Set-associative cache from stack hash to call-site id, newest entry
     /// of each set first; owner only.
     cache: UnsafeCell<[[CacheEntry; CACHE_WAYS]; CACHE_SETS]>,
+    /// The DWARF fallback's unwind rules by return address; owner only.
+    unwind_rules: cfi::Rules,
 }
 
 // SAFETY: `cache` is touched only by the thread that owns the slot (`in_use`
@@ -387,7 +390,7 @@ impl Tracking<'_> {
             }
         };
         let mut frames: Frames = [0; MAX_FRAMES];
-        let (n, hash) = unwind::capture(&mut frames, bounds);
+        let (n, hash) = unwind::capture(&mut frames, bounds, &self.slot.unwind_rules);
         self.slot.intern(frames.get(..n).unwrap_or(&[]), hash)
     }
 

@@ -9,6 +9,7 @@
 //! bounds and alignment, so code built without frame pointers yields a
 //! shorter stack, never a crash.
 
+use crate::alloc::cfi;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Deepest stack kept per call-site.
@@ -106,9 +107,22 @@ pub(crate) fn current_stack_bounds() -> (usize, usize) {
 /// and returns how many it found with their [`hash_frames`]. `bounds` are the
 /// thread's stack bounds.
 #[inline(never)]
-pub(crate) fn capture(out: &mut Frames, bounds: (usize, usize)) -> (usize, u64) {
+pub(crate) fn capture(
+    out: &mut Frames,
+    bounds: (usize, usize),
+    rules: &cfi::Rules,
+) -> (usize, u64) {
     if DWARF.load(Ordering::Relaxed) {
-        let n = capture_dwarf(out);
+        // The cached CFI walk; the backtrace crate's unwinder where it
+        // cannot start (another architecture, no `.eh_frame_hdr`).
+        let mut n = if cfi::SUPPORTED {
+            cfi::walk(out, bounds, rules)
+        } else {
+            0
+        };
+        if n == 0 {
+            n = capture_dwarf(out);
+        }
         return (n, hash_frames(out.get(..n).unwrap_or(&[])));
     }
     walk_frame_pointers(out, bounds)

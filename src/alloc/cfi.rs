@@ -1,0 +1,407 @@
+//! The DWARF fallback's stack walk: unwinding by the call frame information
+//! (`.eh_frame`) of the loaded objects, with a per-thread cache of the rule
+//! at each return address (x86_64).
+//!
+//! Owns [`walk`] and the rules it caches. A frame's rule says where its
+//! canonical frame address is (the stack pointer or `rbp`, plus an offset),
+//! that the return address is the word below it, and where the caller's
+//! `rbp` was saved. Finding a rule (the FDE search through
+//! `.eh_frame_hdr` and the CFI program, by gimli) is the expensive part of
+//! DWARF unwinding; a thread does it once per return address, then a step
+//! is a cache probe and two loads.
+//!
+//! Runs inside the allocation path, with the thread's re-entrancy flag up:
+//! no allocation (gimli's unwind context lives on the stack), no lock but a
+//! spin lock around the table of loaded objects (filled by
+//! `dl_iterate_phdr`, which takes the loader's lock, on a miss only), no
+//! panic, and every load checked against the thread's stack bounds.
+
+use crate::alloc::meta::SpinLock;
+use crate::alloc::unwind::{Frames, MAX_FRAMES};
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, Pointer, Register,
+    RegisterRule, UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
+};
+use std::cell::UnsafeCell;
+
+/// Rules a thread keeps, by return address (direct-mapped).
+const CACHED: usize = 1024;
+
+/// One cached rule: `ip` (0: empty) and its packed rule.
+#[derive(Clone, Copy, Default)]
+struct Entry {
+    ip: usize,
+    rule: u64,
+}
+
+/// A thread's rules; zeroed is empty. Used by its owner only.
+pub(crate) struct Rules {
+    entries: UnsafeCell<[Entry; CACHED]>,
+}
+
+// SAFETY: only the thread that owns the slot holding it touches `entries`
+// (as with the slot's call-site cache).
+unsafe impl Sync for Rules {}
+
+/// A packed rule: bit 63 valid; bit 62 CFA from `rbp` (else the stack
+/// pointer); bits 61-60 the caller's `rbp` (0 same value, 1 saved at an
+/// offset from the CFA); bits 16-47 the CFA offset (i32); bits 0-15 the
+/// saved `rbp`'s offset (i16).
+const VALID: u64 = 1 << 63;
+const CFA_RBP: u64 = 1 << 62;
+const RBP_SAVED: u64 = 1 << 60;
+/// No rule here (no CFI, or one this walk does not follow): the walk stops.
+const NONE: u64 = VALID | 1 << 61;
+
+fn pack(cfa_rbp: bool, cfa_offset: i64, rbp_saved: Option<i64>) -> u64 {
+    let (Ok(cfa), Ok(saved)) = (
+        i32::try_from(cfa_offset),
+        i16::try_from(rbp_saved.unwrap_or(0)),
+    ) else {
+        return NONE;
+    };
+    let mut rule = VALID | (cfa as u32 as u64) << 16 | saved as u16 as u64;
+    if cfa_rbp {
+        rule |= CFA_RBP;
+    }
+    if rbp_saved.is_some() {
+        rule |= RBP_SAVED;
+    }
+    rule
+}
+
+/// Fills `out` with the return addresses of the calling stack, innermost
+/// first, starting at the given register state; returns how many it found.
+/// `bounds` are the thread's stack bounds; `rules` its cache.
+#[inline(never)]
+pub(crate) fn walk(out: &mut Frames, (lo, hi): (usize, usize), rules: &Rules) -> usize {
+    let Some((mut ip, mut sp, mut bp)) = registers() else {
+        return 0;
+    };
+    if hi == 0 || sp < lo || sp >= hi {
+        return 0;
+    }
+    // SAFETY: the owner's cache (see `Rules`).
+    let cache = unsafe { &mut *rules.entries.get() };
+    let mut n = 0;
+    let mut first = true;
+    while n < MAX_FRAMES {
+        let Some(e) = cache.get_mut((ip >> 2) % CACHED) else {
+            break;
+        };
+        if e.ip != ip {
+            // A return address belongs to the call before it.
+            let at = if first { ip } else { ip.wrapping_sub(1) };
+            *e = Entry {
+                ip,
+                rule: find_rule(at),
+            };
+        }
+        let rule = e.rule;
+        if rule & VALID == 0 || rule == NONE {
+            break;
+        }
+        let base = if rule & CFA_RBP != 0 { bp } else { sp };
+        let cfa = base.wrapping_add_signed((rule >> 16) as u32 as i32 as isize);
+        // The return address is the word below the CFA, on this stack.
+        if cfa % 8 != 0 || cfa <= sp || cfa > hi || cfa < lo + 8 {
+            break;
+        }
+        // SAFETY: `cfa - 8` is 8-byte aligned and inside `[sp, hi)`, this
+        // thread's live stack (checked above).
+        let ra = unsafe { std::ptr::read_volatile((cfa - 8) as *const usize) };
+        if rule & RBP_SAVED != 0 {
+            let at = cfa.wrapping_add_signed(rule as u16 as i16 as isize);
+            if at % 8 != 0 || at < sp || at > hi.saturating_sub(8) {
+                break;
+            }
+            // SAFETY: as above, for the word where the caller's rbp was saved.
+            bp = unsafe { std::ptr::read_volatile(at as *const usize) };
+        }
+        if ra == 0 {
+            break;
+        }
+        if let Some(slot) = out.get_mut(n) {
+            *slot = ra;
+        }
+        n += 1;
+        sp = cfa;
+        ip = ra;
+        first = false;
+    }
+    n
+}
+
+/// The instruction pointer, stack pointer and `rbp` here.
+#[inline(always)]
+fn registers() -> Option<(usize, usize, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (ip, sp, bp): (usize, usize, usize);
+        // SAFETY: reads three registers (rip by lea); touches no memory.
+        unsafe {
+            std::arch::asm!(
+                "lea {ip}, [rip]",
+                "mov {sp}, rsp",
+                "mov {bp}, rbp",
+                ip = out(reg) ip,
+                sp = out(reg) sp,
+                bp = out(reg) bp,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        Some((ip, sp, bp))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+/// Whether this walk works here (x86_64); elsewhere the backtrace crate's
+/// unwinder serves the fallback.
+pub(crate) const SUPPORTED: bool = cfg!(target_arch = "x86_64");
+
+// ---------------------------------------------------------------- finding a rule
+
+/// What the walk needs of a loaded object: where its code is and where its
+/// call frame information is.
+#[derive(Clone, Copy, Default)]
+struct Object {
+    /// Executable segment(s): `[start, end)` spanning them.
+    text: (usize, usize),
+    /// `.eh_frame_hdr` and its length.
+    hdr: (usize, usize),
+    /// The loaded segment holding `.eh_frame_hdr` (and, as linkers lay them
+    /// out, `.eh_frame`).
+    segment: (usize, usize),
+}
+
+const OBJECTS: usize = 128;
+
+struct Objects {
+    list: [Object; OBJECTS],
+    len: usize,
+}
+
+static LOADED: SpinLock<Objects> = SpinLock::new(Objects {
+    list: [Object {
+        text: (0, 0),
+        hdr: (0, 0),
+        segment: (0, 0),
+    }; OBJECTS],
+    len: 0,
+});
+
+/// gimli's unwind context without the heap.
+struct OnStack;
+
+impl<T: gimli::ReaderOffset> UnwindContextStorage<T> for OnStack {
+    type Rules = [(Register, RegisterRule<T>); 24];
+    type Stack = [UnwindTableRow<T, Self>; 2];
+}
+
+const RBP: Register = Register(6);
+const RSP: Register = Register(7);
+const RA: Register = Register(16);
+
+/// The rule at `at` (an address inside a function), or [`NONE`].
+#[cold]
+fn find_rule(at: usize) -> u64 {
+    let object = match object_of(at) {
+        Some(o) => o,
+        None => {
+            reload_objects();
+            match object_of(at) {
+                Some(o) => o,
+                None => return NONE,
+            }
+        }
+    };
+    rule_in(&object, at).unwrap_or(NONE)
+}
+
+fn object_of(at: usize) -> Option<Object> {
+    let loaded = LOADED.lock();
+    loaded
+        .list
+        .get(..loaded.len)?
+        .iter()
+        .find(|o| o.text.0 <= at && at < o.text.1)
+        .copied()
+}
+
+fn rule_in(o: &Object, at: usize) -> Option<u64> {
+    // SAFETY: the header lies in a loaded, readable segment of the object
+    // (PT_GNU_EH_FRAME), `hdr.1` bytes long.
+    let hdr_bytes = unsafe { std::slice::from_raw_parts(o.hdr.0 as *const u8, o.hdr.1) };
+    let bases = BaseAddresses::default().set_eh_frame_hdr(o.hdr.0 as u64);
+    let hdr = EhFrameHdr::new(hdr_bytes, LittleEndian)
+        .parse(&bases, 8)
+        .ok()?;
+    let eh_frame_at = match hdr.eh_frame_ptr() {
+        Pointer::Direct(a) => a as usize,
+        Pointer::Indirect(_) => return None,
+    };
+    if eh_frame_at < o.segment.0 || eh_frame_at >= o.segment.1 {
+        return None;
+    }
+    // SAFETY: `.eh_frame` lies in that loaded segment, mapped and readable
+    // to its end.
+    let frame_bytes =
+        unsafe { std::slice::from_raw_parts(eh_frame_at as *const u8, o.segment.1 - eh_frame_at) };
+    let eh_frame = EhFrame::new(frame_bytes, LittleEndian);
+    let bases = bases
+        .set_eh_frame(eh_frame_at as u64)
+        .set_text(o.text.0 as u64);
+    let table = hdr.table()?;
+    let mut ctx: UnwindContext<usize, OnStack> = UnwindContext::new_in();
+    let row = table
+        .unwind_info_for_address(
+            &eh_frame,
+            &bases,
+            &mut ctx,
+            at as u64,
+            EhFrame::<EndianSlice<'_, LittleEndian>>::cie_from_offset,
+        )
+        .ok()?;
+    let (cfa_rbp, cfa_offset) = match *row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } if register == RSP => (false, offset),
+        CfaRule::RegisterAndOffset { register, offset } if register == RBP => (true, offset),
+        _ => return None,
+    };
+    if !matches!(row.register(RA), None | Some(RegisterRule::Offset(-8))) {
+        return None;
+    }
+    let rbp_saved = match row.register(RBP) {
+        None | Some(RegisterRule::SameValue) => None,
+        Some(RegisterRule::Offset(o)) => Some(o),
+        Some(_) => return None,
+    };
+    Some(pack(cfa_rbp, cfa_offset, rbp_saved))
+}
+
+/// Lists the loaded objects again (the first miss, or code of an object
+/// loaded since).
+fn reload_objects() {
+    let mut fresh = Objects {
+        list: [Object::default(); OBJECTS],
+        len: 0,
+    };
+    // SAFETY: the callback only reads the headers the loader passes and
+    // writes into `fresh`, which outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(each_object), (&mut fresh as *mut Objects).cast());
+    }
+    let mut loaded = LOADED.lock();
+    loaded.list = fresh.list;
+    loaded.len = fresh.len;
+}
+
+unsafe extern "C" fn each_object(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: the loader passes a valid info struct; `data` is the
+    // `Objects` given to dl_iterate_phdr.
+    let (info, objects) = unsafe { (&*info, &mut *data.cast::<Objects>()) };
+    let base = info.dlpi_addr as usize;
+    let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
+        &[]
+    } else {
+        // SAFETY: `dlpi_phnum` program headers at `dlpi_phdr`.
+        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+    };
+    let mut o = Object::default();
+    let mut text = (usize::MAX, 0);
+    for p in phdrs {
+        let start = base.wrapping_add(p.p_vaddr as usize);
+        let end = start.wrapping_add(p.p_memsz as usize);
+        if p.p_type == libc::PT_LOAD && p.p_flags & libc::PF_X != 0 {
+            text = (text.0.min(start), text.1.max(end));
+        }
+        if p.p_type == libc::PT_GNU_EH_FRAME {
+            o.hdr = (start, p.p_memsz as usize);
+        }
+    }
+    if o.hdr.0 == 0 || text.1 == 0 {
+        return 0;
+    }
+    // `.eh_frame` follows its header in the same read-only segment (a
+    // layout where it does not is left to the backtrace crate's unwinder).
+    o.segment = phdrs
+        .iter()
+        .filter(|p| p.p_type == libc::PT_LOAD)
+        .map(|p| {
+            let start = base.wrapping_add(p.p_vaddr as usize);
+            (start, start.wrapping_add(p.p_memsz as usize))
+        })
+        .find(|&(s, e)| s <= o.hdr.0 && o.hdr.0 < e)
+        .unwrap_or((0, 0));
+    o.text = text;
+    if let Some(slot) = objects.list.get_mut(objects.len) {
+        *slot = o;
+        objects.len += 1;
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack_bounds() -> (usize, usize) {
+        crate::alloc::unwind::current_stack_bounds()
+    }
+
+    /// This walk and the backtrace crate's unwinder agree, return address
+    /// for return address, from the first frame both see to the end.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_walk_agrees_with_the_system_unwinder() {
+        let rules = Box::new(Rules {
+            entries: UnsafeCell::new([Entry::default(); CACHED]),
+        });
+        for round in 0..2 {
+            // The second round runs on cached rules.
+            let mut ours: Frames = [0; MAX_FRAMES];
+            let n = std::hint::black_box(walk(&mut ours, stack_bounds(), &rules));
+            let mut theirs = Vec::new();
+            backtrace::trace(|f| {
+                theirs.push(f.ip() as usize);
+                theirs.len() < 64
+            });
+            let ours = &ours[..n];
+            // Skip the frames inside each unwinder: from the first address
+            // both have, the lists are the same.
+            let start = ours
+                .iter()
+                .position(|ip| theirs.contains(ip))
+                .expect("a common frame");
+            let from = theirs.iter().position(|ip| *ip == ours[start]).unwrap();
+            let common = (ours.len() - start).min(theirs.len() - from);
+            assert!(common >= 5, "round {round}: {ours:x?} vs {theirs:x?}");
+            assert_eq!(
+                &ours[start..start + common],
+                &theirs[from..from + common],
+                "round {round}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_pack_and_unpack() {
+        let r = pack(true, 16, Some(-16));
+        assert_eq!(
+            r & (VALID | CFA_RBP | RBP_SAVED),
+            VALID | CFA_RBP | RBP_SAVED
+        );
+        assert_eq!((r >> 16) as u32 as i32, 16);
+        assert_eq!(r as u16 as i16, -16);
+        let r = pack(false, -8, None);
+        assert_eq!((r & CFA_RBP, r & RBP_SAVED), (0, 0));
+        assert_eq!((r >> 16) as u32 as i32, -8);
+        assert_eq!(pack(false, 1 << 40, None), NONE);
+    }
+}
