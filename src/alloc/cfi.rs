@@ -193,6 +193,18 @@ static LOADED: SpinLock<Objects> = SpinLock::new(Objects {
     len: 0,
 });
 
+/// Holds the objects' lock across `fork` so the child never inherits it held.
+pub(crate) fn lock_for_fork() {
+    LOADED.lock_for_fork();
+}
+
+/// # Safety
+/// Pairs with [`lock_for_fork`] in the fork handlers.
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: forwarded contract; `lock_for_fork` took this lock.
+    unsafe { LOADED.force_unlock() };
+}
+
 /// gimli's unwind context without the heap.
 struct OnStack;
 

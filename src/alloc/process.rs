@@ -10,7 +10,7 @@
 //! before `main` or at any time later: a hook registered after the start
 //! runs at once. Nothing here may block on a lock the allocation path holds.
 
-use crate::alloc::{blocks, callsite, meta, runs, thread, unwind};
+use crate::alloc::{blocks, callsite, cfi, meta, runs, thread, unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 static UNTRACKED: AtomicU64 = AtomicU64::new(0);
@@ -89,6 +89,7 @@ extern "C" fn before_fork() {
     runs::lock_for_fork();
     callsite::lock_for_fork();
     blocks::lock_for_fork();
+    cfi::lock_for_fork();
     meta::lock_for_fork();
 }
 
@@ -102,6 +103,7 @@ extern "C" fn after_fork() {
     // parent this child was forked from), and nothing used them since.
     unsafe {
         meta::unlock_after_fork();
+        cfi::unlock_after_fork();
         blocks::unlock_after_fork();
         callsite::unlock_after_fork();
         runs::unlock_after_fork();
