@@ -16,7 +16,7 @@
 //! `dl_iterate_phdr`, which takes the loader's lock, on a miss only), no
 //! panic, and every load checked against the thread's stack bounds.
 
-use crate::alloc::meta::SpinLock;
+use crate::alloc::meta::{mix, SpinLock};
 use crate::alloc::unwind::{Frames, MAX_FRAMES};
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, Pointer, Register,
@@ -24,8 +24,12 @@ use gimli::{
 };
 use std::cell::UnsafeCell;
 
-/// Rules a thread keeps, by return address (direct-mapped).
-const CACHED: usize = 1024;
+/// Rules a thread keeps, by return address: [`SETS`] sets of [`WAYS`]
+/// entries, newest first. Four ways: a stack's few dozen return addresses
+/// must not evict one another (a direct-mapped table missed on every other
+/// walk of a 20-frame stack, and a miss costs a CFI search).
+const WAYS: usize = 4;
+const SETS: usize = 256;
 
 /// One cached rule: `ip` (0: empty) and its packed rule.
 #[derive(Clone, Copy, Default)]
@@ -36,7 +40,7 @@ struct Entry {
 
 /// A thread's rules; zeroed is empty. Used by its owner only.
 pub(crate) struct Rules {
-    entries: UnsafeCell<[Entry; CACHED]>,
+    entries: UnsafeCell<[[Entry; WAYS]; SETS]>,
 }
 
 // SAFETY: only the thread that owns the slot holding it touches `entries`
@@ -86,18 +90,20 @@ pub(crate) fn walk(out: &mut Frames, (lo, hi): (usize, usize), rules: &Rules) ->
     let mut n = 0;
     let mut first = true;
     while n < MAX_FRAMES {
-        let Some(e) = cache.get_mut((ip >> 2) % CACHED) else {
+        let Some(set) = cache.get_mut(mix(ip as u64) as usize % SETS) else {
             break;
         };
-        if e.ip != ip {
-            // A return address belongs to the call before it.
-            let at = if first { ip } else { ip.wrapping_sub(1) };
-            *e = Entry {
-                ip,
-                rule: find_rule(at),
-            };
-        }
-        let rule = e.rule;
+        let rule = match set.iter().find(|e| e.ip == ip) {
+            Some(e) => e.rule,
+            None => {
+                // A return address belongs to the call before it.
+                let at = if first { ip } else { ip.wrapping_sub(1) };
+                let rule = find_rule(at);
+                set.copy_within(..WAYS - 1, 1);
+                set[0] = Entry { ip, rule };
+                rule
+            }
+        };
         if rule & VALID == 0 || rule == NONE {
             break;
         }
@@ -373,7 +379,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn the_walk_agrees_with_the_system_unwinder() {
         let rules = Box::new(Rules {
-            entries: UnsafeCell::new([Entry::default(); CACHED]),
+            entries: UnsafeCell::new([[Entry::default(); WAYS]; SETS]),
         });
         for round in 0..2 {
             // The second round runs on cached rules.
