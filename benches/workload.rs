@@ -12,6 +12,12 @@
 //! Each measurement is its own child process (this program, run with
 //! LEAKSCOPE_BENCH_MODE set), so that the allocator is chosen before the first
 //! allocation and no run inherits another's heap.
+//!
+//! LEAKSCOPE_BENCH_WORKLOAD=dense runs the allocation-dense shape instead:
+//! per request, a request body formatted, split into a few small strings, a
+//! small map, a zeroed buffer of up to 4 KB and a response string, about 20
+//! frames below the thread's start; a quarter of the responses freed on the
+//! writer thread, the rest where they were made.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -191,7 +197,48 @@ fn handle(i: usize) -> String {
     body
 }
 
+/// LEAKSCOPE_BENCH_WORKLOAD=dense: the allocation-dense shape.
+fn dense() -> bool {
+    std::env::var("LEAKSCOPE_BENCH_WORKLOAD").is_ok_and(|w| w == "dense")
+}
+
+/// Calls `f` `depth` frames further down, so that stacks are as deep as a
+/// service's.
+#[inline(never)]
+fn deep(depth: u32, f: &mut dyn FnMut() -> String) -> String {
+    if depth == 0 {
+        f()
+    } else {
+        black_box(deep(depth - 1, f))
+    }
+}
+
+/// One allocation-dense request (see the module docs).
+#[inline(never)]
+fn dense_request(i: usize) -> String {
+    let body = format!("id={i}&name=user{}&tags=x,y,z", i % 97);
+    let parts: Vec<String> = body.split('&').map(str::to_owned).collect();
+    let mut fields: HashMap<&str, &str> = HashMap::with_capacity(4);
+    for p in &parts {
+        if let Some((k, v)) = p.split_once('=') {
+            fields.insert(k, v);
+        }
+    }
+    let buf = vec![0u8; 256 + (i * 61) % 3840];
+    let response = format!(
+        "{{\"id\":{},\"fields\":{},\"buffer\":{}}}",
+        fields.get("id").unwrap_or(&""),
+        fields.len(),
+        black_box(&buf).len()
+    );
+    if i % 100 == 0 {
+        LEAKED.lock().unwrap().push(format!("audit {i}"));
+    }
+    response
+}
+
 fn workload(threads: usize, scoped: bool) -> usize {
+    let dense = dense();
     let (tx, rx) = mpsc::sync_channel::<String>(1024);
     // The writer: frees every response, on a thread that allocated none of them.
     let writer =
@@ -200,13 +247,24 @@ fn workload(threads: usize, scoped: bool) -> usize {
         .map(|t| {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                for i in (t..requests()).step_by(threads) {
-                    let body = if scoped {
-                        leakscope::track_scope(ROUTES[i % ROUTES.len()], || handle(i))
+                let one = |i: usize| {
+                    if dense {
+                        deep(14, &mut || dense_request(i))
                     } else {
                         handle(i)
+                    }
+                };
+                for i in (t..requests()).step_by(threads) {
+                    let body = if scoped {
+                        leakscope::track_scope(ROUTES[i % ROUTES.len()], || one(i))
+                    } else {
+                        one(i)
                     };
-                    tx.send(body).unwrap();
+                    if !dense || i % 4 == 0 {
+                        tx.send(body).unwrap();
+                    } else {
+                        drop(black_box(body));
+                    }
                 }
             })
         })
@@ -278,7 +336,8 @@ fn child(mode: &str) {
         // Exact in every tracked mode: per call-site without scopes, per
         // scope with them (in sampling mode call-sites are estimates).
         let leaked = if mode == "leakscope-sites" {
-            r.callsites_in("handle").map(|c| c.live_blocks).sum::<u64>()
+            let planted = if dense() { "dense_request" } else { "handle" };
+            r.callsites_in(planted).map(|c| c.live_blocks).sum::<u64>()
         } else {
             r.scopes.iter().map(|s| s.outstanding_blocks).sum::<u64>()
         };
@@ -335,7 +394,8 @@ fn main() {
         .collect();
     let exe = std::env::current_exe().unwrap();
     println!(
-        "workload: {} requests per run, {rounds} rounds; responses freed on a writer thread",
+        "workload{}: {} requests per run, {rounds} rounds; responses freed on a writer thread",
+        if dense() { " (dense)" } else { "" },
         requests()
     );
     println!("seconds: median run; ratio: median over rounds of the run's time / its plain allocator's run beside it");
