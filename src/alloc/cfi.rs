@@ -164,10 +164,6 @@ fn registers() -> Option<(usize, usize, usize)> {
     }
 }
 
-/// Whether this walk works here (x86_64); elsewhere the backtrace crate's
-/// unwinder serves the fallback.
-pub(crate) const SUPPORTED: bool = cfg!(target_arch = "x86_64");
-
 // ---------------------------------------------------------------- finding a rule
 
 /// What the walk needs of a loaded object: where its code is and where its

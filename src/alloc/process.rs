@@ -18,7 +18,7 @@ static UNTRACKED: AtomicU64 = AtomicU64::new(0);
 static STARTED_NS: AtomicU64 = AtomicU64::new(0);
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds (no allocation, no lock).
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

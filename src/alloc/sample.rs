@@ -106,13 +106,7 @@ pub(crate) fn bad_value() -> bool {
 }
 
 fn time_seed() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills a valid timespec; it does not allocate.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_007) ^ ts.tv_nsec as u64
+    crate::alloc::process::monotonic_ns()
 }
 
 fn getenv(name: &std::ffi::CStr) -> Option<&'static [u8]> {

@@ -18,8 +18,9 @@ pub(crate) const MAX_FRAMES: usize = 32;
 /// Return addresses, innermost first.
 pub(crate) type Frames = [usize; MAX_FRAMES];
 
-/// Use the backtrace crate's (DWARF) unwinder instead of frame pointers:
-/// `LEAKSCOPE_UNWIND=dwarf`, or the fallback for a build without them.
+/// Unwind by DWARF call frame information ([`cfi::walk`]) instead of frame
+/// pointers: `LEAKSCOPE_UNWIND=dwarf`, or the fallback for a build without
+/// them.
 static DWARF: AtomicBool = AtomicBool::new(false);
 /// The DWARF unwinder was chosen because the build lacks frame pointers.
 static FALLBACK: AtomicBool = AtomicBool::new(false);
@@ -115,11 +116,7 @@ pub(crate) fn capture(
     if DWARF.load(Ordering::Relaxed) {
         // The cached CFI walk; the backtrace crate's unwinder where it
         // cannot start (another architecture, no `.eh_frame_hdr`).
-        let mut n = if cfi::SUPPORTED {
-            cfi::walk(out, bounds, rules)
-        } else {
-            0
-        };
+        let mut n = cfi::walk(out, bounds, rules);
         if n == 0 {
             n = capture_dwarf(out);
         }

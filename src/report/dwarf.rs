@@ -102,6 +102,10 @@ struct Row {
 
 const NO_FILE: u64 = u64::MAX;
 
+/// An inlined call: its entry, and the file (line-table index) and line it
+/// was called from.
+type Inlined = (UnitOffset, u64, Option<u32>);
+
 /// What lookups have parsed of one unit.
 struct UnitData {
     unit: gimli::Unit<R>,
@@ -327,13 +331,8 @@ impl Program {
     }
 
     /// The function holding `addr` and the inlined calls inside it that
-    /// hold it, outermost first: (entry, call file, call line).
-    #[allow(clippy::type_complexity)]
-    fn chain(
-        &mut self,
-        unit: usize,
-        addr: u64,
-    ) -> Option<(UnitOffset, Vec<(UnitOffset, u64, Option<u32>)>)> {
+    /// hold it, outermost first.
+    fn chain(&mut self, unit: usize, addr: u64) -> Option<(UnitOffset, Vec<Inlined>)> {
         let dwarf = &self.dwarf;
         let data = self.units.get_mut(&unit)?.as_mut()?;
         if data.functions.is_none() {
@@ -449,7 +448,7 @@ impl Program {
 }
 
 /// A symbol's name as a person reads it (Rust's, without the hash).
-fn demangle(name: &str) -> String {
+pub(crate) fn demangle(name: &str) -> String {
     format!("{:#}", backtrace::SymbolName::new(name.as_bytes()))
 }
 
@@ -493,7 +492,7 @@ fn inlined_at(
     unit: &gimli::Unit<R>,
     node: gimli::EntriesTreeNode<'_, '_, R>,
     addr: u64,
-    out: &mut Vec<(UnitOffset, u64, Option<u32>)>,
+    out: &mut Vec<Inlined>,
     depth: u32,
 ) {
     if depth > 64 {

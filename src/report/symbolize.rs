@@ -6,7 +6,7 @@
 //! allocation plumbing or the user's code, so that a stack starts at the
 //! code that allocated. Never runs on the allocation path.
 
-use crate::report::dwarf::Program;
+use crate::report::dwarf::{demangle, Program};
 use crate::report::model::Frame;
 use std::collections::HashMap;
 
@@ -185,10 +185,10 @@ pub(crate) fn loaded_object(ip: usize) -> Option<LoadedObject> {
 /// A frame in another object than this crate's: its dynamic symbol (demangled)
 /// and the offset into it, no file or line.
 fn foreign_frame(ip: usize, o: &LoadedObject) -> (Frame, Role) {
-    let function = o.symbol.as_ref().map(|(name, at)| {
-        let name = backtrace::SymbolName::new(name.as_bytes());
-        format!("{name:#}+{:#x}", ip.saturating_sub(*at))
-    });
+    let function = o
+        .symbol
+        .as_ref()
+        .map(|(name, at)| format!("{}+{:#x}", demangle(name), ip.saturating_sub(*at)));
     let role = Role::of(function.as_deref().unwrap_or(""), None);
     let frame = Frame {
         ip,

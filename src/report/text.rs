@@ -206,13 +206,14 @@ impl Report {
                 "{p} stacks: DWARF unwinding, since this program is built without frame pointers ({FRAME_POINTERS_FIX})"
             )?;
         }
-        let shown = self.callsites.iter().filter(|c| c.live_blocks > 0);
-        let frames: Vec<&Frame> = shown.flat_map(|c| c.frames.iter()).collect();
-        if !frames.is_empty()
-            && frames
-                .iter()
-                .all(|fr| fr.file.is_none() && fr.line.is_none())
-        {
+        // The call-sites this report shows.
+        let live: Vec<_> = self
+            .callsites
+            .iter()
+            .filter(|c| c.live_blocks > 0)
+            .collect();
+        let mut frames = live.iter().flat_map(|c| c.frames.iter()).peekable();
+        if frames.peek().is_some() && frames.all(|fr| fr.file.is_none() && fr.line.is_none()) {
             writeln!(f, "{p} {LINE_TABLES_FIX}")?;
         }
         if self.sample_bytes != 0 {
@@ -254,11 +255,6 @@ impl Report {
             write_growth(f, &p, g)?;
         }
 
-        let live: Vec<_> = self
-            .callsites
-            .iter()
-            .filter(|c| c.live_blocks > 0)
-            .collect();
         for (i, c) in live.iter().enumerate() {
             let (bytes, blocks) = (c.live_bytes, c.live_blocks);
             write_record_head(f, &p, (bytes, blocks), "outstanding", (i, live.len()))?;
