@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The allocation path's cost in instructions, which, unlike time, does not
+# swing with the machine: extra instructions per allocation and its free,
+# under `valgrind --tool=callgrind`, on the whole-program workload
+# (benches/workload.rs) at one worker.
+#
+#   benches/instructions.sh [service|dense ...]   (default: both)
+#   LEAKSCOPE_BENCH_REQUESTS=20000 (a multiple of 100), MODES="leakscope leakscope-sampled"
+#
+# Per workload: the plain run (System) and each tracked run, same requests.
+# Extra per pair = (tracked run's instructions - the snapshot the workload
+# takes at its end, which checks the planted leaks - plain run's) / the plain
+# run's allocations (calls of __rust_alloc and __rust_alloc_zeroed; every one
+# is freed or reallocated, and a realloc counts as neither). Scope entry and
+# exit are in the tracked run, so they count in the figure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 2; }
+
+workloads=("$@")
+[ ${#workloads[@]} -gt 0 ] || workloads=(service dense)
+requests="${LEAKSCOPE_BENCH_REQUESTS:-20000}"
+modes="${MODES:-leakscope leakscope-sampled}"
+out="${CARGO_TARGET_DIR:-target}/instructions"
+mkdir -p "$out"
+
+exe="$(cargo bench --bench workload --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "workload" and m.get("executable"):
+        print(m["executable"])')"
+
+run() { # workload mode -> callgrind file
+    local f="$out/$1.$2"
+    local sample=()
+    [ "$2" = leakscope-sampled ] && sample=(LEAKSCOPE_SAMPLE_BYTES=512k LEAKSCOPE_SAMPLE_SEED=1)
+    env -u LEAKSCOPE_REPORT "${sample[@]}" LEAKSCOPE_BENCH_WORKLOAD="$1" LEAKSCOPE_BENCH_MODE="$2" \
+        LEAKSCOPE_BENCH_THREADS=1 LEAKSCOPE_BENCH_REQUESTS="$requests" \
+        valgrind --tool=callgrind --callgrind-out-file="$f" "$exe" >/dev/null 2>"$f.log"
+    echo "$f"
+}
+
+figures() { # plain-file tracked-file -> "extra per pair, allocations"
+    python3 - "$1" "$2" <<'EOF'
+import re, subprocess, sys
+
+def calls(path):
+    names, n, cfn = {}, 0, None
+    for line in open(path, errors="replace"):
+        m = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?", line)
+        if m:
+            kind, i, name = m.groups()
+            if name:
+                names[i] = name.strip()
+            if kind == "cfn":
+                cfn = i
+            continue
+        m = re.match(r"calls=(\d+)", line)
+        if m and cfn and re.search(r"__rust_alloc(_zeroed)?$", names.get(cfn, "")):
+            n += int(m.group(1))
+    return n
+
+def total(path):
+    for line in open(path, errors="replace"):
+        if line.startswith("totals:") or line.startswith("summary:"):
+            return int(line.split()[1])
+
+def snapshot(path):
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
+                         capture_output=True, text=True).stdout
+    best = 0
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+) .*leakscope::report::collect::snapshot[^_]", line + " ")
+        if m:
+            best = max(best, int(m.group(1).replace(",", "")))
+    return best
+
+plain, tracked = sys.argv[1], sys.argv[2]
+pairs = calls(plain)
+extra = total(tracked) - snapshot(tracked) - total(plain)
+print(f"{extra / pairs:.0f} {pairs}")
+EOF
+}
+
+printf "%-8s %-19s %12s %12s\n" workload allocator "extra/pair" allocations
+for w in "${workloads[@]}"; do
+    plain="$(run "$w" system)"
+    for m in $modes; do
+        read -r extra pairs < <(figures "$plain" "$(run "$w" "$m")")
+        printf "%-8s %-19s %12s %12s\n" "$w" "$m" "$extra" "$pairs"
+    done
+done
