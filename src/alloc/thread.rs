@@ -14,7 +14,7 @@ use crate::alloc::cfi;
 use crate::alloc::meta::{bump, leak_zeroed, CacheAligned};
 use crate::alloc::runs::RunRecord;
 use crate::alloc::sample::Sampler;
-use crate::alloc::unwind::{self, Frames, MAX_FRAMES};
+use crate::alloc::unwind::{self, Capture, Frames, Seen, MAX_FRAMES};
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 
@@ -166,10 +166,20 @@ pub(crate) struct Slot {
     cache: UnsafeCell<[[CacheEntry; CACHE_WAYS]; CACHE_SETS]>,
     /// The DWARF fallback's unwind rules by return address; owner only.
     unwind_rules: cfi::Rules,
+    /// Stacks the frame-pointer walk read lately, with their call-sites; owner only.
+    seen: Seen<Known>,
 }
 
-// SAFETY: `cache` is touched only by the thread that owns the slot (`in_use`
-// hands it to one thread at a time); every other field is atomic.
+/// A call-site as [`Seen`] keeps it (all-zero: [`OTHER`], no site).
+#[derive(Clone, Copy)]
+struct Known {
+    id: u32,
+    site: *const callsite::Site,
+}
+
+// SAFETY: `cache`, `unwind_rules` and `seen` are touched only by the thread
+// that owns the slot (`in_use` hands it to one thread at a time); every
+// other field is atomic.
 unsafe impl Sync for Slot {}
 
 impl Slot {
@@ -186,6 +196,18 @@ impl Slot {
     /// Everything this slot's threads allocated and freed: for reports.
     pub(crate) fn total_counts(&self) -> &Counts {
         &self.total
+    }
+
+    /// The call-site of a stack [`Seen`] did not know, kept there.
+    #[cold]
+    fn intern_walked(&self, walked: unwind::Walked<'_, Known>) -> SiteRef {
+        let mut frames: Frames = [0; MAX_FRAMES];
+        let site = self.intern(walked.frames(&mut frames), walked.hash);
+        walked.keep(Known {
+            id: site.id,
+            site: site.site.map_or(std::ptr::null(), |s| s as *const _),
+        });
+        site
     }
 
     /// The call-site of `frames` (whose hash is `hash`), from the cache or
@@ -250,6 +272,8 @@ fn acquire_slot() -> Option<&'static Slot> {
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
+            // Its stacks were another thread's.
+            s.seen.clear();
             return Some(s);
         }
     }
@@ -389,9 +413,15 @@ impl Tracking<'_> {
                 b
             }
         };
-        let mut frames: Frames = [0; MAX_FRAMES];
-        let (n, hash) = unwind::capture(&mut frames, bounds, &self.slot.unwind_rules);
-        self.slot.intern(frames.get(..n).unwrap_or(&[]), hash)
+        let slot = self.slot;
+        match unwind::capture(bounds, &slot.unwind_rules, &slot.seen) {
+            Capture::Seen(k) => SiteRef {
+                id: k.id,
+                // SAFETY: a non-null `site` was a `&'static Site` (sites are never freed).
+                site: unsafe { k.site.as_ref() },
+            },
+            Capture::Walked(walked) => slot.intern_walked(walked),
+        }
     }
 
     /// Counts a block of `size` bytes allocated, in the process totals.

@@ -4,7 +4,9 @@
 //! choice between them: at the start, a program built without frame pointers
 //! (its code, this crate's included, has no frame-pointer prologues, so
 //! the chain breaks in the first frame) gets the DWARF unwinder, unless
-//! `LEAKSCOPE_UNWIND` says otherwise. Must never allocate, lock or fault:
+//! `LEAKSCOPE_UNWIND` says otherwise. Also owns each thread's [`Seen`]
+//! stacks, which know a stack walked before by re-reading its words without
+//! walking it. Must never allocate, lock or fault:
 //! every step of the walk is checked against the current thread's stack
 //! bounds and alignment, so code built without frame pointers yields a
 //! shorter stack, never a crash.
@@ -104,25 +106,97 @@ pub(crate) fn current_stack_bounds() -> (usize, usize) {
     }
 }
 
-/// Fills `out` with the return addresses of the calling stack, innermost first,
-/// and returns how many it found with their [`hash_frames`]. `bounds` are the
-/// thread's stack bounds.
+/// What [`capture`] found.
+pub(crate) enum Capture<'a, V> {
+    /// The stack is one this thread's [`Seen`] holds, word for word: what
+    /// the caller kept for it.
+    Seen(V),
+    /// The stack was walked.
+    Walked(Walked<'a, V>),
+}
+
+/// A stack just walked: its frames, and the [`Seen`] way that remembers it
+/// once the caller says what it is ([`Walked::keep`]).
+pub(crate) struct Walked<'a, V> {
+    /// Frames found.
+    pub(crate) n: usize,
+    /// Their [`hash_frames`].
+    pub(crate) hash: u64,
+    stack: &'a mut SeenStack<V>,
+    /// Where the walk started (0: not to be kept: not a frame-pointer walk).
+    start: usize,
+}
+
+impl<V: Copy> Walked<'_, V> {
+    /// The return addresses found, innermost first, copied to `out`.
+    pub(crate) fn frames<'o>(&self, out: &'o mut Frames) -> &'o [usize] {
+        for (o, r) in out.iter_mut().zip(&self.stack.records).take(self.n) {
+            *o = r.0[1];
+        }
+        out.get(..self.n).unwrap_or(&[])
+    }
+
+    /// Remembers the stack with `value` (its call-site), to be known again
+    /// by [`capture`].
+    #[inline]
+    pub(crate) fn keep(self, value: V) {
+        if self.start != 0 {
+            self.stack.value = value;
+            self.stack.start = self.start;
+        }
+    }
+}
+
+/// The return addresses of the calling stack, innermost first, unless `seen`
+/// holds the stack (frame-pointer walk only). `bounds` are the thread's
+/// stack bounds.
 #[inline(never)]
-pub(crate) fn capture(
-    out: &mut Frames,
+pub(crate) fn capture<'a, V: Copy>(
     bounds: (usize, usize),
     rules: &cfi::Rules,
-) -> (usize, u64) {
+    seen: &'a Seen<V>,
+) -> Capture<'a, V> {
+    let marker = 0u8;
+    let sp = &marker as *const u8 as usize;
+    let fp = frame_pointer();
+    // SAFETY: `seen` belongs to this thread's slot (see `Seen`), and `fp`
+    // is this frame's record, above `sp`.
+    let (known, stack) = unsafe { seen.find(fp) };
     if DWARF.load(Ordering::Relaxed) {
         // The cached CFI walk; the backtrace crate's unwinder where it
         // cannot start (another architecture, no `.eh_frame_hdr`).
-        let mut n = cfi::walk(out, bounds, rules);
+        let mut out: Frames = [0; MAX_FRAMES];
+        let mut n = cfi::walk(&mut out, bounds, rules);
         if n == 0 {
-            n = capture_dwarf(out);
+            n = capture_dwarf(&mut out);
         }
-        return (n, hash_frames(out.get(..n).unwrap_or(&[])));
+        for (r, &ip) in stack.records.iter_mut().zip(&out) {
+            r.0[1] = ip;
+        }
+        let hash = hash_frames(out.get(..n).unwrap_or(&[]));
+        return Capture::Walked(Walked {
+            n,
+            hash,
+            stack,
+            start: 0,
+        });
     }
-    walk_frame_pointers(out, bounds)
+    if let Some(v) = known {
+        return Capture::Seen(v);
+    }
+    // Not on this thread's own stack (a signal stack, a coroutine): no walk.
+    let (n, hash, read) = if bounds.1 == 0 || sp < bounds.0 || sp >= bounds.1 {
+        (0, hash_frames(&[]), 0)
+    } else {
+        walk_frame_pointers(sp, fp, bounds.1, &mut stack.records)
+    };
+    stack.read = read as u32;
+    Capture::Walked(Walked {
+        n,
+        hash,
+        stack,
+        start: fp,
+    })
 }
 
 #[inline(always)]
@@ -145,8 +219,12 @@ fn frame_pointer() -> usize {
     fp
 }
 
-/// Follows the chain of saved frame pointers. On x86_64 and aarch64 a frame
-/// record is `[saved fp, return address]` at the frame pointer.
+/// Follows the chain of saved frame pointers from `fp` (the record of the
+/// frame whose locals include `sp`). On x86_64 and aarch64 a frame record is
+/// `[saved fp, return address]` at the frame pointer. Every record read is
+/// copied to `read`, in order (the frames', then the one whose zero return
+/// address ended the walk, if one did). Returns the frames found, their
+/// hash, and the records read.
 ///
 /// Soundness of every read: a frame record is read only when it lies wholly
 /// between the current stack pointer and the top of this thread's stack (memory
@@ -156,15 +234,13 @@ fn frame_pointer() -> usize {
 /// The hash is computed as the walk goes: its steps hide in the latency of
 /// the walk's chain of loads.
 #[inline(always)]
-fn walk_frame_pointers(out: &mut Frames, (stack_lo, stack_hi): (usize, usize)) -> (usize, u64) {
-    let marker = 0u8;
-    let sp = &marker as *const u8 as usize;
-    // Not on this thread's own stack (a signal stack, a coroutine): no walk.
-    if stack_hi == 0 || sp < stack_lo || sp >= stack_hi {
-        return (0, hash_frames(&[]));
-    }
+fn walk_frame_pointers(
+    sp: usize,
+    mut fp: usize,
+    stack_hi: usize,
+    read: &mut [Record; MAX_FRAMES + 1],
+) -> (usize, u64, usize) {
     let mut lo = sp;
-    let mut fp = frame_pointer();
     let mut n = 0;
     let mut h = 0u64;
     while n < MAX_FRAMES {
@@ -179,18 +255,158 @@ fn walk_frame_pointers(out: &mut Frames, (stack_lo, stack_hi): (usize, usize)) -
                 std::ptr::read_volatile((fp + 8) as *const usize),
             )
         };
-        if ret == 0 {
-            break;
+        if let Some(r) = read.get_mut(n) {
+            *r = Record([next, ret]);
         }
-        if let Some(slot) = out.get_mut(n) {
-            *slot = ret;
+        if ret == 0 {
+            return (n, hash_finish(h, n), n + 1);
         }
         h = hash_step(h, ret);
         n += 1;
         lo = fp + 16;
         fp = next;
     }
-    (n, hash_finish(h, n))
+    (n, hash_finish(h, n), n)
+}
+
+// ---------------------------------------------------------------- seen stacks
+
+/// Sets of a thread's [`Seen`] stacks, two ways each.
+const SEEN_SETS: usize = 32;
+
+/// One frame record as the walk read it: (saved frame pointer, return address).
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Record([usize; 2]);
+
+/// A stack the frame-pointer walk read, with every word it read.
+#[derive(Clone, Copy)]
+struct SeenStack<V> {
+    /// The record the walk started from (0: empty).
+    start: usize,
+    /// Records the walk read.
+    read: u32,
+    /// What the caller made of the stack (its call-site).
+    value: V,
+    /// Records read: each frame's, then the one that ended the walk by a
+    /// zero return address, if one did. The first saved frame pointer that
+    /// was zero (or out of bounds, or not above the one before) ends them.
+    records: [Record; MAX_FRAMES + 1],
+}
+
+#[derive(Clone, Copy)]
+struct SeenSet<V> {
+    /// The way hit or filled last.
+    last: usize,
+    ways: [SeenStack<V>; 2],
+}
+
+/// The stacks a thread captured lately, by the frame record where the walk
+/// started, with every word the walk read, so that the same stack is known
+/// again by reading those words and no more: all at once (their addresses
+/// come from the cache, not from one another, so the loads overlap), with
+/// no hash and no table probe. Exact: the plain walk would read the same
+/// words, find them the same, and stop at the same place (its stops depend
+/// only on those words and the thread's stack bounds, which a slot's new
+/// owner clears with [`Seen::clear`]).
+///
+/// Owned by one thread at a time (its slot's), like the call-site cache;
+/// all-zero bytes are an empty cache when all-zero is a valid `V`.
+pub(crate) struct Seen<V> {
+    sets: std::cell::UnsafeCell<[SeenSet<V>; SEEN_SETS]>,
+}
+
+impl<V: Copy> Seen<V> {
+    #[inline(always)]
+    fn set_of(start: usize) -> usize {
+        (start >> 4 ^ start >> 9) % SEEN_SETS
+    }
+
+    /// The value kept for the stack whose walk starts at `start`, if it is
+    /// word for word one of the set's; else the way to fill, emptied.
+    ///
+    /// # Safety
+    /// The calling thread owns the slot of `self`; `start` is a frame
+    /// record of the calling thread's stack, above its stack pointer.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)] // the cell is the owning thread's alone (see above)
+    unsafe fn find(&self, start: usize) -> (Option<V>, &mut SeenStack<V>) {
+        // SAFETY: only the owning thread touches the cache (caller's contract),
+        // and it is not re-entered (the tracker's re-entrancy flag is up).
+        let sets = unsafe { &mut *self.sets.get() };
+        // In range: `set_of` is below SEEN_SETS, and `w` and `victim` below 2.
+        let set = &mut sets[Self::set_of(start)];
+        for (w, way) in set.ways.iter().enumerate() {
+            if way.start != start {
+                continue;
+            }
+            // SAFETY: the records were read from `start` upwards by a walk of
+            // this thread's stack, within its bounds; `start` is at or above
+            // our stack pointer, so all of them still are (caller's contract).
+            if unsafe { same_words(start, way.records.get(..way.read as usize).unwrap_or(&[])) } {
+                set.last = w;
+                return (Some(way.value), &mut set.ways[1 - w]);
+            }
+        }
+        let victim = 1 - set.last.min(1);
+        set.last = victim;
+        let way = &mut set.ways[victim];
+        way.start = 0;
+        (None, way)
+    }
+
+    /// Forgets every stack: for a slot's new owner, whose stack differs.
+    pub(crate) fn clear(&self) {
+        // SAFETY: called by the slot's new owner before it tracks anything.
+        let sets = unsafe { &mut *self.sets.get() };
+        for set in sets.iter_mut() {
+            for way in &mut set.ways {
+                way.start = 0;
+            }
+        }
+    }
+}
+
+/// Whether the stack from `start` up still holds `records`: each record is
+/// read at the address the one before saved, taken from `records`, so no
+/// load waits for another.
+///
+/// # Safety
+/// Every record's address (`start`, then each record's saved frame pointer
+/// but the last's) lies on the calling thread's stack above its stack pointer.
+#[inline(always)]
+unsafe fn same_words(start: usize, records: &[Record]) -> bool {
+    let mut at = start;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_load_si128, _mm_loadu_si128, _mm_movemask_epi8,
+            _mm_or_si128, _mm_setzero_si128, _mm_xor_si128,
+        };
+        // SAFETY: SSE2 is part of x86_64; `at` points to 16 readable bytes
+        // (caller's contract) and each record is 16-byte aligned.
+        unsafe {
+            let mut diff = _mm_setzero_si128();
+            for r in records {
+                let now = _mm_loadu_si128(at as *const __m128i);
+                let then = _mm_load_si128(r as *const Record as *const __m128i);
+                diff = _mm_or_si128(diff, _mm_xor_si128(now, then));
+                at = r.0[0];
+            }
+            _mm_movemask_epi8(_mm_cmpeq_epi8(diff, _mm_setzero_si128())) == 0xffff
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut diff = 0;
+        for r in records {
+            // SAFETY: `at..at + 16` is readable (caller's contract).
+            let now = unsafe { std::ptr::read_volatile(at as *const [usize; 2]) };
+            diff |= (now[0] ^ r.0[0]) | (now[1] ^ r.0[1]);
+            at = r.0[0];
+        }
+        diff == 0
+    }
 }
 
 fn capture_dwarf(out: &mut Frames) -> usize {
