@@ -37,7 +37,8 @@ run() { # workload mode -> callgrind file
     [ "$2" = leakscope-sampled ] && sample=(LEAKSCOPE_SAMPLE_BYTES=512k LEAKSCOPE_SAMPLE_SEED=1)
     env -u LEAKSCOPE_REPORT "${sample[@]}" LEAKSCOPE_BENCH_WORKLOAD="$1" LEAKSCOPE_BENCH_MODE="$2" \
         LEAKSCOPE_BENCH_THREADS=1 LEAKSCOPE_BENCH_REQUESTS="$requests" \
-        valgrind --tool=callgrind --callgrind-out-file="$f" "$exe" >/dev/null 2>"$f.log"
+        valgrind --tool=callgrind --callgrind-out-file="$f" "$exe" >/dev/null 2>"$f.log" ||
+        { echo "$1 $2 failed:" >&2; cat "$f.log" >&2; return 1; }
     echo "$f"
 }
 
@@ -87,7 +88,8 @@ printf "%-8s %-19s %12s %12s\n" workload allocator "extra/pair" allocations
 for w in "${workloads[@]}"; do
     plain="$(run "$w" system)"
     for m in $modes; do
-        read -r extra pairs < <(figures "$plain" "$(run "$w" "$m")")
+        tracked="$(run "$w" "$m")"
+        read -r extra pairs < <(figures "$plain" "$tracked")
         printf "%-8s %-19s %12s %12s\n" "$w" "$m" "$extra" "$pairs"
     done
 done

@@ -4,7 +4,8 @@
 //! The hot path is [`tracker`] (the `GlobalAlloc` wrapper, both modes) and
 //! [`thread`] (per-thread state and counters), with the block table in
 //! [`blocks`]. Around them: call-site interning ([`callsite`]), stack
-//! capture ([`unwind`], with the DWARF fallback's walk in [`cfi`]), sampling ([`sample`]), the per-run counts a block
+//! capture ([`unwind`], with the DWARF fallback's walk in [`cfi`]), sampling
+//! ([`sample`], with the sampled blocks' address range in [`region`]), the per-run counts a block
 //! updates ([`runs`]), blocks kept out of leak reports ([`ignored`]), spin
 //! locks and metadata memory ([`meta`]), and the process-wide start, `fork`
 //! handlers and counters ([`process`]).
@@ -19,6 +20,7 @@ pub(crate) mod cfi;
 pub(crate) mod ignored;
 pub(crate) mod meta;
 pub(crate) mod process;
+pub(crate) mod region;
 pub(crate) mod runs;
 pub(crate) mod sample;
 pub(crate) mod thread;

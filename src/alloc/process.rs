@@ -10,7 +10,7 @@
 //! before `main` or at any time later: a hook registered after the start
 //! runs at once. Nothing here may block on a lock the allocation path holds.
 
-use crate::alloc::{blocks, callsite, cfi, meta, runs, thread, unwind};
+use crate::alloc::{blocks, callsite, cfi, meta, region, runs, thread, unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 static UNTRACKED: AtomicU64 = AtomicU64::new(0);
@@ -85,7 +85,9 @@ fn run_hook() {
 }
 
 extern "C" fn before_fork() {
-    // Locks are taken in the order the allocation path nests them.
+    // Locks are taken in the order the allocation path nests them (the
+    // region's are never held with another).
+    region::lock_for_fork();
     runs::lock_for_fork();
     callsite::lock_for_fork();
     blocks::lock_for_fork();
@@ -107,5 +109,6 @@ extern "C" fn after_fork() {
         blocks::unlock_after_fork();
         callsite::unlock_after_fork();
         runs::unlock_after_fork();
+        region::unlock_after_fork();
     }
 }

@@ -12,6 +12,7 @@
 //! and futures are the scope layer's; here a scope is its id.
 
 use crate::alloc::meta::{bump, CacheAligned, MetaAlloc, SpinLock};
+use crate::alloc::sample::Weight;
 use crate::alloc::thread;
 use hashbrown::HashTable;
 use std::cell::Cell;
@@ -197,18 +198,34 @@ impl Drop for LocalRecords {
 
 thread_local! {
     static LOCAL: LocalRecords = const { LocalRecords { head: Cell::new(0), len: Cell::new(0) } };
+    /// [`LOCAL`] was touched on this thread (see [`local`]).
+    static LOCAL_READY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` on this thread's free records. The first touch registers the
+/// list's destructor, which may allocate: that one is untracked, so that
+/// opening and closing a run needs no re-entrancy flag.
+#[inline]
+fn local<R>(f: impl FnOnce(&LocalRecords) -> R) -> Option<R> {
+    if !LOCAL_READY.try_with(Cell::get).unwrap_or(true) {
+        thread::untracked(|| {
+            let _ = LOCAL.try_with(|_| ());
+        });
+        let _ = LOCAL_READY.try_with(|r| r.set(true));
+    }
+    LOCAL.try_with(f).ok()
 }
 
 /// Takes a record from this thread's list or the shared pool, or `None` when
 /// 65,535 runs are open at once.
 fn acquire_record() -> Option<&'static RunRecord> {
-    let local = LOCAL.try_with(|l| {
+    let mine = local(|l| {
         let rec = run_record(l.head.get())?;
         l.head.set(rec.next_free.load(Ordering::Relaxed));
         l.len.set(l.len.get().saturating_sub(1));
         Some(rec)
     });
-    if let Ok(Some(rec)) = local {
+    if let Some(Some(rec)) = mine {
         return Some(rec);
     }
     let mut free = FREE.lock();
@@ -235,7 +252,7 @@ fn acquire_record() -> Option<&'static RunRecord> {
 /// Returns a closed run's record: to this thread's list while it is short,
 /// else (or once the thread's locals are gone) to the shared pool.
 fn release_record(rec: &'static RunRecord) {
-    let kept = LOCAL.try_with(|l| {
+    let kept = local(|l| {
         if l.len.get() >= LOCAL_RECORDS {
             return false;
         }
@@ -244,7 +261,7 @@ fn release_record(rec: &'static RunRecord) {
         l.len.set(l.len.get() + 1);
         true
     });
-    if kept != Ok(true) {
+    if kept != Some(true) {
         release_shared(rec);
     }
 }
@@ -296,7 +313,11 @@ impl RunRecord {
 /// slot, generation). Allocation path: no lock unless the run has more
 /// call-sites than its fixed table holds.
 #[inline]
-pub(crate) fn record_alloc(run: *const RunRecord, site: u32, size: usize) -> (u32, u32, u32) {
+pub(crate) fn record_alloc(
+    run: *const RunRecord,
+    site: u32,
+    (units, bytes): Weight,
+) -> (u32, u32, u32) {
     // SAFETY: a thread's current run is a pooled record, never freed.
     let Some(rec) = (unsafe { run.as_ref() }) else {
         return (0, 0, 0);
@@ -305,13 +326,12 @@ pub(crate) fn record_alloc(run: *const RunRecord, site: u32, size: usize) -> (u3
         // No run tag: the block's free then costs the run nothing.
         return (rec.scope.load(Ordering::Relaxed), 0, 0);
     }
-    let size = size as u64;
     match rec.find(site, true) {
         Some(slot) => {
-            bump(&slot.allocated_blocks, 1);
-            bump(&slot.allocated_bytes, size);
+            bump(&slot.allocated_blocks, units);
+            bump(&slot.allocated_bytes, bytes);
         }
-        None => spill_alloc(rec, site, size),
+        None => spill_alloc(rec, site, (units, bytes)),
     }
     (
         rec.scope.load(Ordering::Relaxed),
@@ -321,11 +341,11 @@ pub(crate) fn record_alloc(run: *const RunRecord, site: u32, size: usize) -> (u3
 }
 
 #[cold]
-fn spill_alloc(rec: &RunRecord, site: u32, size: u64) {
+fn spill_alloc(rec: &RunRecord, site: u32, (units, bytes): Weight) {
     let mut l = rec.locked.lock();
     if let Some(s) = spilled(&mut l, site) {
-        s.allocated_blocks += 1;
-        s.allocated_bytes += size;
+        s.allocated_blocks += units;
+        s.allocated_bytes += bytes;
     }
 }
 
@@ -344,82 +364,33 @@ fn spilled(l: &mut Locked, site: u32) -> Option<&mut SiteRun> {
     l.spilled.find_mut(h, |s| s.site == site)
 }
 
-/// Sampling mode: the tag ([`crate::alloc::tracker::run_tag`]) and scope id of blocks
-/// made now in `run`, which the calling thread is entering. Claims the run's
-/// entry for unsampled blocks first, so that a free on another thread finds it
-/// even before the owner writes the counts it keeps aside there.
-pub(crate) fn enter_tag(run: *const RunRecord) -> (u64, u32) {
-    // SAFETY: a thread's current run is a pooled record, never freed.
-    let Some(rec) = (unsafe { run.as_ref() }) else {
-        return (0, 0);
-    };
-    let scope = rec.scope.load(Ordering::Relaxed);
-    if !rec.counts.load(Ordering::Relaxed) {
-        // The scope alone (never 0): the thread still keeps counts aside.
-        return (crate::alloc::tracker::run_tag(0, 0, scope), scope);
-    }
-    rec.find(crate::alloc::callsite::OTHER, true);
-    (
-        crate::alloc::tracker::run_tag(rec.slot, rec.gen.load(Ordering::Relaxed), scope),
-        scope,
-    )
-}
-
-/// Sampling mode: counts of `run`'s unsampled blocks that its owner (the
-/// calling thread) made and freed, kept aside until now.
-pub(crate) fn absorb(run: *const RunRecord, p: thread::Pending) {
-    // SAFETY: as in `enter_tag`.
-    let Some(rec) = (unsafe { run.as_ref() }) else {
-        return;
-    };
-    if !rec.counts.load(Ordering::Relaxed) {
-        return;
-    }
-    let site = crate::alloc::callsite::OTHER;
-    if let Some(s) = rec.find(site, true) {
-        bump(&s.allocated_blocks, p.alloc_blocks);
-        bump(&s.allocated_bytes, p.alloc_bytes);
-        bump(&s.own_freed_blocks, p.freed_blocks);
-        bump(&s.own_freed_bytes, p.freed_bytes);
-        return;
-    }
-    let mut l = rec.locked.lock();
-    if let Some(s) = spilled(&mut l, site) {
-        s.allocated_blocks += p.alloc_blocks;
-        s.allocated_bytes += p.alloc_bytes;
-        s.freed_blocks += p.freed_blocks;
-        s.freed_bytes += p.freed_bytes;
-    }
-}
-
 /// A block of run (`slot`, `gen`) at `site` is freed by the thread with
 /// token `me`. Allocation path.
 #[inline]
-pub(crate) fn record_free(slot: u32, gen: u32, site: u32, size: usize, me: usize) {
+pub(crate) fn record_free(slot: u32, gen: u32, site: u32, (units, bytes): Weight, me: usize) {
     let Some(rec) = run_record(slot) else { return };
     // A generation only grows: once the run has closed, its blocks' frees are
     // ignored without taking its lock (a response freed after its request).
     if rec.gen.load(Ordering::Relaxed) != gen {
         return;
     }
-    let size = size as u64;
     if me != 0 && rec.owner.load(Ordering::Relaxed) == me {
         // The owner: it alone closes the run, so the generation it read stays.
         if let Some(s) = rec.find(site, false) {
-            bump(&s.own_freed_blocks, 1);
-            bump(&s.own_freed_bytes, size);
+            bump(&s.own_freed_blocks, units);
+            bump(&s.own_freed_bytes, bytes);
             return;
         }
     }
-    remote_free(rec, gen, site, size);
+    remote_free(rec, gen, site, (units, bytes));
 }
 
-fn remote_free(rec: &RunRecord, gen: u32, site: u32, size: u64) {
+fn remote_free(rec: &RunRecord, gen: u32, site: u32, w: Weight) {
     let mut l = rec.locked.lock();
     if rec.gen.load(Ordering::Relaxed) != gen {
         return;
     }
-    count_locked_free(rec, &mut l, site, size);
+    count_locked_free(rec, &mut l, site, w);
 }
 
 /// A block at `addr` of run (`slot`, `gen`) moves to the shared block table,
@@ -453,14 +424,14 @@ pub(crate) fn note_moved(slot: u32, gen: u32, addr: usize) -> bool {
 /// A block at `addr` whose entry said it was moved out of run `slot`'s
 /// young blocks is freed: it counts in the run if the run still lists it
 /// (a run lists only its own blocks, and forgets them all when it closes).
-pub(crate) fn record_free_moved(slot: u32, addr: usize, site: u32, size: usize) {
+pub(crate) fn record_free_moved(slot: u32, addr: usize, site: u32, w: Weight) {
     let Some(rec) = run_record(slot) else { return };
     let mut l = rec.locked.lock();
     let hidden = crate::alloc::meta::hide(addr);
     let listed = l.moved.find_entry(addr_hash(addr), |&a| a == hidden).ok();
     if let Some(e) = listed {
         e.remove();
-        count_locked_free(rec, &mut l, site, size as u64);
+        count_locked_free(rec, &mut l, site, w);
     }
 }
 
@@ -469,16 +440,16 @@ fn addr_hash(addr: usize) -> u64 {
 }
 
 /// Counts a free of one of `rec`'s blocks, with its lock held.
-fn count_locked_free(rec: &RunRecord, l: &mut Locked, site: u32, size: u64) {
+fn count_locked_free(rec: &RunRecord, l: &mut Locked, site: u32, (units, bytes): Weight) {
     if let Some(s) = rec.find(site, false) {
         let i = rec.index_of(s);
         if let Some(r) = l.remote_freed.get_mut(i) {
-            r.0 += 1;
-            r.1 += size;
+            r.0 += units;
+            r.1 += bytes;
         }
     } else if let Some(s) = l.spilled.find_mut(site_hash(site), |s| s.site == site) {
-        s.freed_blocks += 1;
-        s.freed_bytes += size;
+        s.freed_blocks += units;
+        s.freed_bytes += bytes;
     }
 }
 
@@ -486,25 +457,25 @@ fn count_locked_free(rec: &RunRecord, l: &mut Locked, site: u32, size: u64) {
 /// blocks per call-site for a summary at its close. `None` when 65,535 runs
 /// are open at once. Runs untracked.
 pub(crate) fn open(scope: u32, counts: bool) -> Option<&'static RunRecord> {
-    thread::untracked(|| {
-        let rec = acquire_record()?;
-        rec.scope.store(scope, Ordering::Relaxed);
-        rec.counts.store(counts, Ordering::Relaxed);
-        Some(rec)
-    })
+    // Allocates nothing: records come from metadata memory.
+    let rec = acquire_record()?;
+    rec.scope.store(scope, Ordering::Relaxed);
+    rec.counts.store(counts, Ordering::Relaxed);
+    Some(rec)
 }
 
 /// Closes a run; with `summarize` (and a run that counts), returns its scope
 /// id and what each call-site allocated and freed in it. Runs untracked.
 pub(crate) fn close(rec: &'static RunRecord, summarize: bool) -> Option<(u32, Vec<SiteRun>)> {
+    if !rec.counts.load(Ordering::Relaxed) {
+        // Nothing counted, no block tagged with it: no other thread can be
+        // in it. (Only guards are asked for a summary, and they count.)
+        // Allocates nothing.
+        next_gen(rec);
+        release_record(rec);
+        return None;
+    }
     thread::untracked(|| {
-        if !rec.counts.load(Ordering::Relaxed) {
-            // Nothing counted, no block tagged with it: no other thread can
-            // be in it. (Only guards are asked for a summary, and they count.)
-            next_gen(rec);
-            release_record(rec);
-            return None;
-        }
         let mut l = rec.locked.lock();
         let mut counts: Vec<SiteRun> = Vec::new();
         let Locked {

@@ -1,14 +1,14 @@
 //! Sampling mode: which blocks get a stack, and what each sampled block weighs.
 //!
 //! With `LEAKSCOPE_SAMPLE_BYTES=N` (or [`crate::alloc::tracker::LeakTracker::sample_bytes`]),
-//! every block is still counted exactly (process totals, per scope and per
-//! scope run), but only some get a stack and a place in the block table:
-//! Poisson sampling by bytes, as tcmalloc and heapprofd do. Each thread draws
-//! the distance to its next sample point from an exponential distribution of
-//! mean N bytes; a block that covers a sample point is sampled. A block of
-//! `s` bytes is thus sampled with probability `p = 1 - exp(-s/N)`, whatever
-//! came before it, and counts in the call-site figures as `1/p` blocks and
-//! `s/p` bytes: an unbiased estimate.
+//! every block is still counted in the process totals, exactly, but only
+//! some get a stack and a place in the block table: Poisson sampling by
+//! bytes, as tcmalloc and heapprofd do. Each thread draws the distance to
+//! its next sample point from an exponential distribution of mean N bytes; a
+//! block that covers a sample point is sampled. A block of `s` bytes is thus
+//! sampled with probability `p = 1 - exp(-s/N)`, whatever came before it,
+//! and counts in the call-site and scope figures as `1/p` blocks and `s/p`
+//! bytes: an unbiased estimate.
 //!
 //! Error: for a call-site with `B` live bytes, the standard deviation of its
 //! estimated bytes is at most `sqrt(B * N)` (each block of size `s`
@@ -16,10 +16,10 @@
 //! most `sqrt(N / B)`: 10% once a site holds 100 times the sampling interval.
 //! Blocks much larger than N are sampled almost surely and weigh about 1.
 //!
-//! The mode is fixed at the first allocation and never changes: a sampled
-//! process puts an 8-byte header in front of every block (see
-//! [`crate::alloc::tracker`]), so every block must be made and freed the same way.
-//! Nothing here allocates; reading the environment uses `getenv` in place.
+//! The mode is fixed at the first allocation and never changes: sampled
+//! blocks live in their own region ([`crate::alloc::region`]), so every
+//! block must be made and freed the same way. Nothing here allocates;
+//! reading the environment uses `getenv` in place.
 
 use crate::alloc::meta::mix;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -209,11 +209,16 @@ pub(crate) fn probability(size: usize, mean: usize) -> f64 {
     -(-(size as f64) / mean as f64).exp_m1()
 }
 
+/// What a block counts for in the call-site, scope and run counters: (block
+/// units, bytes). A unit is one block in full mode, 1/2^16 block in
+/// sampling mode ([`block_unit`]).
+pub(crate) type Weight = (u64, u64);
+
 /// What one sampled block of `size` bytes counts for: (block units of
 /// 1/2^16 block, bytes). The same every time for the same size, so a free
 /// takes away exactly what the allocation added.
 #[inline]
-pub(crate) fn weight(size: usize, mean: usize) -> (u64, u64) {
+pub(crate) fn weight(size: usize, mean: usize) -> Weight {
     let p = probability(size, mean);
     if p <= 0.0 {
         return (1 << UNIT_SHIFT, size as u64);

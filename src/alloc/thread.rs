@@ -13,7 +13,7 @@ use crate::alloc::callsite::{self, Peak, OTHER};
 use crate::alloc::cfi;
 use crate::alloc::meta::{bump, leak_zeroed, CacheAligned};
 use crate::alloc::runs::RunRecord;
-use crate::alloc::sample::Sampler;
+use crate::alloc::sample::{Sampler, Weight};
 use crate::alloc::unwind::{self, Capture, Frames, Seen, MAX_FRAMES};
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicU8, Ordering};
@@ -168,6 +168,8 @@ pub(crate) struct Slot {
     unwind_rules: cfi::Rules,
     /// Stacks the frame-pointer walk read lately, with their call-sites; owner only.
     seen: Seen<Known>,
+    /// Sampling mode: this slot's live bytes as last added to [`TOTAL_PEAK`].
+    settled: AtomicI64,
 }
 
 /// A call-site as [`Seen`] keeps it (all-zero: [`OTHER`], no site).
@@ -303,32 +305,9 @@ struct State {
     release: Cell<u8>,
     /// Sampling mode: where this thread's next sample point is.
     sampler: Cell<Sampler>,
-    /// Sampling mode: the current run's tag (run slot << 32 | generation; 0:
-    /// no run) and scope id, and the counts of its unsampled blocks that this
-    /// thread made and freed while it was current and has not yet written to
-    /// the run record and the scope counters ([`flush`] does, whenever the
-    /// current run changes and before a report).
-    run_tag: Cell<u64>,
-    run_scope: Cell<u32>,
-    pending: Cell<Pending>,
-}
-
-/// See [`State::pending`].
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Pending {
-    pub(crate) alloc_blocks: u64,
-    pub(crate) alloc_bytes: u64,
-    pub(crate) freed_blocks: u64,
-    pub(crate) freed_bytes: u64,
-}
-
-impl Pending {
-    const NONE: Pending = Pending {
-        alloc_blocks: 0,
-        alloc_bytes: 0,
-        freed_blocks: 0,
-        freed_bytes: 0,
-    };
+    /// Sampling mode: bytes this thread may free before it settles its
+    /// live bytes with the process peak ([`settle`]).
+    settle_left: Cell<i64>,
 }
 
 impl State {
@@ -356,9 +335,7 @@ thread_local! {
             run: Cell::new(std::ptr::null()),
             release: Cell::new(RELEASE_NONE),
             sampler: Cell::new(Sampler::new()),
-            run_tag: Cell::new(0),
-            run_scope: Cell::new(0),
-            pending: Cell::new(Pending::NONE),
+            settle_left: Cell::new(0),
         }
     };
     /// Gives the slot back when the thread ends.
@@ -370,7 +347,6 @@ struct SlotRelease;
 impl Drop for SlotRelease {
     fn drop(&mut self) {
         let _ = STATE.try_with(|st| {
-            flush(st);
             st.release.set(RELEASE_DONE);
             if let Some(slot) = st.slot.take() {
                 slot.in_use.store(false, Ordering::Release);
@@ -459,17 +435,35 @@ impl Tracking<'_> {
 
     /// Counts a block opened in a run of scope id `scope` (not 0).
     #[inline]
-    pub(crate) fn scope_alloc(&self, scope: u32, size: usize) {
+    pub(crate) fn scope_alloc(&self, scope: u32, (units, bytes): Weight) {
         if let Some(c) = self.slot.scopes.make(scope) {
-            c.on_alloc(1, size as u64);
+            c.on_alloc(units, bytes);
         }
     }
 
     #[inline]
-    pub(crate) fn scope_free(&self, scope: u32, size: usize) {
+    pub(crate) fn scope_free(&self, scope: u32, (units, bytes): Weight) {
         if let Some(c) = self.slot.scopes.make(scope) {
-            c.on_free(1, size as u64);
+            c.on_free(units, bytes);
         }
+    }
+
+    /// Sampling mode: counts a block of `size` bytes made, in the process
+    /// totals (the peak follows at [`Tracking::settle`]).
+    #[inline]
+    pub(crate) fn count_alloc(&self, size: usize) {
+        self.slot.total.on_alloc(1, size as u64);
+    }
+
+    /// Sampling mode: counts a block of `size` bytes freed.
+    #[inline]
+    pub(crate) fn count_free(&self, size: usize) {
+        self.slot.total.on_free(1, size as u64);
+    }
+
+    /// Sampling mode: at a sample point, see [`settle`].
+    pub(crate) fn settle(&self) {
+        settle(self.state, self.slot);
     }
 
     /// Sampling mode: counts `size` bytes towards this thread's next sample
@@ -592,35 +586,7 @@ pub(crate) fn current_run() -> *const RunRecord {
 }
 
 pub(crate) fn set_current_run(run: *const RunRecord) {
-    let _ = STATE.try_with(|st| {
-        // Counts are kept aside only under a run tag (sampling mode).
-        if st.run_tag.get() != 0 {
-            flush(st);
-        }
-        st.run.set(run);
-        let (tag, scope) = if run.is_null() || crate::alloc::sample::current() == 0 {
-            (0, 0)
-        } else {
-            crate::alloc::runs::enter_tag(run)
-        };
-        st.run_tag.set(tag);
-        st.run_scope.set(scope);
-    });
-}
-
-/// Writes the current run's pending counts (sampling mode) to the run record
-/// and this thread's scope counters.
-fn flush(st: &State) {
-    let p = st.pending.replace(Pending::NONE);
-    if p == Pending::NONE {
-        return;
-    }
-    crate::alloc::runs::absorb(st.run.get(), p);
-    let scope = st.run_scope.get();
-    if let Some(c) = st.slot.get().and_then(|slot| slot.scopes.make(scope)) {
-        c.on_alloc(p.alloc_blocks, p.alloc_bytes);
-        c.on_free(p.freed_blocks, p.freed_bytes);
-    }
+    let _ = STATE.try_with(|st| st.run.set(run));
 }
 
 /// Counts a run of scope id `scope` opened on this thread; `false` when the
@@ -637,86 +603,108 @@ pub(crate) fn count_run(scope: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Before a report: this thread's pending counts, written where reports read.
-pub(crate) fn flush_current() {
-    let _ = STATE.try_with(flush);
-}
-
 // ---------------------------------------------------------------- sampling mode's fast path
+//
+// An unsampled block costs its thread's byte countdown and its process
+// totals: nothing else is kept of it, and nothing marks it (see
+// `crate::alloc::region`). The totals count every block of the program
+// exactly, from the sizes the caller's layouts give.
 
-/// What [`sampled_alloc`] did with a new block.
-pub(crate) enum FastAlloc {
-    /// Counted; the block's header gets this run tag.
-    Counted { tag: u64 },
-    /// Not counted: the thread is inside the tracker.
-    Untracked,
-    /// Sampled: the caller records it, with its stack, through [`with_tracking`].
-    Sampled,
-    /// The caller must go through [`with_tracking`] (a new thread, or the
-    /// first allocation of the process).
-    Slow,
+/// Sampling mode: counts a new block of `size` bytes in this thread's
+/// totals and towards its next sample point, when that is all it needs.
+/// Otherwise counts nothing and returns `false`: the block reaches the
+/// sample point, or is the tracker's own (the thread is inside it), or the
+/// thread has no counters yet; the caller goes the slow way.
+#[inline(always)]
+pub(crate) fn unsampled_alloc(size: usize) -> bool {
+    unsampled_realloc(None, size)
 }
 
-/// Sampling mode: counts a new unsampled block of `size` bytes without
-/// raising the re-entrancy flag (nothing here can allocate): the process
-/// totals and, inside a run, the run's pending counts.
+/// [`unsampled_alloc`] of a block of `new` bytes that replaces (a
+/// `realloc`) an unsampled block of `old` bytes, counted as freed.
 #[inline(always)]
-pub(crate) fn sampled_alloc(size: usize, mean: usize) -> FastAlloc {
+pub(crate) fn unsampled_realloc(old: Option<usize>, new: usize) -> bool {
     STATE
         .try_with(|st| {
-            if st.busy.get() {
-                return FastAlloc::Untracked;
-            }
-            let Some(slot) = st.slot.get() else {
-                return FastAlloc::Slow;
-            };
-            if INIT.load(Ordering::Relaxed) != 2 {
-                return FastAlloc::Slow;
-            }
-            if st.sample(size, mean) {
-                return FastAlloc::Sampled;
-            }
-            slot.total.on_alloc(1, size as u64);
-            slot.total.drift.by(size as i64, &TOTAL_PEAK);
-            let tag = st.run_tag.get();
-            if tag != 0 {
-                let mut p = st.pending.get();
-                p.alloc_blocks += 1;
-                p.alloc_bytes += size as u64;
-                st.pending.set(p);
-            }
-            FastAlloc::Counted { tag }
-        })
-        .unwrap_or(FastAlloc::Untracked)
-}
-
-/// Sampling mode: counts the free of an unsampled, counted block of `size`
-/// bytes with run tag `tag`, when that needs nothing beyond this thread: no
-/// run, or the run current here. Returns `false` when the caller must count
-/// it all through [`with_tracking`].
-#[inline(always)]
-pub(crate) fn sampled_free(size: usize, tag: u64) -> bool {
-    STATE
-        .try_with(|st| {
-            if st.busy.get() {
-                // Not counted, as in full mode: the tracker is freeing.
-                return true;
-            }
+            let mut s = st.sampler.get();
+            s.left = s.left.wrapping_sub(new as i64);
             let Some(slot) = st.slot.get() else {
                 return false;
             };
-            if tag != 0 && tag != st.run_tag.get() {
+            if s.left <= 0 || st.busy.get() {
                 return false;
             }
-            slot.total.on_free(1, size as u64);
-            slot.total.drift.by(-(size as i64), &TOTAL_PEAK);
-            if tag != 0 {
-                let mut p = st.pending.get();
-                p.freed_blocks += 1;
-                p.freed_bytes += size as u64;
-                st.pending.set(p);
+            st.sampler.set(s);
+            slot.total.on_alloc(1, new as u64);
+            if let Some(old) = old {
+                slot.total.on_free(1, old as u64);
             }
             true
         })
-        .unwrap_or(true)
+        .unwrap_or(false)
+}
+
+/// Sampling mode: counts the free of an unsampled block of `size` bytes.
+#[inline(always)]
+pub(crate) fn unsampled_free(size: usize) {
+    let counted = STATE
+        .try_with(|st| {
+            let Some(slot) = st.slot.get() else {
+                return false;
+            };
+            slot.total.on_free(1, size as u64);
+            let left = st.settle_left.get().wrapping_sub(size as i64);
+            if left > 0 {
+                st.settle_left.set(left);
+            } else {
+                settle(st, slot);
+            }
+            true
+        })
+        .unwrap_or(false);
+    if !counted {
+        let _ = with_tracking(|t| t.count_free(size));
+    }
+}
+
+/// Bytes a thread frees between two [`settle`]s.
+const SETTLE_BYTES: i64 = 64 * 1024;
+
+/// Sampling mode: brings the process's live bytes up to date with this
+/// thread's, for the peak. Runs at each sample point and every
+/// [`SETTLE_BYTES`] freed, so the peak seen can be low by about a sampling
+/// interval per thread.
+#[cold]
+fn settle(st: &State, slot: &Slot) {
+    st.settle_left.set(SETTLE_BYTES);
+    let t = &slot.total;
+    let net = t
+        .alloc_bytes
+        .load(Ordering::Relaxed)
+        .wrapping_sub(t.free_bytes.load(Ordering::Relaxed)) as i64;
+    let delta = net.wrapping_sub(slot.settled.load(Ordering::Relaxed));
+    slot.settled.store(net, Ordering::Relaxed);
+    TOTAL_PEAK.flushed.fetch_add(delta, Ordering::Relaxed);
+    TOTAL_PEAK.observe(0);
+}
+
+/// Sampling mode: takes back an [`unsampled_alloc`] whose block the inner
+/// allocator could not make.
+#[cold]
+pub(crate) fn undo_alloc(size: usize) {
+    undo_realloc(0, size);
+}
+
+/// Sampling mode: takes back an [`unsampled_realloc`] from `old` to `new`
+/// bytes that the inner allocator could not do (`old` 0: an allocation).
+#[cold]
+pub(crate) fn undo_realloc(old: usize, new: usize) {
+    let _ = STATE.try_with(|st| {
+        if let Some(slot) = st.slot.get() {
+            slot.total.on_alloc(u64::MAX, (new as u64).wrapping_neg());
+            if old != 0 {
+                slot.total.on_free(u64::MAX, (old as u64).wrapping_neg());
+            }
+        }
+    });
 }

@@ -8,16 +8,18 @@
 //! a thread already inside the tracker (its re-entrancy flag up) passes
 //! straight through, and so does a free of a block the tracker never saw.
 //!
-//! In sampling mode ([`crate::alloc::sample`]) every block gets an 8-byte
-//! header (or its alignment, when larger) in front of it, holding its scope
-//! run and whether it was counted and sampled; an unsampled block is counted
-//! on the thread's fast path ([`crate::alloc::thread::sampled_alloc`]) and
-//! never enters the block table.
+//! In sampling mode ([`crate::alloc::sample`]) an unsampled block is the
+//! inner allocator's, unmarked: its allocation costs the thread's byte
+//! countdown and its totals ([`crate::alloc::thread::unsampled_alloc`]), its
+//! free a range check ([`crate::alloc::region`]) and the totals. A sampled
+//! block, and the tracker's own, live in the region (or are noted outside
+//! it), so that a free knows them by address; a sampled block also has its
+//! stack and weight in the block table.
 
 use crate::alloc::blocks::{self, Inserted, Meta};
-use crate::alloc::callsite::OTHER;
-use crate::alloc::thread::{self, FastAlloc, SiteRef, Tracking};
-use crate::alloc::{ignored, process, runs, sample};
+use crate::alloc::sample::Weight;
+use crate::alloc::thread::{self, Tracking};
+use crate::alloc::{ignored, process, region, runs, sample};
 use std::alloc::{GlobalAlloc, Layout, System};
 
 /// A global allocator that counts live blocks per call-site and per scope.
@@ -27,8 +29,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 /// ```
 ///
-/// Sampling mode, for production: every block is counted, a stack is kept
-/// for about one block per `N` bytes allocated (see
+/// Sampling mode, for production: every block is counted in the totals, a
+/// stack is kept for about one block per `N` bytes allocated (see
 /// [`LeakTracker::sample_bytes`]).
 ///
 /// ```no_run
@@ -63,13 +65,14 @@ impl<A: GlobalAlloc> LeakTracker<A> {
 
     /// Sampling mode: keeps the stack (call-site) of about one block per
     /// `bytes` bytes allocated, chosen by Poisson sampling over bytes, and
-    /// weighs each sampled block so that call-site figures are unbiased
-    /// estimates (error bounds in the README). Process totals and every
-    /// scope's counts stay exact. `0` means full mode. The environment
+    /// weighs each sampled block so that call-site and scope figures are
+    /// unbiased estimates (error bounds in the README). Process totals and
+    /// scope runs stay exact. `0` means full mode. The environment
     /// variable `LEAKSCOPE_SAMPLE_BYTES` overrides this value.
     ///
-    /// In sampling mode each block carries an 8-byte header (or its
-    /// alignment, when larger) in front of it.
+    /// An unsampled block costs a thread-local countdown and counters, and
+    /// nothing in memory; sampled blocks live in a region of address space
+    /// of their own, reserved at the first one.
     pub const fn sample_bytes(self, bytes: usize) -> LeakTracker<A> {
         // A const fn cannot drop a generic `self`, so its inner allocator is
         // moved out by hand; `this` is never dropped.
@@ -96,16 +99,24 @@ impl Default for LeakTracker<System> {
     }
 }
 
-// SAFETY: in full mode every method returns what the inner allocator
-// returned, with the same layout contract; tracking only reads the block's
-// address and size. In sampling mode the inner allocator's block is larger by
-// `header_room(align)` (a multiple of the alignment), the caller gets the
-// address that far in, and every free and realloc undoes exactly that.
+// SAFETY: every block is the inner allocator's, with the caller's layout, or
+// (sampling mode) a slot of the region that fits the layout's size and
+// alignment; a free or realloc goes back to where the block came from, told
+// apart by its address (the region) or a set of addresses (sampled blocks
+// outside it). Tracking only reads a block's address and size.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mean = sample::interval(self.sample_bytes);
         if mean != 0 {
+            if thread::unsampled_alloc(layout.size()) {
+                // SAFETY: forwarded contract.
+                let p = unsafe { self.inner.alloc(layout) };
+                if p.is_null() {
+                    thread::undo_alloc(layout.size());
+                }
+                return p;
+            }
             // SAFETY: forwarded contract.
             return unsafe { sampled_alloc(&self.inner, layout, false, mean) };
         }
@@ -121,6 +132,14 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let mean = sample::interval(self.sample_bytes);
         if mean != 0 {
+            if thread::unsampled_alloc(layout.size()) {
+                // SAFETY: forwarded contract.
+                let p = unsafe { self.inner.alloc_zeroed(layout) };
+                if p.is_null() {
+                    thread::undo_alloc(layout.size());
+                }
+                return p;
+            }
             // SAFETY: forwarded contract.
             return unsafe { sampled_alloc(&self.inner, layout, true, mean) };
         }
@@ -136,8 +155,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let mean = sample::interval(self.sample_bytes);
         if mean != 0 {
-            // SAFETY: forwarded contract: `ptr` came from `sampled_alloc`.
-            return unsafe { sampled_dealloc(&self.inner, ptr, layout, mean) };
+            if marked(ptr as usize, layout) {
+                // SAFETY: forwarded contract.
+                return unsafe { sampled_dealloc(&self.inner, ptr, layout, mean) };
+            }
+            thread::unsampled_free(layout.size());
+            // SAFETY: forwarded contract: an unmarked block is the inner allocator's.
+            return unsafe { self.inner.dealloc(ptr, layout) };
         }
         // Forget the block before the inner allocator may hand its address to
         // another thread, whose insert must not meet our entry.
@@ -150,8 +174,17 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let mean = sample::interval(self.sample_bytes);
         if mean != 0 {
-            // SAFETY: forwarded contract: `ptr` came from `sampled_alloc`.
-            return unsafe { sampled_realloc(&self.inner, ptr, layout, new_size, mean) };
+            let marked = marked(ptr as usize, layout);
+            if !marked && thread::unsampled_realloc(Some(layout.size()), new_size) {
+                // SAFETY: forwarded contract.
+                let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
+                if p.is_null() {
+                    thread::undo_realloc(layout.size(), new_size);
+                }
+                return p;
+            }
+            // SAFETY: forwarded contract.
+            return unsafe { sampled_realloc(&self.inner, ptr, layout, new_size, mean, marked) };
         }
         // Take the old entry out first, for the same reason as in `dealloc`.
         let old = thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten();
@@ -211,7 +244,7 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
     let (scope, run_slot, run_gen) = if run.is_null() {
         (0, 0, 0)
     } else {
-        runs::record_alloc(run, site.id, size)
+        runs::record_alloc(run, site.id, (1, size as u64))
     };
     let meta = Meta {
         size,
@@ -233,7 +266,7 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
     t.total_alloc(size);
     t.site_alloc(site, 1, size as u64);
     if scope != 0 {
-        t.scope_alloc(scope, size);
+        t.scope_alloc(scope, (1, size as u64));
     }
 }
 
@@ -242,319 +275,261 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
 fn count_free(t: &Tracking<'_>, addr: usize, meta: &Meta) {
     ignored::on_free(addr);
     t.total_free(meta.size);
-    t.site_free(meta.site, 1, meta.size as u64);
+    forget(t, addr, meta, (1, meta.size as u64));
+}
+
+/// Takes a freed block's weight `w` off its call-site, scope and run.
+#[inline]
+fn forget(t: &Tracking<'_>, addr: usize, meta: &Meta, w: Weight) {
+    t.site_free(meta.site, w.0, w.1);
     if meta.scope != 0 {
-        t.scope_free(meta.scope, meta.size);
+        t.scope_free(meta.scope, w);
     }
     if meta.run_slot != 0 {
         if meta.run_gen == runs::MOVED {
-            runs::record_free_moved(meta.run_slot, addr, meta.site, meta.size);
+            runs::record_free_moved(meta.run_slot, addr, meta.site, w);
         } else {
-            runs::record_free(meta.run_slot, meta.run_gen, meta.site, meta.size, t.token());
+            runs::record_free(meta.run_slot, meta.run_gen, meta.site, w, t.token());
         }
     }
 }
 
 // ---------------------------------------------------------------- sampling mode
 
-/// Bytes of header in front of a block in sampling mode: 8, or the block's
-/// alignment when larger, so the caller's address keeps its alignment.
-#[inline]
-fn header_room(align: usize) -> usize {
-    align.max(HEADER)
+/// What a new block is, in sampling mode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The tracker's own (made while the thread is inside it): in the
+    /// region, never counted, so its free counts nothing either.
+    Own,
+    /// Counted in the totals, not sampled: the inner allocator's, unmarked.
+    Plain,
+    /// Counted and sampled: in the region (or noted outside it), with its
+    /// stack in the block table.
+    Sampled,
 }
 
-const HEADER: usize = std::mem::size_of::<Header>();
-
-/// In front of every block in sampling mode (the 8 bytes just below the
-/// address the caller gets), written once when the block is made. One word:
-/// run slot (bits 48-63), scope id (32-47), run generation (2-31) and flags
-/// (0-1). Slot, scope and generation together are the run's tag
-/// ([`run_tag`]): a free compares it with the current run's in one step.
-#[derive(Clone, Copy, Default)]
-#[repr(transparent)]
-struct Header(u64);
-
-/// The tag of blocks made in run (`slot`, `gen`) of scope id `scope`, as
-/// their headers carry it (0: no run). Slots and scope ids are below 2^16,
-/// generations below 2^30 (`runs::GEN_MASK`).
-#[inline]
-pub(crate) fn run_tag(slot: u32, gen: u32, scope: u32) -> u64 {
-    (slot as u64 & 0xffff) << 48 | (scope as u64 & 0xffff) << 32 | (gen as u64 & 0x3fff_ffff) << 2
+/// Slow path: what the next block of `size` bytes is (the sampler counts it).
+#[cold]
+#[inline(never)]
+fn decide(size: usize, mean: usize) -> Kind {
+    thread::with_tracking(|t| {
+        if t.sampled(size, mean) {
+            Kind::Sampled
+        } else {
+            Kind::Plain
+        }
+    })
+    .unwrap_or(Kind::Own)
 }
 
-const FLAGS: u64 = 3;
-
-impl Header {
-    #[inline(always)]
-    fn tagged(tag: u64, flags: u64) -> Header {
-        Header(tag | flags)
+/// Makes a block of `layout` where a block of `kind` lives; the kind it
+/// became (a sampled block that could be put nowhere known is plain).
+///
+/// # Safety
+/// `GlobalAlloc::alloc`'s contract.
+unsafe fn place<A: GlobalAlloc>(
+    inner: &A,
+    layout: Layout,
+    zeroed: bool,
+    kind: Kind,
+) -> (*mut u8, Kind) {
+    // SAFETY: forwarded contract.
+    let plain = || unsafe {
+        if zeroed {
+            inner.alloc_zeroed(layout)
+        } else {
+            inner.alloc(layout)
+        }
+    };
+    if kind == Kind::Plain {
+        return (plain(), kind);
     }
-
-    fn run_slot(self) -> u32 {
-        (self.0 >> 48) as u32
+    let p = region::alloc(layout, zeroed);
+    if !p.is_null() {
+        return (p, kind);
     }
-
-    fn run_gen(self) -> u32 {
-        (self.0 as u32) >> 2
+    let p = plain();
+    if p.is_null() || region::note_outside(p as usize, layout) {
+        return (p, kind);
     }
-
-    fn scope(self) -> u32 {
-        (self.0 >> 32) as u32 & 0xffff
-    }
-
-    fn flags(self) -> u64 {
-        self.0 & FLAGS
-    }
-
-    fn tag(self) -> u64 {
-        self.0 & !FLAGS
-    }
+    // libc could not grow the set: the block is counted, unmarked, as plain.
+    process::note_untracked();
+    (p, Kind::Plain)
 }
 
-/// The block was counted when made (the tracker was not busy), so its free
-/// is counted too.
-const COUNTED: u64 = 1;
-/// The block was sampled: it is in the block table with its call-site.
-const SAMPLED: u64 = 2;
-
-/// The inner allocator's layout for a block of `layout` with its header.
-#[inline]
-fn outer(layout: Layout, size: usize) -> Option<(Layout, usize)> {
-    let align = layout.align();
-    let room = header_room(align);
-    // A layout's size, rounded up to its alignment, must not pass isize::MAX.
-    let limit = (isize::MAX as usize)
-        .saturating_sub(room)
-        .saturating_sub(align - 1);
-    if size > limit {
-        return None;
+/// Counts a new block of `kind` at `addr`.
+fn note_new(addr: usize, size: usize, kind: Kind, mean: usize) {
+    match kind {
+        Kind::Own => {}
+        Kind::Plain => {
+            let _ = thread::with_tracking(|t| t.count_alloc(size));
+        }
+        Kind::Sampled => {
+            let _ = thread::with_tracking(|t| {
+                t.count_alloc(size);
+                t.settle();
+                track_sampled(t, addr, size, mean);
+            });
+        }
     }
-    // SAFETY: `align` is a power of two (it is a layout's), and the size
-    // rounded up to it stays within isize::MAX (checked above).
-    Some((
-        unsafe { Layout::from_size_align_unchecked(size + room, align) },
-        room,
-    ))
 }
 
 /// # Safety
-/// `GlobalAlloc::alloc`'s contract (`layout` has a non-zero size).
-#[inline]
+/// `GlobalAlloc::alloc`'s contract.
+#[cold]
+#[inline(never)]
 unsafe fn sampled_alloc<A: GlobalAlloc>(
     inner: &A,
     layout: Layout,
     zeroed: bool,
     mean: usize,
 ) -> *mut u8 {
-    let Some((outer, room)) = outer(layout, layout.size()) else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: `outer` is a valid, non-zero-sized layout.
-    let base = unsafe {
-        if zeroed {
-            inner.alloc_zeroed(outer)
-        } else {
-            inner.alloc(outer)
-        }
-    };
-    if base.is_null() {
-        return base;
+    let kind = decide(layout.size(), mean);
+    // SAFETY: forwarded contract.
+    let (p, kind) = unsafe { place(inner, layout, zeroed, kind) };
+    if !p.is_null() {
+        note_new(p as usize, layout.size(), kind, mean);
     }
-    // SAFETY: `room < outer.size()`, so `p` is inside the block.
-    let p = unsafe { base.add(room) };
-    let h = new_header(p as usize, layout.size(), mean);
-    // SAFETY: the 8 bytes below `p` are inside the block (`room >= 8`);
-    // the write is unaligned-safe.
-    unsafe { p.sub(HEADER).cast::<Header>().write_unaligned(h) };
     p
 }
 
-/// Counts a new block at `addr` and returns its header: on this thread's
-/// fast path unless the block is sampled.
+/// Whether the block at `addr` of `layout` is sampled (or the tracker's
+/// own): in the region, or noted outside it.
 #[inline(always)]
-fn new_header(addr: usize, size: usize, mean: usize) -> Header {
-    let slow = |sampled: Option<bool>| {
-        thread::with_tracking(|t| {
-            let sampled = sampled.unwrap_or_else(|| t.sampled(size, mean));
-            track_sampled(t, addr, size, mean, sampled)
-        })
-        .unwrap_or_default()
-    };
-    match thread::sampled_alloc(size, mean) {
-        FastAlloc::Counted { tag } => Header::tagged(tag, COUNTED),
-        FastAlloc::Untracked => Header::default(),
-        FastAlloc::Sampled => slow(Some(true)),
-        FastAlloc::Slow => slow(None),
-    }
-}
-
-/// Counts the free of the block at `addr` with header `h`. `taken`: its
-/// table entry if the caller already took it out (`Some(None)`: it was not
-/// there); `None`: a sampled block's entry is taken out here.
-#[inline(always)]
-fn forget(addr: usize, size: usize, h: Header, taken: Option<Option<Meta>>, mean: usize) {
-    if h.flags() & COUNTED == 0 {
-        return;
-    }
-    let sampled = h.flags() & SAMPLED != 0;
-    if !sampled && thread::sampled_free(size, h.tag()) {
-        return;
-    }
-    thread::with_tracking(|t| {
-        let entry = match taken {
-            Some(entry) => entry,
-            None if sampled => blocks::remove(t.young(), addr),
-            None => None,
-        };
-        count_sampled_free(t, size, h, entry, mean);
-    });
+fn marked(addr: usize, layout: Layout) -> bool {
+    region::holds(addr) || (region::may_be_outside(layout) && region::outside(addr, false))
 }
 
 /// # Safety
-/// `GlobalAlloc::dealloc`'s contract, for a block from [`sampled_alloc`].
-#[inline]
+/// `GlobalAlloc::dealloc`'s contract, for a [`marked`] block.
+#[cold]
+#[inline(never)]
 unsafe fn sampled_dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout, mean: usize) {
-    // SAFETY: `ptr` came from `sampled_alloc` with this layout, which wrote
-    // the header below it.
-    let h = unsafe { ptr.sub(HEADER).cast::<Header>().read_unaligned() };
-    forget(ptr as usize, layout.size(), h, None, mean);
-    // The layout was valid when the block was made, so this cannot fail.
-    if let Some((outer, room)) = outer(layout, layout.size()) {
-        // SAFETY: the inner block starts `room` below `ptr`, with layout `outer`.
-        unsafe { inner.dealloc(ptr.sub(room), outer) }
+    let addr = ptr as usize;
+    // Its entry goes before its memory can be handed out again.
+    let _ = thread::with_tracking(|t| {
+        // No entry: the tracker's own block, never counted.
+        if let Some(meta) = blocks::remove(t.young(), addr) {
+            t.count_free(layout.size());
+            forget(t, addr, &meta, sample::weight(meta.size, mean));
+        }
+    });
+    if region::holds(addr) {
+        region::free(addr);
+    } else {
+        region::outside(addr, true);
+        // SAFETY: forwarded contract: an outside block is the inner allocator's.
+        unsafe { inner.dealloc(ptr, layout) };
     }
 }
 
 /// # Safety
-/// `GlobalAlloc::realloc`'s contract, for a block from [`sampled_alloc`].
+/// `GlobalAlloc::realloc`'s contract; `marked` says whether the block is.
+#[cold]
+#[inline(never)]
 unsafe fn sampled_realloc<A: GlobalAlloc>(
     inner: &A,
     ptr: *mut u8,
     layout: Layout,
     new_size: usize,
     mean: usize,
+    marked: bool,
 ) -> *mut u8 {
-    let (Some((old_outer, room)), Some((new_outer, _))) =
-        (outer(layout, layout.size()), outer(layout, new_size))
-    else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: `ptr` came from `sampled_alloc` with this layout.
-    let h = unsafe { ptr.sub(HEADER).cast::<Header>().read_unaligned() };
-    // A sampled block's entry comes out first, as in full mode.
-    let entry = if h.flags() & SAMPLED != 0 {
-        thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten()
-    } else {
-        None
-    };
-    // SAFETY: the inner block starts `room` below `ptr`, with layout
-    // `old_outer`; the new size keeps the same room and alignment.
-    let base = unsafe { inner.realloc(ptr.sub(room), old_outer, new_outer.size()) };
-    if base.is_null() {
-        if let Some(meta) = entry {
-            thread::with_tracking(|t| {
-                put_back(t, ptr as usize, meta, |t, _, m| forget_sampled(t, m, mean))
-            });
+    let addr = ptr as usize;
+    // SAFETY: `realloc`'s contract: `new_size`, rounded up to the
+    // alignment, does not overflow isize; the alignment is a layout's.
+    let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+    let kind = decide(new_size, mean);
+    if !region::holds(addr) && (kind == Kind::Plain || !region::fits(new_layout)) {
+        // Neither block is in the region: the inner allocator reallocs, in
+        // place where it can. The old block's marks come off first, as in
+        // full mode, and go back if it refuses.
+        let old = marked.then(|| {
+            region::outside(addr, true);
+            thread::with_tracking(|t| blocks::remove(t.young(), addr)).flatten()
+        });
+        // SAFETY: forwarded contract.
+        let p = unsafe { inner.realloc(ptr, layout, new_size) };
+        if p.is_null() {
+            if let Some(entry) = old {
+                if region::note_outside(addr, layout) {
+                    if let Some(meta) = entry {
+                        let _ = thread::with_tracking(|t| {
+                            put_back(t, addr, meta, |t, at, m| {
+                                forget(t, at, m, sample::weight(m.size, mean))
+                            })
+                        });
+                    }
+                }
+            }
+            return p;
         }
-        return base;
+        let _ = thread::with_tracking(|t| match old {
+            None => t.count_free(layout.size()),
+            Some(None) => {}
+            Some(Some(meta)) => {
+                t.count_free(layout.size());
+                forget(t, addr, &meta, sample::weight(meta.size, mean));
+            }
+        });
+        let kind = if kind != Kind::Plain && !region::note_outside(p as usize, new_layout) {
+            process::note_untracked();
+            Kind::Plain
+        } else {
+            kind
+        };
+        note_new(p as usize, new_size, kind, mean);
+        return p;
     }
-    // SAFETY: `room < new_outer.size()`, so `p` is inside the new block.
-    let p = unsafe { base.add(room) };
-    forget(ptr as usize, layout.size(), h, Some(entry), mean);
-    let new = new_header(p as usize, new_size, mean);
-    // SAFETY: the 8 bytes below `p` are inside the new block.
-    unsafe { p.sub(HEADER).cast::<Header>().write_unaligned(new) };
+    // The new block lives elsewhere: made, filled, then the old one goes.
+    // SAFETY: `new_layout` is non-zero-sized (realloc's contract).
+    let (p, kind) = unsafe { place(inner, new_layout, false, kind) };
+    if p.is_null() {
+        return p;
+    }
+    // SAFETY: both blocks are live, distinct, and hold this many bytes.
+    unsafe { std::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size)) };
+    if marked {
+        // SAFETY: forwarded contract.
+        unsafe { sampled_dealloc(inner, ptr, layout, mean) };
+    } else {
+        thread::unsampled_free(layout.size());
+        // SAFETY: forwarded contract: a plain block is the inner allocator's.
+        unsafe { inner.dealloc(ptr, layout) };
+    }
+    note_new(p as usize, new_size, kind, mean);
     p
 }
 
-/// Sampling mode, slow path: counts a new block (`sampled` or not) and says
-/// what its header holds.
-fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize, sampled: bool) -> Header {
-    t.total_alloc(size);
-    let site = if sampled {
-        t.callsite()
-    } else {
-        SiteRef {
-            id: OTHER,
-            site: None,
-        }
-    };
+/// Sampling mode: records a new sampled block of `size` bytes at `addr`,
+/// with its stack and its weight.
+fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize) {
+    let site = t.callsite();
+    let w = sample::weight(size, mean);
     let run = t.current_run();
     let (scope, run_slot, run_gen) = if run.is_null() {
         (0, 0, 0)
     } else {
-        runs::record_alloc(run, site.id, size)
+        runs::record_alloc(run, site.id, w)
     };
+    let meta = Meta {
+        size,
+        site: site.id,
+        scope,
+        run_slot,
+        run_gen,
+    };
+    match blocks::insert(t.young(), addr, meta) {
+        Inserted::New => {}
+        Inserted::Replaced(at, stale) => forget(t, at, &stale, sample::weight(stale.size, mean)),
+        Inserted::Dropped => {
+            process::note_untracked();
+            return;
+        }
+    }
+    t.site_alloc(site, w.0, w.1);
     if scope != 0 {
-        t.scope_alloc(scope, size);
-    }
-    let mut flags = COUNTED;
-    if sampled {
-        // The header carries the run tag; the table entry needs none.
-        let meta = Meta {
-            size,
-            site: site.id,
-            scope,
-            run_slot: 0,
-            run_gen: 0,
-        };
-        match blocks::insert(t.young(), addr, meta) {
-            Inserted::New => flags |= SAMPLED,
-            Inserted::Replaced(_, stale) => {
-                forget_sampled(t, &stale, mean);
-                flags |= SAMPLED;
-            }
-            Inserted::Dropped => process::note_untracked(),
-        }
-        if flags & SAMPLED != 0 {
-            let (units, bytes) = sample::weight(size, mean);
-            t.site_alloc(site, units, bytes);
-        }
-    }
-    Header::tagged(run_tag(run_slot, run_gen, scope), flags)
-}
-
-/// Sampling mode, slow path: a counted block is freed (`entry`: its table
-/// entry, if it was sampled and found).
-fn count_sampled_free(t: &Tracking<'_>, size: usize, h: Header, entry: Option<Meta>, mean: usize) {
-    t.total_free(size);
-    let site = entry.map_or(OTHER, |m| m.site);
-    if let Some(meta) = entry {
-        forget_sampled(t, &meta, mean);
-    }
-    if h.scope() != 0 {
-        t.scope_free(h.scope(), size);
-    }
-    if h.run_slot() != 0 {
-        runs::record_free(h.run_slot(), h.run_gen(), site, size, t.token());
-    }
-}
-
-/// Takes a sampled block's weight off its call-site.
-fn forget_sampled(t: &Tracking<'_>, meta: &Meta, mean: usize) {
-    let (units, bytes) = sample::weight(meta.size, mean);
-    t.site_free(meta.site, units, bytes);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_header_gives_back_what_it_was_made_of() {
-        let gen = runs::GEN_MASK;
-        let h = Header::tagged(run_tag(65_535, gen, 65_534), COUNTED | SAMPLED);
-        assert_eq!(
-            (h.run_slot(), h.run_gen(), h.scope(), h.flags()),
-            (65_535, gen, 65_534, 3)
-        );
-        assert_eq!(h.tag(), run_tag(65_535, gen, 65_534));
-        let h = Header::tagged(run_tag(1, 1, 0), COUNTED);
-        assert_eq!(
-            (h.run_slot(), h.run_gen(), h.scope(), h.flags()),
-            (1, 1, 0, 1)
-        );
-        assert_eq!(HEADER, 8);
+        t.scope_alloc(scope, w);
     }
 }

@@ -78,7 +78,6 @@ impl Sum {
 
 fn build(sites: Sites<'_>) -> Report {
     use std::sync::atomic::Ordering::Relaxed;
-    thread::flush_current();
     let mean = sample::current();
     let unit = sample::block_unit();
     let n = callsite::count();
@@ -166,10 +165,12 @@ fn build(sites: Sites<'_>) -> Report {
             by_callsite.sort_by(|a, b| {
                 (b.bytes, b.blocks, a.callsite).cmp(&(a.bytes, a.blocks, b.callsite))
             });
-            // Exact in both modes: every block opened in a run of this
-            // scope, less every such block freed since, by any thread.
-            let (outstanding_blocks, outstanding_bytes) =
+            // Every block opened in a run of this scope, less every such
+            // block freed since, by any thread (sampling mode: the sampled
+            // ones, weighted, as for call-sites).
+            let (outstanding_units, outstanding_bytes) =
                 scope_sums.get(id as usize).map_or((0, 0), Sum::live);
+            let outstanding_blocks = blocks(outstanding_units);
             ScopeStats {
                 name: entry.name.clone(),
                 runs: entry

@@ -114,7 +114,8 @@ pub struct Report {
     pub untracked_blocks: u64,
     /// Sampling mode's mean interval in bytes, 0 in full mode. When not 0,
     /// call-site figures (and scopes' `by_callsite`) are estimates from
-    /// sampled blocks; totals and scopes' outstanding counts are exact.
+    /// sampled blocks, and so are scopes' outstanding counts; totals and
+    /// scopes' runs are exact.
     pub sample_bytes: u64,
     /// The full leak check, in a report from `leak_check()` (and at exit,
     /// unless `LEAKSCOPE_LEAK_CHECK=no`); `None` in a [`snapshot`].

@@ -219,7 +219,7 @@ impl Report {
         if self.sample_bytes != 0 {
             writeln!(
                 f,
-                "{p} sampling: a stack per {} bytes allocated on average; call-site figures are estimates, totals and scopes are exact",
+                "{p} sampling: a stack per {} bytes allocated on average; call-site and scope figures are estimates, totals and runs are exact",
                 Thousands(self.sample_bytes)
             )?;
         }

@@ -8,21 +8,20 @@
 //! leaves its blocks in the enclosing scope).
 
 use crate::alloc::runs::{self, RunRecord, SiteRun};
-use crate::alloc::thread;
+use crate::alloc::{sample, thread};
 use crate::scope::names;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 
+/// Allocates nothing unless the name is new (interning it is untracked).
 pub(crate) fn open_run(name: &str, counts: bool) -> Option<&'static RunRecord> {
-    thread::untracked(|| {
-        let entry = names::intern(name);
-        // Per thread, so that threads serving the same route do not fight
-        // over one counter; the shared one is for threads without counters.
-        if !thread::count_run(entry.id) {
-            entry.runs.fetch_add(1, Ordering::Relaxed);
-        }
-        runs::open(entry.id, counts)
-    })
+    let entry = names::intern(name);
+    // Per thread, so that threads serving the same route do not fight
+    // over one counter; the shared one is for threads without counters.
+    if !thread::count_run(entry.id) {
+        entry.runs.fetch_add(1, Ordering::Relaxed);
+    }
+    runs::open(entry.id, counts)
 }
 
 /// Closes a run; with `summarize`, says what it left behind.
@@ -38,12 +37,16 @@ fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
             .unwrap_or_default(),
         ..ScopeSummary::default()
     };
+    // Block counts are in units of 1/`unit` block (sampling mode: the run's
+    // sampled blocks, weighted, as for call-sites).
+    let unit = sample::block_unit();
+    let blocks = |units: u64| (units + unit / 2) / unit;
     for s in counts {
         let c = CallsiteCount {
             callsite: s.site,
-            allocated_blocks: s.allocated_blocks,
+            allocated_blocks: blocks(s.allocated_blocks),
             allocated_bytes: s.allocated_bytes,
-            outstanding_blocks: s.allocated_blocks.saturating_sub(s.freed_blocks),
+            outstanding_blocks: blocks(s.allocated_blocks.saturating_sub(s.freed_blocks)),
             outstanding_bytes: s.allocated_bytes.saturating_sub(s.freed_bytes),
         };
         summary.allocated_blocks += c.allocated_blocks;

@@ -16,6 +16,8 @@ use std::sync::atomic::AtomicU64;
 
 pub(crate) struct ScopeEntry {
     pub(crate) id: u32,
+    /// [`ends`] of the name.
+    ends: (u64, u64),
     pub(crate) name: String,
     /// Runs opened on threads without counters of their own (see
     /// [`crate::alloc::thread::count_run`]); reports add every thread's counts.
@@ -57,33 +59,40 @@ thread_local! {
         const { [const { Cell::new(std::ptr::null()) }; NAME_CACHE] };
 }
 
-/// The cache index of `name`: eight bytes a step, since a request pays for
-/// each step in a chain of multiplies.
-fn name_hash(name: &str) -> usize {
-    let mut words = name.as_bytes().chunks_exact(8);
-    let step = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut h = name.len() as u64;
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        h = step(h, u64::from_le_bytes(b));
+/// A name's first and last eight bytes (overlapping, or zero-padded when
+/// shorter): with its length, the whole name up to 16 bytes, and the key
+/// of this thread's cache of names.
+#[inline]
+fn ends(name: &str) -> (u64, u64) {
+    let b = name.as_bytes();
+    match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        (Some(first), Some(last)) => (u64::from_le_bytes(*first), u64::from_le_bytes(*last)),
+        _ => {
+            let w = b.iter().rev().fold(0u64, |w, &x| w << 8 | x as u64);
+            (w, w)
+        }
     }
-    let tail =
-        (words.remainder().iter().enumerate()).fold(0u64, |w, (i, &b)| w | (b as u64) << (8 * i));
-    h = step(h, tail);
-    (h >> 32) as usize % NAME_CACHE
 }
 
+/// The entry of `name`, made on first sight. A name this thread opened
+/// lately costs its length and two words compared (and the rest of it,
+/// past 16 bytes), no lock and no allocation.
+#[inline]
 pub(crate) fn intern(name: &str) -> &'static ScopeEntry {
-    let i = name_hash(name);
+    let (first, last) = ends(name);
+    let h = (first ^ last.rotate_left(29) ^ name.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let i = (h >> 32) as usize % NAME_CACHE;
     let cached = RECENT_NAMES.try_with(|c| c.get(i).map_or(std::ptr::null(), Cell::get));
     // SAFETY: the cache holds only leaked, never-freed entries.
     if let Some(e) = cached.ok().and_then(|p| unsafe { p.as_ref() }) {
-        if e.name == name {
+        if e.ends == (first, last)
+            && e.name.len() == name.len()
+            && (name.len() <= 16 || e.name == name)
+        {
             return e;
         }
     }
-    let e = intern_slow(name);
+    let e = crate::alloc::thread::untracked(|| intern_slow(name));
     let _ = RECENT_NAMES.try_with(|c| c.get(i).map(|cell| cell.set(e)));
     e
 }
@@ -108,6 +117,7 @@ fn intern_slow(name: &str) -> &'static ScopeEntry {
     let id = names.list.len() as u32 + 1;
     let entry: &'static ScopeEntry = Box::leak(Box::new(ScopeEntry {
         id,
+        ends: ends(name),
         name: name.to_owned(),
         runs: AtomicU64::new(0),
     }));
