@@ -16,7 +16,7 @@
 use crate::alloc::meta::{hide, mix, MetaAlloc, SpinLock};
 use hashbrown::HashTable;
 use std::alloc::Layout;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The largest slot: bigger blocks live outside the region.
 pub(crate) const MAX_SLOT: usize = 64 << 10;
@@ -57,9 +57,10 @@ static OUTSIDE: SpinLock<HashTable<usize, MetaAlloc>> =
     SpinLock::new(HashTable::new_in(MetaAlloc {}));
 /// Blocks in [`OUTSIDE`]: frees look there only while it holds any.
 static OUTSIDE_LIVE: AtomicUsize = AtomicUsize::new(0);
-/// A block that fits a slot was put outside (its class was full, or the
-/// region could not be reserved): from then on frees of any size may look.
-static SPILLED: AtomicBool = AtomicBool::new(false);
+/// Frees of a layout whose size or alignment (or'ed) is above this look
+/// in [`OUTSIDE`]: [`MAX_SLOT`], or 0 once a block that fits a slot was put
+/// outside (its class was full, or the region could not be reserved).
+static OUTSIDE_ABOVE: AtomicUsize = AtomicUsize::new(MAX_SLOT);
 
 /// Whether `addr` is in the region.
 #[inline(always)]
@@ -71,7 +72,8 @@ pub(crate) fn holds(addr: usize) -> bool {
 /// sampled one (outside): a relaxed load or two for most frees.
 #[inline(always)]
 pub(crate) fn may_be_outside(layout: Layout) -> bool {
-    (layout.size() > MAX_SLOT || layout.align() > MAX_SLOT || SPILLED.load(Ordering::Relaxed))
+    // Above MAX_SLOT whenever the size or the alignment is.
+    layout.size() | layout.align() > OUTSIDE_ABOVE.load(Ordering::Relaxed)
         && OUTSIDE_LIVE.load(Ordering::Relaxed) != 0
 }
 
@@ -197,7 +199,7 @@ pub(crate) fn note_outside(addr: usize, layout: Layout) -> bool {
     }
     set.insert_unique(mix(addr as u64), hidden, |&a| mix(hide(a) as u64));
     if class_of(layout).is_some() {
-        SPILLED.store(true, Ordering::Relaxed);
+        OUTSIDE_ABOVE.store(0, Ordering::Relaxed);
     }
     OUTSIDE_LIVE.fetch_add(1, Ordering::Relaxed);
     true

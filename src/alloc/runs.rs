@@ -318,7 +318,10 @@ pub(crate) fn record_alloc(
     site: u32,
     (units, bytes): Weight,
 ) -> (u32, u32, u32) {
-    // SAFETY: a thread's current run is a pooled record, never freed.
+    if let Some(light) = as_light(run) {
+        return (light.scope, 0, 0);
+    }
+    // SAFETY: a thread's current run, untagged, is a pooled record, never freed.
     let Some(rec) = (unsafe { run.as_ref() }) else {
         return (0, 0, 0);
     };
@@ -571,20 +574,97 @@ pub(crate) fn try_enter(rec: &'static RunRecord) -> bool {
 /// guards dropped out of order never leave a closed run current.
 pub(crate) fn leave(rec: &'static RunRecord) {
     rec.owner.store(0, Ordering::Relaxed);
-    let parent = rec.parent.load(Ordering::Relaxed);
+    unlink(rec, rec.parent.load(Ordering::Relaxed));
+}
+
+/// Takes `run` (whose parent is `parent`) off this thread's stack of runs.
+fn unlink(run: *const RunRecord, parent: *const RunRecord) {
     let mut cur = thread::current_run();
-    if std::ptr::eq(cur, rec) {
+    if std::ptr::eq(cur, run) {
         thread::set_current_run(parent);
         return;
     }
-    // SAFETY: runs on this thread's stack are pooled records, never freed.
-    while let Some(r) = unsafe { cur.as_ref() } {
-        let up = r.parent.load(Ordering::Relaxed);
-        if std::ptr::eq(up, rec) {
-            r.parent.store(parent, Ordering::Relaxed);
+    while !cur.is_null() {
+        let up = parent_of(cur);
+        if std::ptr::eq(up, run) {
+            set_parent(cur, parent);
             return;
         }
         cur = up;
+    }
+}
+
+// ---------------------------------------------------------------- light runs
+
+/// A run of `track_scope`: it lives on its caller's stack while the closure
+/// runs, counts nothing per call-site, and its blocks carry its scope id
+/// alone, so it needs no record: entering and leaving it are a few stores.
+/// On a thread's stack of runs it is a pointer to it with bit 0 set.
+pub(crate) struct LightRun {
+    scope: u32,
+    parent: Cell<*const RunRecord>,
+}
+
+const LIGHT: usize = 1;
+
+/// The light run `run` (a run on this thread's stack) stands for, if it does.
+#[inline]
+fn as_light<'a>(run: *const RunRecord) -> Option<&'a LightRun> {
+    if run as usize & LIGHT == 0 {
+        return None;
+    }
+    // SAFETY: a tagged run on a thread's stack of runs is a LightRun on the
+    // frame of a `track_scope` still running on that thread: it leaves the
+    // stack (`LightEntered`'s drop) before that frame returns or unwinds.
+    unsafe { ((run as usize & !LIGHT) as *const LightRun).as_ref() }
+}
+
+/// The run below `run` on this thread's stack of runs.
+fn parent_of(run: *const RunRecord) -> *const RunRecord {
+    if let Some(l) = as_light(run) {
+        return l.parent.get();
+    }
+    // SAFETY: untagged runs on a thread's stack are pooled records, never freed.
+    unsafe { run.as_ref() }.map_or(std::ptr::null(), |r| r.parent.load(Ordering::Relaxed))
+}
+
+fn set_parent(run: *const RunRecord, parent: *const RunRecord) {
+    if let Some(l) = as_light(run) {
+        l.parent.set(parent);
+        return;
+    }
+    // SAFETY: as in `parent_of`.
+    if let Some(r) = unsafe { run.as_ref() } {
+        r.parent.store(parent as *mut RunRecord, Ordering::Relaxed);
+    }
+}
+
+impl LightRun {
+    pub(crate) fn new(scope: u32) -> LightRun {
+        LightRun {
+            scope,
+            parent: Cell::new(std::ptr::null()),
+        }
+    }
+
+    fn tagged(&self) -> *const RunRecord {
+        (self as *const LightRun as usize | LIGHT) as *const RunRecord
+    }
+
+    /// Makes this run the innermost on this thread until the guard drops.
+    pub(crate) fn enter(&self) -> LightEntered<'_> {
+        self.parent.set(thread::current_run());
+        thread::set_current_run(self.tagged());
+        LightEntered(self)
+    }
+}
+
+/// An entered [`LightRun`]; leaves it when dropped.
+pub(crate) struct LightEntered<'a>(&'a LightRun);
+
+impl Drop for LightEntered<'_> {
+    fn drop(&mut self) {
+        unlink(self.0.tagged(), self.0.parent.get());
     }
 }
 

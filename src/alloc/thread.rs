@@ -168,8 +168,6 @@ pub(crate) struct Slot {
     unwind_rules: cfi::Rules,
     /// Stacks the frame-pointer walk read lately, with their call-sites; owner only.
     seen: Seen<Known>,
-    /// Sampling mode: this slot's live bytes as last added to [`TOTAL_PEAK`].
-    settled: AtomicI64,
 }
 
 /// A call-site as [`Seen`] keeps it (all-zero: [`OTHER`], no site).
@@ -305,9 +303,6 @@ struct State {
     release: Cell<u8>,
     /// Sampling mode: where this thread's next sample point is.
     sampler: Cell<Sampler>,
-    /// Sampling mode: bytes this thread may free before it settles its
-    /// live bytes with the process peak ([`settle`]).
-    settle_left: Cell<i64>,
 }
 
 impl State {
@@ -335,7 +330,6 @@ thread_local! {
             run: Cell::new(std::ptr::null()),
             release: Cell::new(RELEASE_NONE),
             sampler: Cell::new(Sampler::new()),
-            settle_left: Cell::new(0),
         }
     };
     /// Gives the slot back when the thread ends.
@@ -449,7 +443,7 @@ impl Tracking<'_> {
     }
 
     /// Sampling mode: counts a block of `size` bytes made, in the process
-    /// totals (the peak follows at [`Tracking::settle`]).
+    /// totals (the peak follows at sample points: [`observe_peak`]).
     #[inline]
     pub(crate) fn count_alloc(&self, size: usize) {
         self.slot.total.on_alloc(1, size as u64);
@@ -459,11 +453,6 @@ impl Tracking<'_> {
     #[inline]
     pub(crate) fn count_free(&self, size: usize) {
         self.slot.total.on_free(1, size as u64);
-    }
-
-    /// Sampling mode: at a sample point, see [`settle`].
-    pub(crate) fn settle(&self) {
-        settle(self.state, self.slot);
     }
 
     /// Sampling mode: counts `size` bytes towards this thread's next sample
@@ -653,12 +642,6 @@ pub(crate) fn unsampled_free(size: usize) {
                 return false;
             };
             slot.total.on_free(1, size as u64);
-            let left = st.settle_left.get().wrapping_sub(size as i64);
-            if left > 0 {
-                st.settle_left.set(left);
-            } else {
-                settle(st, slot);
-            }
             true
         })
         .unwrap_or(false);
@@ -667,25 +650,20 @@ pub(crate) fn unsampled_free(size: usize) {
     }
 }
 
-/// Bytes a thread frees between two [`settle`]s.
-const SETTLE_BYTES: i64 = 64 * 1024;
-
-/// Sampling mode: brings the process's live bytes up to date with this
-/// thread's, for the peak. Runs at each sample point and every
-/// [`SETTLE_BYTES`] freed, so the peak seen can be low by about a sampling
-/// interval per thread.
+/// Sampling mode, at a sample point: the process's live bytes now, from
+/// every thread's totals, for the peak. Live bytes grow only by
+/// allocations, which reach a sample point every interval on average, so
+/// the peak seen can be low by about an interval per allocating thread.
 #[cold]
-fn settle(st: &State, slot: &Slot) {
-    st.settle_left.set(SETTLE_BYTES);
-    let t = &slot.total;
-    let net = t
-        .alloc_bytes
-        .load(Ordering::Relaxed)
-        .wrapping_sub(t.free_bytes.load(Ordering::Relaxed)) as i64;
-    let delta = net.wrapping_sub(slot.settled.load(Ordering::Relaxed));
-    slot.settled.store(net, Ordering::Relaxed);
-    TOTAL_PEAK.flushed.fetch_add(delta, Ordering::Relaxed);
-    TOTAL_PEAK.observe(0);
+pub(crate) fn observe_peak() {
+    let live = slots().fold(0u64, |live, s| {
+        let t = &s.total;
+        live.wrapping_add(t.alloc_bytes.load(Ordering::Relaxed))
+            .wrapping_sub(t.free_bytes.load(Ordering::Relaxed))
+    });
+    if (live as i64) > 0 {
+        TOTAL_PEAK.peak.fetch_max(live, Ordering::Relaxed);
+    }
 }
 
 /// Sampling mode: takes back an [`unsampled_alloc`] whose block the inner

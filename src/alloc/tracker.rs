@@ -368,7 +368,7 @@ fn note_new(addr: usize, size: usize, kind: Kind, mean: usize) {
         Kind::Sampled => {
             let _ = thread::with_tracking(|t| {
                 t.count_alloc(size);
-                t.settle();
+                thread::observe_peak();
                 track_sampled(t, addr, size, mean);
             });
         }

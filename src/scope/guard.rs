@@ -15,13 +15,7 @@ use std::sync::atomic::Ordering;
 
 /// Allocates nothing unless the name is new (interning it is untracked).
 pub(crate) fn open_run(name: &str, counts: bool) -> Option<&'static RunRecord> {
-    let entry = names::intern(name);
-    // Per thread, so that threads serving the same route do not fight
-    // over one counter; the shared one is for threads without counters.
-    if !thread::count_run(entry.id) {
-        entry.runs.fetch_add(1, Ordering::Relaxed);
-    }
-    runs::open(entry.id, counts)
+    runs::open(count_run(name), counts)
 }
 
 /// Closes a run; with `summarize`, says what it left behind.
@@ -154,6 +148,20 @@ pub(crate) fn enter_scope(name: &str, counts: bool) -> ScopeGuard {
 
 /// Runs `f` inside a scope named `name`. A panic in `f` still closes the scope.
 pub fn track_scope<R>(name: &str, f: impl FnOnce() -> R) -> R {
-    let _guard = enter_scope(name, false);
+    // A run nobody asks for a summary: it lives on this frame, no record.
+    let run = runs::LightRun::new(count_run(name));
+    let _entered = run.enter();
     f()
+}
+
+/// Counts a run of scope `name` opened on this thread; its scope id.
+/// Allocates nothing unless the name is new (interning it is untracked).
+fn count_run(name: &str) -> u32 {
+    let entry = names::intern(name);
+    // Per thread, so that threads serving the same route do not fight
+    // over one counter; the shared one is for threads without counters.
+    if !thread::count_run(entry.id) {
+        entry.runs.fetch_add(1, Ordering::Relaxed);
+    }
+    entry.id
 }
