@@ -39,6 +39,10 @@ fn main() {
         ("panic_closes_scope", panic_closes_scope),
         ("freed_after_close", freed_after_close),
         ("guards_dropped_out_of_order", guards_dropped_out_of_order),
+        (
+            "guard_outlives_its_track_scope",
+            guard_outlives_its_track_scope,
+        ),
         ("text_report_scope_table", text_report_scope_table),
         ("run_with_a_hundred_callsites", run_with_a_hundred_callsites),
         ("future_polled_on_two_threads", future_polled_on_two_threads),
@@ -255,6 +259,35 @@ fn guards_dropped_out_of_order() {
     let r = leakscope::snapshot();
     assert_eq!(r.scope("order-a").unwrap().outstanding_blocks, 0);
     assert_eq!(r.scope("order-b").unwrap().outstanding_bytes, 11);
+}
+
+/// A guard opened inside a `track_scope` closure and returned out of it
+/// outlives the closure's run (which lives on the closure's caller's frame):
+/// the run leaves the thread's stack of runs from under the guard.
+fn guard_outlives_its_track_scope() {
+    let inner = leakscope::track_scope("outlive-outer", || {
+        leak_bytes(3);
+        leakscope::scope("outlive-inner")
+    });
+    leak_bytes(5); // the guard's run is still open: its block
+    let nested = leakscope::track_scope("outlive-again", || {
+        leak_bytes(7);
+        inner.finish()
+    });
+    leak_bytes(9); // nothing is open
+    assert_eq!(
+        (nested.outstanding_blocks, nested.outstanding_bytes),
+        (1, 5)
+    );
+    let r = leakscope::snapshot();
+    assert_eq!(common::scope(&r, "outlive-outer"), (1, 1, 3));
+    assert_eq!(common::scope(&r, "outlive-inner"), (1, 1, 5));
+    assert_eq!(common::scope(&r, "outlive-again"), (1, 1, 7));
+    let in_scopes: u64 = ["outlive-outer", "outlive-inner", "outlive-again"]
+        .iter()
+        .map(|n| common::scope(&r, n).2)
+        .sum();
+    assert_eq!(in_scopes, 15, "the 9-byte block is in no scope");
 }
 
 fn text_report_scope_table() {
