@@ -168,6 +168,8 @@ pub(crate) struct Slot {
     unwind_rules: cfi::Rules,
     /// Stacks the frame-pointer walk read lately, with their call-sites; owner only.
     seen: Seen<Known>,
+    /// Where the DWARF unwinder writes a stack; owner only.
+    scratch: UnsafeCell<Frames>,
 }
 
 /// A call-site as [`Seen`] keeps it (all-zero: [`OTHER`], no site).
@@ -177,7 +179,7 @@ struct Known {
     site: *const callsite::Site,
 }
 
-// SAFETY: `cache`, `unwind_rules` and `seen` are touched only by the thread
+// SAFETY: `cache`, `unwind_rules`, `seen` and `scratch` are touched only by the thread
 // that owns the slot (`in_use` hands it to one thread at a time); every
 // other field is atomic.
 unsafe impl Sync for Slot {}
@@ -384,13 +386,17 @@ impl Tracking<'_> {
             }
         };
         let slot = self.slot;
-        match unwind::capture(bounds, &slot.unwind_rules, &slot.seen) {
+        // SAFETY: the scratch frames are this slot's owner's, which we are,
+        // and nothing else borrows them while this runs.
+        let out = unsafe { &mut *slot.scratch.get() };
+        match unwind::capture(bounds, &slot.unwind_rules, &slot.seen, out) {
             Capture::Seen(k) => SiteRef {
                 id: k.id,
                 // SAFETY: a non-null `site` was a `&'static Site` (sites are never freed).
                 site: unsafe { k.site.as_ref() },
             },
             Capture::Walked(walked) => slot.intern_walked(walked),
+            Capture::Dwarf { n, hash } => slot.intern(out.get(..n).unwrap_or(&[]), hash),
         }
     }
 

@@ -111,8 +111,11 @@ pub(crate) enum Capture<'a, V> {
     /// The stack is one this thread's [`Seen`] holds, word for word: what
     /// the caller kept for it.
     Seen(V),
-    /// The stack was walked.
+    /// The stack was walked by frame pointers.
     Walked(Walked<'a, V>),
+    /// The DWARF unwinder filled the first `n` entries of `out` (see
+    /// [`capture`]); `hash` is their [`hash_frames`].
+    Dwarf { n: usize, hash: u64 },
 }
 
 /// A stack just walked: its frames, and the [`Seen`] way that remembers it
@@ -123,7 +126,7 @@ pub(crate) struct Walked<'a, V> {
     /// Their [`hash_frames`].
     pub(crate) hash: u64,
     stack: &'a mut SeenStack<V>,
-    /// Where the walk started (0: not to be kept: not a frame-pointer walk).
+    /// Where the walk started.
     start: usize,
 }
 
@@ -140,47 +143,37 @@ impl<V: Copy> Walked<'_, V> {
     /// by [`capture`].
     #[inline]
     pub(crate) fn keep(self, value: V) {
-        if self.start != 0 {
-            self.stack.value = value;
-            self.stack.start = self.start;
-        }
+        self.stack.value = value;
+        self.stack.start = self.start;
     }
 }
 
 /// The return addresses of the calling stack, innermost first, unless `seen`
 /// holds the stack (frame-pointer walk only). `bounds` are the thread's
-/// stack bounds.
+/// stack bounds; the DWARF unwinder writes to `out`.
 #[inline(never)]
 pub(crate) fn capture<'a, V: Copy>(
     bounds: (usize, usize),
     rules: &cfi::Rules,
     seen: &'a Seen<V>,
+    out: &mut Frames,
 ) -> Capture<'a, V> {
+    if DWARF.load(Ordering::Relaxed) {
+        // The cached CFI walk; the backtrace crate's unwinder where it
+        // cannot start (another architecture, no `.eh_frame_hdr`).
+        let mut n = cfi::walk(out, bounds, rules);
+        if n == 0 {
+            n = capture_dwarf(out);
+        }
+        let hash = hash_frames(out.get(..n).unwrap_or(&[]));
+        return Capture::Dwarf { n, hash };
+    }
     let marker = 0u8;
     let sp = &marker as *const u8 as usize;
     let fp = frame_pointer();
     // SAFETY: `seen` belongs to this thread's slot (see `Seen`), and `fp`
     // is this frame's record, above `sp`.
     let (known, stack) = unsafe { seen.find(fp) };
-    if DWARF.load(Ordering::Relaxed) {
-        // The cached CFI walk; the backtrace crate's unwinder where it
-        // cannot start (another architecture, no `.eh_frame_hdr`).
-        let mut out: Frames = [0; MAX_FRAMES];
-        let mut n = cfi::walk(&mut out, bounds, rules);
-        if n == 0 {
-            n = capture_dwarf(&mut out);
-        }
-        for (r, &ip) in stack.records.iter_mut().zip(&out) {
-            r.0[1] = ip;
-        }
-        let hash = hash_frames(out.get(..n).unwrap_or(&[]));
-        return Capture::Walked(Walked {
-            n,
-            hash,
-            stack,
-            start: 0,
-        });
-    }
     if let Some(v) = known {
         return Capture::Seen(v);
     }
