@@ -177,6 +177,8 @@ pub(crate) struct Slot {
 struct Known {
     id: u32,
     site: *const callsite::Site,
+    /// This slot's counts of the site (null: not made yet).
+    counts: *const Counts,
 }
 
 // SAFETY: `cache`, `unwind_rules`, `seen` and `scratch` are touched only by the thread
@@ -202,10 +204,11 @@ impl Slot {
 
     /// The call-site of a stack [`Seen`] did not know, kept there.
     #[cold]
-    fn intern_walked(&self, walked: unwind::Walked<'_, Known>) -> SiteRef {
+    fn intern_walked(&'static self, walked: unwind::Walked<'_, Known>) -> SiteRef {
         let mut frames: Frames = [0; MAX_FRAMES];
         let site = self.intern(walked.frames(&mut frames), walked.hash);
         walked.keep(Known {
+            counts: site.counts.map_or(std::ptr::null(), |c| c as *const _),
             id: site.id,
             site: site.site.map_or(std::ptr::null(), |s| s as *const _),
         });
@@ -215,7 +218,7 @@ impl Slot {
     /// The call-site of `frames` (whose hash is `hash`), from the cache or
     /// the shared table.
     #[inline]
-    fn intern(&self, frames: &[usize], hash: u64) -> SiteRef {
+    fn intern(&'static self, frames: &[usize], hash: u64) -> SiteRef {
         // SAFETY: the cache is only used by the slot's owner, which is us.
         let cache = unsafe { &mut *self.cache.get() };
         let Some(set) = cache.get_mut(hash as usize % CACHE_SETS) else {
@@ -229,6 +232,7 @@ impl Slot {
                     return SiteRef {
                         id: entry.id,
                         site: Some(site),
+                        counts: self.sites.make(entry.id),
                     };
                 }
             }
@@ -244,7 +248,11 @@ impl Slot {
             id,
             site: site.map_or(std::ptr::null(), |s| s as *const _),
         };
-        SiteRef { id, site }
+        SiteRef {
+            id,
+            site,
+            counts: self.sites.make(id),
+        }
     }
 }
 
@@ -356,6 +364,8 @@ impl Drop for SlotRelease {
 pub(crate) struct SiteRef {
     pub(crate) id: u32,
     pub(crate) site: Option<&'static callsite::Site>,
+    /// This thread's counts of the site, if made.
+    counts: Option<&'static Counts>,
 }
 
 impl SiteRef {
@@ -363,6 +373,7 @@ impl SiteRef {
         SiteRef {
             id: OTHER,
             site: callsite::get(OTHER),
+            counts: None,
         }
     }
 }
@@ -390,10 +401,14 @@ impl Tracking<'_> {
         // and nothing else borrows them while this runs.
         let out = unsafe { &mut *slot.scratch.get() };
         match unwind::capture(bounds, &slot.unwind_rules, &slot.seen, out) {
-            Capture::Seen(k) => SiteRef {
-                id: k.id,
-                // SAFETY: a non-null `site` was a `&'static Site` (sites are never freed).
-                site: unsafe { k.site.as_ref() },
+            // SAFETY: a non-null `site` was a `&'static Site` (sites are never
+            // freed), a non-null `counts` this slot's (never freed either).
+            Capture::Seen(k) => unsafe {
+                SiteRef {
+                    id: k.id,
+                    site: k.site.as_ref(),
+                    counts: k.counts.as_ref(),
+                }
             },
             Capture::Walked(walked) => slot.intern_walked(walked),
             Capture::Dwarf { n, hash } => slot.intern(out.get(..n).unwrap_or(&[]), hash),
@@ -418,7 +433,8 @@ impl Tracking<'_> {
     /// Counts `units` (see [`crate::alloc::sample::block_unit`]) and `bytes` at a call-site.
     #[inline]
     pub(crate) fn site_alloc(&self, site: SiteRef, units: u64, bytes: u64) {
-        if let (Some(c), Some(s)) = (self.slot.sites.make(site.id), site.site) {
+        let counts = site.counts.or_else(|| self.slot.sites.make(site.id));
+        if let (Some(c), Some(s)) = (counts, site.site) {
             c.on_alloc(units, bytes);
             c.drift.by(bytes as i64, &s.peak);
         }
@@ -504,9 +520,7 @@ pub(crate) fn with_tracking<R>(f: impl FnOnce(&Tracking<'_>) -> R) -> Option<R> 
             if st.busy.replace(true) {
                 return None;
             }
-            if INIT.load(Ordering::Relaxed) != 2 {
-                init_once();
-            }
+            // A thread with a slot got it after the start began.
             let r = match st.slot.get() {
                 Some(slot) => Some(f(&Tracking { state: st, slot })),
                 None => enter_new_thread(st, f),
@@ -531,6 +545,9 @@ fn init_once() {
 
 #[cold]
 fn enter_new_thread<R>(st: &State, f: impl FnOnce(&Tracking<'_>) -> R) -> Option<R> {
+    if INIT.load(Ordering::Relaxed) != 2 {
+        init_once();
+    }
     if st.release.get() == RELEASE_NONE {
         st.release.set(RELEASE_ARMED);
         // Touching RELEASE registers its destructor; after destruction it fails.
