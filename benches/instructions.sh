@@ -5,7 +5,9 @@
 # (benches/workload.rs) at one worker.
 #
 #   benches/instructions.sh [service|dense ...]   (default: both)
-#   LEAKSCOPE_BENCH_REQUESTS=20000 (a multiple of 100), MODES="leakscope leakscope-sampled"
+#   LEAKSCOPE_BENCH_REQUESTS=20000 (a multiple of 100), MODES="leakscope leakscope-sampled",
+#   RUNS=3 (each figure is the median of this many plain/tracked pairs: the
+#   writer thread's timing moves a run by a few instructions per pair)
 #
 # Per workload: the plain run (System) and each tracked run, same requests.
 # Extra per pair = (tracked run's instructions - the snapshot the workload
@@ -21,6 +23,7 @@ workloads=("$@")
 [ ${#workloads[@]} -gt 0 ] || workloads=(service dense)
 requests="${LEAKSCOPE_BENCH_REQUESTS:-20000}"
 modes="${MODES:-leakscope leakscope-sampled}"
+runs="${RUNS:-3}"
 out="${CARGO_TARGET_DIR:-target}/instructions"
 mkdir -p "$out"
 
@@ -84,12 +87,18 @@ print(f"{extra / pairs:.0f} {pairs}")
 EOF
 }
 
-printf "%-8s %-19s %12s %12s\n" workload allocator "extra/pair" allocations
+printf "%-8s %-19s %12s %14s %12s\n" workload allocator "extra/pair" "(runs)" allocations
 for w in "${workloads[@]}"; do
-    plain="$(run "$w" system)"
     for m in $modes; do
-        tracked="$(run "$w" "$m")"
-        read -r extra pairs < <(figures "$plain" "$tracked")
-        printf "%-8s %-19s %12s %12s\n" "$w" "$m" "$extra" "$pairs"
+        all=()
+        for _ in $(seq "$runs"); do
+            plain="$(run "$w" system)"
+            tracked="$(run "$w" "$m")"
+            read -r extra pairs < <(figures "$plain" "$tracked")
+            all+=("$extra")
+        done
+        sorted="$(printf "%s\n" "${all[@]}" | sort -n | tr '\n' ' ')"
+        median="$(printf "%s\n" "${all[@]}" | sort -n | sed -n "$(((runs + 1) / 2))p")"
+        printf "%-8s %-19s %12s %14s %12s\n" "$w" "$m" "$median" "($sorted)" "$pairs"
     done
 done
