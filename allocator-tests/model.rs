@@ -474,6 +474,23 @@ fn check(
     }
 }
 
+/// Whether this process holds the sampled blocks' region: 12 GiB or more
+/// of mappings with no access (13 GiB reserved, split where committed).
+fn has_region() -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let reserved: u64 = maps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let (a, b) = range.split_once('-')?;
+            let len = u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?;
+            perms.starts_with("---").then_some(len)
+        })
+        .sum();
+    reserved >= 12 << 30
+}
+
 fn seed() -> u64 {
     std::env::var("LEAKSCOPE_MODEL_SEED")
         .ok()
@@ -488,13 +505,45 @@ fn full_mode_matches_the_model() {
 }
 
 fn sampling_mode_matches_the_model() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .arg("model_child")
+    sampling_child(None);
+}
+
+/// With the address space limited below the sampled blocks' region (13
+/// GiB), the region cannot be reserved: every sampled block lives in the
+/// inner allocator, noted in a set that every free then looks in.
+fn sampling_mode_without_its_region() {
+    sampling_child(Some(4 << 30));
+}
+
+/// Runs the model in sampling mode in a child, its address space limited
+/// to `limit` bytes if given.
+fn sampling_child(limit: Option<u64>) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.arg("model_child")
         .env("LEAKSCOPE_SAMPLE_BYTES", SAMPLE_BYTES.to_string())
         .env("LEAKSCOPE_SAMPLE_SEED", "11")
         .env("LEAKSCOPE_MODEL_CHILD", "1")
-        .output()
-        .unwrap();
+        .env(
+            "LEAKSCOPE_MODEL_REGION",
+            if limit.is_some() { "no" } else { "yes" },
+        );
+    if let Some(limit) = limit {
+        // SAFETY: setrlimit is async-signal-safe and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                let l = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}{}",
@@ -508,6 +557,12 @@ fn main() {
         for i in 0..3 {
             run_model(seed().wrapping_add(i));
         }
+        let region = std::env::var("LEAKSCOPE_MODEL_REGION").unwrap();
+        assert_eq!(
+            has_region(),
+            region == "yes",
+            "the sampled blocks' region is reserved: {region}"
+        );
         return;
     }
     common::run(&[
@@ -515,6 +570,10 @@ fn main() {
         (
             "sampling_mode_matches_the_model",
             sampling_mode_matches_the_model,
+        ),
+        (
+            "sampling_mode_without_its_region",
+            sampling_mode_without_its_region,
         ),
     ]);
 }
