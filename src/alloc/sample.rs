@@ -22,7 +22,7 @@
 //! reading the environment uses `getenv` in place.
 
 use crate::alloc::meta::mix;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// Not decided yet.
 const UNSET: usize = usize::MAX;
@@ -41,15 +41,19 @@ static STREAMS: AtomicU64 = AtomicU64::new(0);
 /// Block counts of sampled call-sites are kept in 1/2^16 blocks.
 pub(crate) const UNIT_SHIFT: u32 = 16;
 
-/// The sampling interval of this process: the environment's, or else
-/// `configured` (the tracker's constructor value). Decided once.
-#[inline]
-pub(crate) fn interval(configured: usize) -> usize {
-    let n = SAMPLE_BYTES.load(Ordering::Relaxed);
-    if n != UNSET {
-        return n;
+/// [`SAMPLE_BYTES`], decided: 1 for full mode, 2 for sampling (0: not yet).
+/// The allocation path reads this one byte.
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether this process samples: the environment's interval, or else
+/// `configured` (the tracker's constructor value), is not 0. Decided once.
+#[inline(always)]
+pub(crate) fn sampling(configured: usize) -> bool {
+    match MODE.load(Ordering::Relaxed) {
+        2 => true,
+        1 => false,
+        _ => decide(configured) != 0,
     }
-    decide(configured)
 }
 
 /// The interval once decided (0 before the first allocation and in full mode).
@@ -89,7 +93,7 @@ fn decide(configured: usize) -> usize {
         );
     SEED.store(seed, Ordering::Relaxed);
     // The first decision wins; a racing thread adopts it.
-    match SAMPLE_BYTES.compare_exchange(
+    let n = match SAMPLE_BYTES.compare_exchange(
         UNSET,
         n.min(UNSET - 1),
         Ordering::AcqRel,
@@ -97,7 +101,9 @@ fn decide(configured: usize) -> usize {
     ) {
         Ok(_) => n.min(UNSET - 1),
         Err(now) => now,
-    }
+    };
+    MODE.store(if n == 0 { 1 } else { 2 }, Ordering::Relaxed);
+    n
 }
 
 /// Whether `LEAKSCOPE_SAMPLE_BYTES` had a value that is not a byte count.

@@ -107,8 +107,7 @@ impl Default for LeakTracker<System> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let mean = sample::interval(self.sample_bytes);
-        if mean != 0 {
+        if sample::sampling(self.sample_bytes) {
             if thread::unsampled_alloc(layout.size()) {
                 // SAFETY: forwarded contract.
                 let p = unsafe { self.inner.alloc(layout) };
@@ -118,7 +117,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
                 return p;
             }
             // SAFETY: forwarded contract.
-            return unsafe { sampled_alloc(&self.inner, layout, false, mean) };
+            return unsafe { sampled_alloc(&self.inner, layout, false) };
         }
         // SAFETY: forwarded contract.
         let p = unsafe { self.inner.alloc(layout) };
@@ -130,8 +129,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let mean = sample::interval(self.sample_bytes);
-        if mean != 0 {
+        if sample::sampling(self.sample_bytes) {
             if thread::unsampled_alloc(layout.size()) {
                 // SAFETY: forwarded contract.
                 let p = unsafe { self.inner.alloc_zeroed(layout) };
@@ -141,7 +139,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
                 return p;
             }
             // SAFETY: forwarded contract.
-            return unsafe { sampled_alloc(&self.inner, layout, true, mean) };
+            return unsafe { sampled_alloc(&self.inner, layout, true) };
         }
         // SAFETY: forwarded contract.
         let p = unsafe { self.inner.alloc_zeroed(layout) };
@@ -153,11 +151,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let mean = sample::interval(self.sample_bytes);
-        if mean != 0 {
+        if sample::sampling(self.sample_bytes) {
             if marked(ptr as usize, layout) {
                 // SAFETY: forwarded contract.
-                return unsafe { sampled_dealloc(&self.inner, ptr, layout, mean) };
+                return unsafe { sampled_dealloc(&self.inner, ptr, layout) };
             }
             thread::unsampled_free(layout.size());
             // SAFETY: forwarded contract: an unmarked block is the inner allocator's.
@@ -172,8 +169,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let mean = sample::interval(self.sample_bytes);
-        if mean != 0 {
+        if sample::sampling(self.sample_bytes) {
             let marked = marked(ptr as usize, layout);
             if !marked && thread::unsampled_realloc(Some(layout.size()), new_size) {
                 // SAFETY: forwarded contract.
@@ -184,7 +180,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
                 return p;
             }
             // SAFETY: forwarded contract.
-            return unsafe { sampled_realloc(&self.inner, ptr, layout, new_size, mean, marked) };
+            return unsafe { sampled_realloc(&self.inner, ptr, layout, new_size, marked) };
         }
         // Take the old entry out first, for the same reason as in `dealloc`.
         let old = thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten();
@@ -379,12 +375,8 @@ fn note_new(addr: usize, size: usize, kind: Kind, mean: usize) {
 /// `GlobalAlloc::alloc`'s contract.
 #[cold]
 #[inline(never)]
-unsafe fn sampled_alloc<A: GlobalAlloc>(
-    inner: &A,
-    layout: Layout,
-    zeroed: bool,
-    mean: usize,
-) -> *mut u8 {
+unsafe fn sampled_alloc<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -> *mut u8 {
+    let mean = sample::current();
     let kind = decide(layout.size(), mean);
     // SAFETY: forwarded contract.
     let (p, kind) = unsafe { place(inner, layout, zeroed, kind) };
@@ -405,7 +397,8 @@ fn marked(addr: usize, layout: Layout) -> bool {
 /// `GlobalAlloc::dealloc`'s contract, for a [`marked`] block.
 #[cold]
 #[inline(never)]
-unsafe fn sampled_dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout, mean: usize) {
+unsafe fn sampled_dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
+    let mean = sample::current();
     let addr = ptr as usize;
     // Its entry goes before its memory can be handed out again.
     let _ = thread::with_tracking(|t| {
@@ -433,9 +426,9 @@ unsafe fn sampled_realloc<A: GlobalAlloc>(
     ptr: *mut u8,
     layout: Layout,
     new_size: usize,
-    mean: usize,
     marked: bool,
 ) -> *mut u8 {
+    let mean = sample::current();
     let addr = ptr as usize;
     // SAFETY: `realloc`'s contract: `new_size`, rounded up to the
     // alignment, does not overflow isize; the alignment is a layout's.
@@ -492,7 +485,7 @@ unsafe fn sampled_realloc<A: GlobalAlloc>(
     unsafe { std::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size)) };
     if marked {
         // SAFETY: forwarded contract.
-        unsafe { sampled_dealloc(inner, ptr, layout, mean) };
+        unsafe { sampled_dealloc(inner, ptr, layout) };
     } else {
         thread::unsampled_free(layout.size());
         // SAFETY: forwarded contract: a plain block is the inner allocator's.
