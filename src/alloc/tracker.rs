@@ -107,46 +107,14 @@ impl Default for LeakTracker<System> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if sample::sampling(self.sample_bytes) {
-            if thread::unsampled_alloc(layout.size()) {
-                // SAFETY: forwarded contract.
-                let p = unsafe { self.inner.alloc(layout) };
-                if p.is_null() {
-                    thread::undo_alloc(layout.size());
-                }
-                return p;
-            }
-            // SAFETY: forwarded contract.
-            return unsafe { sampled_alloc(&self.inner, layout, false) };
-        }
         // SAFETY: forwarded contract.
-        let p = unsafe { self.inner.alloc(layout) };
-        if !p.is_null() {
-            on_alloc(p, layout.size());
-        }
-        p
+        unsafe { self.make(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if sample::sampling(self.sample_bytes) {
-            if thread::unsampled_alloc(layout.size()) {
-                // SAFETY: forwarded contract.
-                let p = unsafe { self.inner.alloc_zeroed(layout) };
-                if p.is_null() {
-                    thread::undo_alloc(layout.size());
-                }
-                return p;
-            }
-            // SAFETY: forwarded contract.
-            return unsafe { sampled_alloc(&self.inner, layout, true) };
-        }
         // SAFETY: forwarded contract.
-        let p = unsafe { self.inner.alloc_zeroed(layout) };
-        if !p.is_null() {
-            on_alloc(p, layout.size());
-        }
-        p
+        unsafe { self.make(layout, true) }
     }
 
     #[inline]
@@ -205,6 +173,40 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
     }
 }
 
+impl<A: GlobalAlloc> LeakTracker<A> {
+    /// `alloc` or (`zeroed`) `alloc_zeroed`.
+    ///
+    /// # Safety
+    /// `GlobalAlloc::alloc`'s contract.
+    #[inline(always)]
+    unsafe fn make(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        let inner = || unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        };
+        if sample::sampling(self.sample_bytes) {
+            if thread::unsampled_alloc(layout.size()) {
+                let p = inner();
+                if p.is_null() {
+                    thread::undo_alloc(layout.size());
+                }
+                return p;
+            }
+            // SAFETY: forwarded contract.
+            return unsafe { sampled_alloc(&self.inner, layout, zeroed) };
+        }
+        let p = inner();
+        if !p.is_null() {
+            on_alloc(p, layout.size());
+        }
+        p
+    }
+}
+
 /// Puts the entry of a block whose realloc failed back in the table; `gone`
 /// counts an entry that can no longer be tracked as freed.
 fn put_back(t: &Tracking<'_>, addr: usize, meta: Meta, gone: impl Fn(&Tracking<'_>, usize, &Meta)) {
@@ -236,19 +238,8 @@ fn on_free(p: *mut u8) {
 #[inline]
 fn track(t: &Tracking<'_>, addr: usize, size: usize) {
     let site = t.callsite();
-    let run = t.current_run();
-    let (scope, run_slot, run_gen) = if run.is_null() {
-        (0, 0, 0)
-    } else {
-        runs::record_alloc(run, site.id, (1, size as u64))
-    };
-    let meta = Meta {
-        size,
-        site: site.id,
-        scope,
-        run_slot,
-        run_gen,
-    };
+    let meta = new_meta(t, site.id, size, (1, size as u64));
+    let scope = meta.scope;
     match blocks::insert(t.young(), addr, meta) {
         Inserted::New => {}
         Inserted::Replaced(at, stale) => count_free(t, at, &stale),
@@ -263,6 +254,25 @@ fn track(t: &Tracking<'_>, addr: usize, size: usize) {
     t.site_alloc(site, 1, size as u64);
     if scope != 0 {
         t.scope_alloc(scope, (1, size as u64));
+    }
+}
+
+/// The table entry of a new block of `size` bytes from call-site `site`,
+/// counted with weight `w` in the thread's current run.
+#[inline]
+fn new_meta(t: &Tracking<'_>, site: u32, size: usize, w: Weight) -> Meta {
+    let run = t.current_run();
+    let (scope, run_slot, run_gen) = if run.is_null() {
+        (0, 0, 0)
+    } else {
+        runs::record_alloc(run, site, w)
+    };
+    Meta {
+        size,
+        site,
+        scope,
+        run_slot,
+        run_gen,
     }
 }
 
@@ -500,19 +510,8 @@ unsafe fn sampled_realloc<A: GlobalAlloc>(
 fn track_sampled(t: &Tracking<'_>, addr: usize, size: usize, mean: usize) {
     let site = t.callsite();
     let w = sample::weight(size, mean);
-    let run = t.current_run();
-    let (scope, run_slot, run_gen) = if run.is_null() {
-        (0, 0, 0)
-    } else {
-        runs::record_alloc(run, site.id, w)
-    };
-    let meta = Meta {
-        size,
-        site: site.id,
-        scope,
-        run_slot,
-        run_gen,
-    };
+    let meta = new_meta(t, site.id, size, w);
+    let scope = meta.scope;
     match blocks::insert(t.young(), addr, meta) {
         Inserted::New => {}
         Inserted::Replaced(at, stale) => forget(t, at, &stale, sample::weight(stale.size, mean)),
