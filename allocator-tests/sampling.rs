@@ -406,6 +406,85 @@ fn refused_realloc_keeps_block_and_counts() {
     assert_eq!(totals().live_blocks, before.live_blocks);
 }
 
+/// A report's own blocks live in the region, uncounted; a block of it the
+/// program grows becomes the program's block, counted from then on.
+fn the_trackers_blocks_handed_to_the_program() {
+    let before = totals();
+    let mut r = leakscope::snapshot();
+    r.callsites.reserve(100_000);
+    let grown = r.callsites.capacity() * std::mem::size_of::<leakscope::CallsiteStats>();
+    let mid = totals();
+    assert_eq!(mid.live_blocks - before.live_blocks, 1);
+    assert_eq!(mid.live_bytes - before.live_bytes, grown as u64);
+    drop(r);
+    let after = totals();
+    assert_eq!(after.live_blocks, before.live_blocks);
+    assert_eq!(after.live_bytes, before.live_bytes);
+}
+
+#[inline(never)]
+fn sampled_in_child(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .flat_map(|_| [vec![1u8; 100_000], vec![2u8; 60_000]])
+        .collect()
+}
+
+/// `fork` while other threads make and free sampled blocks, in and
+/// outside the region: the child finds no lock held and goes on.
+fn fork_while_sampling() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    drop(black_box(vec![0u8; 70_000]));
+                    drop(black_box(vec![0u8; 20_000]));
+                }
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        // SAFETY: the child allocates, reads the tracker and leaves with
+        // _exit; every lock it may need is released by the fork handlers.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let before = totals();
+            let kept = sampled_in_child(10);
+            let r = leakscope::snapshot();
+            let site = common::site(&r, "sampled_in_child");
+            let ok = r.totals.live_blocks - before.live_blocks == 21
+                && (site.live_blocks, site.live_bytes) == (20, 1_600_000)
+                && kept.len() == 20;
+            // SAFETY: ends the child at once, without the parent's exit hooks.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        let mut waited = 0;
+        // SAFETY: waits for our own child without blocking.
+        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+            waited += 1;
+            if waited > 2000 {
+                // SAFETY: our own child, hung.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the forked child hung (a lock held across fork?)");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for b in busy {
+        b.join().unwrap();
+    }
+}
+
 fn alignment_is_kept() {
     for align in [1usize, 8, 16, 32, 64, 4096, 65536] {
         let layout = Layout::from_size_align(100, align).unwrap();
@@ -512,6 +591,11 @@ fn main() {
             refused_realloc_keeps_block_and_counts,
         ),
         ("alignment_is_kept", alignment_is_kept),
+        (
+            "the_trackers_blocks_handed_to_the_program",
+            the_trackers_blocks_handed_to_the_program,
+        ),
+        ("fork_while_sampling", fork_while_sampling),
         (
             "environment_overrides_the_constructor",
             environment_overrides_the_constructor,
