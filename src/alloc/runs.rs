@@ -7,9 +7,11 @@
 //! per-call-site counts. The allocation path calls [`record_alloc`],
 //! [`record_free`], [`record_free_moved`] and [`note_moved`], which take at
 //! most a run's spin lock and never allocate through the global allocator.
-//! Opening and closing runs ([`open`], [`close`]) runs with the thread's
-//! allocations untracked, outside the allocation path. Scope names, guards
-//! and futures are the scope layer's; here a scope is its id.
+//! Opening and closing runs ([`open`], [`close`]) runs outside the
+//! allocation path and allocates nothing, but for a counted run's summary
+//! (made untracked). `track_scope`'s runs need no record: [`LightRun`].
+//! Scope names, guards and futures are the scope layer's; here a scope is
+//! its id.
 
 use crate::alloc::meta::{bump, CacheAligned, MetaAlloc, SpinLock};
 use crate::alloc::sample::Weight;
@@ -19,8 +21,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Scope ids a block can carry (1 to this less one; 0 means "no scope"):
-/// sampling mode's block headers keep them in 16 bits, and each thread has a
-/// counter per id.
+/// the shared block table's entries keep them in 16 bits, and each thread
+/// has a counter per id.
 pub(crate) const MAX_SCOPES: usize = crate::alloc::callsite::MAX_SITES;
 
 // A run is written by one thread at a time: the thread that has it entered
@@ -76,9 +78,8 @@ struct Locked {
 /// `moved` set. Never a run's own generation: those start at 1 and skip 0.
 pub(crate) const MOVED: u32 = 0;
 
-/// Generations wrap within 30 bits, as sampling mode's block headers keep
-/// them. A block freed exactly 2^30 - 1 runs of its record later would be
-/// taken for one of the run open then.
+/// Generations wrap within 30 bits. A block freed exactly 2^30 - 1 runs of
+/// its record later would be taken for one of the run open then.
 pub(crate) const GEN_MASK: u32 = (1 << 30) - 1;
 
 /// Above this many, a closed run's `moved` set gives its memory back.
@@ -458,7 +459,7 @@ fn count_locked_free(rec: &RunRecord, l: &mut Locked, site: u32, (units, bytes):
 
 /// Opens a run of scope id `scope`; with `counts`, one that counts its
 /// blocks per call-site for a summary at its close. `None` when 65,535 runs
-/// are open at once. Runs untracked.
+/// are open at once.
 pub(crate) fn open(scope: u32, counts: bool) -> Option<&'static RunRecord> {
     // Allocates nothing: records come from metadata memory.
     let rec = acquire_record()?;
@@ -468,7 +469,8 @@ pub(crate) fn open(scope: u32, counts: bool) -> Option<&'static RunRecord> {
 }
 
 /// Closes a run; with `summarize` (and a run that counts), returns its scope
-/// id and what each call-site allocated and freed in it. Runs untracked.
+/// id and what each call-site allocated and freed in it (the summary is
+/// made untracked).
 pub(crate) fn close(rec: &'static RunRecord, summarize: bool) -> Option<(u32, Vec<SiteRun>)> {
     if !rec.counts.load(Ordering::Relaxed) {
         // Nothing counted, no block tagged with it: no other thread can be

@@ -2,9 +2,10 @@
 //! summary of one run.
 //!
 //! Opens and closes runs (a name, a run record from `crate::alloc::runs`,
-//! the run entered on this thread) and turns a closed run's counts into a
-//! [`ScopeSummary`]. Runs outside the allocation path, with the thread's
-//! allocations untracked; never panics the host (a run that cannot open
+//! or for `track_scope` a light run on its frame; the run entered on this
+//! thread) and turns a closed run's counts into a [`ScopeSummary`]. Runs
+//! outside the allocation path, allocating nothing but a new name and a
+//! summary (both untracked); never panics the host (a run that cannot open
 //! leaves its blocks in the enclosing scope).
 
 use crate::alloc::runs::{self, RunRecord, SiteRun};
