@@ -31,8 +31,21 @@ const COMMIT: usize = 1 << 20;
 /// address space, which holds no block.
 const NOWHERE: usize = 0xFFFF_8000_0000_0000;
 
-static BASE: AtomicUsize = AtomicUsize::new(NOWHERE);
-/// The reservation was tried (and failed, if [`BASE`] is still nowhere).
+/// What every free reads, together (one address to find): where the
+/// region is, and above which layouts a block may be outside it.
+struct View {
+    base: AtomicUsize,
+    /// Frees of a layout whose size or alignment (or'ed) is above this look
+    /// in [`OUTSIDE`]: [`MAX_SLOT`], or 0 once a block that fits a slot was
+    /// put outside (its class was full, or the region could not be reserved).
+    outside_above: AtomicUsize,
+}
+
+static VIEW: View = View {
+    base: AtomicUsize::new(NOWHERE),
+    outside_above: AtomicUsize::new(MAX_SLOT),
+};
+/// The reservation was tried (and failed, if the base is still nowhere).
 static RESERVED: SpinLock<bool> = SpinLock::new(false);
 
 struct Class {
@@ -57,15 +70,11 @@ static OUTSIDE: SpinLock<HashTable<usize, MetaAlloc>> =
     SpinLock::new(HashTable::new_in(MetaAlloc {}));
 /// Blocks in [`OUTSIDE`]: frees look there only while it holds any.
 static OUTSIDE_LIVE: AtomicUsize = AtomicUsize::new(0);
-/// Frees of a layout whose size or alignment (or'ed) is above this look
-/// in [`OUTSIDE`]: [`MAX_SLOT`], or 0 once a block that fits a slot was put
-/// outside (its class was full, or the region could not be reserved).
-static OUTSIDE_ABOVE: AtomicUsize = AtomicUsize::new(MAX_SLOT);
 
 /// Whether `addr` is in the region.
 #[inline(always)]
 pub(crate) fn holds(addr: usize) -> bool {
-    addr.wrapping_sub(BASE.load(Ordering::Relaxed)) < SIZE
+    addr.wrapping_sub(VIEW.base.load(Ordering::Relaxed)) < SIZE
 }
 
 /// Whether a block of `layout` that is not in the region may still be a
@@ -73,7 +82,7 @@ pub(crate) fn holds(addr: usize) -> bool {
 #[inline(always)]
 pub(crate) fn may_be_outside(layout: Layout) -> bool {
     // Above MAX_SLOT whenever the size or the alignment is.
-    layout.size() | layout.align() > OUTSIDE_ABOVE.load(Ordering::Relaxed)
+    layout.size() | layout.align() > VIEW.outside_above.load(Ordering::Relaxed)
         && OUTSIDE_LIVE.load(Ordering::Relaxed) != 0
 }
 
@@ -94,7 +103,7 @@ pub(crate) fn fits(layout: Layout) -> bool {
 
 /// The region's base, reserved on first use; `None` if it cannot be.
 fn base() -> Option<usize> {
-    let b = BASE.load(Ordering::Acquire);
+    let b = VIEW.base.load(Ordering::Acquire);
     if b != NOWHERE {
         return Some(b);
     }
@@ -102,10 +111,10 @@ fn base() -> Option<usize> {
     if !*tried {
         *tried = true;
         if let Some(b) = reserve() {
-            BASE.store(b, Ordering::Release);
+            VIEW.base.store(b, Ordering::Release);
         }
     }
-    let b = BASE.load(Ordering::Acquire);
+    let b = VIEW.base.load(Ordering::Acquire);
     (b != NOWHERE).then_some(b)
 }
 
@@ -180,7 +189,7 @@ pub(crate) fn alloc(layout: Layout, zeroed: bool) -> *mut u8 {
 
 /// Gives back the slot at `addr` (in the region, no longer used).
 pub(crate) fn free(addr: usize) {
-    let class = addr.wrapping_sub(BASE.load(Ordering::Relaxed)) / SPAN;
+    let class = addr.wrapping_sub(VIEW.base.load(Ordering::Relaxed)) / SPAN;
     let Some(lock) = CLASS.get(class) else { return };
     let mut c = lock.lock();
     // SAFETY: `addr` is a slot of this class that nobody uses any more.
@@ -199,7 +208,7 @@ pub(crate) fn note_outside(addr: usize, layout: Layout) -> bool {
     }
     set.insert_unique(mix(addr as u64), hidden, |&a| mix(hide(a) as u64));
     if class_of(layout).is_some() {
-        OUTSIDE_ABOVE.store(0, Ordering::Relaxed);
+        VIEW.outside_above.store(0, Ordering::Relaxed);
     }
     OUTSIDE_LIVE.fetch_add(1, Ordering::Relaxed);
     true

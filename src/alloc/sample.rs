@@ -49,11 +49,12 @@ static MODE: AtomicU8 = AtomicU8::new(0);
 /// `configured` (the tracker's constructor value), is not 0. Decided once.
 #[inline(always)]
 pub(crate) fn sampling(configured: usize) -> bool {
-    match MODE.load(Ordering::Relaxed) {
-        2 => true,
-        1 => false,
-        _ => decide(configured) != 0,
+    let mode = MODE.load(Ordering::Relaxed);
+    // One compare on the sampling path.
+    if mode > 1 {
+        return true;
     }
+    mode == 0 && decide(configured) != 0
 }
 
 /// The interval once decided (0 before the first allocation and in full mode).

@@ -639,13 +639,14 @@ pub(crate) fn unsampled_realloc(old: Option<usize>, new: usize) -> bool {
     STATE
         .try_with(|st| {
             let mut s = st.sampler.get();
-            s.left = s.left.wrapping_sub(new as i64);
             let Some(slot) = st.slot.get() else {
                 return false;
             };
-            if s.left <= 0 || st.busy.get() {
+            // Sizes are at most isize::MAX, so `new as i64` is not negative.
+            if s.left <= new as i64 || st.busy.get() {
                 return false;
             }
+            s.left -= new as i64;
             st.sampler.set(s);
             slot.total.on_alloc(1, new as u64);
             if let Some(old) = old {
