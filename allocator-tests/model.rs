@@ -89,19 +89,23 @@ enum Op {
     Realloc(Block, usize),
 }
 
+// Each body differs by a constant the optimizer cannot see through, so that
+// no two of these functions are merged into one (release builds merge
+// identical functions, and their stacks would then be one stack).
+
 #[inline(never)]
 fn model_leaf_0(op: Op) -> usize {
-    act(op)
+    act(op) ^ black_box(10) ^ 10
 }
 
 #[inline(never)]
 fn model_leaf_1(op: Op) -> usize {
-    act(op)
+    act(op) ^ black_box(11) ^ 11
 }
 
 #[inline(never)]
 fn model_leaf_2(op: Op) -> usize {
-    act(op)
+    act(op) ^ black_box(12) ^ 12
 }
 
 #[inline(always)]
@@ -118,15 +122,16 @@ fn act(op: Op) -> usize {
 }
 
 /// One step down the chain: `model_rec_a` and `model_rec_b` have the same
-/// body, so their frames sit at the same addresses for the same depth.
+/// body but for a constant, so their frames sit at the same addresses for
+/// the same depth.
 #[inline(never)]
 fn model_rec_a(path: u8, depth: u8, leaf: u8, op: Op) -> usize {
-    black_box(step(path, depth, leaf, op))
+    black_box(step(path, depth, leaf, op)) ^ black_box(1) ^ 1
 }
 
 #[inline(never)]
 fn model_rec_b(path: u8, depth: u8, leaf: u8, op: Op) -> usize {
-    black_box(step(path, depth, leaf, op))
+    black_box(step(path, depth, leaf, op)) ^ black_box(2) ^ 2
 }
 
 #[inline(always)]
