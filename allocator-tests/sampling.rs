@@ -462,22 +462,7 @@ fn fork_while_sampling() {
             // SAFETY: ends the child at once, without the parent's exit hooks.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
-        let mut status = 0;
-        let mut waited = 0;
-        // SAFETY: waits for our own child without blocking.
-        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
-            waited += 1;
-            if waited > 2000 {
-                // SAFETY: our own child, hung.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                panic!("the forked child hung (a lock held across fork?)");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "child status {status}"
-        );
+        common::expect_child_exits_cleanly(pid);
     }
     stop.store(true, Ordering::Relaxed);
     for b in busy {

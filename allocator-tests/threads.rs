@@ -299,25 +299,7 @@ fn fork_while_threads_allocate() {
             // SAFETY: ends the child at once, without running the parent's exit hooks.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
-        let mut status = 0;
-        let mut waited = 0;
-        loop {
-            // SAFETY: waits for our own child without blocking.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if r == pid {
-                break;
-            }
-            waited += 1;
-            assert!(
-                waited < 2000,
-                "the forked child hung (a lock held across fork?)"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "child status {status}"
-        );
+        common::expect_child_exits_cleanly(pid);
     }
     stop.store(true, Ordering::Relaxed);
     for b in busy {

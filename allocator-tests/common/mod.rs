@@ -101,3 +101,24 @@ pub fn two_worker_runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Waits up to 10 s for forked child `pid` to exit with status 0; kills it
+/// and fails if it hangs (a lock held across `fork`).
+pub fn expect_child_exits_cleanly(pid: libc::pid_t) {
+    let mut status = 0;
+    let mut waited = 0;
+    // SAFETY: waits for our own child without blocking.
+    while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+        waited += 1;
+        if waited > 2000 {
+            // SAFETY: our own child, hung.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the forked child hung (a lock held across fork?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status}"
+    );
+}
