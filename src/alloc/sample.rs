@@ -74,6 +74,13 @@ pub(crate) fn block_unit() -> u64 {
     }
 }
 
+/// Blocks, to the nearest, in `units` block units ([`block_unit`]): the
+/// block counts reports show for call-sites, scopes and runs.
+pub(crate) fn blocks(units: u64) -> u64 {
+    let unit = block_unit();
+    (units + unit / 2) / unit
+}
+
 #[cold]
 fn decide(configured: usize) -> usize {
     let n = match getenv(c"LEAKSCOPE_SAMPLE_BYTES") {
@@ -149,7 +156,7 @@ pub(crate) fn parse_bytes(v: &[u8]) -> Option<usize> {
 /// All zero before the thread's first tracked allocation.
 #[derive(Clone, Copy)]
 pub(crate) struct Sampler {
-    pub(crate) left: i64,
+    left: i64,
     rng: u64,
 }
 
@@ -161,12 +168,22 @@ impl Sampler {
     /// Counts `size` bytes allocated; whether this block is sampled.
     #[inline]
     pub(crate) fn take(&mut self, size: usize, mean: usize) -> bool {
-        let left = self.left.wrapping_sub(size as i64);
-        if left > 0 {
-            self.left = left;
+        if self.skip(size) {
             return false;
         }
         self.cross(size, mean)
+    }
+
+    /// Counts `size` bytes allocated if they stay short of the sample point;
+    /// `false`, counting nothing, if they reach it (or the sampler is new).
+    #[inline(always)]
+    pub(crate) fn skip(&mut self, size: usize) -> bool {
+        // Sizes are at most isize::MAX, so `size as i64` is not negative.
+        if self.left <= size as i64 {
+            return false;
+        }
+        self.left -= size as i64;
+        true
     }
 
     /// The block reaches the sample point (or the sampler is new).

@@ -642,11 +642,9 @@ pub(crate) fn unsampled_realloc(old: Option<usize>, new: usize) -> bool {
             let Some(slot) = st.slot.get() else {
                 return false;
             };
-            // Sizes are at most isize::MAX, so `new as i64` is not negative.
-            if s.left <= new as i64 || st.busy.get() {
+            if st.busy.get() || !s.skip(new) {
                 return false;
             }
-            s.left -= new as i64;
             st.sampler.set(s);
             slot.total.on_alloc(1, new as u64);
             if let Some(old) = old {
@@ -690,21 +688,14 @@ pub(crate) fn observe_peak() {
     }
 }
 
-/// Sampling mode: takes back an [`unsampled_alloc`] whose block the inner
-/// allocator could not make.
+/// Sampling mode: takes back an [`unsampled_realloc`] (`old`: `None` for
+/// an [`unsampled_alloc`]) that the inner allocator could not do.
 #[cold]
-pub(crate) fn undo_alloc(size: usize) {
-    undo_realloc(0, size);
-}
-
-/// Sampling mode: takes back an [`unsampled_realloc`] from `old` to `new`
-/// bytes that the inner allocator could not do (`old` 0: an allocation).
-#[cold]
-pub(crate) fn undo_realloc(old: usize, new: usize) {
+pub(crate) fn undo(old: Option<usize>, new: usize) {
     let _ = STATE.try_with(|st| {
         if let Some(slot) = st.slot.get() {
             slot.total.on_alloc(u64::MAX, (new as u64).wrapping_neg());
-            if old != 0 {
+            if let Some(old) = old {
                 slot.total.on_free(u64::MAX, (old as u64).wrapping_neg());
             }
         }

@@ -143,7 +143,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
                 // SAFETY: forwarded contract.
                 let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
                 if p.is_null() {
-                    thread::undo_realloc(layout.size(), new_size);
+                    thread::undo(Some(layout.size()), new_size);
                 }
                 return p;
             }
@@ -181,18 +181,12 @@ impl<A: GlobalAlloc> LeakTracker<A> {
     #[inline(always)]
     unsafe fn make(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         // SAFETY: forwarded contract.
-        let inner = || unsafe {
-            if zeroed {
-                self.inner.alloc_zeroed(layout)
-            } else {
-                self.inner.alloc(layout)
-            }
-        };
+        let inner = || unsafe { inner_alloc(&self.inner, layout, zeroed) };
         if sample::sampling(self.sample_bytes) {
             if thread::unsampled_alloc(layout.size()) {
                 let p = inner();
                 if p.is_null() {
-                    thread::undo_alloc(layout.size());
+                    thread::undo(None, layout.size());
                 }
                 return p;
             }
@@ -329,6 +323,22 @@ fn decide(size: usize, mean: usize) -> Kind {
     .unwrap_or(Kind::Own)
 }
 
+/// `inner`'s `alloc`, or (`zeroed`) its `alloc_zeroed`.
+///
+/// # Safety
+/// `GlobalAlloc::alloc`'s contract.
+#[inline(always)]
+unsafe fn inner_alloc<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if zeroed {
+            inner.alloc_zeroed(layout)
+        } else {
+            inner.alloc(layout)
+        }
+    }
+}
+
 /// Makes a block of `layout` where a block of `kind` lives; the kind it
 /// became (a sampled block that could be put nowhere known is plain).
 ///
@@ -341,13 +351,7 @@ unsafe fn place<A: GlobalAlloc>(
     kind: Kind,
 ) -> (*mut u8, Kind) {
     // SAFETY: forwarded contract.
-    let plain = || unsafe {
-        if zeroed {
-            inner.alloc_zeroed(layout)
-        } else {
-            inner.alloc(layout)
-        }
-    };
+    let plain = || unsafe { inner_alloc(inner, layout, zeroed) };
     if kind == Kind::Plain {
         return (plain(), kind);
     }

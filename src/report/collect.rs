@@ -79,7 +79,6 @@ impl Sum {
 fn build(sites: Sites<'_>) -> Report {
     use std::sync::atomic::Ordering::Relaxed;
     let mean = sample::current();
-    let unit = sample::block_unit();
     let n = callsite::count();
     let mut sums = vec![Sum::default(); n as usize];
     let mut totals = Sum::default();
@@ -98,8 +97,8 @@ fn build(sites: Sites<'_>) -> Report {
             }
         }
     }
-    // Call-site block counts are in units of 1/`unit` block (sampling mode).
-    let blocks = |units: u64| (units + unit / 2) / unit;
+    // Call-site block counts are in block units (sampling mode: 1/2^16 block).
+    let blocks = sample::blocks;
 
     // Per scope and call-site, from the live blocks themselves (in sampling
     // mode, the sampled ones, weighted).

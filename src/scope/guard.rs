@@ -32,10 +32,9 @@ fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
             .unwrap_or_default(),
         ..ScopeSummary::default()
     };
-    // Block counts are in units of 1/`unit` block (sampling mode: the run's
-    // sampled blocks, weighted, as for call-sites).
-    let unit = sample::block_unit();
-    let blocks = |units: u64| (units + unit / 2) / unit;
+    // Block counts are in block units (sampling mode: the run's sampled
+    // blocks, weighted, as for call-sites).
+    let blocks = sample::blocks;
     for s in counts {
         let c = CallsiteCount {
             callsite: s.site,
