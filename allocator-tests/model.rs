@@ -480,7 +480,7 @@ fn check(
 }
 
 /// Whether this process holds the sampled blocks' region: 12 GiB or more
-/// of mappings with no access (13 GiB reserved, split where committed).
+/// of mappings with no access (16 GiB reserved, split where committed).
 fn has_region() -> bool {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     let reserved: u64 = maps
@@ -513,7 +513,7 @@ fn sampling_mode_matches_the_model() {
     sampling_child(None);
 }
 
-/// With the address space limited below the sampled blocks' region (13
+/// With the address space limited below the sampled blocks' region (16
 /// GiB), the region cannot be reserved: every sampled block lives in the
 /// inner allocator, noted in a set that every free then looks in.
 fn sampling_mode_without_its_region() {

@@ -24,7 +24,11 @@ const MIN_SHIFT: u32 = 4;
 const CLASSES: usize = (MAX_SLOT.trailing_zeros() - MIN_SHIFT + 1) as usize;
 /// Address space per class.
 const SPAN: usize = 1 << 30;
-const SIZE: usize = CLASSES * SPAN;
+/// The reservation: a power of two, aligned to itself, that holds every
+/// class's span, so that `addr >> SHIFT` alone says whether it holds `addr`.
+const SHIFT: u32 = 34;
+const SIZE: usize = 1 << SHIFT;
+const _: () = assert!(CLASSES * SPAN <= SIZE);
 /// Committed at a time, per class.
 const COMMIT: usize = 1 << 20;
 /// Where the region is before it is reserved: the kernel's half of the
@@ -32,18 +36,24 @@ const COMMIT: usize = 1 << 20;
 const NOWHERE: usize = 0xFFFF_8000_0000_0000;
 
 /// What every free reads, together (one address to find): where the
-/// region is, and above which layouts a block may be outside it.
+/// region is, and up to which layouts a block outside it is plain.
 struct View {
     base: AtomicUsize,
-    /// Frees of a layout whose size or alignment (or'ed) is above this look
-    /// in [`OUTSIDE`]: [`MAX_SLOT`], or 0 once a block that fits a slot was
-    /// put outside (its class was full, or the region could not be reserved).
-    outside_above: AtomicUsize,
+    /// `base >> SHIFT`: what [`holds`] compares.
+    high: AtomicUsize,
+    /// A block outside the region whose layout's size and alignment (or'ed)
+    /// are at most this is plain (unsampled): in sampling mode, `usize::MAX`
+    /// while no sampled block lives outside, [`MAX_SLOT`] while those that do
+    /// are all larger than a slot, else 0. Always 0 in full mode (and before
+    /// the mode is decided), so that every free there goes the slow way.
+    /// Written under [`OUTSIDE`]'s lock ([`Outside::publish`]).
+    plain_upto: AtomicUsize,
 }
 
 static VIEW: View = View {
     base: AtomicUsize::new(NOWHERE),
-    outside_above: AtomicUsize::new(MAX_SLOT),
+    high: AtomicUsize::new(NOWHERE >> SHIFT),
+    plain_upto: AtomicUsize::new(0),
 };
 /// The reservation was tried (and failed, if the base is still nowhere).
 static RESERVED: SpinLock<bool> = SpinLock::new(false);
@@ -65,25 +75,63 @@ static CLASS: [SpinLock<Class>; CLASSES] = [const {
     })
 }; CLASSES];
 
-/// Sampled blocks outside the region, by address (hidden).
-static OUTSIDE: SpinLock<HashTable<usize, MetaAlloc>> =
-    SpinLock::new(HashTable::new_in(MetaAlloc {}));
-/// Blocks in [`OUTSIDE`]: frees look there only while it holds any.
-static OUTSIDE_LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Sampled blocks outside the region.
+struct Outside {
+    /// By address (hidden).
+    set: HashTable<usize, MetaAlloc>,
+    /// The process samples (decided).
+    sampling: bool,
+    /// A block that fits a slot was put outside (its class was full, or
+    /// the region could not be reserved) since the set was last empty.
+    spilled: bool,
+}
+
+static OUTSIDE: SpinLock<Outside> = SpinLock::new(Outside {
+    set: HashTable::new_in(MetaAlloc {}),
+    sampling: false,
+    spilled: false,
+});
+
+impl Outside {
+    /// Tells frees which blocks are plain ([`View::plain_upto`]). Called
+    /// with the lock held, after every change: a block in the set is
+    /// there before its address is handed out, and while it is there no
+    /// store lets its layout pass for plain.
+    fn publish(&self) {
+        let upto = if !self.sampling {
+            0
+        } else if self.set.is_empty() {
+            usize::MAX
+        } else if self.spilled {
+            0
+        } else {
+            MAX_SLOT
+        };
+        VIEW.plain_upto.store(upto, Ordering::Relaxed);
+    }
+}
+
+/// The process samples: frees of blocks outside the region may now be
+/// plain. Called when the mode is decided.
+pub(crate) fn start_sampling() {
+    let mut o = OUTSIDE.lock();
+    o.sampling = true;
+    o.publish();
+}
 
 /// Whether `addr` is in the region.
 #[inline(always)]
 pub(crate) fn holds(addr: usize) -> bool {
-    addr.wrapping_sub(VIEW.base.load(Ordering::Relaxed)) < SIZE
+    addr >> SHIFT == VIEW.high.load(Ordering::Relaxed)
 }
 
-/// Whether a block of `layout` that is not in the region may still be a
-/// sampled one (outside): a relaxed load or two for most frees.
+/// Whether the block at `addr` of `layout` is surely plain: sampling mode,
+/// not in the region, and not a layout a sampled block outside it has.
+/// `false` for every block in full mode. Two relaxed loads of one line.
 #[inline(always)]
-pub(crate) fn may_be_outside(layout: Layout) -> bool {
+pub(crate) fn plain(addr: usize, layout: Layout) -> bool {
     // Above MAX_SLOT whenever the size or the alignment is.
-    layout.size() | layout.align() > VIEW.outside_above.load(Ordering::Relaxed)
-        && OUTSIDE_LIVE.load(Ordering::Relaxed) != 0
+    !holds(addr) && layout.size() | layout.align() <= VIEW.plain_upto.load(Ordering::Relaxed)
 }
 
 /// The class of a block of `layout`, if a slot holds it.
@@ -111,6 +159,7 @@ fn base() -> Option<usize> {
     if !*tried {
         *tried = true;
         if let Some(b) = reserve() {
+            VIEW.high.store(b >> SHIFT, Ordering::Relaxed);
             VIEW.base.store(b, Ordering::Release);
         }
     }
@@ -118,9 +167,10 @@ fn base() -> Option<usize> {
     (b != NOWHERE).then_some(b)
 }
 
-/// Reserves the region's address space, aligned to [`MAX_SLOT`].
+/// Reserves the region's address space, [`SIZE`] bytes aligned to
+/// [`SIZE`]: twice that, less what lies outside the aligned part.
 fn reserve() -> Option<usize> {
-    let len = SIZE + MAX_SLOT;
+    let len = 2 * SIZE;
     // SAFETY: an anonymous private mapping with no access, at an address
     // the kernel picks: it touches no existing memory.
     let p = unsafe {
@@ -136,7 +186,19 @@ fn reserve() -> Option<usize> {
     if p == libc::MAP_FAILED {
         return None;
     }
-    Some((p as usize).next_multiple_of(MAX_SLOT))
+    let start = p as usize;
+    let base = start.next_multiple_of(SIZE);
+    for (at, n) in [
+        (start, base - start),
+        (base + SIZE, start + len - base - SIZE),
+    ] {
+        if n > 0 {
+            // SAFETY: both pieces are ours, from the mapping above, outside
+            // the part kept. A failure leaves them reserved, which is harmless.
+            unsafe { libc::munmap(at as *mut libc::c_void, n) };
+        }
+    }
+    Some(base)
 }
 
 /// A slot for a block of `layout` (zeroed if `zeroed`), or null when the
@@ -201,34 +263,36 @@ pub(crate) fn free(addr: usize) {
 /// when the set cannot grow (libc is out of memory): the caller does not
 /// sample it.
 pub(crate) fn note_outside(addr: usize, layout: Layout) -> bool {
-    let mut set = OUTSIDE.lock();
+    let mut o = OUTSIDE.lock();
     let hidden = hide(addr);
-    if set.try_reserve(1, |&a| mix(hide(a) as u64)).is_err() {
+    if o.set.try_reserve(1, |&a| mix(hide(a) as u64)).is_err() {
         return false;
     }
-    set.insert_unique(mix(addr as u64), hidden, |&a| mix(hide(a) as u64));
+    o.set
+        .insert_unique(mix(addr as u64), hidden, |&a| mix(hide(a) as u64));
     if class_of(layout).is_some() {
-        VIEW.outside_above.store(0, Ordering::Relaxed);
+        o.spilled = true;
     }
-    OUTSIDE_LIVE.fetch_add(1, Ordering::Relaxed);
+    o.publish();
     true
 }
 
 /// Takes `addr` out of the set of sampled blocks outside the region, if
 /// it is there (with `take`; else only says).
 pub(crate) fn outside(addr: usize, take: bool) -> bool {
-    let mut set = OUTSIDE.lock();
+    let mut o = OUTSIDE.lock();
     let hidden = hide(addr);
-    match set.find_entry(mix(addr as u64), |&a| a == hidden) {
-        Ok(e) => {
-            if take {
-                e.remove();
-                OUTSIDE_LIVE.fetch_sub(1, Ordering::Relaxed);
-            }
-            true
+    let Ok(e) = o.set.find_entry(mix(addr as u64), |&a| a == hidden) else {
+        return false;
+    };
+    if take {
+        e.remove();
+        if o.set.is_empty() {
+            o.spilled = false;
         }
-        Err(_) => false,
+        o.publish();
     }
+    true
 }
 
 pub(crate) fn lock_for_fork() {

@@ -580,12 +580,19 @@ pub(crate) fn leave(rec: &'static RunRecord) {
 }
 
 /// Takes `run` (whose parent is `parent`) off this thread's stack of runs.
+#[inline]
 fn unlink(run: *const RunRecord, parent: *const RunRecord) {
-    let mut cur = thread::current_run();
+    let cur = thread::current_run();
     if std::ptr::eq(cur, run) {
         thread::set_current_run(parent);
         return;
     }
+    unlink_inside(cur, run, parent);
+}
+
+/// [`unlink`] of a run that is not the innermost (runs left out of order).
+#[cold]
+fn unlink_inside(mut cur: *const RunRecord, run: *const RunRecord, parent: *const RunRecord) {
     while !cur.is_null() {
         let up = parent_of(cur);
         if std::ptr::eq(up, run) {
@@ -642,6 +649,7 @@ fn set_parent(run: *const RunRecord, parent: *const RunRecord) {
 }
 
 impl LightRun {
+    #[inline]
     pub(crate) fn new(scope: u32) -> LightRun {
         LightRun {
             scope,
@@ -649,11 +657,13 @@ impl LightRun {
         }
     }
 
+    #[inline]
     fn tagged(&self) -> *const RunRecord {
         (self as *const LightRun as usize | LIGHT) as *const RunRecord
     }
 
     /// Makes this run the innermost on this thread until the guard drops.
+    #[inline]
     pub(crate) fn enter(&self) -> LightEntered<'_> {
         self.parent.set(thread::current_run());
         thread::set_current_run(self.tagged());
@@ -665,6 +675,7 @@ impl LightRun {
 pub(crate) struct LightEntered<'a>(&'a LightRun);
 
 impl Drop for LightEntered<'_> {
+    #[inline]
     fn drop(&mut self) {
         unlink(self.0.tagged(), self.0.parent.get());
     }

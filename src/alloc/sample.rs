@@ -111,6 +111,9 @@ fn decide(configured: usize) -> usize {
         Err(now) => now,
     };
     MODE.store(if n == 0 { 1 } else { 2 }, Ordering::Relaxed);
+    if n != 0 {
+        crate::alloc::region::start_sampling();
+    }
     n
 }
 
@@ -160,9 +163,31 @@ pub(crate) struct Sampler {
     rng: u64,
 }
 
+/// Taken off a paused sampler's countdown: [`Sampler::skip`] then fails
+/// for every size, without a flag of its own to look at.
+const PAUSED: i64 = 1 << 62;
+
 impl Sampler {
     pub(crate) const fn new() -> Self {
         Sampler { left: 0, rng: 0 }
+    }
+
+    /// Makes [`Sampler::skip`] fail until [`Sampler::resume`] (the thread is
+    /// inside the tracker: its blocks are the tracker's own). Does not nest.
+    #[inline(always)]
+    pub(crate) fn pause(&mut self) {
+        self.left = self.left.wrapping_sub(PAUSED);
+    }
+
+    #[inline(always)]
+    pub(crate) fn resume(&mut self) {
+        self.left = self.left.wrapping_add(PAUSED);
+    }
+
+    /// Forgets the distance to the next sample point, so that `skip` fails
+    /// until the slow path draws a new one (memoryless: nothing is biased).
+    pub(crate) fn reset(&mut self, paused: bool) {
+        self.left = if paused { -PAUSED } else { 0 };
     }
 
     /// Counts `size` bytes allocated; whether this block is sampled.

@@ -304,7 +304,12 @@ fn acquire_slot() -> Option<&'static Slot> {
 
 /// Per-thread state. `const`-initialised and without a destructor, so it is
 /// there for every allocation, including during thread-local destruction.
+///
+/// The sampling fast path looks at the sampler's countdown alone: it is
+/// above 0 only in sampling mode, on a thread that has a slot and is not
+/// inside the tracker ([`State::enter`] pauses it; losing the slot resets it).
 struct State {
+    /// The re-entrancy flag: set with [`State::enter`] and [`State::leave`].
     busy: Cell<bool>,
     slot: Cell<Option<&'static Slot>>,
     bounds: Cell<Option<(usize, usize)>>,
@@ -320,10 +325,50 @@ impl State {
     /// this block is sampled.
     #[inline(always)]
     fn sample(&self, size: usize, mean: usize) -> bool {
+        let busy = self.busy.get();
         let mut s = self.sampler.get();
+        if busy {
+            s.resume();
+        }
         let hit = s.take(size, mean);
+        if busy {
+            s.pause();
+        }
         self.sampler.set(s);
         hit
+    }
+
+    /// Raises the re-entrancy flag; whether it was up already.
+    #[inline(always)]
+    fn enter(&self) -> bool {
+        let was = self.busy.replace(true);
+        if !was {
+            self.with_sampler(Sampler::pause);
+        }
+        was
+    }
+
+    /// Puts the flag back as [`State::enter`] found it (`was`).
+    #[inline(always)]
+    fn leave(&self, was: bool) {
+        if !was {
+            self.busy.set(false);
+            self.with_sampler(Sampler::resume);
+        }
+    }
+
+    /// The slot is gone: the fast path must not count on it.
+    fn forget_slot(&self) {
+        self.slot.set(None);
+        let busy = self.busy.get();
+        self.with_sampler(|s| s.reset(busy));
+    }
+
+    #[inline(always)]
+    fn with_sampler(&self, f: impl FnOnce(&mut Sampler)) {
+        let mut s = self.sampler.get();
+        f(&mut s);
+        self.sampler.set(s);
     }
 }
 
@@ -352,7 +397,8 @@ impl Drop for SlotRelease {
     fn drop(&mut self) {
         let _ = STATE.try_with(|st| {
             st.release.set(RELEASE_DONE);
-            if let Some(slot) = st.slot.take() {
+            if let Some(slot) = st.slot.get() {
+                st.forget_slot();
                 slot.in_use.store(false, Ordering::Release);
             }
         });
@@ -517,7 +563,7 @@ static INIT: AtomicU8 = AtomicU8::new(0);
 pub(crate) fn with_tracking<R>(f: impl FnOnce(&Tracking<'_>) -> R) -> Option<R> {
     STATE
         .try_with(|st| {
-            if st.busy.replace(true) {
+            if st.enter() {
                 return None;
             }
             // A thread with a slot got it after the start began.
@@ -525,7 +571,7 @@ pub(crate) fn with_tracking<R>(f: impl FnOnce(&Tracking<'_>) -> R) -> Option<R> 
                 Some(slot) => Some(f(&Tracking { state: st, slot })),
                 None => enter_new_thread(st, f),
             };
-            st.busy.set(false);
+            st.leave(false);
             r
         })
         .ok()
@@ -559,6 +605,7 @@ fn enter_new_thread<R>(st: &State, f: impl FnOnce(&Tracking<'_>) -> R) -> Option
     let r = f(&Tracking { state: st, slot });
     if st.release.get() == RELEASE_DONE {
         // The thread is past its destructors: borrow a slot for this one call.
+        st.forget_slot();
         slot.in_use.store(false, Ordering::Release);
     } else {
         st.slot.set(Some(slot));
@@ -574,10 +621,10 @@ pub(crate) fn untracked<R>(f: impl FnOnce() -> R) -> R {
     impl Drop for Restore {
         fn drop(&mut self) {
             let was = self.0;
-            let _ = STATE.try_with(|st| st.busy.set(was));
+            let _ = STATE.try_with(|st| st.leave(was));
         }
     }
-    let was = STATE.try_with(|st| st.busy.replace(true)).unwrap_or(true);
+    let was = STATE.try_with(State::enter).unwrap_or(true);
     let _restore = Restore(was);
     f()
 }
@@ -591,18 +638,21 @@ pub(crate) fn token() -> usize {
 }
 
 /// The innermost scope run open on this thread.
+#[inline]
 pub(crate) fn current_run() -> *const RunRecord {
     STATE
         .try_with(|st| st.run.get())
         .unwrap_or(std::ptr::null())
 }
 
+#[inline]
 pub(crate) fn set_current_run(run: *const RunRecord) {
     let _ = STATE.try_with(|st| st.run.set(run));
 }
 
 /// Counts a run of scope id `scope` opened on this thread; `false` when the
 /// thread has no counters (yet, or any more) and the caller must count it.
+#[inline]
 pub(crate) fn count_run(scope: u32) -> bool {
     STATE
         .try_with(|st| {
@@ -626,7 +676,8 @@ pub(crate) fn count_run(scope: u32) -> bool {
 /// totals and towards its next sample point, when that is all it needs.
 /// Otherwise counts nothing and returns `false`: the block reaches the
 /// sample point, or is the tracker's own (the thread is inside it), or the
-/// thread has no counters yet; the caller goes the slow way.
+/// thread has no counters yet, or the process is in full mode (or has not
+/// decided yet); the caller goes the slow way.
 #[inline(always)]
 pub(crate) fn unsampled_alloc(size: usize) -> bool {
     unsampled_realloc(None, size)
@@ -638,13 +689,15 @@ pub(crate) fn unsampled_alloc(size: usize) -> bool {
 pub(crate) fn unsampled_realloc(old: Option<usize>, new: usize) -> bool {
     STATE
         .try_with(|st| {
+            // The countdown covers the block only in sampling mode, on a
+            // thread with a slot, outside the tracker (see `State`).
             let mut s = st.sampler.get();
+            if !s.skip(new) {
+                return false;
+            }
             let Some(slot) = st.slot.get() else {
                 return false;
             };
-            if st.busy.get() || !s.skip(new) {
-                return false;
-            }
             st.sampler.set(s);
             slot.total.on_alloc(1, new as u64);
             if let Some(old) = old {

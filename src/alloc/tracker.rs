@@ -119,8 +119,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if region::plain(ptr as usize, layout) {
+            thread::unsampled_free(layout.size());
+            // SAFETY: forwarded contract: a plain block is the inner allocator's.
+            return unsafe { self.inner.dealloc(ptr, layout) };
+        }
         if sample::sampling(self.sample_bytes) {
-            if marked(ptr as usize, layout) {
+            if marked(ptr as usize) {
                 // SAFETY: forwarded contract.
                 return unsafe { sampled_dealloc(&self.inner, ptr, layout) };
             }
@@ -137,16 +142,18 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if sample::sampling(self.sample_bytes) {
-            let marked = marked(ptr as usize, layout);
-            if !marked && thread::unsampled_realloc(Some(layout.size()), new_size) {
-                // SAFETY: forwarded contract.
-                let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
-                if p.is_null() {
-                    thread::undo(Some(layout.size()), new_size);
-                }
-                return p;
+        if region::plain(ptr as usize, layout)
+            && thread::unsampled_realloc(Some(layout.size()), new_size)
+        {
+            // SAFETY: forwarded contract.
+            let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
+            if p.is_null() {
+                thread::undo(Some(layout.size()), new_size);
             }
+            return p;
+        }
+        if sample::sampling(self.sample_bytes) {
+            let marked = marked(ptr as usize);
             // SAFETY: forwarded contract.
             return unsafe { sampled_realloc(&self.inner, ptr, layout, new_size, marked) };
         }
@@ -182,14 +189,15 @@ impl<A: GlobalAlloc> LeakTracker<A> {
     unsafe fn make(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         // SAFETY: forwarded contract.
         let inner = || unsafe { inner_alloc(&self.inner, layout, zeroed) };
-        if sample::sampling(self.sample_bytes) {
-            if thread::unsampled_alloc(layout.size()) {
-                let p = inner();
-                if p.is_null() {
-                    thread::undo(None, layout.size());
-                }
-                return p;
+        // Only ever true in sampling mode.
+        if thread::unsampled_alloc(layout.size()) {
+            let p = inner();
+            if p.is_null() {
+                thread::undo(None, layout.size());
             }
+            return p;
+        }
+        if sample::sampling(self.sample_bytes) {
             // SAFETY: forwarded contract.
             return unsafe { sampled_alloc(&self.inner, layout, zeroed) };
         }
@@ -400,11 +408,11 @@ unsafe fn sampled_alloc<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool)
     p
 }
 
-/// Whether the block at `addr` of `layout` is sampled (or the tracker's
-/// own): in the region, or noted outside it.
+/// Whether the block at `addr` (not surely [`region::plain`]) is sampled
+/// (or the tracker's own): in the region, or noted outside it.
 #[inline(always)]
-fn marked(addr: usize, layout: Layout) -> bool {
-    region::holds(addr) || (region::may_be_outside(layout) && region::outside(addr, false))
+fn marked(addr: usize) -> bool {
+    region::holds(addr) || region::outside(addr, false)
 }
 
 /// # Safety

@@ -156,6 +156,7 @@ pub fn track_scope<R>(name: &str, f: impl FnOnce() -> R) -> R {
 
 /// Counts a run of scope `name` opened on this thread; its scope id.
 /// Allocates nothing unless the name is new (interning it is untracked).
+#[inline]
 fn count_run(name: &str) -> u32 {
     let entry = names::intern(name);
     // Per thread, so that threads serving the same route do not fight
