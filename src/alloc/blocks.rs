@@ -19,6 +19,7 @@
 //! libc's memory) and never hold a lock while calling anything that could
 //! re-enter the tracker.
 
+use crate::alloc::dense::{Dense, Fields, Put, SIZE_LIMIT};
 use crate::alloc::meta::{hide, mix, MetaAlloc, SpinLock};
 use hashbrown::HashTable;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -286,9 +287,7 @@ fn remove_elsewhere(addr: usize) -> Option<Meta> {
 pub(crate) fn for_each(mut f: impl FnMut(usize, &Meta)) {
     for s in &TABLE {
         let t = s.0.lock();
-        for &(key, w) in t.main.iter() {
-            f(key_addr(key), &t.get(key, w));
-        }
+        t.each(&mut f);
     }
     for young in crate::alloc::thread::young_tables() {
         for e in &young.entries {
@@ -308,10 +307,7 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Meta)) {
 pub(crate) fn for_each_held(mut f: impl FnMut(usize, &Meta)) {
     for s in &TABLE {
         // SAFETY: the caller holds every shard's lock (see above).
-        let t = unsafe { s.0.held() };
-        for &(key, w) in t.main.iter() {
-            f(key_addr(key), &t.get(key, w));
-        }
+        unsafe { s.0.held() }.each(&mut f);
     }
     for young in crate::alloc::thread::young_tables() {
         for e in &young.entries {
@@ -320,15 +316,9 @@ pub(crate) fn for_each_held(mut f: impl FnMut(usize, &Meta)) {
                 continue;
             }
             let addr = hide(a & !MOVING);
-            if a & MOVING != 0 && addr <= ADDR_MASK {
-                // SAFETY: as above.
-                let shared = unsafe { shard(addr).0.held() }
-                    .main
-                    .find(hash(addr), |e| key_addr(e.0) == addr)
-                    .is_some();
-                if shared {
-                    continue;
-                }
+            // SAFETY: as above.
+            if a & MOVING != 0 && unsafe { shard(addr).0.held() }.holds(addr) {
+                continue;
             }
             f(addr, &e.meta());
         }
@@ -340,119 +330,170 @@ pub(crate) fn count_held() -> usize {
     let mut n = 0;
     for s in &TABLE {
         // SAFETY: as in `for_each_held`.
-        n += unsafe { s.0.held() }.main.len();
+        n += unsafe { s.0.held() }.len();
     }
     n + crate::alloc::thread::young_tables().count() * YOUNG
 }
 
 // ---------------------------------------------------------------- shared table
 //
-// A shared entry is 16 bytes: a key word (the address shifted up 16 bits, the
-// scope id in the low 16, the top bit set: see `key`) and one packed word (call-site, run slot, size). A
-// size of 1 GiB or more lives in the shard's second, small table. A block
-// moved here while its run was open keeps only the run's slot: the run lists
-// it by address (see `runs::note_moved`), so no generation is needed here.
+// Most long-lived blocks take a 12-byte entry in their shard's dense table
+// (see `crate::alloc::dense`): call-site, scope and size. Beside it, small
+// tables keep what does not fit there: sizes of 1 MiB or more, the run
+// slot of a block moved here while its run was open (the run lists it by
+// address, see `runs::note_moved`, so no generation is needed), and whole
+// entries of blocks the dense table cannot key.
 
 const SHARDS: usize = 256;
 
-/// Addresses the shared table keeps: user-space addresses below 2^47.
-const ADDR_MASK: usize = (1 << 47) - 1;
-
-/// The key word of the block at `addr` (below 2^47) in scope `scope`: never
-/// a user-space address (the top bit is set), so that no leak checker
-/// scanning the table, ours or valgrind's, takes it for a pointer.
-#[inline]
-fn key(addr: usize, scope: u32) -> usize {
-    addr << 16 | (scope & 0xFFFF) as usize | 1 << 63
-}
-
-#[inline]
-fn key_addr(key: usize) -> usize {
-    (key << 1) >> 17
-}
-/// Packed word: call-site id in bits 0-15, run slot in bits 16-31, size in
-/// bits 32-61, and two flags.
-const SIZE_SHIFT: u32 = 32;
-const SIZE_MAX: usize = (1 << 30) - 1;
-/// The size is in the shard's `big` table (1 GiB or more).
-const BIG: u64 = 1 << 62;
-/// The block is listed in its run (bits 16-31).
-const TAGGED: u64 = 1 << 63;
-
-/// The entry of `meta` at `addr`: (key word, packed word). A size too big
-/// for the packed word is flagged [`BIG`]; the caller keeps it beside.
-/// Ids fit in 16 bits: call-sites and scope names are capped at 65,536, open
-/// runs at 65,535.
-fn pack(addr: usize, m: &Meta) -> (usize, u64) {
-    let key = key(addr, m.scope);
-    let mut w = (m.site & 0xFFFF) as u64;
-    if m.size <= SIZE_MAX {
-        w |= (m.size as u64) << SIZE_SHIFT;
-    } else {
-        w |= BIG;
-    }
-    if m.run_slot != 0 {
-        w |= TAGGED | ((m.run_slot & 0xFFFF) as u64) << 16;
-    }
-    (key, w)
-}
-
-/// The [`Meta`] of an entry; `big`: its size when the entry says it is big.
-fn unpack(key: usize, w: u64, big: Option<usize>) -> Meta {
-    let tagged = w & TAGGED != 0;
-    Meta {
-        size: if w & BIG != 0 {
-            big.unwrap_or(SIZE_MAX)
-        } else {
-            ((w >> SIZE_SHIFT) as usize) & SIZE_MAX
-        },
-        site: (w & 0xFFFF) as u32,
-        scope: (key & 0xFFFF) as u32,
-        run_slot: if tagged {
-            ((w >> 16) & 0xFFFF) as u32
-        } else {
-            0
-        },
-        run_gen: crate::alloc::runs::MOVED,
-    }
-}
-
 struct Tables {
-    main: HashTable<(usize, u64), MetaAlloc>,
-    /// Sizes of 1 GiB and more, by address (hidden: [`hide`]).
+    dense: Dense,
+    /// Sizes of dense entries flagged big, by address (hidden: [`hide`]).
     big: HashTable<(usize, usize), MetaAlloc>,
+    /// Run slots of dense entries flagged tagged, by address (hidden).
+    runs: HashTable<(usize, u32), MetaAlloc>,
+    /// Blocks the dense table cannot key or hold, whole, by address (hidden).
+    other: HashTable<(usize, Meta), MetaAlloc>,
+}
+
+/// What the dense table keeps of `m` (ids fit in 16 bits: call-sites and
+/// scope names are capped at 65,536, open runs at 65,535).
+fn fields(m: &Meta) -> Fields {
+    let small = m.size < SIZE_LIMIT;
+    Fields {
+        site: m.site as u16,
+        scope: m.scope as u16,
+        size: if small { m.size as u32 } else { 0 },
+        big: !small,
+        tagged: m.run_slot != 0,
+    }
 }
 
 impl Tables {
-    /// Takes out the entry of `addr`.
-    fn take(&mut self, addr: usize) -> Option<Meta> {
-        let (key, w) = self
-            .main
-            .find_entry(hash(addr), |e| key_addr(e.0) == addr)
-            .ok()?
-            .remove()
-            .0;
-        let big = if w & BIG != 0 {
-            self.big
-                .find_entry(hash(addr), |e| e.0 == hide(addr))
-                .ok()
-                .map(|e| e.remove().0 .1)
+    /// The [`Meta`] of a dense entry, with what the small tables keep of it.
+    fn meta(&self, addr: usize, f: Fields) -> Meta {
+        let h = hash(addr);
+        let hidden = hide(addr);
+        let size = if f.big {
+            let big = self.big.find(h, |e| e.0 == hidden);
+            big.map_or(SIZE_LIMIT, |e| e.1)
         } else {
-            None
+            f.size as usize
         };
-        Some(unpack(key, w, big))
+        let run_slot = if f.tagged {
+            self.runs.find(h, |e| e.0 == hidden).map_or(0, |e| e.1)
+        } else {
+            0
+        };
+        Meta {
+            size,
+            site: f.site as u32,
+            scope: f.scope as u32,
+            run_slot,
+            run_gen: crate::alloc::runs::MOVED,
+        }
     }
 
-    fn get(&self, key: usize, w: u64) -> Meta {
-        let addr = key_addr(key);
-        let big = if w & BIG != 0 {
-            self.big
-                .find(hash(addr), |e| e.0 == hide(addr))
-                .map(|e| e.1)
-        } else {
-            None
+    /// The [`Meta`] of a dense entry just taken out, and its small tables' parts.
+    fn meta_taken(&mut self, addr: usize, f: Fields) -> Meta {
+        let m = self.meta(addr, f);
+        let h = hash(addr);
+        let hidden = hide(addr);
+        if f.big {
+            if let Ok(e) = self.big.find_entry(h, |e| e.0 == hidden) {
+                e.remove();
+            }
+        }
+        if f.tagged {
+            if let Ok(e) = self.runs.find_entry(h, |e| e.0 == hidden) {
+                e.remove();
+            }
+        }
+        m
+    }
+
+    /// Takes out the entry of `addr`.
+    fn take(&mut self, addr: usize) -> Option<Meta> {
+        if let Some(f) = self.dense.take(addr) {
+            return Some(self.meta_taken(addr, f));
+        }
+        if self.other.is_empty() {
+            return None;
+        }
+        let hidden = hide(addr);
+        let e = self.other.find_entry(hash(addr), |e| e.0 == hidden).ok()?;
+        Some(e.remove().0 .1)
+    }
+
+    fn holds(&self, addr: usize) -> bool {
+        let hidden = hide(addr);
+        self.dense.get(addr).is_some() || self.other.find(hash(addr), |e| e.0 == hidden).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.dense.len() + self.other.len()
+    }
+
+    /// Calls `f` for every block here.
+    fn each(&self, f: &mut impl FnMut(usize, &Meta)) {
+        for (addr, fl) in self.dense.iter() {
+            f(addr, &self.meta(addr, fl));
+        }
+        for (hidden, m) in self.other.iter() {
+            f(hide(*hidden), m);
+        }
+    }
+
+    /// Enters `meta` at `addr`; `None` when libc has no memory for it.
+    fn put(&mut self, addr: usize, meta: Meta) -> Option<Option<Meta>> {
+        let f = fields(&meta);
+        let h = hash(addr);
+        let hidden = hide(addr);
+        // Room first, so that inserting below never has to grow a table (its
+        // own growth would abort on failure instead of reporting it).
+        if f.big && self.big.try_reserve(1, |e| hash(hide(e.0))).is_err() {
+            return None;
+        }
+        if f.tagged && self.runs.try_reserve(1, |e| hash(hide(e.0))).is_err() {
+            return None;
+        }
+        let stale = match self.dense.put(addr, f) {
+            Put::New => {
+                // An address the dense table could not take once (it was
+                // out of memory) may still have a stale entry there.
+                if self.other.is_empty() {
+                    None
+                } else {
+                    self.other
+                        .find_entry(h, |e| e.0 == hidden)
+                        .ok()
+                        .map(|e| e.remove().0 .1)
+                }
+            }
+            Put::Replaced(old) => Some(self.meta_taken(addr, old)),
+            Put::Elsewhere => {
+                if self.other.try_reserve(1, |e| hash(hide(e.0))).is_err() {
+                    return None;
+                }
+                return Some(match self.other.find_mut(h, |e| e.0 == hidden) {
+                    Some(e) => Some(std::mem::replace(&mut e.1, meta)),
+                    None => {
+                        self.other
+                            .insert_unique(h, (hidden, meta), |e| hash(hide(e.0)));
+                        None
+                    }
+                });
+            }
         };
-        unpack(key, w, big)
+        if f.big {
+            self.big
+                .insert_unique(h, (hidden, meta.size), |e| hash(hide(e.0)));
+        }
+        if f.tagged {
+            self.runs
+                .insert_unique(h, (hidden, meta.run_slot), |e| hash(hide(e.0)));
+        }
+        Some(stale)
     }
 }
 
@@ -461,8 +502,10 @@ struct Shard(SpinLock<Tables>);
 
 static TABLE: [Shard; SHARDS] = [const {
     Shard(SpinLock::new(Tables {
-        main: HashTable::new_in(MetaAlloc {}),
+        dense: Dense::new(),
         big: HashTable::new_in(MetaAlloc {}),
+        runs: HashTable::new_in(MetaAlloc {}),
+        other: HashTable::new_in(MetaAlloc {}),
     }))
 }; SHARDS];
 
@@ -481,84 +524,35 @@ fn hash(addr: usize) -> u64 {
     mix(addr as u64)
 }
 
-#[inline]
-fn key_addr_hash(key: usize) -> u64 {
-    hash(key_addr(key))
-}
-
 enum Shared {
     New,
     Replaced(Meta),
-    /// The table could not take it (libc out of memory, or an address
-    /// above 2^48).
+    /// The table could not take it (libc out of memory).
     Dropped,
 }
 
 /// Enters the block at `addr`. A block of a run still open is listed in
 /// its run first (a tag from a run that closed is dropped).
 fn insert_shared(addr: usize, mut meta: Meta) -> Shared {
-    if addr > ADDR_MASK {
-        return Shared::Dropped;
-    }
     if meta.run_slot != 0
         && meta.run_gen != crate::alloc::runs::MOVED
         && !crate::alloc::runs::note_moved(meta.run_slot, meta.run_gen, addr)
     {
         meta.run_slot = 0;
     }
-    let h = hash(addr);
-    let (key, mut w) = pack(addr, &meta);
-    let mut t = shard(addr).0.lock();
-    let t = &mut *t;
-    // Room first, so that inserting below never has to grow a table (its own
-    // growth would abort on failure instead of reporting it).
-    let room = t.main.try_reserve(1, |e| key_addr_hash(e.0)).is_ok();
-    if w & BIG != 0 && t.big.try_reserve(1, |e| hash(hide(e.0))).is_err() {
-        // Out of libc memory: keep the block, with the largest size it holds.
-        crate::alloc::process::note_untracked();
-        w = w & !BIG | (SIZE_MAX as u64) << SIZE_SHIFT;
+    match shard(addr).0.lock().put(addr, meta) {
+        Some(None) => Shared::New,
+        Some(Some(stale)) => Shared::Replaced(stale),
+        None => Shared::Dropped,
     }
-    // An entry still here is of a block freed unseen: replaced in place.
-    let stale = match t.main.find_mut(h, |e| key_addr(e.0) == addr) {
-        Some(e) => Some(std::mem::replace(e, (key, w))),
-        None if room => {
-            t.main.insert_unique(h, (key, w), |e| key_addr_hash(e.0));
-            None
-        }
-        None => return Shared::Dropped,
-    };
-    let stale = stale.map(|(okey, ow)| {
-        let big = if ow & BIG != 0 {
-            t.big
-                .find_entry(h, |e| e.0 == hide(addr))
-                .ok()
-                .map(|e| e.remove().0 .1)
-        } else {
-            None
-        };
-        unpack(okey, ow, big)
-    });
-    if w & BIG != 0 {
-        t.big
-            .insert_unique(h, (hide(addr), meta.size), |e| hash(hide(e.0)));
-    }
-    stale.map_or(Shared::New, Shared::Replaced)
 }
 
 fn remove_shared(addr: usize) -> Option<Meta> {
-    if addr > ADDR_MASK {
-        return None;
-    }
     shard(addr).0.lock().take(addr)
 }
 
 fn in_shared(addr: usize) -> bool {
-    shard(addr)
-        .0
-        .lock()
-        .main
-        .find(hash(addr), |e| key_addr(e.0) == addr)
-        .is_some()
+    shard(addr).0.lock().holds(addr)
 }
 
 pub(crate) fn lock_for_fork() {
@@ -610,39 +604,21 @@ mod tests {
     }
 
     #[test]
-    fn packs_into_two_words() {
-        let addr = 0x7F12_3456_7890;
-        for m in [
-            meta(0, 0),
-            meta(24, 0),
-            meta(SIZE_MAX, 0),
-            meta(100, 65_535),
-            meta(SIZE_MAX, 7),
-        ] {
-            let (key, w) = pack(addr, &m);
-            assert_eq!(key_addr(key), addr);
-            assert_eq!(w & BIG, 0);
-            assert_eq!(unpack(key, w, None), m);
-        }
-        let huge = meta(5 << 40, 3);
-        let (key, w) = pack(addr, &huge);
-        assert_ne!(w & BIG, 0);
-        assert_eq!(unpack(key, w, Some(5 << 40)), huge);
-    }
-
-    #[test]
     fn shared_entries_keep_scopes_slots_and_huge_sizes() {
         // Addresses no allocator hands out here, so nothing else meets them;
         // run slot 0, or a tag already listed (MOVED), so no run is asked.
         let base = 0x7F00_0000_0000usize;
         let blocks: Vec<(usize, Meta)> = (0..1000)
             .map(|i| {
-                let m = match i % 3 {
+                let m = match i % 4 {
                     0 => meta(i, 0),
                     1 => meta(i, i as u32),
-                    _ => meta((1 << 31) + i, 0),
+                    2 => meta((1 << 31) + i, 0),
+                    // 1 MiB and more: kept beside the dense entry.
+                    _ => meta((5 << 32) + i, i as u32),
                 };
-                (base + i * 64, m)
+                // Every fifth address is not 8-byte aligned: kept whole.
+                (base + i * 64 + usize::from(i % 5 == 0), m)
             })
             .collect();
         for &(addr, m) in &blocks {
@@ -659,9 +635,8 @@ mod tests {
             assert_eq!(remove_shared(addr), Some(m));
             assert_eq!(remove_shared(addr), None);
         }
-        assert!(matches!(
-            insert_shared(1 << 50, meta(8, 0)),
-            Shared::Dropped
-        ));
+        for s in &TABLE {
+            assert_eq!(s.0.lock().len(), 0);
+        }
     }
 }

@@ -17,6 +17,7 @@
 pub(crate) mod blocks;
 pub(crate) mod callsite;
 pub(crate) mod cfi;
+pub(crate) mod dense;
 pub(crate) mod ignored;
 pub(crate) mod meta;
 pub(crate) mod process;
