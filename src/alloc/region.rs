@@ -130,8 +130,9 @@ pub(crate) fn holds(addr: usize) -> bool {
 /// `false` for every block in full mode. Two relaxed loads of one line.
 #[inline(always)]
 pub(crate) fn plain(addr: usize, layout: Layout) -> bool {
-    // Above MAX_SLOT whenever the size or the alignment is.
-    !holds(addr) && layout.size() | layout.align() <= VIEW.plain_upto.load(Ordering::Relaxed)
+    // Above MAX_SLOT whenever the size or the alignment is. The layout
+    // first: in full mode that alone says no.
+    layout.size() | layout.align() <= VIEW.plain_upto.load(Ordering::Relaxed) && !holds(addr)
 }
 
 /// The class of a block of `layout`, if a slot holds it.
