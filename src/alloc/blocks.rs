@@ -340,9 +340,10 @@ pub(crate) fn count_held() -> usize {
 // Most long-lived blocks take a 12-byte entry in their shard's dense table
 // (see `crate::alloc::dense`): call-site, scope and size. Beside it, small
 // tables keep what does not fit there: sizes of 1 MiB or more, the run
-// slot of a block moved here while its run was open (the run lists it by
-// address, see `runs::note_moved`, so no generation is needed), and whole
-// entries of blocks the dense table cannot key.
+// slot of a block moved here while its run was open (by the block's dense
+// key, 8 bytes an entry; the run lists it by address, see
+// `runs::note_moved`, so no generation is needed), and whole entries of
+// blocks the dense table cannot key.
 
 const SHARDS: usize = 256;
 
@@ -350,8 +351,8 @@ struct Tables {
     dense: Dense,
     /// Sizes of dense entries flagged big, by address (hidden: [`hide`]).
     big: HashTable<(usize, usize), MetaAlloc>,
-    /// Run slots of dense entries flagged tagged, by address (hidden).
-    runs: HashTable<(usize, u32), MetaAlloc>,
+    /// Run slots of dense entries flagged tagged, by their dense key.
+    runs: HashTable<(u32, u32), MetaAlloc>,
     /// Blocks the dense table cannot key or hold, whole, by address (hidden).
     other: HashTable<(usize, Meta), MetaAlloc>,
 }
@@ -380,10 +381,9 @@ impl Tables {
         } else {
             f.size as usize
         };
-        let run_slot = if f.tagged {
-            self.runs.find(h, |e| e.0 == hidden).map_or(0, |e| e.1)
-        } else {
-            0
+        let run_slot = match self.dense.key_of(addr) {
+            Some(k) if f.tagged => self.runs.find(key_hash(k), |e| e.0 == k).map_or(0, |e| e.1),
+            _ => 0,
         };
         Meta {
             size,
@@ -404,8 +404,8 @@ impl Tables {
                 e.remove();
             }
         }
-        if f.tagged {
-            if let Ok(e) = self.runs.find_entry(h, |e| e.0 == hidden) {
+        if let Some(k) = self.dense.key_of(addr).filter(|_| f.tagged) {
+            if let Ok(e) = self.runs.find_entry(key_hash(k), |e| e.0 == k) {
                 e.remove();
             }
         }
@@ -454,7 +454,7 @@ impl Tables {
         if f.big && self.big.try_reserve(1, |e| hash(hide(e.0))).is_err() {
             return None;
         }
-        if f.tagged && self.runs.try_reserve(1, |e| hash(hide(e.0))).is_err() {
+        if f.tagged && self.runs.try_reserve(1, |e| key_hash(e.0)).is_err() {
             return None;
         }
         let stale = match self.dense.put(addr, f) {
@@ -489,9 +489,9 @@ impl Tables {
             self.big
                 .insert_unique(h, (hidden, meta.size), |e| hash(hide(e.0)));
         }
-        if f.tagged {
+        if let Some(k) = self.dense.key_of(addr).filter(|_| f.tagged) {
             self.runs
-                .insert_unique(h, (hidden, meta.run_slot), |e| hash(hide(e.0)));
+                .insert_unique(key_hash(k), (k, meta.run_slot), |e| key_hash(e.0));
         }
         Some(stale)
     }
@@ -522,6 +522,10 @@ fn shard(addr: usize) -> &'static Shard {
 #[inline]
 fn hash(addr: usize) -> u64 {
     mix(addr as u64)
+}
+
+fn key_hash(key: u32) -> u64 {
+    mix(key as u64)
 }
 
 enum Shared {

@@ -221,8 +221,9 @@ impl Dense {
         (addr & 7 == 0).then_some((region, offset))
     }
 
-    /// The key of `addr` if its region was ever keyed here.
-    fn known_key(&self, addr: usize) -> Option<u32> {
+    /// The key of `addr` if its region was ever keyed here: one block's
+    /// alone in this table, for the caller's tables beside it.
+    pub(crate) fn key_of(&self, addr: usize) -> Option<u32> {
         let (region, offset) = Dense::parts(addr)?;
         let known = self.regions.get(..self.n_regions).unwrap_or(&[]);
         let i = known.iter().position(|&r| r == region)?;
@@ -231,7 +232,7 @@ impl Dense {
 
     /// The key of `addr`, its region keyed now if it is new (and there is room).
     fn key(&mut self, addr: usize) -> Option<u32> {
-        if let Some(key) = self.known_key(addr) {
+        if let Some(key) = self.key_of(addr) {
             return Some(key);
         }
         let (region, offset) = Dense::parts(addr)?;
@@ -299,14 +300,14 @@ impl Dense {
 
     /// What is kept of the block at `addr`.
     pub(crate) fn get(&self, addr: usize) -> Option<Fields> {
-        let key = self.known_key(addr)?;
+        let key = self.key_of(addr)?;
         let i = self.find(key)?;
         Some(self.slice().get(i)?.fields())
     }
 
     /// Takes out the entry of the block at `addr`.
     pub(crate) fn take(&mut self, addr: usize) -> Option<Fields> {
-        let key = self.known_key(addr)?;
+        let key = self.key_of(addr)?;
         let mut i = self.find(key)?;
         let cap = self.cap;
         let taken = *self.slice().get(i)?;
