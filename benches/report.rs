@@ -70,6 +70,18 @@ fn main() {
         text.len(),
         json.len(),
     );
+    let start = Instant::now();
+    let pprof = report.to_pprof();
+    let pprof_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let folded = report.to_folded();
+    let folded_secs = start.elapsed().as_secs_f64();
+    assert!(folded.lines().count() >= sites);
+    println!(
+        "pprof {pprof_secs:.3} s ({} bytes gzipped), folded {folded_secs:.3} s ({} bytes)",
+        pprof.len(),
+        folded.len()
+    );
     let doc: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     assert!(doc["callsites"].as_array().map_or(0, Vec::len) >= sites);
     drop(doc);

@@ -2,16 +2,20 @@
 //!
 //! The model ([`model`], with the leak check's result types in [`leak`]),
 //! taking a snapshot of the live state ([`collect`]), symbolization
-//! ([`symbolize`], reading the program's debug info with [`dwarf`]), one file per rendering ([`text`], [`json`]), and the one
+//! ([`symbolize`], reading the program's debug info with [`dwarf`]), one file per rendering ([`text`], [`json`], [`folded`], and with the
+//! `formats` feature `pprof`), and the one
 //! line on stderr everything above uses to say what went wrong ([`warn`]).
 //! Runs outside the allocation path, with the thread's own allocations
 //! untracked.
 
 pub(crate) mod collect;
 pub(crate) mod dwarf;
+pub(crate) mod folded;
 pub(crate) mod json;
 pub(crate) mod leak;
 pub(crate) mod model;
+#[cfg(feature = "formats")]
+pub(crate) mod pprof;
 pub(crate) mod symbolize;
 pub(crate) mod text;
 pub(crate) mod warn;

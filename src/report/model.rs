@@ -230,6 +230,56 @@ impl Report {
 }
 
 /// Per scope of `now`, the change since `earlier` (scopes of the same process).
+/// A call-site's live blocks opened in one scope (or in none): the unit the
+/// renderings that split a call-site by scope (pprof, folded stacks) draw.
+pub(crate) struct Part<'a> {
+    pub(crate) site: &'a CallsiteStats,
+    /// `None`: blocks opened outside any scope, and the call-site's totals.
+    pub(crate) scope: Option<&'a str>,
+    #[cfg_attr(not(feature = "formats"), allow(dead_code))]
+    pub(crate) blocks: u64,
+    pub(crate) bytes: u64,
+}
+
+impl Report {
+    /// Every call-site's live blocks, split by the scope that opened them:
+    /// first the part outside any scope (what the scopes do not account
+    /// for; one per call-site, even when empty), then one per scope that
+    /// holds some, in the order of the report's scopes.
+    pub(crate) fn parts(&self) -> Vec<Part<'_>> {
+        let mut by_site: std::collections::HashMap<u32, Vec<(&str, u64, u64)>> =
+            std::collections::HashMap::new();
+        for s in &self.scopes {
+            for c in &s.by_callsite {
+                by_site
+                    .entry(c.callsite)
+                    .or_default()
+                    .push((s.name.as_str(), c.blocks, c.bytes));
+            }
+        }
+        let mut out = Vec::with_capacity(self.callsites.len());
+        for site in &self.callsites {
+            let scoped = by_site.remove(&site.id).unwrap_or_default();
+            let (blocks, bytes) = scoped
+                .iter()
+                .fold((0u64, 0u64), |(n, b), s| (n + s.1, b + s.2));
+            out.push(Part {
+                site,
+                scope: None,
+                blocks: site.live_blocks.saturating_sub(blocks),
+                bytes: site.live_bytes.saturating_sub(bytes),
+            });
+            out.extend(scoped.into_iter().map(|(name, blocks, bytes)| Part {
+                site,
+                scope: Some(name),
+                blocks,
+                bytes,
+            }));
+        }
+        out
+    }
+}
+
 pub(crate) fn growth(now: &[ScopeStats], earlier: &[ScopeStats]) -> Vec<ScopeGrowth> {
     let before: std::collections::HashMap<&str, &ScopeStats> =
         earlier.iter().map(|s| (s.name.as_str(), s)).collect();

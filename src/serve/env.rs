@@ -33,31 +33,71 @@ extern "C" fn register() {
     process::on_start(start);
 }
 
-/// Where the exit report goes.
+/// Where a report goes: `LEAKSCOPE_REPORT` lists one or more, separated
+/// by commas.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Dest {
+    /// Text.
     Stderr,
+    /// Text.
     Stdout,
-    /// JSON document; `%p` in the path becomes the process id, `%n` the
-    /// report's sequence number.
-    Json(String),
-    /// Text report; `%p` and `%n` as for JSON.
-    Text(String),
+    /// A file; `%p` in the path becomes the process id, `%n` the report's
+    /// sequence number.
+    File(String, Format),
+}
+
+/// What a report file holds, by the path's suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// `.json`: leakscope's JSON document.
+    Json,
+    /// `.pb.gz`: a pprof profile.
+    Pprof,
+    /// `.folded`: folded stacks of live bytes.
+    Folded,
+    /// Anything else: the text report.
+    Text,
 }
 
 impl Dest {
-    /// Parses a `LEAKSCOPE_REPORT` value.
-    pub(crate) fn parse(value: &str) -> Result<Dest, String> {
-        match value.trim() {
-            "" => Err(
-                "LEAKSCOPE_REPORT is empty: expected stderr, stdout, <path>.json or <path>"
+    /// Parses a `LEAKSCOPE_REPORT` value: the destinations it names, and a
+    /// message for each entry that is not one (the others still stand).
+    pub(crate) fn parse(value: &str) -> (Vec<Dest>, Vec<String>) {
+        let mut dests = Vec::new();
+        let mut errors = Vec::new();
+        if value.trim().is_empty() {
+            errors.push(
+                "LEAKSCOPE_REPORT is empty: expected stderr, stdout or paths (.json, .pb.gz, .folded, other: text), separated by commas"
                     .to_owned(),
-            ),
-            "stderr" => Ok(Dest::Stderr),
-            "stdout" => Ok(Dest::Stdout),
-            v if v.ends_with(".json") => Ok(Dest::Json(v.to_owned())),
-            v => Ok(Dest::Text(v.to_owned())),
+            );
+            return (dests, errors);
         }
+        for v in value.split(',').map(str::trim) {
+            match Dest::parse_one(v) {
+                Ok(d) if !dests.contains(&d) => dests.push(d),
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        (dests, errors)
+    }
+
+    fn parse_one(v: &str) -> Result<Dest, String> {
+        let format = match v {
+            "" => return Err("LEAKSCOPE_REPORT has an empty entry".to_owned()),
+            "stderr" => return Ok(Dest::Stderr),
+            "stdout" => return Ok(Dest::Stdout),
+            v if v.ends_with(".json") => Format::Json,
+            v if v.ends_with(".pb.gz") => Format::Pprof,
+            v if v.ends_with(".folded") => Format::Folded,
+            _ => Format::Text,
+        };
+        if format == Format::Pprof && !cfg!(feature = "formats") {
+            return Err(format!(
+                "LEAKSCOPE_REPORT: {v} asks for a pprof profile, and leakscope was built without its `formats` feature"
+            ));
+        }
+        Ok(Dest::File(v.to_owned(), format))
     }
 }
 
@@ -138,13 +178,19 @@ fn start() {
         }
     }
     if let Some(value) = env(c"LEAKSCOPE_REPORT") {
-        match Dest::parse(&value) {
-            Ok(dest) => {
-                exit::set_dest(dest);
-                report_signal_from_env();
-                signal::install_fatal();
-            }
-            Err(msg) => warn(&format!("{msg}; no report will be written")),
+        let (dests, errors) = Dest::parse(&value);
+        let then = if dests.is_empty() {
+            "no report will be written"
+        } else {
+            "the other destinations are written"
+        };
+        for e in &errors {
+            warn(&format!("{e}; {then}"));
+        }
+        if !dests.is_empty() {
+            exit::set_dest(dests);
+            report_signal_from_env();
+            signal::install_fatal();
         }
     }
 }
@@ -173,17 +219,35 @@ fn report_signal_from_env() {
 
 #[cfg(test)]
 mod tests {
-    use super::Dest;
+    use super::{Dest, Format};
 
     #[test]
     fn parses_report_destinations() {
-        assert_eq!(Dest::parse("stderr"), Ok(Dest::Stderr));
-        assert_eq!(Dest::parse(" stdout "), Ok(Dest::Stdout));
+        let one = |v| Dest::parse(v).0;
+        assert_eq!(one("stderr"), [Dest::Stderr]);
+        assert_eq!(one(" stdout "), [Dest::Stdout]);
         assert_eq!(
-            Dest::parse("/tmp/r-%p.json"),
-            Ok(Dest::Json("/tmp/r-%p.json".into()))
+            one("/tmp/r-%p.json"),
+            [Dest::File("/tmp/r-%p.json".into(), Format::Json)]
         );
-        assert_eq!(Dest::parse("leaks.txt"), Ok(Dest::Text("leaks.txt".into())));
-        assert!(Dest::parse("  ").is_err());
+        assert_eq!(
+            one("leaks.txt"),
+            [Dest::File("leaks.txt".into(), Format::Text)]
+        );
+        assert_eq!(
+            one("stderr, leaks.json,heap-%n.pb.gz ,live.folded,stderr"),
+            [
+                Dest::Stderr,
+                Dest::File("leaks.json".into(), Format::Json),
+                Dest::File("heap-%n.pb.gz".into(), Format::Pprof),
+                Dest::File("live.folded".into(), Format::Folded),
+            ]
+        );
+        let (dests, errors) = Dest::parse("stderr,,x.json");
+        assert_eq!(dests.len(), 2);
+        assert_eq!(errors.len(), 1);
+        let (dests, errors) = Dest::parse("  ");
+        assert!(dests.is_empty());
+        assert_eq!(errors.len(), 1);
     }
 }

@@ -11,11 +11,11 @@ use crate::check::classify::leak_check_then;
 use crate::report::collect::{snapshot_of, Sites};
 use crate::report::model::Report;
 use crate::report::warn::warn;
-use crate::serve::env::Dest;
+use crate::serve::env::{Dest, Format};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
-static DEST: parking_lot::Mutex<Option<Dest>> = parking_lot::const_mutex(None);
+static DEST: parking_lot::Mutex<Option<Vec<Dest>>> = parking_lot::const_mutex(None);
 static HOOKED: AtomicBool = AtomicBool::new(false);
 static REPORTED: AtomicBool = AtomicBool::new(false);
 /// `LEAKSCOPE_LEAK_CHECK` (on unless `no`).
@@ -25,9 +25,9 @@ static ERROR_EXITCODE: AtomicI32 = AtomicI32::new(0);
 /// `LEAKSCOPE_REPORT_ALL_SITES=1`: reports list every call-site seen.
 static ALL_SITES: AtomicBool = AtomicBool::new(false);
 
-/// `LEAKSCOPE_REPORT`: the report goes to `dest` at exit.
-pub(crate) fn set_dest(dest: Dest) {
-    *DEST.lock() = Some(dest);
+/// `LEAKSCOPE_REPORT`: the report goes to each of `dests` at exit.
+pub(crate) fn set_dest(dests: Vec<Dest>) {
+    *DEST.lock() = Some(dests);
     hook_exit();
 }
 
@@ -51,7 +51,7 @@ pub(crate) fn set_error_exitcode(code: i32) {
 /// `LEAKSCOPE_REPORT` says where), also after `std::process::exit`.
 pub fn report_on_exit() {
     thread::untracked(|| {
-        DEST.lock().get_or_insert(Dest::Stderr);
+        DEST.lock().get_or_insert_with(|| vec![Dest::Stderr]);
         hook_exit();
     });
 }
@@ -82,8 +82,8 @@ pub(crate) fn report_before_death() {
     if REPORTED.swap(true, Ordering::AcqRel) {
         return;
     }
-    if let Some(dest) = dest() {
-        write_report(dest, &report_now());
+    if let Some(dests) = dest() {
+        write_report(&dests, &report_now());
     }
 }
 
@@ -104,8 +104,8 @@ fn write_exit_report() {
         }
         None => (None, check_on.then(|| leak_check_then(|lc| lc))),
     };
-    if let (Some(dest), Some(report)) = (dest.clone(), &report) {
-        write_report(dest, report);
+    if let (Some(dests), Some(report)) = (&dest, &report) {
+        write_report(dests, report);
     }
     if code == 0 {
         return;
@@ -190,7 +190,7 @@ pub(crate) fn report_now() -> Report {
 }
 
 /// Where `LEAKSCOPE_REPORT` (or `report_on_exit`) sends the report.
-pub(crate) fn dest() -> Option<Dest> {
+pub(crate) fn dest() -> Option<Vec<Dest>> {
     DEST.lock().clone()
 }
 
@@ -204,24 +204,36 @@ fn fill_path(path: &str, n: u64) -> String {
         .replace("%n", &n.to_string())
 }
 
-pub(crate) fn write_report(dest: Dest, report: &Report) {
+/// Writes `report` to each of `dests` (one sequence number, `%n`, for all).
+pub(crate) fn write_report(dests: &[Dest], report: &Report) {
     let n = WRITTEN.fetch_add(1, Ordering::Relaxed) + 1;
-    let (path, body) = match dest {
-        Dest::Stderr => {
-            let _ = std::io::stderr().write_all(report.to_string().as_bytes());
-            return;
+    for dest in dests {
+        let (path, format) = match dest {
+            Dest::Stderr => {
+                let _ = std::io::stderr().write_all(report.to_string().as_bytes());
+                continue;
+            }
+            Dest::Stdout => {
+                let mut out = std::io::stdout();
+                let _ = out
+                    .write_all(report.to_string().as_bytes())
+                    .and_then(|_| out.flush());
+                continue;
+            }
+            Dest::File(path, format) => (fill_path(path, n), *format),
+        };
+        let body = match format {
+            Format::Json => json(report).into_bytes(),
+            Format::Text => report.to_string().into_bytes(),
+            Format::Folded => report.to_folded().into_bytes(),
+            #[cfg(feature = "formats")]
+            Format::Pprof => report.to_pprof(),
+            // Refused when the destination was parsed.
+            #[cfg(not(feature = "formats"))]
+            Format::Pprof => continue,
+        };
+        if let Err(e) = std::fs::write(&path, body) {
+            warn(&format!("cannot write the report to {path}: {e}"));
         }
-        Dest::Stdout => {
-            let mut out = std::io::stdout();
-            let _ = out
-                .write_all(report.to_string().as_bytes())
-                .and_then(|_| out.flush());
-            return;
-        }
-        Dest::Json(path) => (fill_path(&path, n), json(report)),
-        Dest::Text(path) => (fill_path(&path, n), report.to_string()),
-    };
-    if let Err(e) = std::fs::write(&path, body) {
-        warn(&format!("cannot write the report to {path}: {e}"));
     }
 }

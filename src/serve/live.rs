@@ -44,7 +44,10 @@ impl Drop for ReportServer {
 /// address (`127.0.0.1:0` picks a free port): `GET /` or `/report` gives the
 /// text, `GET /report.json` the JSON document, and `/leak-check` and
 /// `/leak-check.json` the same with a full leak check (it stops the
-/// program's threads for the time of the check). Each report served says
+/// program's threads for the time of the check). `GET /debug/pprof/heap`
+/// gives the live blocks as a pprof profile (with the `formats` feature;
+/// the path Parca and Pyroscope scrape) and `/report.folded` as folded
+/// stacks. Each report served says
 /// what every scope did since the one served before it ([`Report::growth`]),
 /// so the endpoint that grows now stands out.
 pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
@@ -123,35 +126,32 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
     let mut words = head.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
-    let (status, kind, body) = match (method, path) {
-        ("GET", "/" | "/report") => ("200 OK", "text/plain", live_report(previous).to_string()),
-        ("GET", "/report.json") => (
+    const TEXT: &str = "text/plain; charset=utf-8";
+    const JSON: &str = "application/json; charset=utf-8";
+    let (status, kind, body): (&str, &str, Vec<u8>) = match (method, path) {
+        ("GET", "/" | "/report") => ("200 OK", TEXT, live_report(previous).to_string().into()),
+        ("GET", "/report.json") => ("200 OK", JSON, exit::json(&live_report(previous)).into()),
+        ("GET", "/leak-check") => ("200 OK", TEXT, exit::checked_report().to_string().into()),
+        ("GET", "/leak-check.json") => ("200 OK", JSON, exit::json(&exit::checked_report()).into()),
+        #[cfg(feature = "formats")]
+        ("GET", "/debug/pprof/heap") => (
             "200 OK",
-            "application/json",
-            exit::json(&live_report(previous)),
+            "application/octet-stream",
+            exit::snapshot_now().to_pprof(),
         ),
-        ("GET", "/leak-check") => ("200 OK", "text/plain", exit::checked_report().to_string()),
-        ("GET", "/leak-check.json") => (
-            "200 OK",
-            "application/json",
-            exit::json(&exit::checked_report()),
-        ),
+        ("GET", "/report.folded") => ("200 OK", TEXT, exit::snapshot_now().to_folded().into()),
         ("GET", _) => (
             "404 Not Found",
-            "text/plain",
-            "try /report, /report.json, /leak-check or /leak-check.json\n".to_owned(),
+            TEXT,
+            "try /report, /report.json, /leak-check, /leak-check.json, /debug/pprof/heap or /report.folded\n".into(),
         ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_owned(),
-        ),
+        _ => ("405 Method Not Allowed", TEXT, "GET only\n".into()),
     };
     write!(
         conn,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
-    conn.write_all(body.as_bytes())?;
+    conn.write_all(&body)?;
     conn.flush()
 }

@@ -184,7 +184,7 @@ extern "C" fn watch(arg: *mut libc::c_void) -> *mut libc::c_void {
             thread::untracked(|| {
                 let mut report = exit::report_now();
                 previous.mark(&mut report);
-                exit::write_report(exit::dest().unwrap_or(Dest::Stderr), &report);
+                exit::write_report(&exit::dest().unwrap_or_else(|| vec![Dest::Stderr]), &report);
             })
         }));
     }

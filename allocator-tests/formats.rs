@@ -1,0 +1,286 @@
+//! Reports other tools open, checked by those tools: a pprof profile read by
+//! Go's own `go tool pprof`, and folded stacks. A child process plants live
+//! blocks of known sizes, inside a scope and outside any, and writes its
+//! report to several destinations at once (and serves the profile live);
+//! the parent reads what it wrote.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+#[global_allocator]
+static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
+
+const CHILD: &str = "LEAKSCOPE_FORMATS_CHILD";
+const SCOPE: &str = "GET /planted";
+
+/// Live on purpose until the child exits.
+static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// Three blocks of 1,000 bytes, opened in the scope.
+#[inline(never)]
+fn planted_in_scope() {
+    for _ in 0..3 {
+        let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(1000));
+        KEPT.lock().unwrap().push(v);
+    }
+}
+
+/// Two blocks of 512 bytes, outside any scope.
+#[inline(never)]
+fn planted_outside() {
+    for _ in 0..2 {
+        let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(512));
+        KEPT.lock().unwrap().push(v);
+    }
+}
+
+fn main() {
+    if std::env::var_os(CHILD).is_some() {
+        return child();
+    }
+    common::run(&[
+        (
+            "several_destinations_and_folded_stacks",
+            several_destinations_and_folded_stacks,
+        ),
+        ("go_pprof_reads_the_profile", go_pprof_reads_the_profile),
+        (
+            "go_pprof_reads_the_live_profile",
+            go_pprof_reads_the_live_profile,
+        ),
+        (
+            "a_bad_entry_is_said_and_the_others_written",
+            a_bad_entry_is_said_and_the_others_written,
+        ),
+    ]);
+    let _ = std::fs::remove_dir_all(dir());
+}
+
+fn child() {
+    KEPT.lock().unwrap().reserve(16);
+    leakscope::track_scope(SCOPE, planted_in_scope);
+    planted_outside();
+    let server = leakscope::serve_report("127.0.0.1:0").unwrap();
+    let body = get(server.local_addr(), "/debug/pprof/heap");
+    std::fs::write(dir().join("live.pb.gz"), body).unwrap();
+    drop(server);
+}
+
+/// The body of `GET path` from the live server.
+fn get(addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    conn.read_to_end(&mut all).unwrap();
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(
+        all.starts_with(b"HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&all[..at])
+    );
+    all.split_off(at)
+}
+
+/// The parent's scratch directory (the child is told it).
+fn dir() -> PathBuf {
+    let d = match std::env::var_os("LEAKSCOPE_FORMATS_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("leakscope-formats-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the child once (its files are shared by the tests).
+fn child_files() -> &'static Path {
+    static DONE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let d = dir();
+        let dests = format!(
+            "{},{},{}",
+            d.join("heap-%n.pb.gz").display(),
+            d.join("live.folded").display(),
+            d.join("report.json").display()
+        );
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(CHILD, "1")
+            .env("LEAKSCOPE_REPORT", dests)
+            .env("LEAKSCOPE_LEAK_CHECK", "no")
+            .env("LEAKSCOPE_FORMATS_DIR", &d);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "child: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        d
+    })
+}
+
+fn several_destinations_and_folded_stacks() {
+    let d = child_files();
+    for f in ["heap-1.pb.gz", "live.folded", "report.json", "live.pb.gz"] {
+        assert!(d.join(f).exists(), "{f} not written");
+    }
+    let folded = std::fs::read_to_string(d.join("live.folded")).unwrap();
+    let line = |scope: &str, function: &str| -> Vec<u64> {
+        folded
+            .lines()
+            .filter(|l| l.starts_with(&format!("{scope};")) && l.contains(function))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+            .collect()
+    };
+    assert_eq!(line(SCOPE, "formats::planted_in_scope"), [3000], "{folded}");
+    assert_eq!(
+        line("[no scope]", "formats::planted_outside"),
+        [1024],
+        "{folded}"
+    );
+    // Root first: the scope, then the outermost frame, the allocator's caller last.
+    let planted = folded
+        .lines()
+        .find(|l| l.contains("planted_in_scope"))
+        .unwrap();
+    let frames: Vec<&str> = planted.rsplit_once(' ').unwrap().0.split(';').collect();
+    let main = frames
+        .iter()
+        .position(|f| f.contains("formats::main"))
+        .unwrap();
+    let leaf = frames
+        .iter()
+        .position(|f| f.contains("planted_in_scope"))
+        .unwrap();
+    assert!(main < leaf, "{planted}");
+}
+
+/// `go tool pprof` with `args` on `file`; its output.
+fn pprof(file: &Path, args: &[&str]) -> Option<String> {
+    let out: Output = match Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(file)
+        .env("HOME", std::env::temp_dir())
+        .output()
+    {
+        Ok(o) => o,
+        // .ci/run installs go and sets this: there, no go is a failure.
+        Err(_) if std::env::var_os("LEAKSCOPE_TEST_NEEDS_GO").is_none() => {
+            println!("go is not installed (Debian: golang-go): skipped");
+            return None;
+        }
+        Err(e) => panic!("LEAKSCOPE_TEST_NEEDS_GO is set and go does not run: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The flat value `go tool pprof -top` gives the function named `f`.
+fn flat(top: &str, f: &str) -> Option<String> {
+    top.lines()
+        .find(|l| l.trim_end().ends_with(f))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+fn check_profile(file: &Path) {
+    let inuse = ["-top", "-unit=B", "-sample_index=inuse_space"];
+    let Some(top) = pprof(file, &inuse) else {
+        return;
+    };
+    assert_eq!(
+        flat(&top, "formats::planted_in_scope").as_deref(),
+        Some("3000B"),
+        "{top}"
+    );
+    assert_eq!(
+        flat(&top, "formats::planted_outside").as_deref(),
+        Some("1024B"),
+        "{top}"
+    );
+    let objects = pprof(file, &["-top", "-sample_index=inuse_objects"]).unwrap();
+    assert_eq!(
+        flat(&objects, "formats::planted_in_scope").as_deref(),
+        Some("3"),
+        "{objects}"
+    );
+    assert_eq!(
+        flat(&objects, "formats::planted_outside").as_deref(),
+        Some("2"),
+        "{objects}"
+    );
+    // The scope label keeps one endpoint's blocks.
+    let focus = format!("-tagfocus=scope={SCOPE}");
+    let scoped = pprof(
+        file,
+        &["-top", "-unit=B", "-sample_index=inuse_space", &focus],
+    )
+    .unwrap();
+    assert_eq!(
+        flat(&scoped, "formats::planted_in_scope").as_deref(),
+        Some("3000B"),
+        "{scoped}"
+    );
+    assert_eq!(flat(&scoped, "formats::planted_outside"), None, "{scoped}");
+    // Everything a call-site allocated, freed or not.
+    let alloc = pprof(file, &["-top", "-unit=B", "-sample_index=alloc_space"]).unwrap();
+    assert_eq!(
+        flat(&alloc, "formats::planted_outside").as_deref(),
+        Some("1024B"),
+        "{alloc}"
+    );
+    // The default sample type is inuse_space, with file and line.
+    let lines = pprof(file, &["-top", "-unit=B", "-lines"]).unwrap();
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains("planted_in_scope") && l.contains("formats.rs:")),
+        "{lines}"
+    );
+}
+
+fn go_pprof_reads_the_profile() {
+    check_profile(&child_files().join("heap-1.pb.gz"));
+}
+
+fn go_pprof_reads_the_live_profile() {
+    check_profile(&child_files().join("live.pb.gz"));
+}
+
+fn a_bad_entry_is_said_and_the_others_written() {
+    let d = dir().join("bad");
+    std::fs::create_dir_all(&d).unwrap();
+    let (json, folded) = (d.join("r.json"), d.join("r.folded"));
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "1")
+        .env("LEAKSCOPE_FORMATS_DIR", &d)
+        .env("LEAKSCOPE_LEAK_CHECK", "no")
+        .env(
+            "LEAKSCOPE_REPORT",
+            format!("{}, ,{}", json.display(), folded.display()),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(
+            "leakscope: LEAKSCOPE_REPORT has an empty entry; the other destinations are written"
+        ),
+        "{err}"
+    );
+    assert!(json.exists() && folded.exists());
+}
