@@ -52,6 +52,7 @@ fn main() {
             "go_pprof_reads_the_live_profile",
             go_pprof_reads_the_live_profile,
         ),
+        ("flamegraphs_are_svg", flamegraphs_are_svg),
         (
             "a_bad_entry_is_said_and_the_others_written",
             a_bad_entry_is_said_and_the_others_written,
@@ -67,6 +68,8 @@ fn child() {
     let server = leakscope::serve_report("127.0.0.1:0").unwrap();
     let body = get(server.local_addr(), "/debug/pprof/heap");
     std::fs::write(dir().join("live.pb.gz"), body).unwrap();
+    let svg = get(server.local_addr(), "/flamegraph.svg");
+    std::fs::write(dir().join("served.svg"), svg).unwrap();
     drop(server);
 }
 
@@ -101,10 +104,11 @@ fn child_files() -> &'static Path {
     DONE.get_or_init(|| {
         let d = dir();
         let dests = format!(
-            "{},{},{}",
+            "{},{},{},{}",
             d.join("heap-%n.pb.gz").display(),
             d.join("live.folded").display(),
-            d.join("report.json").display()
+            d.join("report.json").display(),
+            d.join("live.svg").display()
         );
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.env(CHILD, "1")
@@ -128,7 +132,14 @@ fn child_files() -> &'static Path {
 
 fn several_destinations_and_folded_stacks() {
     let d = child_files();
-    for f in ["heap-1.pb.gz", "live.folded", "report.json", "live.pb.gz"] {
+    for f in [
+        "heap-1.pb.gz",
+        "live.folded",
+        "report.json",
+        "live.svg",
+        "live.pb.gz",
+        "served.svg",
+    ] {
         assert!(d.join(f).exists(), "{f} not written");
     }
     let folded = std::fs::read_to_string(d.join("live.folded")).unwrap();
@@ -283,4 +294,64 @@ fn a_bad_entry_is_said_and_the_others_written() {
         "{err}"
     );
     assert!(json.exists() && folded.exists());
+}
+
+/// The `<title>` texts of an SVG, read by an XML parser (which fails on
+/// anything that is not well-formed XML).
+fn svg_titles(path: &Path) -> Vec<String> {
+    use quick_xml::events::Event;
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut reader = quick_xml::Reader::from_str(&text);
+    let (mut titles, mut in_title, mut root) = (Vec::new(), false, None);
+    loop {
+        match reader.read_event().expect("well-formed XML") {
+            Event::Start(e) if root.is_none() => {
+                root = Some(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+            }
+            Event::Start(e) if e.name().as_ref() == b"title" => {
+                in_title = true;
+                titles.push(String::new());
+            }
+            Event::End(e) if e.name().as_ref() == b"title" => in_title = false,
+            Event::Text(t) if in_title => {
+                if let Some(last) = titles.last_mut() {
+                    last.push_str(&t.decode().unwrap());
+                }
+            }
+            Event::GeneralRef(r) if in_title => {
+                // An entity inside a title (&lt; &gt; &amp;): as its character.
+                let c = match r.as_ref() {
+                    b"lt" => "<",
+                    b"gt" => ">",
+                    b"amp" => "&",
+                    b"quot" => "\"",
+                    _ => "'",
+                };
+                if let Some(t) = titles.last_mut() {
+                    t.push_str(c);
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert_eq!(root.as_deref(), Some("svg"));
+    titles
+}
+
+fn flamegraphs_are_svg() {
+    let d = child_files();
+    for f in ["live.svg", "served.svg"] {
+        let titles = svg_titles(&d.join(f));
+        let has = |prefix: &str| titles.iter().any(|t| t.starts_with(prefix));
+        assert!(
+            has("formats::planted_in_scope (3,000 bytes"),
+            "{f}: {titles:?}"
+        );
+        assert!(
+            has("formats::planted_outside (1,024 bytes"),
+            "{f}: {titles:?}"
+        );
+        assert!(has(&format!("{SCOPE} (3,000 bytes")), "{f}: {titles:?}");
+    }
 }

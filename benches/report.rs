@@ -77,10 +77,15 @@ fn main() {
     let folded = report.to_folded();
     let folded_secs = start.elapsed().as_secs_f64();
     assert!(folded.lines().count() >= sites);
+    let start = Instant::now();
+    let mut svg = Vec::new();
+    report.write_flamegraph(&mut svg).expect("flamegraph");
+    let svg_secs = start.elapsed().as_secs_f64();
     println!(
-        "pprof {pprof_secs:.3} s ({} bytes gzipped), folded {folded_secs:.3} s ({} bytes)",
+        "pprof {pprof_secs:.3} s ({} bytes gzipped), folded {folded_secs:.3} s ({} bytes), flamegraph {svg_secs:.3} s ({} bytes)",
         pprof.len(),
-        folded.len()
+        folded.len(),
+        svg.len()
     );
     let doc: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     assert!(doc["callsites"].as_array().map_or(0, Vec::len) >= sites);

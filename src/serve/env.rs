@@ -55,6 +55,8 @@ pub(crate) enum Format {
     Pprof,
     /// `.folded`: folded stacks of live bytes.
     Folded,
+    /// `.svg`: a flamegraph of live bytes.
+    Flamegraph,
     /// Anything else: the text report.
     Text,
 }
@@ -67,7 +69,7 @@ impl Dest {
         let mut errors = Vec::new();
         if value.trim().is_empty() {
             errors.push(
-                "LEAKSCOPE_REPORT is empty: expected stderr, stdout or paths (.json, .pb.gz, .folded, other: text), separated by commas"
+                "LEAKSCOPE_REPORT is empty: expected stderr, stdout or paths (.json, .pb.gz, .folded, .svg, other: text), separated by commas"
                     .to_owned(),
             );
             return (dests, errors);
@@ -90,11 +92,12 @@ impl Dest {
             v if v.ends_with(".json") => Format::Json,
             v if v.ends_with(".pb.gz") => Format::Pprof,
             v if v.ends_with(".folded") => Format::Folded,
+            v if v.ends_with(".svg") => Format::Flamegraph,
             _ => Format::Text,
         };
-        if format == Format::Pprof && !cfg!(feature = "formats") {
+        if matches!(format, Format::Pprof | Format::Flamegraph) && !cfg!(feature = "formats") {
             return Err(format!(
-                "LEAKSCOPE_REPORT: {v} asks for a pprof profile, and leakscope was built without its `formats` feature"
+                "LEAKSCOPE_REPORT: {v} asks for a pprof profile or a flamegraph, and leakscope was built without its `formats` feature"
             ));
         }
         Ok(Dest::File(v.to_owned(), format))

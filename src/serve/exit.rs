@@ -228,9 +228,18 @@ pub(crate) fn write_report(dests: &[Dest], report: &Report) {
             Format::Folded => report.to_folded().into_bytes(),
             #[cfg(feature = "formats")]
             Format::Pprof => report.to_pprof(),
+            #[cfg(feature = "formats")]
+            Format::Flamegraph => {
+                let mut svg = Vec::new();
+                if let Err(e) = report.write_flamegraph(&mut svg) {
+                    warn(&format!("cannot draw the flamegraph for {path}: {e}"));
+                    continue;
+                }
+                svg
+            }
             // Refused when the destination was parsed.
             #[cfg(not(feature = "formats"))]
-            Format::Pprof => continue,
+            Format::Pprof | Format::Flamegraph => continue,
         };
         if let Err(e) = std::fs::write(&path, body) {
             warn(&format!("cannot write the report to {path}: {e}"));

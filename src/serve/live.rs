@@ -46,8 +46,8 @@ impl Drop for ReportServer {
 /// `/leak-check.json` the same with a full leak check (it stops the
 /// program's threads for the time of the check). `GET /debug/pprof/heap`
 /// gives the live blocks as a pprof profile (with the `formats` feature;
-/// the path Parca and Pyroscope scrape) and `/report.folded` as folded
-/// stacks. Each report served says
+/// the path Parca and Pyroscope scrape), `/report.folded` as folded
+/// stacks and `/flamegraph.svg` as their flamegraph. Each report served says
 /// what every scope did since the one served before it ([`Report::growth`]),
 /// so the endpoint that grows now stands out.
 pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
@@ -140,10 +140,18 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
             exit::snapshot_now().to_pprof(),
         ),
         ("GET", "/report.folded") => ("200 OK", TEXT, exit::snapshot_now().to_folded().into()),
+        #[cfg(feature = "formats")]
+        ("GET", "/flamegraph.svg") => {
+            let mut svg = Vec::new();
+            match exit::snapshot_now().write_flamegraph(&mut svg) {
+                Ok(()) => ("200 OK", "image/svg+xml", svg),
+                Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n").into()),
+            }
+        }
         ("GET", _) => (
             "404 Not Found",
             TEXT,
-            "try /report, /report.json, /leak-check, /leak-check.json, /debug/pprof/heap or /report.folded\n".into(),
+            "try /report, /report.json, /leak-check, /leak-check.json, /debug/pprof/heap, /report.folded or /flamegraph.svg\n".into(),
         ),
         _ => ("405 Method Not Allowed", TEXT, "GET only\n".into()),
     };
