@@ -53,6 +53,7 @@ fn main() {
             go_pprof_reads_the_live_profile,
         ),
         ("flamegraphs_are_svg", flamegraphs_are_svg),
+        ("html_renders_in_chromium", html_renders_in_chromium),
         (
             "a_bad_entry_is_said_and_the_others_written",
             a_bad_entry_is_said_and_the_others_written,
@@ -104,11 +105,12 @@ fn child_files() -> &'static Path {
     DONE.get_or_init(|| {
         let d = dir();
         let dests = format!(
-            "{},{},{},{}",
+            "{},{},{},{},{}",
             d.join("heap-%n.pb.gz").display(),
             d.join("live.folded").display(),
             d.join("report.json").display(),
-            d.join("live.svg").display()
+            d.join("live.svg").display(),
+            d.join("report.html").display()
         );
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.env(CHILD, "1")
@@ -137,6 +139,7 @@ fn several_destinations_and_folded_stacks() {
         "live.folded",
         "report.json",
         "live.svg",
+        "report.html",
         "live.pb.gz",
         "served.svg",
     ] {
@@ -354,4 +357,82 @@ fn flamegraphs_are_svg() {
         );
         assert!(has(&format!("{SCOPE} (3,000 bytes")), "{f}: {titles:?}");
     }
+}
+
+/// Headless Chromium with `args` on the page `file`; its stdout.
+fn chromium(file: &Path, args: &[&str]) -> Option<String> {
+    let out = match Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args(args)
+        .arg(format!("file://{}", file.display()))
+        .env("HOME", std::env::temp_dir())
+        .output()
+    {
+        Ok(o) => o,
+        // .ci/run installs chromium and sets this: there, none is a failure.
+        Err(_) if std::env::var_os("LEAKSCOPE_TEST_NEEDS_CHROMIUM").is_none() => {
+            println!("chromium is not installed: skipped");
+            return None;
+        }
+        Err(e) => panic!("LEAKSCOPE_TEST_NEEDS_CHROMIUM is set and chromium does not run: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn html_renders_in_chromium() {
+    let page = child_files().join("report.html");
+    let Some(dom) = chromium(&page, &["--dump-dom"]) else {
+        return;
+    };
+    // The page as the browser built it: the planted scope's row, with its
+    // three blocks of 1,000 bytes, the call-sites' stacks, the flamegraph.
+    let row =
+        format!("<tr data-scope=\"{SCOPE}\"><td>{SCOPE}</td><td>1</td><td>3</td><td>3,000</td>");
+    assert!(dom.contains(&row), "{dom}");
+    assert!(dom.contains("formats::planted_in_scope"), "{dom}");
+    assert!(dom.contains("<iframe id=\"flamegraph\""), "{dom}");
+    let shot = dir().join("report.png");
+    let arg = format!("--screenshot={}", shot.display());
+    chromium(&page, &[&arg, "--window-size=1200,900"]).unwrap();
+    let (width, height, varied) = png_look(&std::fs::read(&shot).unwrap());
+    assert_eq!((width, height), (1200, 900));
+    assert!(varied > 0.02, "the screenshot is blank ({varied})");
+}
+
+/// A PNG's size, and the share of its filtered scanline bytes that are not
+/// zero: about 0 for a blank page (every row filters to zeros), more where
+/// anything is drawn.
+fn png_look(png: &[u8]) -> (u32, u32, f64) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let (mut at, mut size, mut idat) = (8, (0, 0), Vec::new());
+    while at + 8 <= png.len() {
+        let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+        let kind = &png[at + 4..at + 8];
+        let data = &png[at + 8..at + 8 + len];
+        if kind == b"IHDR" {
+            size = (
+                u32::from_be_bytes(data[0..4].try_into().unwrap()),
+                u32::from_be_bytes(data[4..8].try_into().unwrap()),
+            );
+        } else if kind == b"IDAT" {
+            idat.extend_from_slice(data);
+        }
+        at += 12 + len;
+    }
+    let mut raw = Vec::new();
+    flate2::read::ZlibDecoder::new(&idat[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let nonzero = raw.iter().filter(|&&b| b != 0).count();
+    (size.0, size.1, nonzero as f64 / raw.len().max(1) as f64)
 }

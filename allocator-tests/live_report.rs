@@ -54,9 +54,12 @@ fn the_report_is_served_on_loopback() {
     assert_eq!(status, "HTTP/1.1 200 OK");
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(scope_in(&doc, "GET /live"), (1, 5));
-    let (status, text) = get(addr, "/");
+    let (status, text) = get(addr, "/report");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(text.contains("GET /live:"), "{text}");
+    let (status, html) = get(addr, "/");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(html.contains("<tr data-scope=\"GET /live\">"), "{html}");
     let (status, body) = get(addr, "/leak-check.json");
     assert_eq!(status, "HTTP/1.1 200 OK");
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -81,11 +81,15 @@ fn main() {
     let mut svg = Vec::new();
     report.write_flamegraph(&mut svg).expect("flamegraph");
     let svg_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let html = report.to_html();
+    let html_secs = start.elapsed().as_secs_f64();
     println!(
-        "pprof {pprof_secs:.3} s ({} bytes gzipped), folded {folded_secs:.3} s ({} bytes), flamegraph {svg_secs:.3} s ({} bytes)",
+        "pprof {pprof_secs:.3} s ({} bytes gzipped), folded {folded_secs:.3} s ({} bytes), flamegraph {svg_secs:.3} s ({} bytes), HTML {html_secs:.3} s ({} bytes)",
         pprof.len(),
         folded.len(),
-        svg.len()
+        svg.len(),
+        html.len()
     );
     let doc: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     assert!(doc["callsites"].as_array().map_or(0, Vec::len) >= sites);

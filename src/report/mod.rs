@@ -2,8 +2,8 @@
 //!
 //! The model ([`model`], with the leak check's result types in [`leak`]),
 //! taking a snapshot of the live state ([`collect`]), symbolization
-//! ([`symbolize`], reading the program's debug info with [`dwarf`]), one file per rendering ([`text`], [`json`], [`folded`], and with the
-//! `formats` feature `pprof`), and the one
+//! ([`symbolize`], reading the program's debug info with [`dwarf`]), one file per rendering ([`text`], [`json`], [`folded`], [`html`], and with
+//! the `formats` feature `pprof`), and the one
 //! line on stderr everything above uses to say what went wrong ([`warn`]).
 //! Runs outside the allocation path, with the thread's own allocations
 //! untracked.
@@ -11,6 +11,7 @@
 pub(crate) mod collect;
 pub(crate) mod dwarf;
 pub(crate) mod folded;
+pub(crate) mod html;
 pub(crate) mod json;
 pub(crate) mod leak;
 pub(crate) mod model;

@@ -31,7 +31,7 @@ impl Display for Thousands {
 const MAX_TEXT_FRAMES: usize = 16;
 
 /// Growth per run: `+3` when whole, `+2.50` otherwise, `+1,024` for large values.
-struct PerRun(f64);
+pub(crate) struct PerRun(pub(crate) f64);
 
 impl Display for PerRun {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
@@ -45,7 +45,7 @@ impl Display for PerRun {
 }
 
 /// A change: `+1,234`, `-56`, `+0`.
-struct Signed(i64);
+pub(crate) struct Signed(pub(crate) i64);
 
 impl Display for Signed {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
@@ -55,7 +55,7 @@ impl Display for Signed {
 }
 
 /// A change per run, signed: `+0.41`, `-2`.
-struct SignedPerRun(f64);
+pub(crate) struct SignedPerRun(pub(crate) f64);
 
 impl Display for SignedPerRun {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {

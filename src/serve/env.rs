@@ -57,6 +57,8 @@ pub(crate) enum Format {
     Folded,
     /// `.svg`: a flamegraph of live bytes.
     Flamegraph,
+    /// `.html`: one self-contained page.
+    Html,
     /// Anything else: the text report.
     Text,
 }
@@ -69,7 +71,7 @@ impl Dest {
         let mut errors = Vec::new();
         if value.trim().is_empty() {
             errors.push(
-                "LEAKSCOPE_REPORT is empty: expected stderr, stdout or paths (.json, .pb.gz, .folded, .svg, other: text), separated by commas"
+                "LEAKSCOPE_REPORT is empty: expected stderr, stdout or paths (.json, .pb.gz, .folded, .svg, .html, other: text), separated by commas"
                     .to_owned(),
             );
             return (dests, errors);
@@ -93,6 +95,7 @@ impl Dest {
             v if v.ends_with(".pb.gz") => Format::Pprof,
             v if v.ends_with(".folded") => Format::Folded,
             v if v.ends_with(".svg") => Format::Flamegraph,
+            v if v.ends_with(".html") || v.ends_with(".htm") => Format::Html,
             _ => Format::Text,
         };
         if matches!(format, Format::Pprof | Format::Flamegraph) && !cfg!(feature = "formats") {

@@ -226,6 +226,7 @@ pub(crate) fn write_report(dests: &[Dest], report: &Report) {
             Format::Json => json(report).into_bytes(),
             Format::Text => report.to_string().into_bytes(),
             Format::Folded => report.to_folded().into_bytes(),
+            Format::Html => report.to_html().into_bytes(),
             #[cfg(feature = "formats")]
             Format::Pprof => report.to_pprof(),
             #[cfg(feature = "formats")]

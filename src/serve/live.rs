@@ -41,8 +41,8 @@ impl Drop for ReportServer {
 }
 
 /// Serves the live report over HTTP on `addr`, which must be a loopback
-/// address (`127.0.0.1:0` picks a free port): `GET /` or `/report` gives the
-/// text, `GET /report.json` the JSON document, and `/leak-check` and
+/// address (`127.0.0.1:0` picks a free port): `GET /` gives the HTML page
+/// ([`Report::to_html`]), `/report` the text, `GET /report.json` the JSON document, and `/leak-check` and
 /// `/leak-check.json` the same with a full leak check (it stops the
 /// program's threads for the time of the check). `GET /debug/pprof/heap`
 /// gives the live blocks as a pprof profile (with the `formats` feature;
@@ -129,7 +129,12 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
     const TEXT: &str = "text/plain; charset=utf-8";
     const JSON: &str = "application/json; charset=utf-8";
     let (status, kind, body): (&str, &str, Vec<u8>) = match (method, path) {
-        ("GET", "/" | "/report") => ("200 OK", TEXT, live_report(previous).to_string().into()),
+        ("GET", "/") => (
+            "200 OK",
+            "text/html; charset=utf-8",
+            live_report(previous).to_html().into(),
+        ),
+        ("GET", "/report") => ("200 OK", TEXT, live_report(previous).to_string().into()),
         ("GET", "/report.json") => ("200 OK", JSON, exit::json(&live_report(previous)).into()),
         ("GET", "/leak-check") => ("200 OK", TEXT, exit::checked_report().to_string().into()),
         ("GET", "/leak-check.json") => ("200 OK", JSON, exit::json(&exit::checked_report()).into()),

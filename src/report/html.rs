@@ -1,0 +1,333 @@
+//! The report as one self-contained HTML page: inline CSS and SVG, no
+//! network, opened from a file or served at the live server's `/`.
+//!
+//! Top to bottom: the totals, the leak check's summary, the scopes (with
+//! what each grew since the report before, in a live one), the flamegraph
+//! of live bytes by scope (with the `formats` feature), the loss records
+//! and the call-sites holding the most, each with its stack.
+
+use crate::alloc::thread;
+use crate::report::leak::{Amount, LeakKind};
+use crate::report::model::{CallsiteStats, Frame, Report};
+use crate::report::text::{PerRun, Signed, SignedPerRun, Thousands};
+use std::fmt::Write;
+
+/// Loss records and call-sites listed (the largest); the JSON has them all.
+const MAX_ROWS: usize = 100;
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}\
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 8px}\
+.muted{color:#666}table{border-collapse:collapse}\
+th,td{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right;vertical-align:top}\
+th:first-child,td:first-child{text-align:left}td.stack{text-align:left}\
+tr.lost td{background:#fdecea}code{font:12px ui-monospace,monospace}\
+ol{margin:4px 0;padding-left:24px}iframe{width:100%;height:520px;border:1px solid #ddd}\
+summary{cursor:pointer}";
+
+impl Report {
+    /// The report as one HTML page, with no outside resources: what
+    /// `LEAKSCOPE_REPORT=<path>.html` writes and the live server's `/` serves.
+    pub fn to_html(&self) -> String {
+        thread::untracked(|| self.html())
+    }
+
+    /// [`Report::to_html`], written to `w`.
+    pub fn write_html(&self, mut w: impl std::io::Write) -> std::io::Result<()> {
+        w.write_all(self.to_html().as_bytes())
+    }
+
+    fn html(&self) -> String {
+        let mut h = String::with_capacity(64 * 1024);
+        let t = &self.totals;
+        let _ = write!(
+            h,
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <title>leakscope: process {pid}</title><style>{STYLE}</style></head><body>\
+             <h1>leakscope report, process {pid}</h1><p class=\"muted\" id=\"totals\">\
+             live: {} bytes in {} blocks; allocated in all: {} bytes in {} blocks; peak live: {} bytes; \
+             {:.1} s after the start; stacks by {}</p>",
+            Thousands(t.live_bytes),
+            Thousands(t.live_blocks),
+            Thousands(t.total_bytes),
+            Thousands(t.total_blocks),
+            Thousands(t.peak_live_bytes),
+            self.seconds,
+            self.unwinder.as_str().replace('_', " "),
+            pid = self.pid,
+        );
+        if self.sample_bytes > 0 {
+            let _ = write!(
+                h,
+                "<p class=\"muted\">Sampling mode, one stack per {} bytes: call-site and scope \
+                 figures are estimates; totals and runs are exact.</p>",
+                Thousands(self.sample_bytes)
+            );
+        }
+        self.html_summary(&mut h);
+        self.html_scopes(&mut h);
+        self.html_flamegraph(&mut h);
+        self.html_loss_records(&mut h);
+        self.html_callsites(&mut h);
+        h.push_str("</body></html>\n");
+        h
+    }
+
+    fn html_summary(&self, h: &mut String) {
+        let Some(lc) = &self.leak_check else {
+            return;
+        };
+        h.push_str("<h2>Leak summary</h2>");
+        if let Some(why) = &lc.error {
+            let _ = write!(
+                h,
+                "<p id=\"leak-summary\">The leak check did not run: {}</p>",
+                esc(why)
+            );
+            return;
+        }
+        h.push_str("<table id=\"leak-summary\"><tr><th></th><th>bytes</th><th>blocks</th></tr>");
+        let rows: [(&str, Amount); 5] = [
+            ("definitely lost", lc.definitely_lost),
+            ("indirectly lost", lc.indirectly_lost),
+            ("possibly lost", lc.possibly_lost),
+            ("still reachable", lc.still_reachable),
+            ("suppressed", lc.suppressed),
+        ];
+        for (name, a) in rows {
+            let lost = a.bytes > 0 && name.ends_with("lost") && name != "possibly lost";
+            let _ = write!(
+                h,
+                "<tr{}><td>{name}</td><td>{}</td><td>{}</td></tr>",
+                if lost { " class=\"lost\"" } else { "" },
+                Thousands(a.bytes),
+                Thousands(a.blocks)
+            );
+        }
+        h.push_str("</table>");
+    }
+
+    fn html_scopes(&self, h: &mut String) {
+        if self.scopes.is_empty() {
+            return;
+        }
+        let mut scopes: Vec<_> = self.scopes.iter().collect();
+        scopes.sort_by(|a, b| (b.outstanding_bytes, &a.name).cmp(&(a.outstanding_bytes, &b.name)));
+        h.push_str(
+            "<h2>Scopes</h2><table id=\"scopes\"><tr><th>scope</th><th>runs</th>\
+             <th>outstanding blocks</th><th>outstanding bytes</th><th>blocks per run</th>\
+             <th>bytes per run</th></tr>",
+        );
+        for s in scopes {
+            let _ = write!(
+                h,
+                "<tr data-scope=\"{name}\"><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                Thousands(s.runs),
+                Thousands(s.outstanding_blocks),
+                Thousands(s.outstanding_bytes),
+                PerRun(s.blocks_per_run()),
+                PerRun(s.bytes_per_run()),
+                name = esc(&s.name),
+            );
+        }
+        h.push_str("</table>");
+        let Some(g) = &self.growth else {
+            return;
+        };
+        let since = g.seconds.map_or("the start".to_owned(), |s| {
+            format!("the previous report, {s:.2} s ago")
+        });
+        let _ = write!(
+            h,
+            "<h2>Since {}</h2><table id=\"growth\"><tr><th>scope</th><th>runs</th>\
+             <th>blocks</th><th>bytes</th><th>blocks per run</th><th>bytes per run</th></tr>",
+            esc(&since)
+        );
+        for s in &g.scopes {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&s.name),
+                Thousands(s.runs),
+                Signed(s.outstanding_blocks),
+                Signed(s.outstanding_bytes),
+                SignedPerRun(s.blocks_per_run()),
+                SignedPerRun(s.bytes_per_run()),
+            );
+        }
+        h.push_str("</table>");
+    }
+
+    #[cfg(feature = "formats")]
+    fn html_flamegraph(&self, h: &mut String) {
+        let mut svg = Vec::new();
+        if self.write_flamegraph(&mut svg).is_err() {
+            return;
+        }
+        // In a frame of its own, loaded as an SVG document (not parsed as
+        // HTML, as `srcdoc` would), so that its script and layout work as
+        // they do with the file opened alone.
+        let _ = write!(
+            h,
+            "<h2>Live bytes by scope</h2><iframe id=\"flamegraph\" title=\"flamegraph\" \
+             src=\"data:image/svg+xml;base64,{}\"></iframe>",
+            base64(&svg)
+        );
+    }
+
+    #[cfg(not(feature = "formats"))]
+    fn html_flamegraph(&self, _h: &mut String) {}
+
+    fn html_loss_records(&self, h: &mut String) {
+        let Some(lc) = self
+            .leak_check
+            .as_ref()
+            .filter(|lc| !lc.loss_records.is_empty())
+        else {
+            return;
+        };
+        h.push_str(
+            "<h2>Loss records</h2><table id=\"loss-records\"><tr><th>kind</th><th>bytes</th>\
+             <th>blocks</th><th>scope</th><th>allocated at</th></tr>",
+        );
+        for r in lc.loss_records.iter().take(MAX_ROWS) {
+            let lost = matches!(r.kind, LeakKind::DefinitelyLost | LeakKind::IndirectlyLost);
+            let _ = write!(
+                h,
+                "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"stack\">",
+                if lost { " class=\"lost\"" } else { "" },
+                r.kind.as_str().replace('_', " "),
+                Thousands(r.bytes),
+                Thousands(r.blocks),
+                esc(r.scope.as_deref().unwrap_or("")),
+            );
+            stack(h, self.callsite(r.callsite));
+            h.push_str("</td></tr>");
+        }
+        h.push_str("</table>");
+    }
+
+    fn html_callsites(&self, h: &mut String) {
+        let mut live: Vec<&CallsiteStats> =
+            self.callsites.iter().filter(|c| c.live_bytes > 0).collect();
+        if live.is_empty() {
+            return;
+        }
+        live.sort_by(|a, b| (b.live_bytes, a.id).cmp(&(a.live_bytes, b.id)));
+        h.push_str(
+            "<h2>Call-sites holding the most</h2><table id=\"callsites\"><tr><th>live bytes</th>\
+             <th>live blocks</th><th>peak bytes</th><th>allocated bytes</th><th>allocated at</th></tr>",
+        );
+        for c in live.into_iter().take(MAX_ROWS) {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"stack\">",
+                Thousands(c.live_bytes),
+                Thousands(c.live_blocks),
+                Thousands(c.peak_live_bytes),
+                Thousands(c.total_bytes),
+            );
+            stack(h, Some(c));
+            h.push_str("</td></tr>");
+        }
+        h.push_str("</table>");
+    }
+}
+
+/// A call-site's stack: its allocating function, the frames folded under it.
+fn stack(h: &mut String, site: Option<&CallsiteStats>) {
+    let Some(site) = site else {
+        h.push_str("<span class=\"muted\">(not in this report)</span>");
+        return;
+    };
+    let first = site.frames.first().map_or("???".to_owned(), frame_name);
+    let _ = write!(
+        h,
+        "<details><summary><code>{}</code></summary><ol>",
+        esc(&first)
+    );
+    for f in &site.frames {
+        let at = match (&f.file, f.line) {
+            (Some(file), Some(line)) => format!(" ({file}:{line})"),
+            (Some(file), None) => format!(" ({file})"),
+            _ => String::new(),
+        };
+        let _ = write!(
+            h,
+            "<li><code>{}{}</code></li>",
+            esc(&frame_name(f)),
+            esc(&at)
+        );
+    }
+    h.push_str("</ol></details>");
+}
+
+fn frame_name(f: &Frame) -> String {
+    f.function.clone().unwrap_or_else(|| format!("{:#x}", f.ip))
+}
+
+/// Standard base64, padded.
+#[cfg(feature = "formats")]
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `s` as HTML text or an attribute value.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(feature = "formats")]
+    #[test]
+    fn encodes_base64() {
+        let enc = super::base64;
+        assert_eq!(
+            [
+                enc(b""),
+                enc(b"f"),
+                enc(b"fo"),
+                enc(b"foo"),
+                enc(b"foob"),
+                enc(b"\xff\xfe")
+            ],
+            ["", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "//4="]
+        );
+    }
+
+    #[test]
+    fn escapes_text_and_attributes() {
+        assert_eq!(
+            super::esc("<T as Tr>::f & \"x\" 'y'"),
+            "&lt;T as Tr&gt;::f &amp; &quot;x&quot; &#39;y&#39;"
+        );
+    }
+}
