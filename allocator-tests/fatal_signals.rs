@@ -113,6 +113,33 @@ fn child(mode: &str) {
                 println!("graceful");
             });
         }
+        "signalfd" => {
+            // The program takes SIGTERM from a signalfd: it blocks it (as
+            // such programs do before they make other threads), so that
+            // the kernel queues it for the descriptor instead of running a
+            // handler.
+            // SAFETY: a sigset_t filled by sigemptyset/sigaddset, a
+            // signalfd of ours, and a read into a buffer of its size.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                let fd = libc::signalfd(-1, &set, 0);
+                assert!(fd >= 0);
+                println!("ready");
+                std::io::stdout().flush().unwrap();
+                let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+                let n = libc::read(
+                    fd,
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    std::mem::size_of_val(&info),
+                );
+                assert_eq!(n as usize, std::mem::size_of_val(&info));
+                assert_eq!(info.ssi_signo, libc::SIGTERM as u32);
+            }
+            println!("read it");
+        }
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -224,6 +251,21 @@ fn tokio_ctrl_c_shuts_down_gracefully() {
     assert!(text.contains("3 runs, 3 blocks / 300 bytes"), "{text}");
 }
 
+/// leakscope's threads (the timeline's, the report signal's) block the
+/// program's signals: a SIGTERM sent to a process that blocks it to read it
+/// from a signalfd stays queued for the descriptor, as without leakscope,
+/// instead of landing on one of ours (whose mask, made before `main`, would
+/// let it in, and run the fatal-signal report).
+fn a_program_that_waits_for_signals_gets_them() {
+    let path = scratch("signalfd.txt");
+    let (child, out) = spawn("signalfd", &[("LEAKSCOPE_REPORT", &path)]);
+    let (how, printed) = kill_and_wait(child, out, libc::SIGTERM);
+    assert_eq!((how, printed.as_str()), (Err(0), "read it\n"));
+    // It exited normally: the report at exit.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("3 runs, 3 blocks / 300 bytes"), "{text}");
+}
+
 fn main() {
     if let Ok(mode) = std::env::var(CHILD) {
         return child(&mode);
@@ -237,6 +279,10 @@ fn main() {
         (
             "tokio_ctrl_c_shuts_down_gracefully",
             tokio_ctrl_c_shuts_down_gracefully,
+        ),
+        (
+            "a_program_that_waits_for_signals_gets_them",
+            a_program_that_waits_for_signals_gets_them,
         ),
     ]);
     let _ = std::fs::remove_dir_all(scratch("x").parent().unwrap());

@@ -39,8 +39,10 @@ fn planted_outside() {
 }
 
 fn main() {
-    if std::env::var_os(CHILD).is_some() {
-        return child();
+    match std::env::var(CHILD).as_deref() {
+        Ok("timeline") => return timeline_child(),
+        Ok(_) => return child(),
+        Err(_) => {}
     }
     common::run(&[
         (
@@ -54,6 +56,10 @@ fn main() {
         ),
         ("flamegraphs_are_svg", flamegraphs_are_svg),
         ("html_renders_in_chromium", html_renders_in_chromium),
+        (
+            "the_timeline_follows_a_growing_scope",
+            the_timeline_follows_a_growing_scope,
+        ),
         (
             "a_bad_entry_is_said_and_the_others_written",
             a_bad_entry_is_said_and_the_others_written,
@@ -435,4 +441,87 @@ fn png_look(png: &[u8]) -> (u32, u32, f64) {
         .unwrap();
     let nonzero = raw.iter().filter(|&&b| b != 0).count();
     (size.0, size.1, nonzero as f64 / raw.len().max(1) as f64)
+}
+
+/// A scope that holds 100 KiB, then 200 KiB, each for 300 ms, while the
+/// timeline samples every 25 ms.
+fn timeline_child() {
+    KEPT.lock().unwrap().reserve(16);
+    for _ in 0..2 {
+        leakscope::track_scope("GET /grow", || {
+            let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(100 << 10));
+            KEPT.lock().unwrap().push(v);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+fn the_timeline_follows_a_growing_scope() {
+    let d = dir().join("timeline");
+    std::fs::create_dir_all(&d).unwrap();
+    let (json, html) = (d.join("t.json"), d.join("t.html"));
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "timeline")
+        .env("LEAKSCOPE_TIMELINE_MS", "25")
+        .env("LEAKSCOPE_LEAK_CHECK", "no")
+        .env(
+            "LEAKSCOPE_REPORT",
+            format!("{},{}", json.display(), html.display()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let t = &doc["timeline"];
+    assert_eq!(t["interval_ms"], 25, "{t}");
+    let scopes: Vec<&str> = t["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let k = scopes
+        .iter()
+        .position(|&s| s == "GET /grow")
+        .expect("the scope is followed");
+    let points = t["points"].as_array().unwrap();
+    assert!(points.len() >= 10, "{} points", points.len());
+    let series: Vec<(u64, u64, u64)> = points
+        .iter()
+        .map(|p| {
+            (
+                p["ms"].as_u64().unwrap(),
+                p["live_bytes"].as_u64().unwrap(),
+                p["scope_bytes"][k].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        series.windows(2).all(|w| w[0].0 < w[1].0),
+        "time goes forward: {series:?}"
+    );
+    let held: Vec<u64> = series.iter().map(|s| s.2).collect();
+    // Each step is held for 300 ms: a dozen points see it, exactly.
+    assert!(
+        held.iter().filter(|&&b| b == 100 << 10).count() >= 5,
+        "{held:?}"
+    );
+    assert!(
+        held.iter().filter(|&&b| b == 200 << 10).count() >= 5,
+        "{held:?}"
+    );
+    assert!(held.windows(2).all(|w| w[0] <= w[1]), "{held:?}");
+    assert!(
+        held.iter().all(|&b| [0, 100 << 10, 200 << 10].contains(&b)),
+        "{held:?}"
+    );
+    assert!(series.iter().all(|s| s.1 >= s.2), "{series:?}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg id=\"timeline\""));
+    assert!(page.contains("data-series=\"GET /grow\""));
 }

@@ -210,5 +210,43 @@ fn build(sites: Sites<'_>) -> Report {
             (true, false) => Unwinder::Dwarf,
             (true, true) => Unwinder::DwarfFallback,
         },
+        timeline: None,
     }
+}
+
+/// The process's live bytes and blocks, and the outstanding bytes of every
+/// scope that has any (by scope id), from the threads' counters alone: no
+/// block walk, no symbols. What the timeline samples.
+pub(crate) struct Levels {
+    pub(crate) live_bytes: u64,
+    pub(crate) live_blocks: u64,
+    pub(crate) scopes: Vec<(u32, u64)>,
+}
+
+pub(crate) fn levels() -> Levels {
+    thread::untracked(|| {
+        let n = names::scope_entries().len() + 1;
+        let mut totals = Sum::default();
+        let mut scope_sums = vec![Sum::default(); n];
+        for slot in thread::slots() {
+            totals.add(slot.total_counts());
+            for (id, sum) in scope_sums.iter_mut().enumerate() {
+                if let Some(c) = slot.scope_counts(id as u32) {
+                    sum.add(c);
+                }
+            }
+        }
+        let (live_blocks, live_bytes) = totals.live();
+        let scopes = scope_sums
+            .iter()
+            .enumerate()
+            .map(|(id, s)| (id as u32, s.live().1))
+            .filter(|&(id, bytes)| id != 0 && bytes > 0)
+            .collect();
+        Levels {
+            live_bytes,
+            live_blocks,
+            scopes,
+        }
+    })
 }

@@ -141,6 +141,7 @@ mod tests {
             growth: None,
             seconds: 0.0,
             unwinder: Unwinder::FramePointers,
+            timeline: None,
         }
     }
 

@@ -65,6 +65,10 @@ impl Report {
         }
         self.html_summary(&mut h);
         self.html_scopes(&mut h);
+        if let Some(svg) = self.timeline_svg() {
+            h.push_str("<h2>Over time</h2>");
+            h.push_str(&svg);
+        }
         self.html_flamegraph(&mut h);
         self.html_loss_records(&mut h);
         self.html_callsites(&mut h);
@@ -230,6 +234,93 @@ impl Report {
             h.push_str("</td></tr>");
         }
         h.push_str("</table>");
+    }
+}
+
+/// Lines of the timeline chart: the process, then each scope followed.
+const COLORS: [&str; 13] = [
+    "#222", "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a",
+];
+
+impl Report {
+    /// The timeline as a chart (SVG): live bytes over time, for the process
+    /// and for each scope it follows; `None` without a timeline of two
+    /// points or more. What the HTML page shows and `/timeline.svg` serves.
+    pub fn timeline_svg(&self) -> Option<String> {
+        let t = self.timeline.as_ref().filter(|t| t.points.len() >= 2)?;
+        let (w, hgt, left, top, bottom) = (900.0, 300.0, 110.0, 20.0, 40.0);
+        let (t0, t1) = (t.points.first()?.ms, t.points.last()?.ms);
+        let span = (t1.saturating_sub(t0)).max(1) as f64;
+        let max = t
+            .points
+            .iter()
+            .map(|p| p.live_bytes)
+            .max()
+            .unwrap_or(0)
+            .max(1) as f64;
+        let x = |ms: u64| left + (ms - t0) as f64 / span * (w - left - 10.0);
+        let y = |b: u64| top + (1.0 - b as f64 / max) * (hgt - top - bottom);
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "<svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" \
+             font-family=\"system-ui,sans-serif\" font-size=\"12\">",
+            hgt + 16.0 * (t.scopes.len() as f64 + 1.0)
+        );
+        let _ = write!(
+            s,
+            "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#999\"/>\
+             <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"#999\"/>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{} bytes</text>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>\
+             <text x=\"{left}\" y=\"{}\">{:.1} s</text>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.1} s</text>",
+            hgt - bottom,
+            w - 10.0,
+            hgt - bottom,
+            hgt - bottom,
+            left - 4.0,
+            top + 4.0,
+            Thousands(max as u64),
+            left - 4.0,
+            hgt - bottom,
+            hgt - bottom + 16.0,
+            t0 as f64 / 1000.0,
+            w - 10.0,
+            hgt - bottom + 16.0,
+            t1 as f64 / 1000.0,
+        );
+        let names = std::iter::once("all live bytes").chain(t.scopes.iter().map(String::as_str));
+        for (i, name) in names.enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let points: Vec<String> = t
+                .points
+                .iter()
+                .map(|p| {
+                    let b = if i == 0 {
+                        p.live_bytes
+                    } else {
+                        p.scope_bytes.get(i - 1).copied().unwrap_or(0)
+                    };
+                    format!("{:.1},{:.1}", x(p.ms), y(b))
+                })
+                .collect();
+            let _ = write!(
+                s,
+                "<polyline data-series=\"{n}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"{}\" points=\"{}\"/>\
+                 <rect x=\"{left}\" y=\"{ly}\" width=\"10\" height=\"10\" fill=\"{color}\"/>\
+                 <text x=\"{}\" y=\"{}\">{n}</text>",
+                if i == 0 { 2 } else { 1 },
+                points.join(" "),
+                left + 14.0,
+                hgt + 16.0 * i as f64 + 9.0,
+                n = esc(name),
+                ly = hgt + 16.0 * i as f64,
+            );
+        }
+        s.push_str("</svg>");
+        Some(s)
     }
 }
 

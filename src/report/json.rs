@@ -107,6 +107,20 @@ impl Report {
             out.extend_from_slice(b",\"growth\":");
             let _ = serde_json::to_writer(&mut out, &growth);
         }
+        if let Some(t) = &self.timeline {
+            let timeline = json!({
+                "interval_ms": t.interval_ms,
+                "scopes": t.scopes,
+                "points": t.points.iter().map(|p| json!({
+                    "ms": p.ms,
+                    "live_bytes": p.live_bytes,
+                    "live_blocks": p.live_blocks,
+                    "scope_bytes": p.scope_bytes,
+                })).collect::<Vec<_>>(),
+            });
+            out.extend_from_slice(b",\"timeline\":");
+            let _ = serde_json::to_writer(&mut out, &timeline);
+        }
         if let Some(lc) = &self.leak_check {
             let amount = |a: Amount| json!({"blocks": a.blocks, "bytes": a.bytes});
             let head = json!({

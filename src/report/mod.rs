@@ -24,5 +24,6 @@ pub(crate) mod warn;
 pub use collect::snapshot;
 pub use leak::{Amount, LeakCheck, LeakKind, LossRecord, SuppressionUse};
 pub use model::{
-    CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Totals, Unwinder,
+    CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,
+    TimelinePoint, Totals, Unwinder,
 };

@@ -129,6 +129,37 @@ pub struct Report {
     pub seconds: f64,
     /// How the stacks of this report were captured.
     pub unwinder: Unwinder,
+    /// The heap over time, when a timeline is kept (`LEAKSCOPE_TIMELINE_MS`):
+    /// in the exit report and the live ones; `None` in a [`snapshot`].
+    pub timeline: Option<Timeline>,
+}
+
+/// The heap over time, massif's view: live bytes and blocks, and the
+/// outstanding bytes of the scopes that held the most, sampled every
+/// `interval_ms` (from counters alone: no stacks, no block walk). At most a
+/// few hundred points: when full, every other point goes and the interval
+/// doubles, so the whole run stays in view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeline {
+    /// Between two points now.
+    pub interval_ms: u64,
+    /// The scopes followed, in the order of each point's `scope_bytes`.
+    pub scopes: Vec<String>,
+    pub points: Vec<TimelinePoint>,
+}
+
+/// One moment of a [`Timeline`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TimelinePoint {
+    /// Milliseconds since the tracker started.
+    pub ms: u64,
+    pub live_bytes: u64,
+    pub live_blocks: u64,
+    /// Outstanding bytes of each of the timeline's `scopes` (0 before one
+    /// was followed).
+    pub scope_bytes: Vec<u64>,
 }
 
 /// How stacks are captured.

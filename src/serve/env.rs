@@ -13,7 +13,7 @@
 
 use crate::alloc::{process, sample, unwind};
 use crate::report::warn::warn;
-use crate::serve::{exit, signal};
+use crate::serve::{exit, signal, timeline};
 use std::ffi::CStr;
 
 /// Registers [`start`] with the allocation layer before `main` runs (the
@@ -31,6 +31,18 @@ static REGISTER: extern "C" fn() = register;
 
 extern "C" fn register() {
     process::on_start(start);
+    // The timeline's thread starts here, before `main`, not in the start
+    // hook: that runs inside the first allocation, no place to make a thread.
+    if env(c"LEAKSCOPE_REPORT").is_some_and(|v| !v.trim().is_empty()) {
+        timeline::start(timeline_ms());
+    }
+}
+
+/// `LEAKSCOPE_TIMELINE_MS`, or the default (a bad value is said in [`start`]).
+pub(crate) fn timeline_ms() -> u64 {
+    env(c"LEAKSCOPE_TIMELINE_MS")
+        .map_or(Ok(timeline::DEFAULT_MS), |v| timeline::parse_ms(&v))
+        .unwrap_or(timeline::DEFAULT_MS)
 }
 
 /// Where a report goes: `LEAKSCOPE_REPORT` lists one or more, separated
@@ -174,6 +186,9 @@ fn start() {
             Ok(n) => exit::set_error_exitcode(n),
             Err(msg) => warn(&msg),
         }
+    }
+    if let Some(Err(msg)) = env(c"LEAKSCOPE_TIMELINE_MS").map(|v| timeline::parse_ms(&v)) {
+        warn(&msg);
     }
     if let Some(value) = env(c"LEAKSCOPE_REPORT_ALL_SITES") {
         match parse_flag(&value) {

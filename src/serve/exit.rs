@@ -12,6 +12,7 @@ use crate::report::collect::{snapshot_of, Sites};
 use crate::report::model::Report;
 use crate::report::warn::warn;
 use crate::serve::env::{Dest, Format};
+use crate::serve::timeline;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
@@ -166,18 +167,23 @@ pub(crate) fn json(report: &Report) -> String {
 
 /// The live state as a report shows it, without the leak check.
 pub(crate) fn snapshot_now() -> Report {
-    snapshot_of(sites(&[]))
+    let mut report = snapshot_of(sites(&[]));
+    report.timeline = timeline::timeline();
+    report
 }
 
 /// The live state with the full leak check (which, in sampling mode, says
 /// why it did not run).
 pub(crate) fn checked_report() -> Report {
-    leak_check_then(|lc| {
+    let mut report = leak_check_then(|lc| {
         let also: Vec<u32> = lc.loss_records.iter().map(|r| r.callsite).collect();
         let mut report = snapshot_of(sites(&also));
         report.leak_check = Some(lc);
         report
-    })
+    });
+    // Outside the check: the sampler may hold the ring while stopped.
+    report.timeline = timeline::timeline();
+    report
 }
 
 /// The report, with the full leak check unless `LEAKSCOPE_LEAK_CHECK=no`.

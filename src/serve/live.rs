@@ -51,6 +51,7 @@ impl Drop for ReportServer {
 /// what every scope did since the one served before it ([`Report::growth`]),
 /// so the endpoint that grows now stands out.
 pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
+    crate::serve::timeline::start(crate::serve::env::timeline_ms());
     thread::untracked(|| {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
@@ -62,21 +63,23 @@ pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("leakscope-report".to_owned())
-            .spawn(move || {
-                thread::untracked(|| {
-                    let mut previous = Previous::default();
-                    for conn in listener.incoming() {
-                        if flag.load(Ordering::Acquire) {
-                            break;
+        let thread = crate::serve::with_signals_blocked(|| {
+            std::thread::Builder::new()
+                .name("leakscope-report".to_owned())
+                .spawn(move || {
+                    thread::untracked(|| {
+                        let mut previous = Previous::default();
+                        for conn in listener.incoming() {
+                            if flag.load(Ordering::Acquire) {
+                                break;
+                            }
+                            if let Ok(conn) = conn {
+                                let _ = answer(conn, &mut previous);
+                            }
                         }
-                        if let Ok(conn) = conn {
-                            let _ = answer(conn, &mut previous);
-                        }
-                    }
+                    })
                 })
-            })?;
+        })?;
         Ok(ReportServer {
             addr,
             stop,
@@ -145,6 +148,10 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
             exit::snapshot_now().to_pprof(),
         ),
         ("GET", "/report.folded") => ("200 OK", TEXT, exit::snapshot_now().to_folded().into()),
+        ("GET", "/timeline.svg") => match exit::snapshot_now().timeline_svg() {
+            Some(svg) => ("200 OK", "image/svg+xml", svg.into()),
+            None => ("404 Not Found", TEXT, "no timeline yet (two points or more)\n".into()),
+        },
         #[cfg(feature = "formats")]
         ("GET", "/flamegraph.svg") => {
             let mut svg = Vec::new();
@@ -156,7 +163,7 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
         ("GET", _) => (
             "404 Not Found",
             TEXT,
-            "try /report, /report.json, /leak-check, /leak-check.json, /debug/pprof/heap, /report.folded or /flamegraph.svg\n".into(),
+            "try /report, /report.json, /leak-check, /leak-check.json, /debug/pprof/heap, /report.folded, /flamegraph.svg or /timeline.svg\n".into(),
         ),
         _ => ("405 Method Not Allowed", TEXT, "GET only\n".into()),
     };

@@ -119,7 +119,9 @@ fn start_watch() -> std::io::Result<()> {
         libc::pthread_attr_init(&mut attr);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
         let mut t: libc::pthread_t = std::mem::zeroed();
-        let rc = libc::pthread_create(&mut t, &attr, watch, fds[0] as usize as *mut libc::c_void);
+        let arg = fds[0] as usize as *mut libc::c_void;
+        let rc =
+            crate::serve::with_signals_blocked(|| libc::pthread_create(&mut t, &attr, watch, arg));
         libc::pthread_attr_destroy(&mut attr);
         rc
     };
