@@ -75,6 +75,8 @@ fn child() {
     let server = leakscope::serve_report("127.0.0.1:0").unwrap();
     let body = get(server.local_addr(), "/debug/pprof/heap");
     std::fs::write(dir().join("live.pb.gz"), body).unwrap();
+    let body = get(server.local_addr(), "/debug/pprof/allocs");
+    std::fs::write(dir().join("allocs.pb.gz"), body).unwrap();
     let svg = get(server.local_addr(), "/flamegraph.svg");
     std::fs::write(dir().join("served.svg"), svg).unwrap();
     drop(server);
@@ -277,6 +279,16 @@ fn go_pprof_reads_the_profile() {
 
 fn go_pprof_reads_the_live_profile() {
     check_profile(&child_files().join("live.pb.gz"));
+    // /debug/pprof/allocs: the same samples, alloc_space first.
+    let allocs = child_files().join("allocs.pb.gz");
+    if let Some(top) = pprof(&allocs, &["-top", "-unit=B"]) {
+        assert!(top.contains("Type: alloc_space"), "{top}");
+        assert_eq!(
+            flat(&top, "formats::planted_outside").as_deref(),
+            Some("1024B"),
+            "{top}"
+        );
+    }
 }
 
 fn a_bad_entry_is_said_and_the_others_written() {

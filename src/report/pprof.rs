@@ -25,8 +25,15 @@ impl Report {
     /// The pprof profile (`profile.proto`, gzipped) of this report: what
     /// `go tool pprof` opens and `/debug/pprof/heap` serves.
     pub fn to_pprof(&self) -> Vec<u8> {
+        self.pprof_with_default("inuse_space")
+    }
+
+    /// [`Report::to_pprof`] with `default` (one of the four sample types)
+    /// as the type tools show first: `alloc_space` for `/debug/pprof/allocs`,
+    /// as Go serves it.
+    pub(crate) fn pprof_with_default(&self, default: &str) -> Vec<u8> {
         thread::untracked(|| {
-            let raw = self.profile(&mappings());
+            let raw = self.profile(&mappings(), default);
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             // Writing to a Vec cannot fail.
             let _ = gz.write_all(&raw);
@@ -40,7 +47,7 @@ impl Report {
     }
 
     /// The profile, not compressed.
-    fn profile(&self, maps: &[Mapping]) -> Vec<u8> {
+    fn profile(&self, maps: &[Mapping], default: &str) -> Vec<u8> {
         let mut p = Profile::default();
         let types = [
             ("alloc_objects", "count"),
@@ -130,7 +137,7 @@ impl Report {
                 String::new()
             }
         ));
-        let default_type = p.string("inuse_space");
+        let default_type = p.string(default);
         for s in &p.strings {
             out.bytes(6, s.as_bytes());
         }

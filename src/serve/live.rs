@@ -147,6 +147,14 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
             "application/octet-stream",
             exit::snapshot_now().to_pprof(),
         ),
+        // The same profile, showing what was allocated first, as Go's: the
+        // path Grafana Pyroscope scrapes for memory by default.
+        #[cfg(feature = "formats")]
+        ("GET", "/debug/pprof/allocs") => (
+            "200 OK",
+            "application/octet-stream",
+            exit::snapshot_now().pprof_with_default("alloc_space"),
+        ),
         ("GET", "/report.folded") => ("200 OK", TEXT, exit::snapshot_now().to_folded().into()),
         ("GET", "/timeline.svg") => match exit::snapshot_now().timeline_svg() {
             Some(svg) => ("200 OK", "image/svg+xml", svg.into()),
