@@ -184,22 +184,18 @@ fn several_destinations_and_folded_stacks() {
     assert!(main < leaf, "{planted}");
 }
 
-/// `go tool pprof` with `args` on `file`; its output.
-fn pprof(file: &Path, args: &[&str]) -> Option<String> {
-    let out: Output = match Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(file)
-        .env("HOME", std::env::temp_dir())
-        .output()
-    {
+/// Runs an outside tool (`program`, which Debian's `package` gives) and
+/// returns its stdout; `None`, said on stdout, when it is not installed,
+/// unless `needed` is set in the environment (.ci/run installs the tools and
+/// sets it: there, a missing tool is a failure, not a skip).
+fn run_tool(program: &str, package: &str, needed: &str, cmd: &mut Command) -> Option<String> {
+    let out: Output = match cmd.env("HOME", std::env::temp_dir()).output() {
         Ok(o) => o,
-        // .ci/run installs go and sets this: there, no go is a failure.
-        Err(_) if std::env::var_os("LEAKSCOPE_TEST_NEEDS_GO").is_none() => {
-            println!("go is not installed (Debian: golang-go): skipped");
+        Err(_) if std::env::var_os(needed).is_none() => {
+            println!("{program} is not installed (Debian: {package}): skipped");
             return None;
         }
-        Err(e) => panic!("LEAKSCOPE_TEST_NEEDS_GO is set and go does not run: {e}"),
+        Err(e) => panic!("{needed} is set and {program} does not run: {e}"),
     };
     assert!(
         out.status.success(),
@@ -207,6 +203,13 @@ fn pprof(file: &Path, args: &[&str]) -> Option<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `go tool pprof` with `args` on `file`; its output.
+fn pprof(file: &Path, args: &[&str]) -> Option<String> {
+    let mut cmd = Command::new("go");
+    cmd.args(["tool", "pprof"]).args(args).arg(file);
+    run_tool("go", "golang-go", "LEAKSCOPE_TEST_NEEDS_GO", &mut cmd)
 }
 
 /// The flat value `go tool pprof -top` gives the function named `f`.
@@ -379,32 +382,21 @@ fn flamegraphs_are_svg() {
 
 /// Headless Chromium with `args` on the page `file`; its stdout.
 fn chromium(file: &Path, args: &[&str]) -> Option<String> {
-    let out = match Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-        ])
-        .args(args)
-        .arg(format!("file://{}", file.display()))
-        .env("HOME", std::env::temp_dir())
-        .output()
-    {
-        Ok(o) => o,
-        // .ci/run installs chromium and sets this: there, none is a failure.
-        Err(_) if std::env::var_os("LEAKSCOPE_TEST_NEEDS_CHROMIUM").is_none() => {
-            println!("chromium is not installed: skipped");
-            return None;
-        }
-        Err(e) => panic!("LEAKSCOPE_TEST_NEEDS_CHROMIUM is set and chromium does not run: {e}"),
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut cmd = Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+    ])
+    .args(args)
+    .arg(format!("file://{}", file.display()));
+    run_tool(
+        "chromium",
+        "chromium",
+        "LEAKSCOPE_TEST_NEEDS_CHROMIUM",
+        &mut cmd,
+    )
 }
 
 fn html_renders_in_chromium() {

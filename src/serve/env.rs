@@ -103,6 +103,11 @@ impl Dest {
             "" => return Err("LEAKSCOPE_REPORT has an empty entry".to_owned()),
             "stderr" => return Ok(Dest::Stderr),
             "stdout" => return Ok(Dest::Stdout),
+            v if v.ends_with(".dhat.json") => {
+                return Err(format!(
+                    "LEAKSCOPE_REPORT: {v} asks for DHAT's format, which leakscope does not write yet (.json, .html, .pb.gz are there)"
+                ))
+            }
             v if v.ends_with(".json") => Format::Json,
             v if v.ends_with(".pb.gz") => Format::Pprof,
             v if v.ends_with(".folded") => Format::Folded,
@@ -267,6 +272,9 @@ mod tests {
         let (dests, errors) = Dest::parse("stderr,,x.json");
         assert_eq!(dests.len(), 2);
         assert_eq!(errors.len(), 1);
+        let (dests, errors) = Dest::parse("x.dhat.json,y.html");
+        assert_eq!(dests, [Dest::File("y.html".into(), Format::Html)]);
+        assert!(errors[0].contains("DHAT"), "{errors:?}");
         let (dests, errors) = Dest::parse("  ");
         assert!(dests.is_empty());
         assert_eq!(errors.len(), 1);
