@@ -41,6 +41,7 @@ fn planted_outside() {
 fn main() {
     match std::env::var(CHILD).as_deref() {
         Ok("timeline") => return timeline_child(),
+        Ok("fork") => return fork_child(),
         Ok(_) => return child(),
         Err(_) => {}
     }
@@ -60,6 +61,7 @@ fn main() {
             "the_timeline_follows_a_growing_scope",
             the_timeline_follows_a_growing_scope,
         ),
+        ("forked_children_still_report", forked_children_still_report),
         (
             "a_bad_entry_is_said_and_the_others_written",
             a_bad_entry_is_said_and_the_others_written,
@@ -528,4 +530,68 @@ fn the_timeline_follows_a_growing_scope() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<svg id=\"timeline\""));
     assert!(page.contains("data-series=\"GET /grow\""));
+}
+
+/// Forks 20 children while the timeline samples every millisecond (its
+/// ring locked much of the time); each child allocates and exits, writing
+/// its report. A child forked with the ring held must not hang on it.
+fn fork_child() {
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        // SAFETY: the child only allocates, then exits (running the exit
+        // report, which is what is tested).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            leakscope::track_scope("GET /forked", planted_outside);
+            std::process::exit(0);
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+}
+
+fn forked_children_still_report() {
+    let d = dir().join("fork");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "fork")
+        .env("LEAKSCOPE_TIMELINE_MS", "1")
+        .env("LEAKSCOPE_LEAK_CHECK", "no")
+        .env("LEAKSCOPE_REPORT", d.join("r-%p.json"))
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("a forked child hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success());
+    // The 20 children's reports and the parent's.
+    let reports: Vec<serde_json::Value> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| {
+            serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(reports.len(), 21);
+    let forked = reports
+        .iter()
+        .filter(|r| {
+            r["scopes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "GET /forked")
+        })
+        .count();
+    assert_eq!(forked, 20);
 }

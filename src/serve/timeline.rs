@@ -110,13 +110,21 @@ fn take_point(ring: &mut Ring) {
     }
 }
 
-/// The timeline so far, if one is kept (`None` also when the ring is busy
-/// for long, as in a child forked while the sampler held it).
+/// The timeline so far, if one is kept (`None` also when the ring stays
+/// busy for 100 ms, as in a child forked while the sampler held it).
 pub(crate) fn timeline() -> Option<Timeline> {
     if !STARTED.load(Ordering::Acquire) {
         return None;
     }
-    let ring = RING.try_lock_for(Duration::from_millis(100))?;
+    // Tries without parking: in a child forked while another thread was
+    // parked in parking_lot's table, parking could hang.
+    let ring = (0..100).find_map(|_| {
+        let r = RING.try_lock();
+        if r.is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        r
+    })?;
     let scopes = ring
         .scopes
         .iter()
