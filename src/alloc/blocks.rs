@@ -370,46 +370,59 @@ fn fields(m: &Meta) -> Fields {
     }
 }
 
+/// The [`Meta`] of a dense entry whose size is `size` and run slot `run_slot`
+/// (from the small tables when it is flagged so).
+fn entry_meta(f: Fields, size: usize, run_slot: u32) -> Meta {
+    Meta {
+        size,
+        site: f.site as u32,
+        scope: f.scope as u32,
+        run_slot,
+        run_gen: crate::alloc::runs::MOVED,
+    }
+}
+
 impl Tables {
     /// The [`Meta`] of a dense entry, with what the small tables keep of it.
     fn meta(&self, addr: usize, f: Fields) -> Meta {
-        let h = hash(addr);
-        let hidden = hide(addr);
         let size = if f.big {
-            let big = self.big.find(h, |e| e.0 == hidden);
+            let hidden = hide(addr);
+            let big = self.big.find(hash(addr), |e| e.0 == hidden);
             big.map_or(SIZE_LIMIT, |e| e.1)
         } else {
             f.size as usize
         };
-        let run_slot = match self.dense.key_of(addr) {
-            Some(k) if f.tagged => self.runs.find(key_hash(k), |e| e.0 == k).map_or(0, |e| e.1),
-            _ => 0,
+        let run_slot = match self.tagged_key(addr, f) {
+            Some(k) => self.runs.find(key_hash(k), |e| e.0 == k).map_or(0, |e| e.1),
+            None => 0,
         };
-        Meta {
-            size,
-            site: f.site as u32,
-            scope: f.scope as u32,
-            run_slot,
-            run_gen: crate::alloc::runs::MOVED,
-        }
+        entry_meta(f, size, run_slot)
     }
 
-    /// The [`Meta`] of a dense entry just taken out, and its small tables' parts.
+    /// [`Tables::meta`] of a dense entry just taken out, its small tables'
+    /// parts taken out with it.
     fn meta_taken(&mut self, addr: usize, f: Fields) -> Meta {
-        let m = self.meta(addr, f);
-        let h = hash(addr);
-        let hidden = hide(addr);
-        if f.big {
-            if let Ok(e) = self.big.find_entry(h, |e| e.0 == hidden) {
-                e.remove();
+        let size = if f.big {
+            let hidden = hide(addr);
+            let big = self.big.find_entry(hash(addr), |e| e.0 == hidden).ok();
+            big.map_or(SIZE_LIMIT, |e| e.remove().0 .1)
+        } else {
+            f.size as usize
+        };
+        let run_slot = match self.tagged_key(addr, f) {
+            Some(k) => {
+                let e = self.runs.find_entry(key_hash(k), |e| e.0 == k).ok();
+                e.map_or(0, |e| e.remove().0 .1)
             }
-        }
-        if let Some(k) = self.dense.key_of(addr).filter(|_| f.tagged) {
-            if let Ok(e) = self.runs.find_entry(key_hash(k), |e| e.0 == k) {
-                e.remove();
-            }
-        }
-        m
+            None => 0,
+        };
+        entry_meta(f, size, run_slot)
+    }
+
+    /// The dense key of a tagged entry (which its run slot is kept by);
+    /// `None`, with no look at the regions, for an untagged one.
+    fn tagged_key(&self, addr: usize, f: Fields) -> Option<u32> {
+        f.tagged.then(|| self.dense.key_of(addr)).flatten()
     }
 
     /// Takes out the entry of `addr`.
@@ -489,7 +502,7 @@ impl Tables {
             self.big
                 .insert_unique(h, (hidden, meta.size), |e| hash(hide(e.0)));
         }
-        if let Some(k) = self.dense.key_of(addr).filter(|_| f.tagged) {
+        if let Some(k) = self.tagged_key(addr, f) {
             self.runs
                 .insert_unique(key_hash(k), (k, meta.run_slot), |e| key_hash(e.0));
         }
