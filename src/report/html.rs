@@ -7,9 +7,10 @@
 //! and the call-sites holding the most, each with its stack.
 
 use crate::alloc::thread;
+use crate::report::folded::function_of;
 use crate::report::leak::{Amount, LeakKind};
-use crate::report::model::{CallsiteStats, Frame, Report};
-use crate::report::text::{PerRun, Signed, SignedPerRun, Thousands};
+use crate::report::model::{CallsiteStats, Report};
+use crate::report::text::{where_of, PerRun, Signed, SignedPerRun, Thousands};
 use std::fmt::Write;
 
 /// Loss records and call-sites listed (the largest); the JSON has them all.
@@ -330,30 +331,21 @@ fn stack(h: &mut String, site: Option<&CallsiteStats>) {
         h.push_str("<span class=\"muted\">(not in this report)</span>");
         return;
     };
-    let first = site.frames.first().map_or("???".to_owned(), frame_name);
+    let first = site.frames.first().map_or("???".to_owned(), function_of);
     let _ = write!(
         h,
         "<details><summary><code>{}</code></summary><ol>",
         esc(&first)
     );
     for f in &site.frames {
-        let at = match (&f.file, f.line) {
-            (Some(file), Some(line)) => format!(" ({file}:{line})"),
-            (Some(file), None) => format!(" ({file})"),
-            _ => String::new(),
-        };
         let _ = write!(
             h,
             "<li><code>{}{}</code></li>",
-            esc(&frame_name(f)),
-            esc(&at)
+            esc(&function_of(f)),
+            esc(&where_of(f))
         );
     }
     h.push_str("</ol></details>");
-}
-
-fn frame_name(f: &Frame) -> String {
-    f.function.clone().unwrap_or_else(|| format!("{:#x}", f.ip))
 }
 
 /// Standard base64, padded.

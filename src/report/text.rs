@@ -175,7 +175,13 @@ fn write_frame(f: &mut Formatter<'_>, p: &str, first: bool, fr: &Frame) -> fmt::
         fr.ip,
         fr.function.as_deref().unwrap_or("???")
     )?;
-    // The standard library's sources as `library/std/...`, not `/rustc/<hash>/library/...`.
+    writeln!(f, "{}", where_of(fr))
+}
+
+/// Where a frame is, as reports show it: ` (file:line)`, ` (file)` or
+/// nothing; the standard library's sources as `library/std/...`, not
+/// `/rustc/<hash>/library/...`.
+pub(crate) fn where_of(fr: &Frame) -> String {
     let file = fr.file.as_deref().map(|p| {
         match p.strip_prefix("/rustc/").and_then(|r| r.split_once('/')) {
             Some((_, rest)) => rest,
@@ -183,9 +189,9 @@ fn write_frame(f: &mut Formatter<'_>, p: &str, first: bool, fr: &Frame) -> fmt::
         }
     });
     match (file, fr.line) {
-        (Some(file), Some(line)) => writeln!(f, " ({file}:{line})"),
-        (Some(file), None) => writeln!(f, " ({file})"),
-        _ => writeln!(f),
+        (Some(file), Some(line)) => format!(" ({file}:{line})"),
+        (Some(file), None) => format!(" ({file})"),
+        _ => String::new(),
     }
 }
 
