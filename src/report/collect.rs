@@ -76,23 +76,31 @@ impl Sum {
     }
 }
 
+/// Every thread's totals, and its counts of scope ids 0 to `scopes`, summed.
+fn totals_and_scopes(scopes: usize) -> (Sum, Vec<Sum>) {
+    let mut totals = Sum::default();
+    let mut scope_sums = vec![Sum::default(); scopes + 1];
+    for slot in thread::slots() {
+        totals.add(slot.total_counts());
+        for (id, sum) in scope_sums.iter_mut().enumerate() {
+            if let Some(c) = slot.scope_counts(id as u32) {
+                sum.add(c);
+            }
+        }
+    }
+    (totals, scope_sums)
+}
+
 fn build(sites: Sites<'_>) -> Report {
     use std::sync::atomic::Ordering::Relaxed;
     let mean = sample::current();
     let n = callsite::count();
     let mut sums = vec![Sum::default(); n as usize];
-    let mut totals = Sum::default();
     let entries = names::scope_entries();
-    let mut scope_sums = vec![Sum::default(); entries.len() + 1];
+    let (totals, scope_sums) = totals_and_scopes(entries.len());
     for slot in thread::slots() {
-        totals.add(slot.total_counts());
         for (id, sum) in sums.iter_mut().enumerate() {
             if let Some(c) = slot.site_counts(id as u32) {
-                sum.add(c);
-            }
-        }
-        for (id, sum) in scope_sums.iter_mut().enumerate() {
-            if let Some(c) = slot.scope_counts(id as u32) {
                 sum.add(c);
             }
         }
@@ -225,17 +233,7 @@ pub(crate) struct Levels {
 
 pub(crate) fn levels() -> Levels {
     thread::untracked(|| {
-        let n = names::scope_entries().len() + 1;
-        let mut totals = Sum::default();
-        let mut scope_sums = vec![Sum::default(); n];
-        for slot in thread::slots() {
-            totals.add(slot.total_counts());
-            for (id, sum) in scope_sums.iter_mut().enumerate() {
-                if let Some(c) = slot.scope_counts(id as u32) {
-                    sum.add(c);
-                }
-            }
-        }
+        let (totals, scope_sums) = totals_and_scopes(names::scope_entries().len());
         let (live_blocks, live_bytes) = totals.live();
         let scopes = scope_sums
             .iter()
