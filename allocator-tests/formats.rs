@@ -1,5 +1,7 @@
 //! Reports other tools open, checked by those tools: a pprof profile read by
-//! Go's own `go tool pprof`, and folded stacks. A child process plants live
+//! Go's own `go tool pprof`, folded stacks, a flamegraph read as XML, the
+//! HTML page and DHAT's file in headless Chromium (the latter in DHAT's own
+//! viewer). A child process plants live
 //! blocks of known sizes, inside a scope and outside any, and writes its
 //! report to several destinations at once (and serves the profile live);
 //! the parent reads what it wrote.
@@ -42,6 +44,7 @@ fn main() {
     match std::env::var(CHILD).as_deref() {
         Ok("timeline") => return timeline_child(),
         Ok("fork") => return fork_child(),
+        Ok("dhat") => return dhat_child(),
         Ok(_) => return child(),
         Err(_) => {}
     }
@@ -62,6 +65,7 @@ fn main() {
             the_timeline_follows_a_growing_scope,
         ),
         ("forked_children_still_report", forked_children_still_report),
+        ("dhat_viewer_reads_the_file", dhat_viewer_reads_the_file),
         (
             "a_bad_entry_is_said_and_the_others_written",
             a_bad_entry_is_said_and_the_others_written,
@@ -81,6 +85,8 @@ fn child() {
     std::fs::write(dir().join("allocs.pb.gz"), body).unwrap();
     let svg = get(server.local_addr(), "/flamegraph.svg");
     std::fs::write(dir().join("served.svg"), svg).unwrap();
+    let dhat = get(server.local_addr(), "/dhat.json");
+    std::fs::write(dir().join("served.dhat.json"), dhat).unwrap();
     drop(server);
 }
 
@@ -184,6 +190,17 @@ fn several_destinations_and_folded_stacks() {
         .position(|f| f.contains("planted_in_scope"))
         .unwrap();
     assert!(main < leaf, "{planted}");
+    // The served DHAT file: the planted blocks, all live.
+    let served: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("served.dhat.json")).unwrap()).unwrap();
+    for (function, bytes, blocks) in [
+        ("formats::planted_in_scope", 3000, 3),
+        ("formats::planted_outside", 1024, 2),
+    ] {
+        let pp = dhat_pp(&served, function);
+        let figures = ["tb", "tbk", "eb", "ebk"].map(|k| pp[k].as_u64().unwrap());
+        assert_eq!(figures, [bytes, blocks, bytes, blocks], "{pp}");
+    }
 }
 
 /// Runs an outside tool (`program`, which Debian's `package` gives) and
@@ -594,4 +611,198 @@ fn forked_children_still_report() {
         })
         .count();
     assert_eq!(forked, 20);
+}
+
+/// 100 blocks of 1,000 bytes, held while the process is at its peak.
+#[inline(never)]
+fn dhat_peak(held: &mut Vec<Vec<u8>>) {
+    for _ in 0..100 {
+        held.push(Vec::with_capacity(std::hint::black_box(1000)));
+    }
+}
+
+/// 1,000 blocks of 48 bytes, each freed at once.
+#[inline(never)]
+fn dhat_churn() {
+    for _ in 0..1000 {
+        drop(std::hint::black_box(Vec::<u8>::with_capacity(
+            std::hint::black_box(48),
+        )));
+    }
+}
+
+/// Three blocks of 96 bytes, live at the end.
+#[inline(never)]
+fn dhat_leak() {
+    for _ in 0..3 {
+        let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(96));
+        KEPT.lock().unwrap().push(v);
+    }
+}
+
+/// The peak (held 400 ms, the time printed in microseconds), then churn,
+/// then the leak, while the timeline samples every 10 ms.
+fn dhat_child() {
+    KEPT.lock().unwrap().reserve(16);
+    let mut held = Vec::with_capacity(100);
+    let start = std::time::Instant::now();
+    dhat_peak(&mut held);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    drop(held);
+    println!("{}", start.elapsed().as_micros());
+    dhat_churn();
+    dhat_leak();
+}
+
+/// The DHAT file of [`dhat_child`], with its held time in microseconds.
+fn dhat_file() -> (serde_json::Value, PathBuf, u64) {
+    let d = dir().join("dhat");
+    std::fs::create_dir_all(&d).unwrap();
+    let file = d.join("heap.dhat.json");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "dhat")
+        .env("LEAKSCOPE_TIMELINE_MS", "10")
+        .env("LEAKSCOPE_LEAK_CHECK", "no")
+        .env("LEAKSCOPE_REPORT", &file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held: u64 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let doc = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    (doc, file, held)
+}
+
+/// The program point whose innermost frame of ours is `function`.
+fn dhat_pp<'a>(doc: &'a serde_json::Value, function: &str) -> &'a serde_json::Value {
+    let ftbl = doc["ftbl"].as_array().unwrap();
+    let pps: Vec<&serde_json::Value> = (doc["pps"].as_array().unwrap().iter())
+        .filter(|pp| {
+            (pp["fs"].as_array().unwrap().iter()).any(|f| {
+                ftbl[f.as_u64().unwrap() as usize]
+                    .as_str()
+                    .unwrap()
+                    .contains(function)
+            })
+        })
+        .collect();
+    assert_eq!(pps.len(), 1, "one program point in {function}");
+    pps[0]
+}
+
+fn dhat_viewer_reads_the_file() {
+    let (doc, file, held_us) = dhat_file();
+    // The header as DHAT's viewer checks it.
+    assert_eq!(doc["dhatFileVersion"], 2);
+    assert_eq!(doc["bklt"], true);
+    assert_eq!(doc["bkacc"], false);
+    assert_eq!(doc["tu"], "µs");
+    assert_eq!(doc["ftbl"][0], "[root]");
+    assert!(doc["pid"].as_u64().unwrap() > 0);
+    let (te, tg) = (doc["te"].as_u64().unwrap(), doc["tg"].as_u64().unwrap());
+    assert!(0 < tg && tg < te && te >= held_us, "tg {tg}, te {te}");
+    let get = |pp: &serde_json::Value, k: &str| pp[k].as_u64().unwrap();
+    let fields = ["tb", "tbk", "mb", "mbk", "gb", "gbk", "eb", "ebk"];
+    let figures = |pp: &serde_json::Value| fields.map(|k| get(pp, k));
+
+    // Held at the peak, all freed by the end.
+    let peak = dhat_pp(&doc, "formats::dhat_peak");
+    assert_eq!(
+        figures(peak),
+        [100_000, 100, 100_000, 100, 100_000, 100, 0, 0],
+        "{peak}"
+    );
+    // Each of the 100 blocks lived about the time it was held: the passes
+    // every 10 ms see it, so the sum is within a few passes of it.
+    let lived = get(peak, "tl") / 100;
+    assert!(
+        lived.abs_diff(held_us) <= 60_000,
+        "each block lived {lived} µs, held {held_us} µs"
+    );
+    // Made after the peak, never freed.
+    let leak = dhat_pp(&doc, "formats::dhat_leak");
+    assert_eq!(figures(leak), [288, 3, 288, 3, 0, 0, 288, 3], "{leak}");
+    assert!(get(leak, "tl") <= 3 * te, "{leak}");
+    // Churned after the peak: 48 bytes at most at once, short-lived (DHAT's
+    // threshold: 1 ms on average).
+    let churn = dhat_pp(&doc, "formats::dhat_churn");
+    let c = figures(churn);
+    assert_eq!(
+        [c[0], c[1], c[2], c[4], c[5], c[6], c[7]],
+        [48_000, 1000, 48, 0, 0, 0, 0],
+        "{churn}"
+    );
+    assert!(c[3] <= 1, "{churn}");
+    assert!(get(churn, "tl") / 1000 <= get(&doc, "tuth"), "{churn}");
+
+    // DHAT's own viewer, in a browser: it builds its tree from the file
+    // and shows the leak at t-end.
+    let viewer = Path::new("/usr/libexec/valgrind");
+    if !viewer.join("dh_view.js").exists() {
+        assert!(
+            std::env::var_os("LEAKSCOPE_TEST_NEEDS_CHROMIUM").is_none(),
+            "DHAT's viewer is not installed (Debian: valgrind)"
+        );
+        eprintln!("skipped: DHAT's viewer is not installed (Debian: valgrind)");
+        return;
+    }
+    let d = file.parent().unwrap();
+    for f in ["dh_view.js", "dh_view.css"] {
+        std::fs::copy(viewer.join(f), d.join(f)).unwrap();
+    }
+    let page = d.join("view.html");
+    let data = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &page,
+        format!(
+            r#"<!DOCTYPE html><html><head><meta charset="UTF-8">
+<link rel="stylesheet" href="dh_view.css"><script src="dh_view.js"></script>
+<script>
+function show() {{
+  onLoad();
+  gFilename = "heap.dhat.json";
+  for (let o of gSelect.options) {{ o.selected = o.label.startsWith("At t-end"); }}
+  tryFunc(() => {{ gData = {data}; buildTree(); displayTree(); }});
+}}
+</script></head><body onload="show()"></body></html>"#
+        ),
+    )
+    .unwrap();
+    let Some(dom) = chromium(&page, &["--dump-dom"]) else {
+        return;
+    };
+    assert!(!dom.contains("class=\"error\""), "{dom}");
+    // The page's text (after the head, which holds the data), by program
+    // point: the leak's, at t-end, as the viewer computed it.
+    let body = &dom[dom.find("</head>").unwrap()..];
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    let text = text
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    assert!(text.contains("Mode:    leakscope heap"), "{text}");
+    let leak = (text.split("PP 1."))
+        .find(|pp| pp.contains("formats::dhat_leak ("))
+        .unwrap_or_else(|| panic!("no program point of the leak in {text}"));
+    assert!(
+        leak.contains("At t-end:  288 bytes (") && leak.contains(" in 3 blocks ("),
+        "{leak}"
+    );
+    assert!(leak.contains("Max:       288 bytes in 3 blocks"), "{leak}");
 }

@@ -1,7 +1,7 @@
 //! How fast a report is made: 1,000,000 live blocks over 10,000 call-sites
 //! (100 callers times 100 allocating functions, 100 blocks each), then
 //! `snapshot()` (merge the counters, walk the blocks, symbolize every stack)
-//! and the text and JSON documents, then the full leak check of the same
+//! and the text and JSON documents (and every other format), then the full leak check of the same
 //! blocks. Prints seconds for each; the targets are a snapshot in under 1 s
 //! and a leak check in under 2 s. `cargo bench --bench report`
 //!
@@ -84,13 +84,20 @@ fn main() {
     let start = Instant::now();
     let html = report.to_html();
     let html_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let dhat = report.to_dhat_json();
+    let dhat_secs = start.elapsed().as_secs_f64();
     println!(
-        "pprof {pprof_secs:.3} s ({} bytes gzipped), folded {folded_secs:.3} s ({} bytes), flamegraph {svg_secs:.3} s ({} bytes), HTML {html_secs:.3} s ({} bytes)",
+        "pprof {pprof_secs:.3} s ({} bytes gzipped), folded {folded_secs:.3} s ({} bytes), flamegraph {svg_secs:.3} s ({} bytes), HTML {html_secs:.3} s ({} bytes), DHAT {dhat_secs:.3} s ({} bytes)",
         pprof.len(),
         folded.len(),
         svg.len(),
-        html.len()
+        html.len(),
+        dhat.len()
     );
+    let doc: serde_json::Value = serde_json::from_str(&dhat).expect("valid JSON");
+    assert!(doc["pps"].as_array().map_or(0, Vec::len) >= sites);
+    drop(doc);
     let doc: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     assert!(doc["callsites"].as_array().map_or(0, Vec::len) >= sites);
     drop(doc);

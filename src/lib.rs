@@ -62,8 +62,8 @@ pub use integrations::tower;
 pub use integrations::tracing;
 pub use report::{
     snapshot, Amount, CallsiteStats, Frame, Growth, LeakCheck, LeakKind, LossRecord, Report,
-    ScopeCallsite, ScopeGrowth, ScopeStats, SuppressionUse, Timeline, TimelinePoint, Totals,
-    Unwinder,
+    ScopeCallsite, ScopeGrowth, ScopeStats, SuppressionUse, Timeline, TimelineCallsite,
+    TimelinePoint, Totals, Unwinder,
 };
 pub use scope::{
     scope, scoped, scoped_with, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped,

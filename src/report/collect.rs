@@ -91,13 +91,9 @@ fn totals_and_scopes(scopes: usize) -> (Sum, Vec<Sum>) {
     (totals, scope_sums)
 }
 
-fn build(sites: Sites<'_>) -> Report {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mean = sample::current();
-    let n = callsite::count();
-    let mut sums = vec![Sum::default(); n as usize];
-    let entries = names::scope_entries();
-    let (totals, scope_sums) = totals_and_scopes(entries.len());
+/// Every thread's counts of each call-site seen so far, summed, by id.
+fn site_sums() -> Vec<Sum> {
+    let mut sums = vec![Sum::default(); callsite::count() as usize];
     for slot in thread::slots() {
         for (id, sum) in sums.iter_mut().enumerate() {
             if let Some(c) = slot.site_counts(id as u32) {
@@ -105,6 +101,15 @@ fn build(sites: Sites<'_>) -> Report {
             }
         }
     }
+    sums
+}
+
+fn build(sites: Sites<'_>) -> Report {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mean = sample::current();
+    let sums = site_sums();
+    let entries = names::scope_entries();
+    let (totals, scope_sums) = totals_and_scopes(entries.len());
     // Call-site block counts are in block units (sampling mode: 1/2^16 block).
     let blocks = sample::blocks;
 
@@ -246,5 +251,20 @@ pub(crate) fn levels() -> Levels {
             live_blocks,
             scopes,
         }
+    })
+}
+
+/// Each call-site's live blocks and bytes now, by id, from the threads'
+/// counters alone (in sampling mode, the estimates): what the timeline's
+/// call-site passes sum.
+pub(crate) fn site_levels() -> Vec<(u64, u64)> {
+    thread::untracked(|| {
+        site_sums()
+            .iter()
+            .map(|s| {
+                let (units, bytes) = s.live();
+                (sample::blocks(units), bytes)
+            })
+            .collect()
     })
 }

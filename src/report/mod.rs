@@ -2,13 +2,14 @@
 //!
 //! The model ([`model`], with the leak check's result types in [`leak`]),
 //! taking a snapshot of the live state ([`collect`]), symbolization
-//! ([`symbolize`], reading the program's debug info with [`dwarf`]), one file per rendering ([`text`], [`json`], [`folded`], [`html`], and with
+//! ([`symbolize`], reading the program's debug info with [`dwarf`]), one file per rendering ([`text`], [`json`], [`folded`], [`html`], [`dhat`], and with
 //! the `formats` feature `pprof`), and the one
 //! line on stderr everything above uses to say what went wrong ([`warn`]).
 //! Runs outside the allocation path, with the thread's own allocations
 //! untracked.
 
 pub(crate) mod collect;
+pub(crate) mod dhat;
 pub(crate) mod dwarf;
 pub(crate) mod folded;
 pub(crate) mod html;
@@ -25,5 +26,5 @@ pub use collect::snapshot;
 pub use leak::{Amount, LeakCheck, LeakKind, LossRecord, SuppressionUse};
 pub use model::{
     CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,
-    TimelinePoint, Totals, Unwinder,
+    TimelineCallsite, TimelinePoint, Totals, Unwinder,
 };

@@ -147,6 +147,36 @@ pub struct Timeline {
     /// The scopes followed, in the order of each point's `scope_bytes`.
     pub scopes: Vec<String>,
     pub points: Vec<TimelinePoint>,
+    /// When the live bytes were highest at a call-site pass (milliseconds
+    /// since the tracker started), and what each call-site held then, what
+    /// it held at most, and how long its blocks lived: see
+    /// [`TimelineCallsite`]. Empty before the first pass.
+    pub peak_ms: u64,
+    pub callsites: Vec<TimelineCallsite>,
+}
+
+/// What the timeline saw of one call-site, at call-site passes: the points
+/// at which it also sums every thread's call-site counters (each one, while
+/// a pass takes under 1% of the time between them; less often when there
+/// are many call-sites and threads). Figures between two passes are not
+/// seen, so these are sampled, not exact: DHAT's view ([`Report::to_dhat_json`])
+/// is made of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TimelineCallsite {
+    /// The call-site's id ([`CallsiteStats::id`]).
+    pub id: u32,
+    /// Its live blocks and bytes at the pass with the most live bytes in
+    /// the process (`peak_ms`).
+    pub peak_blocks: u64,
+    pub peak_bytes: u64,
+    /// Its most live blocks at any pass.
+    pub max_blocks: u64,
+    /// The lifetimes of its blocks summed, in microseconds, up to the last
+    /// pass: each pass adds its live blocks times the time since the pass
+    /// before (so a block living less than a pass interval counts the
+    /// interval or nothing, exact on average over many blocks).
+    pub lifetimes_us: u64,
 }
 
 /// One moment of a [`Timeline`].

@@ -71,6 +71,8 @@ pub(crate) enum Format {
     Flamegraph,
     /// `.html`: one self-contained page.
     Html,
+    /// `.dhat.json`: DHAT's format, for its viewer.
+    Dhat,
     /// Anything else: the text report.
     Text,
 }
@@ -83,7 +85,7 @@ impl Dest {
         let mut errors = Vec::new();
         if value.trim().is_empty() {
             errors.push(
-                "LEAKSCOPE_REPORT is empty: expected stderr, stdout or paths (.json, .pb.gz, .folded, .svg, .html, other: text), separated by commas"
+                "LEAKSCOPE_REPORT is empty: expected stderr, stdout or paths (.json, .pb.gz, .folded, .svg, .html, .dhat.json, other: text), separated by commas"
                     .to_owned(),
             );
             return (dests, errors);
@@ -103,11 +105,7 @@ impl Dest {
             "" => return Err("LEAKSCOPE_REPORT has an empty entry".to_owned()),
             "stderr" => return Ok(Dest::Stderr),
             "stdout" => return Ok(Dest::Stdout),
-            v if v.ends_with(".dhat.json") => {
-                return Err(format!(
-                    "LEAKSCOPE_REPORT: {v} asks for DHAT's format, which leakscope does not write yet (.json, .html, .pb.gz are there)"
-                ))
-            }
+            v if v.ends_with(".dhat.json") => Format::Dhat,
             v if v.ends_with(".json") => Format::Json,
             v if v.ends_with(".pb.gz") => Format::Pprof,
             v if v.ends_with(".folded") => Format::Folded,
@@ -272,9 +270,13 @@ mod tests {
         let (dests, errors) = Dest::parse("stderr,,x.json");
         assert_eq!(dests.len(), 2);
         assert_eq!(errors.len(), 1);
-        let (dests, errors) = Dest::parse("x.dhat.json,y.html");
-        assert_eq!(dests, [Dest::File("y.html".into(), Format::Html)]);
-        assert!(errors[0].contains("DHAT"), "{errors:?}");
+        assert_eq!(
+            one("x.dhat.json,y.html"),
+            [
+                Dest::File("x.dhat.json".into(), Format::Dhat),
+                Dest::File("y.html".into(), Format::Html),
+            ]
+        );
         let (dests, errors) = Dest::parse("  ");
         assert!(dests.is_empty());
         assert_eq!(errors.len(), 1);

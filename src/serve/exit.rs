@@ -25,9 +25,19 @@ static LEAK_CHECK: AtomicBool = AtomicBool::new(true);
 static ERROR_EXITCODE: AtomicI32 = AtomicI32::new(0);
 /// `LEAKSCOPE_REPORT_ALL_SITES=1`: reports list every call-site seen.
 static ALL_SITES: AtomicBool = AtomicBool::new(false);
+/// A destination is a DHAT file: reports hold every call-site seen (the
+/// other renderings still show theirs).
+static DHAT_DEST: AtomicBool = AtomicBool::new(false);
 
 /// `LEAKSCOPE_REPORT`: the report goes to each of `dests` at exit.
 pub(crate) fn set_dest(dests: Vec<Dest>) {
+    // DHAT's view is of every program point, freed or not.
+    if dests
+        .iter()
+        .any(|d| matches!(d, Dest::File(_, Format::Dhat)))
+    {
+        DHAT_DEST.store(true, Ordering::Relaxed);
+    }
     *DEST.lock() = Some(dests);
     hook_exit();
 }
@@ -146,9 +156,10 @@ fn write_exit_report() {
 }
 
 /// The call-sites a report made now lists: the shown ones (live, or in
-/// `also`), or every one with `LEAKSCOPE_REPORT_ALL_SITES=1`.
+/// `also`), or every one with `LEAKSCOPE_REPORT_ALL_SITES=1` or a DHAT
+/// destination.
 fn sites(also: &[u32]) -> Sites<'_> {
-    if ALL_SITES.load(Ordering::Relaxed) {
+    if ALL_SITES.load(Ordering::Relaxed) || DHAT_DEST.load(Ordering::Relaxed) {
         Sites::All
     } else {
         Sites::Shown { also }
@@ -168,6 +179,14 @@ pub(crate) fn json(report: &Report) -> String {
 /// The live state as a report shows it, without the leak check.
 pub(crate) fn snapshot_now() -> Report {
     let mut report = snapshot_of(sites(&[]));
+    report.timeline = timeline::timeline();
+    report
+}
+
+/// The live state with every call-site seen, freed or not (what a DHAT
+/// file shows), without the leak check.
+pub(crate) fn snapshot_all_sites() -> Report {
+    let mut report = snapshot_of(Sites::All);
     report.timeline = timeline::timeline();
     report
 }
@@ -233,6 +252,7 @@ pub(crate) fn write_report(dests: &[Dest], report: &Report) {
             Format::Text => report.to_string().into_bytes(),
             Format::Folded => report.to_folded().into_bytes(),
             Format::Html => report.to_html().into_bytes(),
+            Format::Dhat => report.to_dhat_json().into_bytes(),
             #[cfg(feature = "formats")]
             Format::Pprof => report.to_pprof(),
             #[cfg(feature = "formats")]

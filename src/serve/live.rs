@@ -47,7 +47,9 @@ impl Drop for ReportServer {
 /// program's threads for the time of the check). `GET /debug/pprof/heap`
 /// gives the live blocks as a pprof profile (with the `formats` feature;
 /// the path Parca and Pyroscope scrape), `/report.folded` as folded
-/// stacks and `/flamegraph.svg` as their flamegraph. Each report served says
+/// stacks and `/flamegraph.svg` as their flamegraph, `/timeline.svg` the
+/// heap over time, and `/dhat.json` every call-site in DHAT's format
+/// ([`Report::to_dhat_json`]). Each report served says
 /// what every scope did since the one served before it ([`Report::growth`]),
 /// so the endpoint that grows now stands out.
 pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
@@ -155,6 +157,11 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
             "application/octet-stream",
             exit::snapshot_now().pprof_with_default("alloc_space"),
         ),
+        ("GET", "/dhat.json") => (
+            "200 OK",
+            JSON,
+            exit::snapshot_all_sites().to_dhat_json().into(),
+        ),
         ("GET", "/report.folded") => ("200 OK", TEXT, exit::snapshot_now().to_folded().into()),
         ("GET", "/timeline.svg") => match exit::snapshot_now().timeline_svg() {
             Some(svg) => ("200 OK", "image/svg+xml", svg.into()),
@@ -171,7 +178,7 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
         ("GET", _) => (
             "404 Not Found",
             TEXT,
-            "try /report, /report.json, /leak-check, /leak-check.json, /debug/pprof/heap, /report.folded, /flamegraph.svg or /timeline.svg\n".into(),
+            "try /report, /report.json, /leak-check, /leak-check.json, /debug/pprof/heap, /report.folded, /flamegraph.svg, /timeline.svg or /dhat.json\n".into(),
         ),
         _ => ("405 Method Not Allowed", TEXT, "GET only\n".into()),
     };
