@@ -576,6 +576,7 @@ fn main() {
             refused_realloc_keeps_block_and_counts,
         ),
         ("alignment_is_kept", alignment_is_kept),
+        ("growth_is_an_estimate", growth_is_an_estimate),
         (
             "the_trackers_blocks_handed_to_the_program",
             the_trackers_blocks_handed_to_the_program,
@@ -586,4 +587,18 @@ fn main() {
             environment_overrides_the_constructor,
         ),
     ]);
+}
+
+/// `growth` in sampling mode: 64 KiB blocks are sampled almost surely, so
+/// the estimate of one kept per run is within a hair of the truth, and
+/// the summary says it is an estimate.
+fn growth_is_an_estimate() {
+    let mut kept: Vec<Vec<u8>> = Vec::with_capacity(64);
+    let g = leakscope::growth(40, || kept.push(Vec::with_capacity(64 << 10)));
+    assert_eq!((g.runs, g.sample_bytes), (40, MEAN as u64));
+    assert!(
+        (g.bytes_per_run - 65536.0).abs() <= 1.0 && (g.blocks_per_run - 1.0).abs() <= 0.01,
+        "{g}"
+    );
+    assert!(g.to_string().contains("the figures are estimates"), "{g}");
 }

@@ -55,7 +55,7 @@ mod scope;
 mod serve;
 
 pub use alloc::tracker::LeakTracker;
-pub use check::{disable, ignore, leak_check, Disabled};
+pub use check::{disable, growth, ignore, leak_check, Disabled, GrowthCallsite, GrowthSummary};
 #[cfg(feature = "tower")]
 pub use integrations::tower;
 #[cfg(feature = "tracing")]

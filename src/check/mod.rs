@@ -3,14 +3,17 @@
 //! Stopping the world ([`stop`]), the memory it scans ([`roots`]), marking
 //! and classifying every live block and grouping loss records
 //! ([`classify`]), suppressions ([`suppress`]), and keeping blocks out of
-//! the check from code ([`controls`]). Its result is the report layer's
+//! the check from code ([`controls`]), and growth per run for tests
+//! ([`growth`]). Its result is the report layer's
 //! `LeakCheck`; it runs outside the allocation path.
 
 pub(crate) mod classify;
 pub(crate) mod controls;
+pub(crate) mod growth;
 pub(crate) mod roots;
 pub(crate) mod stop;
 pub(crate) mod suppress;
 
 pub use classify::leak_check;
 pub use controls::{disable, ignore, Disabled};
+pub use growth::{growth, GrowthCallsite, GrowthSummary};

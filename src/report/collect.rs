@@ -104,20 +104,14 @@ fn site_sums() -> Vec<Sum> {
     sums
 }
 
-fn build(sites: Sites<'_>) -> Report {
-    use std::sync::atomic::Ordering::Relaxed;
+/// Live block units and bytes per (scope, call-site), from the live blocks
+/// themselves (in sampling mode, the sampled ones, weighted): of every
+/// scope, or of scope `only`.
+fn by_scope_and_site(only: Option<u32>) -> HashMap<(u32, u32), (u64, u64)> {
     let mean = sample::current();
-    let sums = site_sums();
-    let entries = names::scope_entries();
-    let (totals, scope_sums) = totals_and_scopes(entries.len());
-    // Call-site block counts are in block units (sampling mode: 1/2^16 block).
-    let blocks = sample::blocks;
-
-    // Per scope and call-site, from the live blocks themselves (in sampling
-    // mode, the sampled ones, weighted).
     let mut by_scope: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
     blocks::for_each(|_, meta| {
-        if meta.scope != 0 {
+        if meta.scope != 0 && only.map_or(true, |s| s == meta.scope) {
             let (units, bytes) = if mean == 0 {
                 (1, meta.size as u64)
             } else {
@@ -128,6 +122,47 @@ fn build(sites: Sites<'_>) -> Report {
             e.1 += bytes;
         }
     });
+    by_scope
+}
+
+/// What one scope holds now (block counts as reports give them).
+pub(crate) struct ScopeHolds {
+    /// Its outstanding blocks and bytes, from the threads' counters.
+    pub(crate) outstanding: (u64, u64),
+    /// Its live blocks and bytes by call-site, from the blocks: (site, blocks, bytes).
+    pub(crate) sites: Vec<(u32, u64, u64)>,
+    /// Whether anything was ever counted in the process (`false`: the
+    /// tracker is not the global allocator).
+    pub(crate) counted: bool,
+}
+
+/// What scope `id` holds now.
+pub(crate) fn scope_holds(id: u32) -> ScopeHolds {
+    thread::untracked(|| {
+        let (totals, scopes) = totals_and_scopes(id as usize);
+        let (units, bytes) = scopes.get(id as usize).map_or((0, 0), Sum::live);
+        let sites = by_scope_and_site(Some(id))
+            .into_iter()
+            .map(|((_, site), (units, bytes))| (site, sample::blocks(units), bytes))
+            .collect();
+        ScopeHolds {
+            outstanding: (sample::blocks(units), bytes),
+            sites,
+            counted: totals.alloc_blocks > 0,
+        }
+    })
+}
+
+fn build(sites: Sites<'_>) -> Report {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mean = sample::current();
+    let sums = site_sums();
+    let entries = names::scope_entries();
+    let (totals, scope_sums) = totals_and_scopes(entries.len());
+    // Call-site block counts are in block units (sampling mode: 1/2^16 block).
+    let blocks = sample::blocks;
+
+    let by_scope = by_scope_and_site(None);
 
     let also: HashSet<u32> = match sites {
         Sites::All => HashSet::new(),

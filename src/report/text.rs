@@ -69,7 +69,7 @@ impl Display for SignedPerRun {
     }
 }
 
-fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+pub(crate) fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 {
         one
     } else {
@@ -153,7 +153,7 @@ fn write_record_head(
 
 /// A call-site's stack as valgrind shows one (its --num-callers): the first
 /// frames, down to `main`.
-fn write_stack(f: &mut Formatter<'_>, p: &str, frames: &[Frame]) -> fmt::Result {
+pub(crate) fn write_stack(f: &mut Formatter<'_>, p: &str, frames: &[Frame]) -> fmt::Result {
     if frames.is_empty() {
         writeln!(
             f,

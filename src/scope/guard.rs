@@ -11,12 +11,48 @@
 use crate::alloc::runs::{self, RunRecord, SiteRun};
 use crate::alloc::{sample, thread};
 use crate::scope::names;
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 
 /// Allocates nothing unless the name is new (interning it is untracked).
+/// Inside a growth run, counts the run and opens none ([`growth_run`]).
 pub(crate) fn open_run(name: &str, counts: bool) -> Option<&'static RunRecord> {
-    runs::open(count_run(name), counts)
+    let scope = count_run(name);
+    if in_growth() {
+        return None;
+    }
+    runs::open(scope, counts)
+}
+
+std::thread_local! {
+    /// Growth runs entered on this thread now ([`growth_run`]).
+    static GROWTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether a growth run is entered on this thread.
+fn in_growth() -> bool {
+    GROWTH.try_with(|g| g.get() > 0).unwrap_or(false)
+}
+
+/// Runs `f` in a run of scope `name` that keeps every block this thread
+/// allocates meanwhile: scopes opened inside it (guards, `track_scope`,
+/// futures polled here, spans) count their runs, but their blocks stay in
+/// this run, so that what `f` leaves behind is all in one place
+/// (`growth`'s question). Blocks of `disable()`
+/// guards stay theirs.
+pub(crate) fn growth_run<R>(name: &str, f: impl FnOnce() -> R) -> R {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            let _ = GROWTH.try_with(|g| g.set(g.get().saturating_sub(1)));
+        }
+    }
+    let run = runs::LightRun::new(count_run(name));
+    let _entered = run.enter();
+    let _ = GROWTH.try_with(|g| g.set(g.get() + 1));
+    let _depth = Depth;
+    f()
 }
 
 /// Closes a run; with `summarize`, says what it left behind.
@@ -130,13 +166,24 @@ impl std::fmt::Debug for ScopeGuard {
 /// summary. [`track_scope`] and [`scoped`](crate::scope::scoped) give the same per-scope figures in
 /// the report for less: their runs are never asked for a summary, so they
 /// count nothing per call-site.
+///
+/// Inside `growth()`'s runs, the scope counts its run but
+/// its blocks stay the growth run's, and its summary is empty.
 pub fn scope(name: &str) -> ScopeGuard {
+    if in_growth() {
+        count_run(name);
+        return ScopeGuard {
+            rec: None,
+            _not_send: PhantomData,
+        };
+    }
     enter_scope(name, true)
 }
 
-/// [`scope`], with a run that counts per call-site only if `counts`.
+/// [`scope`], with a run that counts per call-site only if `counts`; opened
+/// inside growth runs too.
 pub(crate) fn enter_scope(name: &str, counts: bool) -> ScopeGuard {
-    let rec = open_run(name, counts);
+    let rec = runs::open(count_run(name), counts);
     if let Some(rec) = rec {
         runs::enter(rec);
     }
@@ -147,7 +194,14 @@ pub(crate) fn enter_scope(name: &str, counts: bool) -> ScopeGuard {
 }
 
 /// Runs `f` inside a scope named `name`. A panic in `f` still closes the scope.
+///
+/// Inside `growth()`'s runs, the scope counts its run but
+/// its blocks stay the growth run's.
 pub fn track_scope<R>(name: &str, f: impl FnOnce() -> R) -> R {
+    if in_growth() {
+        count_run(name);
+        return f();
+    }
     // A run nobody asks for a summary: it lives on this frame, no record.
     let run = runs::LightRun::new(count_run(name));
     let _entered = run.enter();
