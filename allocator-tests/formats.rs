@@ -500,27 +500,24 @@ fn the_timeline_follows_a_growing_scope() {
     );
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let t = &doc["timeline"];
-    assert_eq!(t["interval_ms"], 25, "{t}");
-    let scopes: Vec<&str> = t["scopes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
-    let k = scopes
-        .iter()
-        .position(|&s| s == "GET /grow")
-        .expect("the scope is followed");
-    let points = t["points"].as_array().unwrap();
+    // As the contract has it: points oldest first, each with its seconds
+    // and the followed scopes' bytes by name.
+    assert_eq!(doc["timeline_interval_ms"], 25);
+    let points = doc["timeline"].as_array().unwrap();
     assert!(points.len() >= 10, "{} points", points.len());
-    let series: Vec<(u64, u64, u64)> = points
+    assert!(
+        points
+            .iter()
+            .any(|p| p["scopes"].get("GET /grow").is_some()),
+        "the scope is followed"
+    );
+    let series: Vec<(f64, u64, u64)> = points
         .iter()
         .map(|p| {
             (
-                p["ms"].as_u64().unwrap(),
+                p["seconds"].as_f64().unwrap(),
                 p["live_bytes"].as_u64().unwrap(),
-                p["scope_bytes"][k].as_u64().unwrap(),
+                p["scopes"]["GET /grow"].as_u64().unwrap(),
             )
         })
         .collect();

@@ -108,18 +108,22 @@ impl Report {
             let _ = serde_json::to_writer(&mut out, &growth);
         }
         if let Some(t) = &self.timeline {
-            let timeline = json!({
-                "interval_ms": t.interval_ms,
-                "scopes": t.scopes,
-                "points": t.points.iter().map(|p| json!({
-                    "ms": p.ms,
+            // Oldest first; each point names the followed scopes' bytes.
+            out.extend_from_slice(b",\"timeline\":");
+            write_list(&mut out, &t.points, |p| {
+                let scopes: serde_json::Map<String, Value> = (t.scopes.iter())
+                    .zip(&p.scope_bytes)
+                    .map(|(name, bytes)| (name.clone(), json!(bytes)))
+                    .collect();
+                json!({
+                    "seconds": p.ms as f64 / 1000.0,
                     "live_bytes": p.live_bytes,
                     "live_blocks": p.live_blocks,
-                    "scope_bytes": p.scope_bytes,
-                })).collect::<Vec<_>>(),
+                    "scopes": scopes,
+                })
             });
-            out.extend_from_slice(b",\"timeline\":");
-            let _ = serde_json::to_writer(&mut out, &timeline);
+            out.extend_from_slice(b",\"timeline_interval_ms\":");
+            let _ = serde_json::to_writer(&mut out, &t.interval_ms);
         }
         if let Some(lc) = &self.leak_check {
             let amount = |a: Amount| json!({"blocks": a.blocks, "bytes": a.bytes});
