@@ -190,6 +190,11 @@ fn several_destinations_and_folded_stacks() {
         .position(|f| f.contains("planted_in_scope"))
         .unwrap();
     assert!(main < leaf, "{planted}");
+    // The JSON report reads back whole: written again, it is the same text.
+    let saved = std::fs::read_to_string(d.join("report.json")).unwrap();
+    let back = leakscope::Report::from_json(&saved).unwrap();
+    assert_eq!(back.to_json(), saved);
+    assert!(back.timeline.is_some_and(|t| !t.callsites.is_empty()));
     // The served DHAT file: the planted blocks, all live.
     let served: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("served.dhat.json")).unwrap()).unwrap();

@@ -61,9 +61,9 @@ pub use integrations::tower;
 #[cfg(feature = "tracing")]
 pub use integrations::tracing;
 pub use report::{
-    snapshot, Amount, CallsiteStats, Frame, Growth, LeakCheck, LeakKind, LossRecord, Report,
-    ScopeCallsite, ScopeGrowth, ScopeStats, SuppressionUse, Timeline, TimelineCallsite,
-    TimelinePoint, Totals, Unwinder,
+    snapshot, Amount, CallsiteStats, Frame, Growth, LeakCheck, LeakKind, LossRecord,
+    ParseReportError, Report, ScopeCallsite, ScopeGrowth, ScopeStats, SuppressionUse, Timeline,
+    TimelineCallsite, TimelinePoint, Totals, Unwinder,
 };
 pub use scope::{
     scope, scoped, scoped_with, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped,

@@ -259,6 +259,7 @@ fn build(sites: Sites<'_>) -> Report {
             (true, true) => Unwinder::DwarfFallback,
         },
         timeline: None,
+        in_process: true,
     }
 }
 

@@ -32,10 +32,15 @@ impl Report {
 
     fn write_dhat(&self) -> String {
         let te = (self.seconds * 1e6) as u64;
-        let seen: HashMap<u32, &TimelineCallsite> = (self.timeline.iter())
+        // The timeline's call-site passes, if it made any.
+        let passes = self.timeline.as_ref().filter(|t| !t.callsites.is_empty());
+        let seen: HashMap<u32, &TimelineCallsite> = (passes.iter())
             .flat_map(|t| t.callsites.iter().map(|c| (c.id, c)))
             .collect();
-        let mut frames = FrameTable::default();
+        let mut frames = FrameTable {
+            in_process: self.in_process,
+            ..FrameTable::default()
+        };
         // Two call-sites can show the same frames (their stacks differ only
         // in frames a report leaves out); DHAT's viewer wants each sequence
         // once, so they are one program point, their figures summed (the
@@ -44,7 +49,7 @@ impl Report {
         let mut by_frames: HashMap<Vec<usize>, usize> = HashMap::new();
         for c in self.callsites.iter().filter(|c| c.total_blocks > 0) {
             let t = seen.get(&c.id);
-            let (gb, gbk) = match (&self.timeline, t) {
+            let (gb, gbk) = match (passes, t) {
                 (Some(_), Some(t)) => (t.peak_bytes, t.peak_blocks),
                 (Some(_), None) => (0, 0),
                 (None, _) => (c.live_bytes, c.live_blocks),
@@ -84,10 +89,7 @@ impl Report {
                 })
             })
             .collect();
-        let tg = self
-            .timeline
-            .as_ref()
-            .map_or(te, |t| (t.peak_ms * 1000).min(te));
+        let tg = passes.map_or(te, |t| (t.peak_ms * 1000).min(te));
         let mut mode = "leakscope heap".to_owned();
         if self.sample_bytes > 0 {
             mode.push_str(&format!(
@@ -95,7 +97,7 @@ impl Report {
                 self.sample_bytes
             ));
         }
-        if self.timeline.is_none() {
+        if passes.is_none() {
             mode.push_str(
                 ", no timeline (LEAKSCOPE_TIMELINE_MS): at t-gmax is at t-end, lifetimes are 0",
             );
@@ -124,6 +126,8 @@ impl Report {
 struct FrameTable {
     names: Vec<String>,
     index: HashMap<String, usize>,
+    /// Whether the frames' objects can be looked up in this process.
+    in_process: bool,
 }
 
 impl Default for FrameTable {
@@ -131,6 +135,7 @@ impl Default for FrameTable {
         FrameTable {
             names: vec!["[root]".to_owned()],
             index: HashMap::new(),
+            in_process: false,
         }
     }
 }
@@ -141,7 +146,7 @@ impl FrameTable {
     fn index(&mut self, f: &Frame) -> usize {
         let function = f.function.as_deref().unwrap_or("???");
         let mut place = where_of(f);
-        if place.is_empty() {
+        if place.is_empty() && self.in_process {
             if let Some(o) = loaded_object(f.ip) {
                 place = format!(" (in {})", o.file);
             }

@@ -142,6 +142,7 @@ mod tests {
             seconds: 0.0,
             unwinder: Unwinder::FramePointers,
             timeline: None,
+            in_process: true,
         }
     }
 

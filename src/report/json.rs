@@ -124,6 +124,19 @@ impl Report {
             });
             out.extend_from_slice(b",\"timeline_interval_ms\":");
             let _ = serde_json::to_writer(&mut out, &t.interval_ms);
+            // What the call-site passes saw (DHAT's view is made of them).
+            out.extend_from_slice(b",\"timeline_peak_seconds\":");
+            let _ = serde_json::to_writer(&mut out, &(t.peak_ms as f64 / 1000.0));
+            out.extend_from_slice(b",\"timeline_callsites\":");
+            write_list(&mut out, &t.callsites, |c| {
+                json!({
+                    "id": c.id,
+                    "peak_blocks": c.peak_blocks,
+                    "peak_bytes": c.peak_bytes,
+                    "max_blocks": c.max_blocks,
+                    "lifetimes_us": c.lifetimes_us,
+                })
+            });
         }
         if let Some(lc) = &self.leak_check {
             let amount = |a: Amount| json!({"blocks": a.blocks, "bytes": a.bytes});

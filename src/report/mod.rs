@@ -12,6 +12,7 @@ pub(crate) mod collect;
 pub(crate) mod dhat;
 pub(crate) mod dwarf;
 pub(crate) mod folded;
+pub(crate) mod from_json;
 pub(crate) mod html;
 pub(crate) mod json;
 pub(crate) mod leak;
@@ -23,6 +24,7 @@ pub(crate) mod text;
 pub(crate) mod warn;
 
 pub use collect::snapshot;
+pub use from_json::ParseReportError;
 pub use leak::{Amount, LeakCheck, LeakKind, LossRecord, SuppressionUse};
 pub use model::{
     CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,

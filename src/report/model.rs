@@ -132,6 +132,9 @@ pub struct Report {
     /// The heap over time, when a timeline is kept (`LEAKSCOPE_TIMELINE_MS`):
     /// in the exit report and the live ones; `None` in a [`snapshot`].
     pub timeline: Option<Timeline>,
+    /// Taken in this process (not read back with [`Report::from_json`]):
+    /// its addresses may be looked up in this process's mappings.
+    pub(crate) in_process: bool,
 }
 
 /// The heap over time, massif's view: live bytes and blocks, and the

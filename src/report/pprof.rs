@@ -33,7 +33,13 @@ impl Report {
     /// as Go serves it.
     pub(crate) fn pprof_with_default(&self, default: &str) -> Vec<u8> {
         thread::untracked(|| {
-            let raw = self.profile(&mappings(), default);
+            // A report read back names no object mapped here.
+            let maps = if self.in_process {
+                mappings()
+            } else {
+                Vec::new()
+            };
+            let raw = self.profile(&maps, default);
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             // Writing to a Vec cannot fail.
             let _ = gz.write_all(&raw);

@@ -1,0 +1,536 @@
+//! Reading a saved report back: [`Report::from_json`], the inverse of
+//! [`Report::to_json`], for tools that compare and render saved reports
+//! (the `leakscope` command).
+//!
+//! Owns the check of the document's schema and the error that says what
+//! is wrong with a document. Fields a newer `leakscope/1` writer added and
+//! this one does not know are ignored; fields an older writer lacked take
+//! their empty value. Never panics on any input.
+
+use crate::report::leak::{Amount, LeakCheck, LeakKind, LossRecord, SuppressionUse};
+use crate::report::model::{
+    CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,
+    TimelineCallsite, TimelinePoint, Totals, Unwinder,
+};
+use serde_json::Value;
+use std::fmt;
+
+/// The schema this leakscope writes and reads.
+pub(crate) const SCHEMA: &str = "leakscope/1";
+
+/// Why a document is not a report this leakscope can read: not JSON, not a
+/// leakscope report, a report of a newer schema, or a field of the wrong kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseReportError(String);
+
+impl fmt::Display for ParseReportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ParseReportError {}
+
+type Result<T> = std::result::Result<T, ParseReportError>;
+
+fn error<T>(message: String) -> Result<T> {
+    Err(ParseReportError(message))
+}
+
+impl Report {
+    /// A report saved with [`Report::to_json`] (or `LEAKSCOPE_REPORT=<path>.json`),
+    /// read back: its text, growth, pprof profile, flamegraph and the other
+    /// renderings are then made as from the live report. A report read back
+    /// is not of this process: its renderings name no object mapped here.
+    pub fn from_json(text: &str) -> Result<Report> {
+        let doc: Value = match serde_json::from_str(text) {
+            Ok(doc) => doc,
+            Err(e) => return error(format!("not JSON: {e}")),
+        };
+        if !doc.is_object() {
+            return error("not a leakscope report: the document is not a JSON object".to_owned());
+        }
+        match doc.get("schema").and_then(Value::as_str) {
+            Some(SCHEMA) => {}
+            Some(s) if s.starts_with("leakscope/") => {
+                let newer = s["leakscope/".len()..].parse::<u64>().is_ok_and(|v| v > 1);
+                return error(if newer {
+                    format!("the report's schema is {s}, newer than this leakscope reads ({SCHEMA}): update leakscope")
+                } else {
+                    format!("the report's schema is {s}: this leakscope reads {SCHEMA}")
+                });
+            }
+            Some(s) => {
+                return error(format!(
+                    "not a leakscope report: its schema is {s:?} (this leakscope reads {SCHEMA})"
+                ))
+            }
+            None => return error("not a leakscope report: it has no \"schema\" field".to_owned()),
+        }
+        read_report(&doc)
+    }
+}
+
+fn read_report(doc: &Value) -> Result<Report> {
+    let t = field(doc, "totals");
+    let totals = Totals {
+        live_blocks: count(t, "live_blocks")?,
+        live_bytes: count(t, "live_bytes")?,
+        total_blocks: count(t, "total_blocks")?,
+        total_bytes: count(t, "total_bytes")?,
+        peak_live_bytes: count(t, "peak_live_bytes")?,
+    };
+    let callsites = list(doc, "callsites")?
+        .iter()
+        .map(read_callsite)
+        .collect::<Result<_>>()?;
+    let scopes = list(doc, "scopes")?
+        .iter()
+        .map(|s| {
+            Ok(ScopeStats {
+                name: string(s, "name")?,
+                runs: count(s, "runs")?,
+                outstanding_blocks: count(s, "outstanding_blocks")?,
+                outstanding_bytes: count(s, "outstanding_bytes")?,
+                by_callsite: list(s, "by_callsite")?
+                    .iter()
+                    .map(|c| {
+                        Ok(ScopeCallsite {
+                            callsite: id(c, "callsite")?,
+                            blocks: count(c, "blocks")?,
+                            bytes: count(c, "bytes")?,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let unwinder = match doc.get("unwinder").and_then(Value::as_str) {
+        Some("dwarf") => Unwinder::Dwarf,
+        Some("dwarf_fallback") => Unwinder::DwarfFallback,
+        _ => Unwinder::FramePointers,
+    };
+    Ok(Report {
+        pid: count(doc, "pid")?.try_into().unwrap_or(0),
+        totals,
+        callsites,
+        scopes,
+        untracked_blocks: count(doc, "untracked_blocks")?,
+        sample_bytes: count(doc, "sample_bytes")?,
+        leak_check: read_leak_check(doc)?,
+        growth: read_growth(doc)?,
+        seconds: number(doc, "seconds")?,
+        unwinder,
+        timeline: read_timeline(doc)?,
+        in_process: false,
+    })
+}
+
+fn read_callsite(c: &Value) -> Result<CallsiteStats> {
+    let frames = list(c, "frames")?
+        .iter()
+        .map(|f| {
+            let ip = match f.get("ip").and_then(Value::as_str) {
+                Some(ip) => usize::from_str_radix(ip.trim_start_matches("0x"), 16).ok(),
+                None => None,
+            };
+            let Some(ip) = ip else {
+                return error(format!(
+                    "a frame's \"ip\" is not a hex address: {}",
+                    short(f)
+                ));
+            };
+            Ok(Frame {
+                ip,
+                function: optional_string(f, "function")?,
+                file: optional_string(f, "file")?,
+                line: match f.get("line") {
+                    None | Some(Value::Null) => None,
+                    Some(l) => {
+                        Some(l.as_u64().and_then(|l| l.try_into().ok()).ok_or_else(|| {
+                            ParseReportError(format!(
+                                "a frame's \"line\" is not a line number: {l}"
+                            ))
+                        })?)
+                    }
+                },
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(CallsiteStats {
+        id: id(c, "id")?,
+        live_blocks: count(c, "live_blocks")?,
+        live_bytes: count(c, "live_bytes")?,
+        total_blocks: count(c, "total_blocks")?,
+        total_bytes: count(c, "total_bytes")?,
+        peak_live_bytes: count(c, "peak_live_bytes")?,
+        frames,
+    })
+}
+
+fn read_leak_check(doc: &Value) -> Result<Option<LeakCheck>> {
+    let Some(lc) = doc.get("leak_check").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let amount = |key: &str| -> Result<Amount> {
+        let a = field(lc, key);
+        Ok(Amount {
+            blocks: count(a, "blocks")?,
+            bytes: count(a, "bytes")?,
+        })
+    };
+    let loss_records = list(doc, "loss_records")?
+        .iter()
+        .map(|r| {
+            let kind = match r.get("kind").and_then(Value::as_str) {
+                Some("definitely_lost") => LeakKind::DefinitelyLost,
+                Some("indirectly_lost") => LeakKind::IndirectlyLost,
+                Some("possibly_lost") => LeakKind::PossiblyLost,
+                Some("still_reachable") => LeakKind::StillReachable,
+                _ => return error(format!("a loss record's \"kind\" is not one: {}", short(r))),
+            };
+            Ok(LossRecord {
+                kind,
+                blocks: count(r, "blocks")?,
+                bytes: count(r, "bytes")?,
+                callsite: id(r, "callsite")?,
+                scope: optional_string(r, "scope")?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let suppressions_used = list(lc, "suppressions_used")?
+        .iter()
+        .map(|u| {
+            Ok(SuppressionUse {
+                pattern: string(u, "pattern")?,
+                blocks: count(u, "blocks")?,
+                bytes: count(u, "bytes")?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Some(LeakCheck {
+        definitely_lost: amount("definitely_lost")?,
+        indirectly_lost: amount("indirectly_lost")?,
+        possibly_lost: amount("possibly_lost")?,
+        still_reachable: amount("still_reachable")?,
+        reachable_via_heuristic: amount("reachable_via_heuristic")?,
+        suppressed: amount("suppressed")?,
+        loss_records,
+        suppressions_used,
+        error: optional_string(lc, "error")?,
+    }))
+}
+
+fn read_growth(doc: &Value) -> Result<Option<Growth>> {
+    let Some(g) = doc.get("growth").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let seconds = match g.get("seconds") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(number(g, "seconds")?),
+    };
+    let scopes = list(g, "scopes")?
+        .iter()
+        .map(|s| {
+            Ok(ScopeGrowth {
+                name: string(s, "name")?,
+                runs: count(s, "runs")?,
+                outstanding_blocks: signed(s, "outstanding_blocks")?,
+                outstanding_bytes: signed(s, "outstanding_bytes")?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Some(Growth { seconds, scopes }))
+}
+
+fn read_timeline(doc: &Value) -> Result<Option<Timeline>> {
+    let Some(points) = doc.get("timeline").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let Some(points) = points.as_array() else {
+        return error("\"timeline\" is not a list of points".to_owned());
+    };
+    // The followed scopes, in the order they first appear.
+    let mut scopes: Vec<String> = Vec::new();
+    for p in points {
+        if let Some(m) = p.get("scopes").and_then(Value::as_object) {
+            for name in m.keys() {
+                if !scopes.contains(name) {
+                    scopes.push(name.clone());
+                }
+            }
+        }
+    }
+    let points = points
+        .iter()
+        .map(|p| {
+            let by_name = p.get("scopes").and_then(Value::as_object);
+            Ok(TimelinePoint {
+                ms: (number(p, "seconds")? * 1000.0).round() as u64,
+                live_bytes: count(p, "live_bytes")?,
+                live_blocks: count(p, "live_blocks")?,
+                scope_bytes: (scopes.iter())
+                    .map(|name| {
+                        by_name
+                            .and_then(|m| m.get(name))
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0)
+                    })
+                    .collect(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let callsites = list(doc, "timeline_callsites")?
+        .iter()
+        .map(|c| {
+            Ok(TimelineCallsite {
+                id: id(c, "id")?,
+                peak_blocks: count(c, "peak_blocks")?,
+                peak_bytes: count(c, "peak_bytes")?,
+                max_blocks: count(c, "max_blocks")?,
+                lifetimes_us: count(c, "lifetimes_us")?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Some(Timeline {
+        interval_ms: count(doc, "timeline_interval_ms")?,
+        scopes,
+        points,
+        peak_ms: (number(doc, "timeline_peak_seconds")? * 1000.0).round() as u64,
+        callsites,
+    }))
+}
+
+/// `v[key]`, or null when absent.
+fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
+}
+
+/// A count; 0 when absent (a field an older writer did not have).
+fn count(v: &Value, key: &str) -> Result<u64> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(n) => match n.as_u64() {
+            Some(n) => Ok(n),
+            None => error(format!("\"{key}\" is not a count: {n}")),
+        },
+    }
+}
+
+fn signed(v: &Value, key: &str) -> Result<i64> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(n) => match n.as_i64() {
+            Some(n) => Ok(n),
+            None => error(format!("\"{key}\" is not a whole number: {n}")),
+        },
+    }
+}
+
+fn number(v: &Value, key: &str) -> Result<f64> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(0.0),
+        Some(n) => match n.as_f64() {
+            Some(n) => Ok(n),
+            None => error(format!("\"{key}\" is not a number: {n}")),
+        },
+    }
+}
+
+fn id(v: &Value, key: &str) -> Result<u32> {
+    let n = count(v, key)?;
+    u32::try_from(n).or_else(|_| error(format!("\"{key}\" is not a call-site id: {n}")))
+}
+
+fn string(v: &Value, key: &str) -> Result<String> {
+    match v.get(key).and_then(Value::as_str) {
+        Some(s) => Ok(s.to_owned()),
+        None => error(format!(
+            "\"{key}\" is missing or not a string in {}",
+            short(v)
+        )),
+    }
+}
+
+fn optional_string(v: &Value, key: &str) -> Result<Option<String>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(x) => error(format!("\"{key}\" is not a string: {x}")),
+    }
+}
+
+/// A list; empty when absent.
+fn list<'a>(v: &'a Value, key: &str) -> Result<&'a [Value]> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(x) => error(format!("\"{key}\" is not a list: {}", short(x))),
+    }
+}
+
+/// A value as an error message quotes it: at most 80 characters.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(80) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planted() -> Report {
+        let frame = |ip, function: &str, line| Frame {
+            ip,
+            function: Some(function.to_owned()),
+            file: Some("src/app.rs".to_owned()),
+            line: Some(line),
+        };
+        let amount = |blocks, bytes| Amount { blocks, bytes };
+        Report {
+            pid: 42,
+            totals: Totals {
+                live_blocks: 5,
+                live_bytes: 600,
+                total_blocks: 90,
+                total_bytes: 9000,
+                peak_live_bytes: 4000,
+            },
+            callsites: vec![CallsiteStats {
+                id: 3,
+                live_blocks: 5,
+                live_bytes: 600,
+                total_blocks: 9,
+                total_bytes: 900,
+                peak_live_bytes: 700,
+                frames: vec![
+                    frame(0x55d0c0ffee00, "app::cache", 12),
+                    Frame {
+                        ip: 0x7f00,
+                        function: None,
+                        file: None,
+                        line: None,
+                    },
+                ],
+            }],
+            scopes: vec![ScopeStats {
+                name: "GET /users/{id}".to_owned(),
+                runs: 10,
+                outstanding_blocks: 4,
+                outstanding_bytes: 500,
+                by_callsite: vec![ScopeCallsite {
+                    callsite: 3,
+                    blocks: 4,
+                    bytes: 500,
+                }],
+            }],
+            untracked_blocks: 1,
+            sample_bytes: 0,
+            leak_check: Some(LeakCheck {
+                definitely_lost: amount(1, 100),
+                indirectly_lost: amount(2, 200),
+                possibly_lost: amount(0, 0),
+                still_reachable: amount(2, 300),
+                reachable_via_heuristic: amount(0, 0),
+                suppressed: amount(0, 0),
+                loss_records: vec![LossRecord {
+                    kind: LeakKind::DefinitelyLost,
+                    blocks: 1,
+                    bytes: 100,
+                    callsite: 3,
+                    scope: Some("GET /users/{id}".to_owned()),
+                }],
+                suppressions_used: vec![SuppressionUse {
+                    pattern: "leak:lazy_init".to_owned(),
+                    blocks: 1,
+                    bytes: 8,
+                }],
+                error: None,
+            }),
+            growth: Some(Growth {
+                seconds: Some(1.5),
+                scopes: vec![ScopeGrowth {
+                    name: "GET /users/{id}".to_owned(),
+                    runs: 4,
+                    outstanding_blocks: -1,
+                    outstanding_bytes: -100,
+                }],
+            }),
+            seconds: 2.25,
+            unwinder: Unwinder::Dwarf,
+            timeline: Some(Timeline {
+                interval_ms: 200,
+                scopes: vec!["GET /users/{id}".to_owned()],
+                points: vec![
+                    TimelinePoint {
+                        ms: 200,
+                        live_bytes: 100,
+                        live_blocks: 1,
+                        scope_bytes: vec![0],
+                    },
+                    TimelinePoint {
+                        ms: 401,
+                        live_bytes: 600,
+                        live_blocks: 5,
+                        scope_bytes: vec![500],
+                    },
+                ],
+                peak_ms: 401,
+                callsites: vec![TimelineCallsite {
+                    id: 3,
+                    peak_blocks: 5,
+                    peak_bytes: 600,
+                    max_blocks: 5,
+                    lifetimes_us: 1_000_000,
+                }],
+            }),
+            in_process: false,
+        }
+    }
+
+    #[test]
+    fn a_saved_report_reads_back_whole() {
+        let report = planted();
+        let text = report.to_json();
+        let back = Report::from_json(&text).unwrap();
+        assert_eq!(back, report);
+        assert_eq!(back.to_json(), text);
+    }
+
+    #[test]
+    fn bad_documents_say_what_is_wrong() {
+        let err = |text: &str| Report::from_json(text).unwrap_err().to_string();
+        assert!(err("{oops").starts_with("not JSON: "), "{}", err("{oops"));
+        assert_eq!(
+            err("[1, 2]"),
+            "not a leakscope report: the document is not a JSON object"
+        );
+        assert_eq!(
+            err(r#"{"pid": 1}"#),
+            "not a leakscope report: it has no \"schema\" field"
+        );
+        assert_eq!(
+            err(r#"{"schema": "pprof"}"#),
+            "not a leakscope report: its schema is \"pprof\" (this leakscope reads leakscope/1)"
+        );
+        assert_eq!(
+            err(r#"{"schema": "leakscope/2"}"#),
+            "the report's schema is leakscope/2, newer than this leakscope reads (leakscope/1): update leakscope"
+        );
+        assert_eq!(
+            err(r#"{"schema": "leakscope/1", "callsites": 3}"#),
+            "\"callsites\" is not a list: 3"
+        );
+        assert_eq!(
+            err(r#"{"schema": "leakscope/1", "totals": {"live_bytes": -4}}"#),
+            "\"live_bytes\" is not a count: -4"
+        );
+        // An empty report of the schema reads: every field an older writer
+        // might lack takes its empty value.
+        let empty = Report::from_json(r#"{"schema": "leakscope/1"}"#).unwrap();
+        assert!(empty.callsites.is_empty() && empty.leak_check.is_none());
+    }
+}
