@@ -59,6 +59,12 @@ pub(crate) fn on_start(hook: fn()) {
     }
 }
 
+/// Whether the tracker has started: it is the global allocator, and
+/// something allocated.
+pub(crate) fn started() -> bool {
+    STARTED.load(Ordering::SeqCst)
+}
+
 /// Runs once, from the first allocation, with this thread's allocations
 /// untracked.
 pub(crate) fn start() {

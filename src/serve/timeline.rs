@@ -91,6 +91,19 @@ pub(crate) fn start(every_ms: u64) {
 }
 
 fn run() {
+    // The tracker starts at the first allocation through it: in a program
+    // with the allocator line, before `main` (the runtime allocates). Not
+    // started after a second, it is not the global allocator (a program
+    // that links leakscope without the line, as its command does), and
+    // there is nothing to sample.
+    let since = Instant::now();
+    while !process::started() {
+        if since.elapsed() > Duration::from_secs(1) {
+            STARTED.store(false, Ordering::Release);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let mut next_pass = Instant::now();
     loop {
         // The call-site pass is summed before the ring is locked: with many
