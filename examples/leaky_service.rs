@@ -14,6 +14,11 @@
 //!   with `Rc`: a reference cycle, never freed.
 //! - `GET /graph-fixed`: the same tree with `Weak` parent links: freed.
 //!
+//! `LEAKY_SERVICE_REQUESTS=N` serves N requests (4,000 by default), and
+//! `LEAKY_SERVICE_FIXED=1` serves every route with its leak fixed (`GET
+//! /graph` as `GET /graph-fixed` does it, no response cache, every session
+//! closed): a run to compare with, and to pass `leakscope check`.
+//!
 //! The only leakscope code is the allocator line and one `track_scope` per
 //! request; `LEAKSCOPE_REPORT=stderr` would print the same report at exit with
 //! no `leak_check()` call at all (and `LEAKSCOPE_ERROR_EXITCODE=23` would make
@@ -55,6 +60,8 @@ struct User {
 /// The service's state: read-only user table.
 struct App {
     users: Vec<User>,
+    /// `LEAKY_SERVICE_FIXED=1`: every handler with its leak fixed.
+    fixed: bool,
 }
 
 /// Every response of `GET /users/{id}`, "to make the endpoint faster". The key
@@ -109,7 +116,8 @@ impl App {
                 email: format!("user{id}@example.com"),
             })
             .collect();
-        App { users }
+        let fixed = std::env::var("LEAKY_SERVICE_FIXED").is_ok_and(|v| v == "1");
+        App { users, fixed }
     }
 
     /// Routes a request to its handler; returns the route template (for the
@@ -119,7 +127,8 @@ impl App {
             ("GET", "/health") => Response::ok("ok".to_owned()),
             ("GET", "/users") => self.list_users(),
             ("GET", p) if p.starts_with("/users/") => self.get_user(req),
-            ("POST", "/orders") => create_order(req),
+            ("POST", "/orders") => create_order(req, self.fixed),
+            ("GET", "/graph") if self.fixed => build_graph_fixed(),
             ("GET", "/graph") => build_graph(),
             ("GET", "/graph-fixed") => build_graph_fixed(),
             _ => Response {
@@ -145,7 +154,9 @@ impl App {
             "{{\"id\":{},\"name\":\"{}\",\"email\":\"{}\"}}",
             user.id, user.name, user.email
         );
-        remember_response(format!("{}#{}", req.path, req.id), &body);
+        if !self.fixed {
+            remember_response(format!("{}#{}", req.path, req.id), &body);
+        }
         Response::ok(body)
     }
 }
@@ -157,10 +168,10 @@ fn remember_response(key: String, body: &str) {
         .insert(key, body.to_owned());
 }
 
-fn create_order(req: &Request) -> Response {
+fn create_order(req: &Request, fixed: bool) -> Response {
     let mut session = DbSession::open();
     let order = session.insert_order(&req.body);
-    if req.body.contains("\"express\":true") {
+    if fixed || req.body.contains("\"express\":true") {
         session.close();
     } else {
         // The bug: the common path hands the session to a "pool" that never
@@ -281,7 +292,13 @@ fn request(id: u64) -> Request {
 
 fn main() {
     let app = App::new();
-    let requests = 4_000;
+    let requests = match std::env::var("LEAKY_SERVICE_REQUESTS") {
+        Err(_) => 4_000,
+        Ok(n) => n.trim().parse().unwrap_or_else(|_| {
+            eprintln!("LEAKY_SERVICE_REQUESTS={n:?} is not a number of requests; serving 4000");
+            4_000
+        }),
+    };
     let mut served = 0u64;
     let mut bytes_out = 0usize;
     for id in 0..requests {

@@ -1,0 +1,266 @@
+//! `leakscope`: saved reports (`LEAKSCOPE_REPORT=<path>.json`) shown,
+//! compared, gated in CI and converted, without writing a script.
+//!
+//! ```text
+//! leakscope show report.json
+//! leakscope diff before.json after.json [--json]
+//! leakscope check report.json [--max-bytes-per-run N] [--scope NAME=N]... [--no-lost]
+//! leakscope convert report.json -o report.html
+//! ```
+//!
+//! Exit status: 0 when all is well, 1 when `check` finds growth over a
+//! budget or something lost, 2 for bad input (a file that cannot be read,
+//! is not a leakscope report, or is of a newer schema), said in one line on
+//! stderr. The reading and rendering are the library's; this is the command.
+
+mod diff;
+
+use clap::{Parser, Subcommand};
+use leakscope::{LeakKind, Report};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "leakscope",
+    version,
+    about = "Show, compare, gate and convert saved leakscope reports"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the text report of a saved JSON report.
+    Show { report: PathBuf },
+    /// What grew between two saved reports: per scope, the runs and the
+    /// outstanding blocks and bytes added in between, and per run; per
+    /// call-site, the live blocks and bytes added. Largest growth first.
+    Diff {
+        before: PathBuf,
+        after: PathBuf,
+        /// Write the comparison as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 1 when a scope's outstanding bytes per run are over its budget
+    /// (or, with --no-lost, anything is definitely or indirectly lost),
+    /// listing each; 0 otherwise.
+    Check {
+        report: PathBuf,
+        /// The budget of every scope not named by --scope (default 0; with
+        /// --scope given and this not, only the named scopes are checked).
+        #[arg(long, value_name = "N")]
+        max_bytes_per_run: Option<f64>,
+        /// The budget of one scope, in bytes per run (repeatable).
+        #[arg(long = "scope", value_name = "NAME=N", value_parser = parse_budget)]
+        scopes: Vec<(String, f64)>,
+        /// Also fail when the leak check found blocks definitely or
+        /// indirectly lost.
+        #[arg(long)]
+        no_lost: bool,
+    },
+    /// Write a saved report in another format, chosen by the output's
+    /// suffix: .json, .pb.gz (pprof), .folded, .svg (flamegraph), .html,
+    /// .dhat.json (DHAT's viewer); anything else is text.
+    Convert {
+        report: PathBuf,
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+}
+
+/// `NAME=N`: a scope's name (which may hold `=`) and its budget.
+fn parse_budget(s: &str) -> Result<(String, f64), String> {
+    let (name, n) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=BYTES"))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n: &f64| *n >= 0.0)
+        .ok_or_else(|| format!("{n:?} is not a number of bytes"))?;
+    Ok((name.to_owned(), n))
+}
+
+/// What went wrong: said on stderr, exit status 2.
+struct Bad(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let done = match cli.command {
+        Command::Show { report } => load(&report).and_then(|r| out(&r.to_string())),
+        Command::Diff {
+            before,
+            after,
+            json,
+        } => (|| {
+            let (b, a) = (load(&before)?, load(&after)?);
+            let d = diff::Diff::between(&b, &a);
+            out(&if json {
+                d.to_json(&before, &after)
+            } else {
+                d.to_text(&before, &after)
+            })
+        })(),
+        Command::Check {
+            report,
+            max_bytes_per_run,
+            scopes,
+            no_lost,
+        } => load(&report).and_then(|r| check(&r, max_bytes_per_run, &scopes, no_lost)),
+        Command::Convert { report, output } => load(&report).and_then(|r| convert(&r, &output)),
+    };
+    match done {
+        Ok(code) => code,
+        Err(Bad(why)) => {
+            eprintln!("leakscope: {why}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A saved report, or why it cannot be read.
+fn load(path: &Path) -> Result<Report, Bad> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Bad(format!("cannot read {}: {e}", path.display())))?;
+    Report::from_json(&text).map_err(|e| Bad(format!("{}: {e}", path.display())))
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) ends it quietly.
+fn out(text: &str) -> Result<ExitCode, Bad> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(Bad(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+fn check(
+    report: &Report,
+    max_bytes_per_run: Option<f64>,
+    budgets: &[(String, f64)],
+    no_lost: bool,
+) -> Result<ExitCode, Bad> {
+    for (name, _) in budgets {
+        if report.scope(name).is_none() {
+            let known: Vec<&str> = report.scopes.iter().map(|s| s.name.as_str()).collect();
+            return Err(Bad(format!(
+                "--scope {name:?}: the report has no such scope (it has: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    let default = max_bytes_per_run.or(budgets.is_empty().then_some(0.0));
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for s in &report.scopes {
+        let budget = budgets
+            .iter()
+            .rev()
+            .find(|(name, _)| *name == s.name)
+            .map(|b| b.1)
+            .or(default);
+        let Some(budget) = budget else { continue };
+        checked += 1;
+        if s.bytes_per_run() > budget {
+            failures.push(format!(
+                "{}: {} bytes in {} blocks per run ({} runs, {} bytes outstanding), over its budget of {} bytes per run",
+                s.name,
+                diff::number(s.bytes_per_run()),
+                diff::number(s.blocks_per_run()),
+                diff::thousands(s.runs),
+                diff::thousands(s.outstanding_bytes),
+                diff::number(budget),
+            ));
+        }
+    }
+    let mut lost_line = String::new();
+    if no_lost {
+        let Some(lc) = report.leak_check.as_ref().filter(|lc| lc.error.is_none()) else {
+            let why = report
+                .leak_check
+                .as_ref()
+                .and_then(|lc| lc.error.clone())
+                .unwrap_or_else(|| {
+                    "it was written with LEAKSCOPE_LEAK_CHECK=no, or by snapshot()".to_owned()
+                });
+            return Err(Bad(format!(
+                "--no-lost: the report has no leak check ({why}), so it cannot pass"
+            )));
+        };
+        if lc.has_leaks() {
+            failures.push(format!(
+                "lost: {} bytes in {} blocks definitely, {} bytes in {} blocks indirectly",
+                diff::thousands(lc.definitely_lost.bytes),
+                diff::thousands(lc.definitely_lost.blocks),
+                diff::thousands(lc.indirectly_lost.bytes),
+                diff::thousands(lc.indirectly_lost.blocks),
+            ));
+            for r in lc
+                .loss_records
+                .iter()
+                .filter(|r| matches!(r.kind, LeakKind::DefinitelyLost | LeakKind::IndirectlyLost))
+            {
+                let at = report
+                    .callsite(r.callsite)
+                    .and_then(|c| c.function())
+                    .unwrap_or("(no stack)");
+                failures.push(format!(
+                    "  {} bytes in {} blocks {} at {at}{}",
+                    diff::thousands(r.bytes),
+                    diff::thousands(r.blocks),
+                    r.kind.words(),
+                    r.scope
+                        .as_deref()
+                        .map(|s| format!(" (scope {s})"))
+                        .unwrap_or_default(),
+                ));
+            }
+        } else {
+            lost_line = ", nothing lost".to_owned();
+        }
+    }
+    if failures.is_empty() {
+        out(&format!(
+            "ok: {checked} scopes within their budgets{lost_line}\n"
+        ))
+    } else {
+        out(&(failures.join("\n") + "\n"))?;
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn convert(report: &Report, output: &Path) -> Result<ExitCode, Bad> {
+    let name = output.to_string_lossy();
+    let body: Vec<u8> = if name.ends_with(".dhat.json") {
+        report.to_dhat_json().into_bytes()
+    } else if name.ends_with(".json") {
+        report.to_json().into_bytes()
+    } else if name.ends_with(".pb.gz") {
+        report.to_pprof()
+    } else if name.ends_with(".folded") {
+        report.to_folded().into_bytes()
+    } else if name.ends_with(".svg") {
+        let mut svg = Vec::new();
+        report
+            .write_flamegraph(&mut svg)
+            .map_err(|e| Bad(format!("cannot draw the flamegraph: {e}")))?;
+        svg
+    } else if name.ends_with(".html") || name.ends_with(".htm") {
+        report.to_html().into_bytes()
+    } else {
+        report.to_string().into_bytes()
+    };
+    std::fs::write(output, body)
+        .map_err(|e| Bad(format!("cannot write {}: {e}", output.display())))?;
+    Ok(ExitCode::SUCCESS)
+}
