@@ -173,11 +173,12 @@ fn check(
         checked += 1;
         if s.bytes_per_run() > budget {
             failures.push(format!(
-                "{}: {} bytes in {} blocks per run ({} runs, {} bytes outstanding), over its budget of {} bytes per run",
+                "{}: {} bytes in {} blocks per run ({} {}, {} bytes outstanding), over its budget of {} bytes per run",
                 s.name,
                 diff::number(s.bytes_per_run()),
                 diff::number(s.blocks_per_run()),
                 diff::thousands(s.runs),
+                if s.runs == 1 { "run" } else { "runs" },
                 diff::thousands(s.outstanding_bytes),
                 diff::number(budget),
             ));
@@ -215,9 +216,10 @@ fn check(
                     .and_then(|c| c.function())
                     .unwrap_or("(no stack)");
                 failures.push(format!(
-                    "  {} bytes in {} blocks {} at {at}{}",
+                    "  {} bytes in {} {} {} at {at}{}",
                     diff::thousands(r.bytes),
                     diff::thousands(r.blocks),
+                    if r.blocks == 1 { "block" } else { "blocks" },
                     r.kind.words(),
                     r.scope
                         .as_deref()
