@@ -46,7 +46,7 @@ struct SitePasses {
 }
 
 /// A call-site pass takes at most this share of the time between passes
-/// (1%: the next waits a hundred times as long as this one took).
+/// (1%: the next waits a hundred times the CPU time this one took).
 const PASS_SHARE: u32 = 100;
 
 static RING: parking_lot::Mutex<Ring> = parking_lot::const_mutex(Ring {
@@ -110,9 +110,12 @@ fn run() {
         // call-sites and threads it takes a while, and reports wait for the ring.
         let l = levels();
         let pass = (Instant::now() >= next_pass).then(|| {
-            let started = Instant::now();
+            // Its cost in CPU time: on a busy machine, the time the thread
+            // waited for a core is not the pass's.
+            let cpu = process::thread_cpu_ns();
             let sites = site_levels();
-            next_pass = Instant::now() + started.elapsed() * PASS_SHARE;
+            let cost = Duration::from_nanos(process::thread_cpu_ns().saturating_sub(cpu));
+            next_pass = Instant::now() + cost * PASS_SHARE;
             (now_us(), sites)
         });
         let every = {
