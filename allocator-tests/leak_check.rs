@@ -91,38 +91,6 @@ fn plant_disabled() {
     std::mem::forget(black_box(Box::new([4u64; 7])));
 }
 
-/// Overwrites the dead stack the planting left behind, so that no stale
-/// copy of a planted address is found there (by us or by valgrind): every
-/// word of a 64 KiB frame, from a few different depths so that the slots a
-/// frame leaves unwritten (saved registers, padding) are covered by another.
-#[inline(never)]
-fn scrub() {
-    let mut a = [1usize; 8192];
-    for w in a.iter_mut() {
-        // SAFETY: a valid, aligned element of a local array.
-        unsafe { std::ptr::write_volatile(w, 0) };
-    }
-    black_box(&a);
-}
-
-#[inline(never)]
-fn scrub_below<const N: usize>() {
-    let mut pad = [1usize; N];
-    for w in pad.iter_mut() {
-        // SAFETY: as in `scrub`.
-        unsafe { std::ptr::write_volatile(w, 0) };
-    }
-    black_box(&pad);
-    scrub();
-}
-
-fn scrub_all() {
-    scrub();
-    scrub_below::<1>();
-    scrub_below::<3>();
-    scrub_below::<8>();
-}
-
 #[inline(never)]
 fn plant_all() {
     plant_definite();
@@ -267,7 +235,7 @@ fn planted_in_json(doc: &serde_json::Value) -> BTreeMap<(String, String), u64> {
 fn ignored_and_disabled_blocks_are_not_leaks() {
     plant_ignored();
     plant_disabled();
-    scrub_all();
+    common::scrub_all();
     let report = leakscope::leak_check();
     let got = by_plant(&report);
     assert_eq!(
@@ -292,7 +260,7 @@ fn a_later_check_lists_only_new_leaks() {
     let first = leakscope::leak_check();
     plant_definite();
     plant_definite();
-    scrub_all();
+    common::scrub_all();
     let second = leakscope::leak_check();
     let added = second
         .leak_check
@@ -382,7 +350,7 @@ fn busy_child() {
 /// The child for the valgrind run: plants, then exits with the exit report.
 fn child() {
     plant_all();
-    scrub_all();
+    common::scrub_all();
 }
 
 fn suppressions_hide_lost_blocks_and_bad_lines_are_reported() {

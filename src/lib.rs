@@ -62,8 +62,9 @@ pub use integrations::tower;
 pub use integrations::tracing;
 pub use report::{
     snapshot, Amount, CallsiteStats, Frame, Growth, LeakCheck, LeakKind, LossRecord,
-    ParseReportError, Report, ScopeCallsite, ScopeGrowth, ScopeStats, SuppressionUse, Timeline,
-    TimelineCallsite, TimelinePoint, Totals, Unwinder,
+    ParseReportError, Report, Retention, Root, RootKind, ScopeCallsite, ScopeGrowth,
+    ScopeRetention, ScopeStats, SuppressionUse, Timeline, TimelineCallsite, TimelinePoint, Totals,
+    Unwinder,
 };
 pub use scope::{
     scope, scoped, scoped_with, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped,

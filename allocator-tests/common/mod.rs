@@ -122,3 +122,35 @@ pub fn expect_child_exits_cleanly(pid: libc::pid_t) {
         "child status {status}"
     );
 }
+
+/// Overwrites the dead stack the planting left behind, so that no stale
+/// copy of a planted address is found there (by us or by valgrind): every
+/// word of a 64 KiB frame, from a few different depths so that the slots a
+/// frame leaves unwritten (saved registers, padding) are covered by another.
+#[inline(never)]
+fn scrub() {
+    let mut a = [1usize; 8192];
+    for w in a.iter_mut() {
+        // SAFETY: a valid, aligned element of a local array.
+        unsafe { std::ptr::write_volatile(w, 0) };
+    }
+    std::hint::black_box(&a);
+}
+
+#[inline(never)]
+fn scrub_below<const N: usize>() {
+    let mut pad = [1usize; N];
+    for w in pad.iter_mut() {
+        // SAFETY: as in `scrub`.
+        unsafe { std::ptr::write_volatile(w, 0) };
+    }
+    std::hint::black_box(&pad);
+    scrub();
+}
+
+pub fn scrub_all() {
+    scrub();
+    scrub_below::<1>();
+    scrub_below::<3>();
+    scrub_below::<8>();
+}

@@ -16,11 +16,14 @@
 
 use crate::alloc::{blocks, ignored, sample, thread};
 use crate::check::controls::NOT_CHECKED;
+use crate::check::retain::{self, Paths, RootInfo, Threads, NO_PATH, ROOT};
 use crate::check::roots::{self, Objects};
 use crate::check::stop::{self, Buf, Range};
 use crate::check::suppress::{self, Matcher, Suppressions};
 use crate::report::collect::snapshot;
-use crate::report::leak::{Amount, LeakCheck, LeakKind, LossRecord, SuppressionUse};
+use crate::report::leak::{
+    Amount, LeakCheck, LeakKind, LossRecord, Retention, RootKind, SuppressionUse,
+};
 use crate::report::model::Report;
 use crate::scope::names;
 use std::collections::HashMap;
@@ -41,6 +44,10 @@ pub(crate) struct Blk {
     pending: bool,
     heuristic: bool,
     ignored: bool,
+    /// The reference that first reached it (the last that made it
+    /// reachable): `ROOT | address` of a root word, the index + 1 of a
+    /// block, or 0. Its retention path is made of these.
+    parent: usize,
 }
 
 impl Blk {
@@ -54,6 +61,7 @@ impl Blk {
             pending: false,
             heuristic: false,
             ignored: false,
+            parent: 0,
         }
     }
 }
@@ -67,11 +75,17 @@ fn kind_of(state: u8) -> LeakKind {
     }
 }
 
-/// The marking state: blocks sorted by address, the mark stack, and the
-/// readable memory. Allocation-free.
+/// The marking state: blocks sorted by address, the queue of blocks to
+/// scan (first in, first out: breadth-first from the roots, so the first
+/// reference to reach a block is on a shortest path), and the readable
+/// memory. Allocation-free.
 pub(crate) struct Marker<'a> {
     blocks: &'a mut [Blk],
-    stack: Buf<u32>,
+    queue: Buf<u32>,
+    /// Where the queue's first item is, and how many it holds (a ring over
+    /// `queue`, which has a slot per block: a block is in it at most once).
+    head: usize,
+    queued: usize,
     maps: &'a [Range],
     lo: usize,
     hi: usize,
@@ -86,13 +100,30 @@ impl<'a> Marker<'a> {
             .map(|b| b.start + b.size.max(1))
             .max()
             .unwrap_or(0);
+        let mut queue = Buf::new(blocks.len())?;
+        for _ in 0..blocks.len() {
+            queue.push(0);
+        }
         Some(Marker {
-            stack: Buf::new(blocks.len())?,
+            queue,
+            head: 0,
+            queued: 0,
             blocks,
             maps,
             lo,
             hi,
         })
+    }
+
+    fn pop(&mut self) -> Option<usize> {
+        if self.queued == 0 {
+            return None;
+        }
+        let slots = self.queue.as_mut_slice();
+        let i = *slots.get(self.head)? as usize;
+        self.head = (self.head + 1) % slots.len();
+        self.queued -= 1;
+        Some(i)
     }
 
     /// The block `ptr` points into.
@@ -113,14 +144,19 @@ impl<'a> Marker<'a> {
         if let Some(b) = self.blocks.get_mut(i) {
             if !b.pending {
                 b.pending = true;
-                self.stack.push(i as u32);
+                let slots = self.queue.as_mut_slice();
+                if let Some(slot) = slots.get_mut((self.head + self.queued) % slots.len().max(1)) {
+                    *slot = i as u32;
+                    self.queued += 1;
+                }
             }
         }
     }
 
-    /// A word found by scanning: a root or reachable block's (`definite`)
-    /// or a possibly reached one's.
-    fn reached(&mut self, ptr: usize, definite: bool) {
+    /// A word found by scanning, at `from` (`ROOT | address` of a root
+    /// word, or a block's index + 1): a root or reachable block's
+    /// (`definite`) or a possibly reached one's.
+    fn reached(&mut self, ptr: usize, definite: bool, from: usize) {
         let Some(i) = self.find(ptr) else { return };
         let b = self.blocks[i];
         if b.state == REACHABLE {
@@ -138,9 +174,11 @@ impl<'a> Marker<'a> {
         };
         if via_start && definite {
             self.blocks[i].state = REACHABLE;
+            self.blocks[i].parent = from;
             self.push(i);
         } else if b.state == UNREACHED {
             self.blocks[i].state = POSSIBLE;
+            self.blocks[i].parent = from;
             self.push(i);
         }
     }
@@ -241,30 +279,37 @@ impl<'a> Marker<'a> {
         false
     }
 
-    /// Scans `r` word by word; `clique`: the leader whose group is being
+    /// Scans `r` word by word; `block`: the index of the block `r` is, or
+    /// `None` for a root; `clique`: the leader whose group is being
     /// collected, or `None` while marking from the roots.
-    fn scan(&mut self, r: Range, definite: bool, clique: Option<usize>) {
+    fn scan(&mut self, r: Range, definite: bool, block: Option<usize>, clique: Option<usize>) {
+        self.scan_words(r, false, |m, at, v| match clique {
+            None => m.reached(v, definite, block.map_or(ROOT | at, |i| i + 1)),
+            Some(leader) => m.reached_in_clique(v, leader),
+        });
+    }
+
+    /// Calls `f` with each aligned word of `r` that may point into a
+    /// block, and its address: upwards, or (`down`) from the top.
+    fn scan_words(&mut self, r: Range, down: bool, mut f: impl FnMut(&mut Self, usize, usize)) {
         let maps = self.maps;
         roots::each_readable(maps, r, |part| {
-            let mut at = part.start.next_multiple_of(8);
-            while at + 8 <= part.end {
+            let first = part.start.next_multiple_of(8);
+            let words = part.end.saturating_sub(first) / 8;
+            for k in 0..words {
+                let at = first + 8 * if down { words - 1 - k } else { k };
                 // SAFETY: an aligned word inside a readable mapping.
                 let v = unsafe { (at as *const usize).read_volatile() };
                 if v >= self.lo && v < self.hi {
-                    match clique {
-                        None => self.reached(v, definite),
-                        Some(leader) => self.reached_in_clique(v, leader),
-                    }
+                    f(self, at, v);
                 }
-                at += 8;
             }
         });
     }
 
-    /// Scans the blocks on the mark stack until it is empty.
+    /// Scans the queued blocks until none is left.
     fn drain(&mut self, clique: Option<usize>) {
-        while let Some(i) = self.stack.pop() {
-            let i = i as usize;
+        while let Some(i) = self.pop() {
             let Some(b) = self.blocks.get_mut(i) else {
                 continue;
             };
@@ -276,14 +321,25 @@ impl<'a> Marker<'a> {
                 },
                 b.state == REACHABLE,
             );
-            self.scan(r, definite, clique);
+            self.scan(r, definite, Some(i), clique);
         }
     }
 
-    /// Marks from `roots` and the ignored blocks, then groups the lost blocks.
-    pub(crate) fn run(&mut self, roots: &[Range]) {
-        for &r in roots {
-            self.scan(r, true, None);
+    /// Marks from `roots` and the ignored blocks, then groups the lost
+    /// blocks. Roots before `stacks_from` (statics, thread-local storage)
+    /// are scanned, and what they reach marked, before the stacks: a block
+    /// a static holds is the static's, though a stack keeps a stale copy of
+    /// its pointer. Within each tier every root is scanned before any
+    /// block, so the blocks they point to are the first hops of shortest
+    /// paths. Stacks are scanned from the top: of two frames holding a
+    /// pointer, the outer one (a caller's local, not a callee's spilled
+    /// copy of it) is where the path starts.
+    pub(crate) fn run(&mut self, roots: &[Range], stacks_from: usize) {
+        let split = stacks_from.min(roots.len());
+        for (tier, stacks) in [(&roots[..split], false), (&roots[split..], true)] {
+            for &r in tier {
+                self.scan_words(r, stacks, |m, at, v| m.reached(v, true, ROOT | at));
+            }
             self.drain(None);
         }
         for i in 0..self.blocks.len() {
@@ -324,7 +380,7 @@ pub(crate) fn sort_blocks(blocks: &mut Buf<Blk>) -> usize {
 pub fn leak_check() -> Report {
     leak_check_then(|check| {
         let mut r = snapshot();
-        r.leak_check = Some(check);
+        r.attach_leak_check(check);
         r
     })
 }
@@ -338,19 +394,23 @@ pub(crate) fn leak_check_then<R>(then: impl FnOnce(LeakCheck) -> R) -> R {
     // hold stale words of whatever ran there before).
     let regs = roots::callee_saved();
     let sp = std::hint::black_box(&regs) as *const [usize; 12] as usize;
-    let check = thread::untracked(|| check(sp));
+    let fp = roots::frame_pointer_in(&regs);
+    let check = thread::untracked(|| check(sp, fp));
     std::hint::black_box(&regs);
     then(check)
 }
 
 static CHECKING: parking_lot::Mutex<()> = parking_lot::const_mutex(());
 
-/// What [`classify`] found, per block, before names and suppressions.
+/// What [`classify`] found, per block, before names and suppressions:
+/// amounts by state, call-site, scope, heuristic and retention path (an id
+/// in `paths`, or `NO_PATH`).
 struct Found {
-    groups: HashMap<(u8, u32, u32, bool), Amount>,
+    groups: HashMap<(u8, u32, u32, bool, u32), Amount>,
+    paths: HashMap<u32, Retention>,
 }
 
-fn check(my_sp: usize) -> LeakCheck {
+fn check(my_sp: usize, my_fp: usize) -> LeakCheck {
     if sample::current() != 0 {
         return failed(
             "the leak check needs full mode: sampling mode (LEAKSCOPE_SAMPLE_BYTES) tracks only sampled blocks",
@@ -363,7 +423,7 @@ fn check(my_sp: usize) -> LeakCheck {
         .into_iter()
         .find(|(_, e)| e.name == NOT_CHECKED)
         .map_or(u32::MAX, |(id, _)| id);
-    let found = match classify(&objects, not_checked, my_sp) {
+    let found = match classify(&objects, not_checked, (my_sp, my_fp)) {
         Ok(f) => f,
         Err(e) => return failed(e),
     };
@@ -380,7 +440,11 @@ fn failed(why: &str) -> LeakCheck {
 /// The marking itself, with the world stopped. Allocation-free between
 /// the stop and the resume. `my_sp`: where this thread's stack roots begin.
 #[inline(never)]
-fn classify(objects: &Objects, not_checked: u32, my_sp: usize) -> Result<Found, &'static str> {
+fn classify(
+    objects: &Objects,
+    not_checked: u32,
+    (my_sp, my_fp): (usize, usize),
+) -> Result<Found, &'static str> {
     let my_anchor = roots::my_anchor();
 
     let ignored = ignored::lock();
@@ -411,11 +475,16 @@ fn classify(objects: &Objects, not_checked: u32, my_sp: usize) -> Result<Found, 
         }
     }
 
-    let mut roots: Buf<Range> =
-        Buf::new(objects.segments.len() + 2 * world.threads.as_slice().len() + 4)
-            .ok_or("no memory for the check")?;
+    let nthreads = world.threads.as_slice().len() + 1;
+    let mut infos: Buf<RootInfo> =
+        Buf::new(objects.segments.len() + 2 * nthreads + 4).ok_or("no memory for the check")?;
+    let mut threads = Threads::new(nthreads).ok_or("no memory for the check")?;
     for &s in &objects.segments {
-        roots.push(s);
+        infos.push(RootInfo {
+            range: s,
+            kind: RootKind::Static,
+            thread: u32::MAX,
+        });
     }
     let stack = |sp: usize| Range {
         start: sp,
@@ -428,43 +497,107 @@ fn classify(objects: &Objects, not_checked: u32, my_sp: usize) -> Result<Found, 
         },
         _ => Range::default(),
     };
-    roots.push(stack(my_sp));
-    roots.push(tls(my_anchor));
+    let add_thread = |infos: &mut Buf<RootInfo>, t: u32, sp: usize, anchor: usize| {
+        infos.push(RootInfo {
+            range: stack(sp),
+            kind: RootKind::Stack,
+            thread: t,
+        });
+        infos.push(RootInfo {
+            range: tls(anchor),
+            kind: RootKind::Tls,
+            thread: t,
+        });
+    };
+    // This thread's registers are the words at `my_sp` (the caller's,
+    // saved by `leak_check_then`); its frames go up from `my_fp`.
+    let me = threads.add(
+        stop::gettid(),
+        Range {
+            start: my_sp,
+            end: my_sp + roots::SAVED_REGISTERS,
+        },
+        stack(my_sp),
+        my_fp,
+        0,
+    );
+    add_thread(&mut infos, me, my_sp, my_anchor);
     for t in world.threads.as_slice() {
-        roots.push(stack(t.sp));
-        roots.push(tls(t.anchor));
+        let (fp, pc) = retain::interrupted(t.ctx);
+        let regs = Range {
+            start: t.ctx,
+            end: t.ctx + retain::CTX_SIZE,
+        };
+        let i = threads.add(t.tid, regs, stack(t.sp), fp, pc);
+        add_thread(&mut infos, i, t.sp, t.anchor);
+    }
+    // Statics first, then thread-local storage, then stacks: a block that
+    // several roots reach is held by the first (a stack often keeps a
+    // stale copy of a pointer a static holds).
+    let mut roots: Buf<Range> =
+        Buf::new(infos.as_slice().len()).ok_or("no memory for the check")?;
+    let mut stacks_from = 0;
+    for kind in [RootKind::Static, RootKind::Tls, RootKind::Stack] {
+        if kind == RootKind::Stack {
+            stacks_from = roots.as_slice().len();
+        }
+        for info in infos.as_slice().iter().filter(|i| i.kind == kind) {
+            roots.push(info.range);
+        }
     }
 
     let mut marker = Marker::new(blocks, maps.as_slice()).ok_or("no memory for the check")?;
-    marker.run(roots.as_slice());
+    marker.run(roots.as_slice(), stacks_from);
     drop(marker);
     world.resume();
     drop(unlock);
     drop(ignored);
 
+    // Paths, by the first reference of each still-reachable or possibly
+    // lost block.
+    let blocks = all.as_slice().get(..n).unwrap_or(&[]);
+    let has_path = |b: &Blk| b.state == REACHABLE || b.state == POSSIBLE;
+    let mut paths = Paths::new(infos.as_slice(), &threads);
+    let ids = paths.of_blocks(
+        &blocks.iter().map(|b| b.parent).collect::<Vec<_>>(),
+        &blocks.iter().map(|b| b.site).collect::<Vec<_>>(),
+        &blocks.iter().map(|b| b.heuristic).collect::<Vec<_>>(),
+        &blocks.iter().map(has_path).collect::<Vec<_>>(),
+    );
     let mut groups = HashMap::new();
-    for b in all.as_slice().get(..n).unwrap_or(&[]) {
+    let mut retentions = HashMap::new();
+    for (b, &path) in blocks.iter().zip(&ids) {
+        let path = if has_path(b) { path } else { NO_PATH };
+        if path != NO_PATH && !retentions.contains_key(&path) {
+            if let Some(r) = paths.retention(path) {
+                retentions.insert(path, r);
+            }
+        }
         let key = (
             b.state,
             b.site,
             b.scope,
             b.heuristic && b.state == REACHABLE,
+            path,
         );
         groups
             .entry(key)
             .or_insert_with(Amount::default)
             .add(b.size as u64);
     }
-    Ok(Found { groups })
+    Ok(Found {
+        groups,
+        paths: retentions,
+    })
 }
 
 /// Names, suppressions and totals, after the world runs again.
 fn summarize(found: Found, suppressions: &Suppressions) -> LeakCheck {
     let mut out = LeakCheck::default();
     let mut used: HashMap<usize, Amount> = HashMap::new();
-    let mut records: HashMap<(LeakKind, u32, u32), Amount> = HashMap::new();
+    let mut records: HashMap<(LeakKind, u32, u32, u32), Amount> = HashMap::new();
     let mut matcher = Matcher::default();
-    for ((state, site, scope, heuristic), amount) in found.groups {
+    for ((state, site, scope, heuristic, path), amount) in found.groups {
         let kind = kind_of(state);
         if kind != LeakKind::StillReachable {
             if let Some(i) = matcher.suppressed(suppressions, site) {
@@ -482,7 +615,7 @@ fn summarize(found: Found, suppressions: &Suppressions) -> LeakCheck {
         if heuristic {
             out.reachable_via_heuristic += amount;
         }
-        *records.entry((kind, site, scope)).or_default() += amount;
+        *records.entry((kind, site, scope, path)).or_default() += amount;
     }
     let names: HashMap<u32, String> = names::scope_entries()
         .into_iter()
@@ -490,12 +623,13 @@ fn summarize(found: Found, suppressions: &Suppressions) -> LeakCheck {
         .collect();
     out.loss_records = records
         .into_iter()
-        .map(|((kind, site, scope), a)| LossRecord {
+        .map(|((kind, site, scope, path), a)| LossRecord {
             kind,
             blocks: a.blocks,
             bytes: a.bytes,
             callsite: site,
             scope: names.get(&scope).cloned(),
+            retained_by: found.paths.get(&path).cloned(),
         })
         .collect();
     out.loss_records.sort_by(|a, b| {
@@ -539,7 +673,7 @@ mod tests {
             end: roots.as_ptr() as usize + roots.len() * 8,
         };
         let mut m = Marker::new(&mut bufs.as_mut_slice()[..n], &everything).unwrap();
-        m.run(&[root]);
+        m.run(&[root], 1);
         drop(m);
         let mut kinds = vec![LeakKind::DefinitelyLost; heap.len()];
         for b in bufs.as_slice() {
@@ -661,7 +795,7 @@ mod tests {
             end: roots.as_ptr() as usize + 16,
         };
         let mut m = Marker::new(&mut bufs.as_mut_slice()[..n], &everything).unwrap();
-        m.run(&[root]);
+        m.run(&[root], 1);
         drop(m);
         let kind = |site: u32| {
             bufs.as_slice()

@@ -2,7 +2,8 @@
 //!
 //! Stopping the world ([`stop`]), the memory it scans ([`roots`]), marking
 //! and classifying every live block and grouping loss records
-//! ([`classify`]), suppressions ([`suppress`]), and keeping blocks out of
+//! ([`classify`]), who holds the reachable ones ([`retain`]),
+//! suppressions ([`suppress`]), and keeping blocks out of
 //! the check from code ([`controls`]), and growth per run for tests
 //! ([`growth`]). Its result is the report layer's
 //! `LeakCheck`; it runs outside the allocation path.
@@ -10,6 +11,7 @@
 pub(crate) mod classify;
 pub(crate) mod controls;
 pub(crate) mod growth;
+pub(crate) mod retain;
 pub(crate) mod roots;
 pub(crate) mod stop;
 pub(crate) mod suppress;

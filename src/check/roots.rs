@@ -165,6 +165,20 @@ pub(crate) fn each_readable(maps: &[Range], r: Range, mut f: impl FnMut(Range)) 
     }
 }
 
+/// The bytes [`callee_saved`] fills: a check's own thread's registers.
+pub(crate) const SAVED_REGISTERS: usize = 12 * 8;
+
+/// The frame pointer among [`callee_saved`]'s registers.
+pub(crate) fn frame_pointer_in(regs: &[usize; 12]) -> usize {
+    if cfg!(target_arch = "aarch64") {
+        regs[10]
+    } else if cfg!(target_arch = "x86_64") {
+        regs[1]
+    } else {
+        0
+    }
+}
+
 /// The callee-saved registers of the calling thread, for its own roots.
 #[inline(always)]
 pub(crate) fn callee_saved() -> [usize; 12] {

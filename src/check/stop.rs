@@ -65,15 +65,6 @@ impl<T: Copy> Buf<T> {
         true
     }
 
-    pub(crate) fn pop(&mut self) -> Option<T> {
-        if self.len == 0 {
-            return None;
-        }
-        self.len -= 1;
-        // SAFETY: the item at `len` was written by `push`.
-        Some(unsafe { self.ptr.add(self.len).read() })
-    }
-
     pub(crate) fn as_slice(&self) -> &[T] {
         // SAFETY: the first `len` items are initialised.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
@@ -122,6 +113,10 @@ struct Parked {
     tid: AtomicI32,
     sp: AtomicUsize,
     anchor: AtomicUsize,
+    /// The kernel's record of the interrupted registers (`ucontext_t`), on
+    /// the thread's stack: where a retention path's "register" roots are,
+    /// and where its frames begin.
+    ctx: AtomicUsize,
 }
 
 static PARKED: [Parked; MAX_THREADS] = [const {
@@ -129,6 +124,7 @@ static PARKED: [Parked; MAX_THREADS] = [const {
         tid: AtomicI32::new(0),
         sp: AtomicUsize::new(0),
         anchor: AtomicUsize::new(0),
+        ctx: AtomicUsize::new(0),
     }
 }; MAX_THREADS];
 /// Entries of `PARKED` claimed in this stop.
@@ -150,12 +146,12 @@ pub(crate) fn anchor() -> usize {
     ANCHOR.try_with(|a| a as *const u8 as usize).unwrap_or(0)
 }
 
-fn gettid() -> i32 {
+pub(crate) fn gettid() -> i32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
-extern "C" fn on_stop(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn on_stop(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: errno is this thread's; it is put back before returning.
     let errno = unsafe { *libc::__errno_location() };
     let epoch = EPOCH.load(Ordering::Acquire);
@@ -166,6 +162,7 @@ extern "C" fn on_stop(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut
         if let Some(p) = PARKED.get(i) {
             p.sp.store(sp, Ordering::Relaxed);
             p.anchor.store(anchor(), Ordering::Relaxed);
+            p.ctx.store(ctx as usize, Ordering::Relaxed);
             p.tid.store(gettid(), Ordering::Release);
         }
         while RELEASE.load(Ordering::Acquire) != epoch {
@@ -278,8 +275,11 @@ pub(crate) fn set_handler(
 /// One stopped thread.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Stopped {
+    pub(crate) tid: i32,
     pub(crate) sp: usize,
     pub(crate) anchor: usize,
+    /// Its interrupted registers' record (`ucontext_t`), 0 if unknown.
+    pub(crate) ctx: usize,
 }
 
 /// The other threads, stopped until [`World::resume`] (or drop).
@@ -424,8 +424,10 @@ pub(crate) fn stop() -> Result<World, &'static str> {
     for p in &PARKED[..parked] {
         if p.tid.load(Ordering::Acquire) != 0 {
             world.threads.push(Stopped {
+                tid: p.tid.load(Ordering::Relaxed),
                 sp: p.sp.load(Ordering::Relaxed),
                 anchor: p.anchor.load(Ordering::Relaxed),
+                ctx: p.ctx.load(Ordering::Relaxed),
             });
         }
     }

@@ -227,6 +227,7 @@ fn build(sites: Sites<'_>) -> Report {
                 outstanding_blocks,
                 outstanding_bytes,
                 by_callsite,
+                retained_by: Vec::new(),
             }
         })
         .collect();

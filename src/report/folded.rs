@@ -134,6 +134,7 @@ mod tests {
                     blocks: 3,
                     bytes: 300,
                 }],
+                retained_by: Vec::new(),
             }],
             untracked_blocks: 0,
             sample_bytes: 0,

@@ -7,7 +7,10 @@
 //! this one does not know are ignored; fields an older writer lacked take
 //! their empty value. Never panics on any input.
 
-use crate::report::leak::{Amount, LeakCheck, LeakKind, LossRecord, SuppressionUse};
+use crate::report::leak::{
+    Amount, LeakCheck, LeakKind, LossRecord, Retention, Root, RootKind, ScopeRetention,
+    SuppressionUse,
+};
 use crate::report::model::{
     CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,
     TimelineCallsite, TimelinePoint, Totals, Unwinder,
@@ -99,6 +102,16 @@ fn read_report(doc: &Value) -> Result<Report> {
                             callsite: id(c, "callsite")?,
                             blocks: count(c, "blocks")?,
                             bytes: count(c, "bytes")?,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                retained_by: list(s, "retained_by")?
+                    .iter()
+                    .map(|r| {
+                        Ok(ScopeRetention {
+                            retained_by: read_retention(r)?,
+                            blocks: count(r, "blocks")?,
+                            bytes: count(r, "bytes")?,
                         })
                     })
                     .collect::<Result<_>>()?,
@@ -195,6 +208,10 @@ fn read_leak_check(doc: &Value) -> Result<Option<LeakCheck>> {
                 bytes: count(r, "bytes")?,
                 callsite: id(r, "callsite")?,
                 scope: optional_string(r, "scope")?,
+                retained_by: match r.get("retained_by") {
+                    None | Some(Value::Null) => None,
+                    Some(by) => Some(read_retention(by)?),
+                },
             })
         })
         .collect::<Result<_>>()?;
@@ -219,6 +236,41 @@ fn read_leak_check(doc: &Value) -> Result<Option<LeakCheck>> {
         suppressions_used,
         error: optional_string(lc, "error")?,
     }))
+}
+
+fn read_retention(v: &Value) -> Result<Retention> {
+    let root = field(v, "root");
+    let kind = match root.get("kind").and_then(Value::as_str) {
+        Some("static") => RootKind::Static,
+        Some("stack") => RootKind::Stack,
+        Some("tls") => RootKind::Tls,
+        Some("register") => RootKind::Register,
+        _ => {
+            return error(format!(
+                "a retention root's \"kind\" is not one: {}",
+                short(root)
+            ))
+        }
+    };
+    Ok(Retention {
+        root: Root {
+            kind,
+            name: optional_string(root, "name")?,
+            thread: optional_string(root, "thread")?,
+            function: optional_string(root, "function")?,
+        },
+        path: list(v, "path")?
+            .iter()
+            .map(|c| match c.as_u64().and_then(|c| u32::try_from(c).ok()) {
+                Some(c) => Ok(c),
+                None => error(format!("a retention path holds {c}, not a call-site id")),
+            })
+            .collect::<Result<_>>()?,
+        via_heuristic: v
+            .get("via_heuristic")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
 }
 
 fn read_growth(doc: &Value) -> Result<Option<Growth>> {
@@ -382,6 +434,19 @@ fn short(v: &Value) -> String {
 mod tests {
     use super::*;
 
+    fn held() -> Retention {
+        Retention {
+            root: Root {
+                kind: RootKind::Static,
+                name: Some("app::CACHE".to_owned()),
+                thread: None,
+                function: None,
+            },
+            path: vec![5, 3],
+            via_heuristic: true,
+        }
+    }
+
     fn planted() -> Report {
         let frame = |ip, function: &str, line| Frame {
             ip,
@@ -426,6 +491,11 @@ mod tests {
                     blocks: 4,
                     bytes: 500,
                 }],
+                retained_by: vec![ScopeRetention {
+                    retained_by: held(),
+                    blocks: 2,
+                    bytes: 300,
+                }],
             }],
             untracked_blocks: 1,
             sample_bytes: 0,
@@ -436,13 +506,24 @@ mod tests {
                 still_reachable: amount(2, 300),
                 reachable_via_heuristic: amount(0, 0),
                 suppressed: amount(0, 0),
-                loss_records: vec![LossRecord {
-                    kind: LeakKind::DefinitelyLost,
-                    blocks: 1,
-                    bytes: 100,
-                    callsite: 3,
-                    scope: Some("GET /users/{id}".to_owned()),
-                }],
+                loss_records: vec![
+                    LossRecord {
+                        kind: LeakKind::StillReachable,
+                        blocks: 2,
+                        bytes: 300,
+                        callsite: 3,
+                        scope: Some("GET /users/{id}".to_owned()),
+                        retained_by: Some(held()),
+                    },
+                    LossRecord {
+                        kind: LeakKind::DefinitelyLost,
+                        blocks: 1,
+                        bytes: 100,
+                        callsite: 3,
+                        scope: Some("GET /users/{id}".to_owned()),
+                        retained_by: None,
+                    },
+                ],
                 suppressions_used: vec![SuppressionUse {
                     pattern: "leak:lazy_init".to_owned(),
                     blocks: 1,

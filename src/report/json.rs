@@ -4,7 +4,7 @@
 //! time into one buffer, never as a tree of the whole document.
 
 use crate::alloc::thread;
-use crate::report::leak::Amount;
+use crate::report::leak::{Amount, Retention};
 use crate::report::model::{CallsiteStats, Report};
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -92,6 +92,16 @@ impl Report {
                 .iter()
                 .map(|c| json!({"callsite": c.callsite, "blocks": c.blocks, "bytes": c.bytes}))
                 .collect();
+            if self.leak_check.is_some() {
+                v["retained_by"] = (s.retained_by.iter())
+                    .map(|r| {
+                        let mut v = retention_json(&r.retained_by);
+                        v["blocks"] = r.blocks.into();
+                        v["bytes"] = r.bytes.into();
+                        v
+                    })
+                    .collect();
+            }
             v
         });
         if let Some(g) = &self.growth {
@@ -156,19 +166,38 @@ impl Report {
             let _ = serde_json::to_writer(&mut out, &head);
             out.extend_from_slice(b",\"loss_records\":");
             write_list(&mut out, &lc.loss_records, |r| {
-                json!({
+                let mut v = json!({
                     "kind": r.kind.as_str(),
                     "blocks": r.blocks,
                     "bytes": r.bytes,
                     "callsite": r.callsite,
                     "scope": r.scope,
-                })
+                });
+                if let Some(by) = &r.retained_by {
+                    v["retained_by"] = retention_json(by);
+                }
+                v
             });
         }
         out.push(b'}');
         // Only serde_json's output and ASCII went in.
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Who holds blocks: `{"root": {"kind", "name", "thread", "function"},
+/// "path": [call-site ids], "via_heuristic"}`.
+fn retention_json(r: &Retention) -> Value {
+    json!({
+        "root": {
+            "kind": r.root.kind.as_str(),
+            "name": r.root.name,
+            "thread": r.root.thread,
+            "function": r.root.function,
+        },
+        "path": r.path,
+        "via_heuristic": r.via_heuristic,
+    })
 }
 
 /// A scope's entry, in `scopes` and in `growth` alike: its runs, its

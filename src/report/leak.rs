@@ -75,6 +75,74 @@ pub struct LossRecord {
     pub callsite: u32,
     /// The scope that was open when the blocks were made.
     pub scope: Option<String>,
+    /// Still-reachable and possibly-lost records: who holds the blocks, the
+    /// shortest way from a root (records are grouped by it too). `None` for
+    /// lost blocks, and for blocks kept out of the check.
+    pub retained_by: Option<Retention>,
+}
+
+/// Who holds a block: the root that reaches it first (breadth-first from
+/// every root), then the chain of blocks on the way, by call-site.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Retention {
+    pub root: Root,
+    /// Call-site ids, from the block the root points to to the block itself
+    /// (its own call-site last). A run of blocks from one call-site (a
+    /// linked list) is one hop.
+    pub path: Vec<u32>,
+    /// Some hop is an interior pointer that a heuristic explains (a
+    /// `HashMap`'s table, held by a pointer to its control bytes; a length
+    /// word before the data), not a pointer to a block's start.
+    pub via_heuristic: bool,
+}
+
+/// Where a retention path starts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Root {
+    pub kind: RootKind,
+    /// A static's symbol (`my_app::USER_CACHE`), when it has one.
+    pub name: Option<String>,
+    /// The thread whose stack, registers or thread-local storage it is.
+    pub thread: Option<String>,
+    /// On a stack: the function whose frame holds the reference.
+    pub function: Option<String>,
+}
+
+/// The kinds of roots the leak check scans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RootKind {
+    /// The data of a loaded object: a static.
+    Static,
+    /// A thread's stack.
+    Stack,
+    /// A thread's thread-local storage.
+    Tls,
+    /// A thread's registers, as saved when it was stopped.
+    Register,
+}
+
+impl RootKind {
+    /// The JSON name: `static`, `stack`, `tls`, `register`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootKind::Static => "static",
+            RootKind::Stack => "stack",
+            RootKind::Tls => "tls",
+            RootKind::Register => "register",
+        }
+    }
+}
+
+/// Blocks of a scope that one retention path holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScopeRetention {
+    pub retained_by: Retention,
+    pub blocks: u64,
+    pub bytes: u64,
 }
 
 /// A suppression that matched, with what it hid.
@@ -101,8 +169,8 @@ pub struct LeakCheck {
     pub reachable_via_heuristic: Amount,
     /// Lost blocks (of any of the three lost kinds) that a suppression matched.
     pub suppressed: Amount,
-    /// Unsuppressed blocks, grouped by kind, call-site and scope, largest
-    /// bytes first.
+    /// Unsuppressed blocks, grouped by kind, call-site, scope and (for the
+    /// reachable kinds) retention path, largest bytes first.
     pub loss_records: Vec<LossRecord>,
     pub suppressions_used: Vec<SuppressionUse>,
     /// Why the check did not run, when it did not (all counts are then 0).
@@ -168,6 +236,7 @@ mod tests {
             bytes,
             callsite: 3,
             scope: None,
+            retained_by: None,
         };
         let before = LeakCheck {
             loss_records: vec![rec(2, 64)],

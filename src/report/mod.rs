@@ -25,7 +25,10 @@ pub(crate) mod warn;
 
 pub use collect::snapshot;
 pub use from_json::ParseReportError;
-pub use leak::{Amount, LeakCheck, LeakKind, LossRecord, SuppressionUse};
+pub use leak::{
+    Amount, LeakCheck, LeakKind, LossRecord, Retention, Root, RootKind, ScopeRetention,
+    SuppressionUse,
+};
 pub use model::{
     CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,
     TimelineCallsite, TimelinePoint, Totals, Unwinder,

@@ -7,7 +7,7 @@
 
 #[cfg(doc)]
 use crate::report::collect::snapshot;
-use crate::report::leak::LeakCheck;
+use crate::report::leak::{LeakCheck, Retention, ScopeRetention};
 
 /// One frame of an allocating stack, innermost first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +75,9 @@ pub struct ScopeStats {
     pub outstanding_bytes: u64,
     /// Largest first.
     pub by_callsite: Vec<ScopeCallsite>,
+    /// After a leak check: who holds its still-reachable and possibly-lost
+    /// blocks, by retention path, most bytes first (empty without a check).
+    pub retained_by: Vec<ScopeRetention>,
 }
 
 impl ScopeStats {
@@ -264,6 +267,38 @@ impl ScopeGrowth {
 }
 
 impl Report {
+    /// Adds a leak check's result, and with it who holds each scope's
+    /// reachable blocks (from the records' retention paths).
+    pub(crate) fn attach_leak_check(&mut self, lc: LeakCheck) {
+        let mut by_scope: std::collections::HashMap<(&str, &Retention), (u64, u64)> =
+            std::collections::HashMap::new();
+        for r in &lc.loss_records {
+            if let (Some(scope), Some(by)) = (&r.scope, &r.retained_by) {
+                let e = by_scope.entry((scope.as_str(), by)).or_default();
+                e.0 += r.blocks;
+                e.1 += r.bytes;
+            }
+        }
+        for s in &mut self.scopes {
+            s.retained_by = (by_scope.iter())
+                .filter(|((name, _), _)| *name == s.name)
+                .map(|((_, by), &(blocks, bytes))| ScopeRetention {
+                    retained_by: (*by).clone(),
+                    blocks,
+                    bytes,
+                })
+                .collect();
+            s.retained_by.sort_by(|a, b| {
+                (b.bytes, b.blocks, &a.retained_by.path).cmp(&(
+                    a.bytes,
+                    a.blocks,
+                    &b.retained_by.path,
+                ))
+            });
+        }
+        self.leak_check = Some(lc);
+    }
+
     pub fn callsite(&self, id: u32) -> Option<&CallsiteStats> {
         self.callsites.iter().find(|c| c.id == id)
     }
@@ -383,6 +418,7 @@ mod tests {
             outstanding_blocks: blocks,
             outstanding_bytes: bytes,
             by_callsite: Vec::new(),
+            retained_by: Vec::new(),
         }
     }
 

@@ -82,6 +82,18 @@ impl Symbolizer {
         strip_allocator_frames(frames)
     }
 
+    /// The symbol of the static that holds data address `addr`
+    /// (`my_app::USER_CACHE`), if the object's symbol table names one.
+    pub(crate) fn data_symbol(&mut self, addr: usize) -> Option<String> {
+        let mut name = None;
+        backtrace::resolve(addr as *mut std::ffi::c_void, |sym| {
+            if name.is_none() {
+                name = sym.name().map(|n| format!("{n:#}"));
+            }
+        });
+        name
+    }
+
     fn resolve(&mut self, ip: usize) -> Vec<(Frame, Role)> {
         if self.cwd.is_none() {
             let mut cwd = std::env::current_dir()

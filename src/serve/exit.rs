@@ -197,7 +197,7 @@ pub(crate) fn checked_report() -> Report {
     let mut report = leak_check_then(|lc| {
         let also: Vec<u32> = lc.loss_records.iter().map(|r| r.callsite).collect();
         let mut report = snapshot_of(sites(&also));
-        report.leak_check = Some(lc);
+        report.attach_leak_check(lc);
         report
     });
     // Outside the check: the sampler may hold the ring while stopped.

@@ -1,0 +1,288 @@
+//! Retention paths: who holds a still-reachable block. Planted, exact: a
+//! static `HashMap` (its table the first hop, reached through the control
+//! bytes' heuristic), a three-node chain from a static, a `Vec` local in a
+//! parked thread, a `thread_local!`, and a lost `Rc` cycle (no path).
+
+#![allow(clippy::vec_box)] // the boxes are the planted blocks
+
+#[global_allocator]
+static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
+
+mod common;
+
+use leakscope::{LeakKind, LossRecord, Report, RootKind};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::rc::Rc;
+use std::sync::Mutex;
+
+static USER_CACHE: Mutex<Option<HashMap<u64, Box<[u8; 40]>>>> = Mutex::new(None);
+
+struct First {
+    _next: Box<Second>,
+}
+struct Second {
+    _next: Box<Third>,
+}
+struct Third {
+    _data: [u64; 9],
+}
+
+static CHAIN: Mutex<Option<Box<First>>> = Mutex::new(None);
+
+thread_local! {
+    static TLS_LIST: RefCell<Vec<Box<[u8; 56]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Ten entries of 40 bytes in a static map (made with room for them).
+#[inline(never)]
+fn fill_cache() {
+    let mut map = HashMap::with_capacity(16);
+    for k in 0..10 {
+        map.insert(k, Box::new([k as u8; 40]));
+    }
+    *USER_CACHE.lock().unwrap() = Some(map);
+}
+
+#[inline(never)]
+fn make_third() -> Box<Third> {
+    Box::new(Third { _data: [3; 9] })
+}
+
+#[inline(never)]
+fn make_second() -> Box<Second> {
+    Box::new(Second {
+        _next: make_third(),
+    })
+}
+
+#[inline(never)]
+fn make_first() -> Box<First> {
+    Box::new(First {
+        _next: make_second(),
+    })
+}
+
+#[inline(never)]
+fn fill_chain() {
+    *CHAIN.lock().unwrap() = Some(make_first());
+}
+
+#[inline(never)]
+fn fill_tls() {
+    TLS_LIST.with(|l| {
+        let mut l = l.borrow_mut();
+        l.reserve(8);
+        for i in 0..4 {
+            l.push(Box::new([i; 56]));
+        }
+    });
+}
+
+/// Four boxes of 24 bytes in a `Vec` local to this function, on a thread
+/// that then waits until told to go.
+#[inline(never)]
+fn hold_in_parked_thread(ready: std::sync::mpsc::Sender<()>, go: std::sync::mpsc::Receiver<()>) {
+    let mut held: Vec<Box<[u8; 24]>> = Vec::with_capacity(8);
+    for i in 0..4 {
+        held.push(Box::new([i; 24]));
+    }
+    let held = black_box(held);
+    ready.send(()).unwrap();
+    go.recv().unwrap();
+    drop(black_box(held));
+}
+
+struct Link {
+    next: RefCell<Option<Rc<Link>>>,
+    _pad: [u64; 3],
+}
+
+#[inline(never)]
+fn lose_cycle() {
+    let a = Rc::new(Link {
+        next: RefCell::new(None),
+        _pad: [0; 3],
+    });
+    let b = Rc::new(Link {
+        next: RefCell::new(Some(a.clone())),
+        _pad: [0; 3],
+    });
+    *a.next.borrow_mut() = Some(b.clone());
+}
+
+/// The report's records of blocks made in `function`.
+fn records<'a>(report: &'a Report, function: &str) -> Vec<&'a LossRecord> {
+    let lc = report.leak_check.as_ref().unwrap();
+    lc.loss_records
+        .iter()
+        .filter(|r| {
+            report
+                .callsite(r.callsite)
+                .is_some_and(|c| c.function().is_some_and(|f| f.ends_with(function)))
+        })
+        .collect()
+}
+
+/// The one record of blocks made in `function`.
+#[allow(dead_code)]
+fn record<'a>(report: &'a Report, function: &str) -> &'a LossRecord {
+    let r = records(report, function);
+    assert_eq!(r.len(), 1, "records of {function}: {r:#?}");
+    r[0]
+}
+
+/// The two records of blocks made in `function`: a `Vec`'s buffer (one
+/// block) and the boxes it holds.
+fn buffer_and_boxes<'a>(report: &'a Report, function: &str) -> (&'a LossRecord, &'a LossRecord) {
+    let mut r = records(report, function);
+    assert_eq!(r.len(), 2, "records of {function}: {r:#?}");
+    r.sort_by_key(|r| r.blocks);
+    (r[0], r[1])
+}
+
+/// The first function of call-site `id`, and whether its stack passes
+/// through `through`.
+fn site(report: &Report, id: u32, through: &str) -> (String, bool) {
+    let c = report.callsite(id).unwrap();
+    (
+        c.function().unwrap_or("").to_owned(),
+        c.frames
+            .iter()
+            .any(|f| f.function.as_deref().is_some_and(|n| n.contains(through))),
+    )
+}
+
+fn main() {
+    common::run(&[("planted_paths_are_exact", planted_paths_are_exact)]);
+}
+
+fn planted_paths_are_exact() {
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::Builder::new()
+        .name("retention-hold".to_owned())
+        .spawn(move || hold_in_parked_thread(ready_tx, go_rx))
+        .unwrap();
+    ready.recv().unwrap();
+    // Planted after the holder parked, so that its stack holds nothing of
+    // theirs; then this thread's dead stack is scrubbed of their addresses.
+    leakscope::track_scope("GET /cache", fill_cache);
+    fill_chain();
+    fill_tls();
+    lose_cycle();
+    common::scrub_all();
+    let report = leakscope::leak_check();
+    go.send(()).unwrap();
+    holder.join().unwrap();
+
+    // The static map: its values are reached through the map's table,
+    // which the static holds by a pointer to its control bytes.
+    // Both are made in fill_cache: the table (32 buckets of 16 bytes and
+    // 48 control bytes) and the ten values.
+    let mut made = records(&report, "retention::fill_cache");
+    made.sort_by_key(|r| r.blocks);
+    let (table, values) = (made[0], made[1]);
+    assert_eq!(made.len(), 2, "{made:#?}");
+    assert_eq!(
+        (table.kind, table.blocks, table.bytes),
+        (LeakKind::StillReachable, 1, 560)
+    );
+    assert_eq!(
+        (values.kind, values.blocks, values.bytes),
+        (LeakKind::StillReachable, 10, 400)
+    );
+    let by = table.retained_by.as_ref().unwrap();
+    assert_eq!(by.root.kind, RootKind::Static);
+    assert_eq!(by.root.name.as_deref(), Some("retention::USER_CACHE"));
+    assert_eq!(by.path, [table.callsite]);
+    assert!(
+        by.via_heuristic,
+        "the static holds the table by its control bytes"
+    );
+    let by = values.retained_by.as_ref().unwrap();
+    assert_eq!(by.root.name.as_deref(), Some("retention::USER_CACHE"));
+    assert_eq!(by.path, [table.callsite, values.callsite]);
+    assert!(by.via_heuristic);
+    // The scope that made them says who holds them.
+    let scope = report.scope("GET /cache").unwrap();
+    let held: Vec<_> = scope
+        .retained_by
+        .iter()
+        .filter(|r| r.retained_by.root.name.as_deref() == Some("retention::USER_CACHE"))
+        .collect();
+    assert_eq!(
+        held.iter().map(|r| (r.blocks, r.bytes)).collect::<Vec<_>>(),
+        [(1, 560), (10, 400)],
+        "{:#?}",
+        scope.retained_by
+    );
+
+    // The chain: the third node is three blocks from the static.
+    let third = record(&report, "retention::make_third");
+    let by = third.retained_by.as_ref().unwrap();
+    assert_eq!(by.root.name.as_deref(), Some("retention::CHAIN"));
+    let hops: Vec<String> = by.path.iter().map(|&id| site(&report, id, "").0).collect();
+    assert_eq!(
+        hops,
+        [
+            "retention::make_first",
+            "retention::make_second",
+            "retention::make_third"
+        ]
+    );
+    assert!(!by.via_heuristic);
+
+    // The thread-local list: its buffer, then the boxes.
+    let (buffer, boxes) = buffer_and_boxes(&report, "retention::fill_tls::{{closure}}");
+    assert_eq!((buffer.blocks, buffer.bytes), (1, 64));
+    assert_eq!((boxes.blocks, boxes.bytes), (4, 224));
+    let by = boxes.retained_by.as_ref().unwrap();
+    assert_eq!(by.root.kind, RootKind::Tls, "{by:?}");
+    assert_eq!(by.path, [buffer.callsite, boxes.callsite]);
+    let main_thread = by.root.thread.clone().unwrap();
+    assert!("retention".starts_with(&main_thread) || main_thread.starts_with("retention"));
+
+    // The parked thread's local `Vec`: its stack, in that function. The
+    // frame may also keep a copy of the last box's pointer (the machine's
+    // truth: that box is then held straight from the stack).
+    let made = records(&report, "retention::hold_in_parked_thread");
+    for r in &made {
+        let by = r.retained_by.as_ref().unwrap();
+        assert_eq!(by.root.kind, RootKind::Stack, "{by:?}");
+        assert_eq!(by.root.thread.as_deref(), Some("retention-hold"), "{by:?}");
+        assert_eq!(
+            by.root.function.as_deref(),
+            Some("retention::hold_in_parked_thread"),
+            "{by:?}"
+        );
+    }
+    let buffer = made.iter().find(|r| r.bytes == 64).unwrap();
+    assert_eq!(buffer.retained_by.as_ref().unwrap().path, [buffer.callsite]);
+    let through_buffer: Vec<_> = made
+        .iter()
+        .filter(|r| r.retained_by.as_ref().unwrap().path.len() == 2)
+        .collect();
+    assert_eq!(through_buffer.len(), 1, "{made:#?}");
+    let direct = made
+        .iter()
+        .filter(|r| r.bytes != 64 && r.retained_by.as_ref().unwrap().path.len() == 1);
+    assert_eq!(
+        through_buffer[0].blocks + direct.map(|r| r.blocks).sum::<u64>(),
+        4,
+        "{made:#?}"
+    );
+    assert!(through_buffer[0].blocks >= 3, "{made:#?}");
+
+    // The lost cycle has no path.
+    let lost = records(&report, "retention::lose_cycle");
+    assert!(!lost.is_empty());
+    for r in lost {
+        assert!(
+            matches!(r.kind, LeakKind::DefinitelyLost | LeakKind::IndirectlyLost),
+            "{r:?}"
+        );
+        assert!(r.retained_by.is_none(), "{r:?}");
+    }
+}
