@@ -142,6 +142,17 @@ fn buffer_and_boxes<'a>(report: &'a Report, function: &str) -> (&'a LossRecord, 
     (r[0], r[1])
 }
 
+/// A call-site's first frame as the text shows a hop: `function (file:line)`.
+fn first_frame(report: &Report, id: u32) -> String {
+    let f = &report.callsite(id).unwrap().frames[0];
+    format!(
+        "{} ({}:{})",
+        f.function.as_deref().unwrap(),
+        f.file.as_deref().unwrap(),
+        f.line.unwrap()
+    )
+}
+
 /// The first function of call-site `id`, and whether its stack passes
 /// through `through`.
 fn site(report: &Report, id: u32, through: &str) -> (String, bool) {
@@ -274,6 +285,49 @@ fn planted_paths_are_exact() {
         "{made:#?}"
     );
     assert!(through_buffer[0].blocks >= 3, "{made:#?}");
+
+    // The text, the page and the JSON say it.
+    let text = report.to_string();
+    assert!(
+        text.contains("Who holds the scopes' outstanding blocks (the shortest way from a root):"),
+        "{text}"
+    );
+    let (table_at, values_at) = (
+        first_frame(&report, table.callsite),
+        first_frame(&report, values.callsite),
+    );
+    let expected = format!(
+        "     400 bytes in 10 blocks\n{p}       held by static `retention::USER_CACHE`\n\
+         {p}       -> a block, from {table_at}\n\
+         {p}       -> these blocks, from {values_at}\n",
+        p = format!("=={}==", report.pid),
+    );
+    assert!(text.contains(&expected), "{expected}\n{text}");
+    let html = report.to_html();
+    assert!(html.contains("<h2>Who holds it</h2>"));
+    assert!(
+        html.contains("<tr data-scope=\"GET /cache\"><td>GET /cache</td><td>400</td><td>10</td>"),
+        "{html}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    let rec = doc["loss_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["callsite"] == values.callsite && r["kind"] == "still_reachable")
+        .unwrap();
+    assert_eq!(rec["retained_by"]["root"]["kind"], "static");
+    assert_eq!(rec["retained_by"]["root"]["name"], "retention::USER_CACHE");
+    assert_eq!(
+        rec["retained_by"]["path"],
+        serde_json::json!([table.callsite, values.callsite])
+    );
+    let back = Report::from_json(&report.to_json()).unwrap();
+    assert_eq!(back.leak_check, report.leak_check);
+    assert_eq!(
+        back.scope("GET /cache").unwrap().retained_by,
+        scope.retained_by
+    );
 
     // The lost cycle has no path.
     let lost = records(&report, "retention::lose_cycle");

@@ -72,6 +72,7 @@ impl Report {
         }
         self.html_flamegraph(&mut h);
         self.html_loss_records(&mut h);
+        self.html_holders(&mut h);
         self.html_callsites(&mut h);
         h.push_str("</body></html>\n");
         h
@@ -207,6 +208,38 @@ impl Report {
             );
             stack(h, self.callsite(r.callsite));
             h.push_str("</td></tr>");
+        }
+        h.push_str("</table>");
+    }
+
+    /// Who holds each scope's outstanding blocks: its retention paths.
+    fn html_holders(&self, h: &mut String) {
+        let held: Vec<_> = (self.scopes.iter())
+            .filter(|s| s.outstanding_bytes > 0 && !s.retained_by.is_empty())
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        h.push_str(
+            "<h2>Who holds it</h2><table id=\"holders\"><tr><th>scope</th><th>bytes</th>\
+             <th>blocks</th><th>held by (the shortest way from a root)</th></tr>",
+        );
+        for s in held {
+            for r in s.retained_by.iter().take(MAX_ROWS) {
+                let _ = write!(
+                    h,
+                    "<tr data-scope=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"stack\">",
+                    esc(&s.name),
+                    esc(&s.name),
+                    Thousands(r.bytes),
+                    Thousands(r.blocks),
+                );
+                let lines: Vec<String> = (self.retention_lines(&r.retained_by).iter())
+                    .map(|l| esc(l))
+                    .collect();
+                h.push_str(&lines.join("<br>"));
+                h.push_str("</td></tr>");
+            }
         }
         h.push_str("</table>");
     }

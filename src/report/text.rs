@@ -5,7 +5,7 @@
 //! in a live report, what grew since the previous one.
 
 use crate::alloc::thread;
-use crate::report::leak::{Amount, LeakCheck, LeakKind};
+use crate::report::leak::{Amount, LeakCheck, LeakKind, Retention, RootKind};
 use crate::report::model::{Frame, Growth, Report, Unwinder, FRAME_POINTERS_FIX, LINE_TABLES_FIX};
 use crate::report::symbolize::is_runtime_boundary;
 use std::fmt::{self, Display, Formatter};
@@ -353,6 +353,11 @@ impl Report {
                 )?,
                 None => writeln!(f, "{p}    outside any scope (call-site {})", r.callsite)?,
             }
+            if let Some(by) = &r.retained_by {
+                for line in self.retention_lines(by) {
+                    writeln!(f, "{p}    {line}")?;
+                }
+            }
         }
         let line = |f: &mut Formatter<'_>, label: &str, a: Amount| {
             writeln!(
@@ -381,9 +386,95 @@ impl Report {
                 Thousands(u.blocks)
             )?;
         }
+        self.write_holders(f, p)
+    }
+
+    /// Who holds each scope's outstanding blocks that are still reachable:
+    /// its largest retention paths.
+    fn write_holders(&self, f: &mut Formatter<'_>, p: &str) -> fmt::Result {
+        let held: Vec<_> = (self.scopes.iter())
+            .filter(|s| s.outstanding_bytes > 0 && !s.retained_by.is_empty())
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        writeln!(f, "{p}")?;
+        writeln!(
+            f,
+            "{p} Who holds the scopes' outstanding blocks (the shortest way from a root):"
+        )?;
+        for s in held {
+            writeln!(f, "{p}   {}:", s.name)?;
+            for r in s.retained_by.iter().take(MAX_PATHS) {
+                writeln!(
+                    f,
+                    "{p}     {} bytes in {} {}",
+                    Thousands(r.bytes),
+                    Thousands(r.blocks),
+                    plural(r.blocks, "block", "blocks")
+                )?;
+                for line in self.retention_lines(&r.retained_by) {
+                    writeln!(f, "{p}       {line}")?;
+                }
+            }
+            if s.retained_by.len() > MAX_PATHS {
+                writeln!(
+                    f,
+                    "{p}     and {} more paths (the JSON has them all)",
+                    s.retained_by.len() - MAX_PATHS
+                )?;
+            }
+        }
         Ok(())
     }
+
+    /// A retention path as lines: `held by static `app::CACHE``, then each
+    /// hop, `-> a block from app::cache_user (src/cache.rs:12)`, the last
+    /// being the blocks themselves.
+    pub(crate) fn retention_lines(&self, r: &Retention) -> Vec<String> {
+        let thread = r.root.thread.as_deref().unwrap_or("?");
+        let mut lines = vec![match r.root.kind {
+            RootKind::Static => match &r.root.name {
+                Some(name) => format!("held by static `{name}`"),
+                None => "held by a static (no symbol)".to_owned(),
+            },
+            RootKind::Stack => match &r.root.function {
+                Some(function) => {
+                    format!("held by the stack of thread `{thread}`, in `{function}`")
+                }
+                None => format!("held by the stack of thread `{thread}`"),
+            },
+            RootKind::Tls => format!("held by thread-local storage of thread `{thread}`"),
+            RootKind::Register => format!("held by a register of thread `{thread}`"),
+        }];
+        for (i, &site) in r.path.iter().enumerate() {
+            let at = match self.callsite(site).and_then(|c| c.frames.first()) {
+                Some(fr) => format!(
+                    "{}{}",
+                    fr.function.as_deref().unwrap_or("???"),
+                    where_of(fr)
+                ),
+                None => format!("call-site {site}"),
+            };
+            let what = if i + 1 == r.path.len() {
+                "these blocks"
+            } else {
+                "a block"
+            };
+            lines.push(format!("-> {what}, from {at}"));
+        }
+        if r.via_heuristic {
+            lines.push(
+                "(a hop is a pointer inside a block, explained by a heuristic: a HashMap's table, or a length before the data)"
+                    .to_owned(),
+            );
+        }
+        lines
+    }
 }
+
+/// Retention paths of a scope the text shows (the JSON has them all).
+const MAX_PATHS: usize = 3;
 
 #[cfg(test)]
 mod tests {
