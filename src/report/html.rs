@@ -225,18 +225,16 @@ impl Report {
              <th>blocks</th><th>held by (the shortest way from a root)</th></tr>",
         );
         for s in held {
-            for r in s.retained_by.iter().take(MAX_ROWS) {
+            for (lines, blocks, bytes) in self.holders(s).iter().take(MAX_ROWS) {
                 let _ = write!(
                     h,
                     "<tr data-scope=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"stack\">",
                     esc(&s.name),
                     esc(&s.name),
-                    Thousands(r.bytes),
-                    Thousands(r.blocks),
+                    Thousands(*bytes),
+                    Thousands(*blocks),
                 );
-                let lines: Vec<String> = (self.retention_lines(&r.retained_by).iter())
-                    .map(|l| esc(l))
-                    .collect();
+                let lines: Vec<String> = lines.iter().map(|l| esc(l)).collect();
                 h.push_str(&lines.join("<br>"));
                 h.push_str("</td></tr>");
             }

@@ -6,7 +6,9 @@
 
 use crate::alloc::thread;
 use crate::report::leak::{Amount, LeakCheck, LeakKind, Retention, RootKind};
-use crate::report::model::{Frame, Growth, Report, Unwinder, FRAME_POINTERS_FIX, LINE_TABLES_FIX};
+use crate::report::model::{
+    Frame, Growth, Report, ScopeStats, Unwinder, FRAME_POINTERS_FIX, LINE_TABLES_FIX,
+};
 use crate::report::symbolize::is_runtime_boundary;
 use std::fmt::{self, Display, Formatter};
 
@@ -405,27 +407,47 @@ impl Report {
         )?;
         for s in held {
             writeln!(f, "{p}   {}:", s.name)?;
-            for r in s.retained_by.iter().take(MAX_PATHS) {
+            let holders = self.holders(s);
+            for (lines, blocks, bytes) in holders.iter().take(MAX_PATHS) {
                 writeln!(
                     f,
                     "{p}     {} bytes in {} {}",
-                    Thousands(r.bytes),
-                    Thousands(r.blocks),
-                    plural(r.blocks, "block", "blocks")
+                    Thousands(*bytes),
+                    Thousands(*blocks),
+                    plural(*blocks, "block", "blocks")
                 )?;
-                for line in self.retention_lines(&r.retained_by) {
+                for line in lines {
                     writeln!(f, "{p}       {line}")?;
                 }
             }
-            if s.retained_by.len() > MAX_PATHS {
+            if holders.len() > MAX_PATHS {
                 writeln!(
                     f,
                     "{p}     and {} more paths (the JSON has them all)",
-                    s.retained_by.len() - MAX_PATHS
+                    holders.len() - MAX_PATHS
                 )?;
             }
         }
         Ok(())
+    }
+
+    /// A scope's retention paths as the text and the page show them: their
+    /// lines, blocks and bytes, most bytes first. Paths whose hops read the
+    /// same (call-sites that differ only below their first frame) are one.
+    pub(crate) fn holders(&self, s: &ScopeStats) -> Vec<(Vec<String>, u64, u64)> {
+        let mut out: Vec<(Vec<String>, u64, u64)> = Vec::new();
+        for r in &s.retained_by {
+            let lines = self.retention_lines(&r.retained_by);
+            match out.iter_mut().find(|h| h.0 == lines) {
+                Some(h) => {
+                    h.1 += r.blocks;
+                    h.2 += r.bytes;
+                }
+                None => out.push((lines, r.blocks, r.bytes)),
+            }
+        }
+        out.sort_by_key(|h| std::cmp::Reverse((h.2, h.1)));
+        out
     }
 
     /// A retention path as lines: `held by static `app::CACHE``, then each
