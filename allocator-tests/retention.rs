@@ -1,7 +1,8 @@
 //! Retention paths: who holds a still-reachable block. Planted, exact: a
 //! static `HashMap` (its table the first hop, reached through the control
-//! bytes' heuristic), a three-node chain from a static, a `Vec` local in a
-//! parked thread, a `thread_local!`, and a lost `Rc` cycle (no path).
+//! bytes' heuristic), a three-node chain from a static, a linked list (one
+//! hop), a `Vec` local in a parked thread, a `thread_local!`, and a lost
+//! `Rc` cycle (no path).
 
 #![allow(clippy::vec_box)] // the boxes are the planted blocks
 
@@ -30,6 +31,26 @@ struct Third {
 }
 
 static CHAIN: Mutex<Option<Box<First>>> = Mutex::new(None);
+
+struct ListNode {
+    _next: Option<Box<ListNode>>,
+    _value: u64,
+}
+
+static LIST: Mutex<Option<Box<ListNode>>> = Mutex::new(None);
+
+/// A linked list of 50 nodes, every one made here.
+#[inline(never)]
+fn fill_list() {
+    let mut head = None;
+    for v in 0..50 {
+        head = Some(Box::new(ListNode {
+            _next: head,
+            _value: v,
+        }));
+    }
+    *LIST.lock().unwrap() = head;
+}
 
 thread_local! {
     static TLS_LIST: RefCell<Vec<Box<[u8; 56]>>> = const { RefCell::new(Vec::new()) };
@@ -126,7 +147,6 @@ fn records<'a>(report: &'a Report, function: &str) -> Vec<&'a LossRecord> {
 }
 
 /// The one record of blocks made in `function`.
-#[allow(dead_code)]
 fn record<'a>(report: &'a Report, function: &str) -> &'a LossRecord {
     let r = records(report, function);
     assert_eq!(r.len(), 1, "records of {function}: {r:#?}");
@@ -181,6 +201,7 @@ fn planted_paths_are_exact() {
     // theirs; then this thread's dead stack is scrubbed of their addresses.
     leakscope::track_scope("GET /cache", fill_cache);
     fill_chain();
+    fill_list();
     fill_tls();
     lose_cycle();
     common::scrub_all();
@@ -244,6 +265,13 @@ fn planted_paths_are_exact() {
         ]
     );
     assert!(!by.via_heuristic);
+
+    // The linked list: fifty nodes of one call-site, one hop from the static.
+    let nodes = record(&report, "retention::fill_list");
+    assert_eq!((nodes.blocks, nodes.bytes), (50, 800));
+    let by = nodes.retained_by.as_ref().unwrap();
+    assert_eq!(by.root.name.as_deref(), Some("retention::LIST"));
+    assert_eq!(by.path, [nodes.callsite]);
 
     // The thread-local list: its buffer, then the boxes.
     let (buffer, boxes) = buffer_and_boxes(&report, "retention::fill_tls::{{closure}}");
