@@ -358,35 +358,34 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
     v.get(key).unwrap_or(&Value::Null)
 }
 
-/// A count; 0 when absent (a field an older writer did not have).
-fn count(v: &Value, key: &str) -> Result<u64> {
+/// `v[key]` read by `get`: its default when absent (a field an older
+/// writer did not have), an error naming `what` it should be when not that.
+fn scalar<T: Default>(
+    v: &Value,
+    key: &str,
+    get: impl Fn(&Value) -> Option<T>,
+    what: &str,
+) -> Result<T> {
     match v.get(key) {
-        None | Some(Value::Null) => Ok(0),
-        Some(n) => match n.as_u64() {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(n) => match get(n) {
             Some(n) => Ok(n),
-            None => error(format!("\"{key}\" is not a count: {n}")),
+            None => error(format!("\"{key}\" is not {what}: {}", short(n))),
         },
     }
+}
+
+/// A count; 0 when absent.
+fn count(v: &Value, key: &str) -> Result<u64> {
+    scalar(v, key, Value::as_u64, "a count")
 }
 
 fn signed(v: &Value, key: &str) -> Result<i64> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(0),
-        Some(n) => match n.as_i64() {
-            Some(n) => Ok(n),
-            None => error(format!("\"{key}\" is not a whole number: {n}")),
-        },
-    }
+    scalar(v, key, Value::as_i64, "a whole number")
 }
 
 fn number(v: &Value, key: &str) -> Result<f64> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(0.0),
-        Some(n) => match n.as_f64() {
-            Some(n) => Ok(n),
-            None => error(format!("\"{key}\" is not a number: {n}")),
-        },
-    }
+    scalar(v, key, Value::as_f64, "a number")
 }
 
 fn id(v: &Value, key: &str) -> Result<u32> {
