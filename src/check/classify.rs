@@ -344,7 +344,9 @@ impl<'a> Marker<'a> {
         }
         for i in 0..self.blocks.len() {
             if self.blocks[i].ignored && self.blocks[i].state != REACHABLE {
+                // Kept out of the check: reachable, held by no path.
                 self.blocks[i].state = REACHABLE;
+                self.blocks[i].parent = 0;
                 self.push(i);
                 self.drain(None);
             }
