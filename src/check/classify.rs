@@ -42,12 +42,12 @@ pub(crate) struct Blk {
     pub(crate) scope: u32,
     pub(crate) state: u8,
     pending: bool,
-    heuristic: bool,
+    pub(crate) heuristic: bool,
     ignored: bool,
     /// The reference that first reached it (the last that made it
     /// reachable): `ROOT | address` of a root word, the index + 1 of a
     /// block, or 0. Its retention path is made of these.
-    parent: usize,
+    pub(crate) parent: usize,
 }
 
 impl Blk {
@@ -560,16 +560,10 @@ fn classify(
     let blocks = all.as_slice().get(..n).unwrap_or(&[]);
     let has_path = |b: &Blk| b.state == REACHABLE || b.state == POSSIBLE;
     let mut paths = Paths::new(infos.as_slice(), &threads);
-    let ids = paths.of_blocks(
-        &blocks.iter().map(|b| b.parent).collect::<Vec<_>>(),
-        &blocks.iter().map(|b| b.site).collect::<Vec<_>>(),
-        &blocks.iter().map(|b| b.heuristic).collect::<Vec<_>>(),
-        &blocks.iter().map(has_path).collect::<Vec<_>>(),
-    );
+    let ids = paths.of_blocks(blocks, has_path);
     let mut groups = HashMap::new();
     let mut retentions = HashMap::new();
     for (b, &path) in blocks.iter().zip(&ids) {
-        let path = if has_path(b) { path } else { NO_PATH };
         if path != NO_PATH && !retentions.contains_key(&path) {
             if let Some(r) = paths.retention(path) {
                 retentions.insert(path, r);

@@ -8,7 +8,7 @@
 
 use crate::alloc::{callsite, sample, thread};
 use crate::report::collect::scope_holds;
-use crate::report::model::Frame;
+use crate::report::model::{self, Frame};
 use crate::report::symbolize::Symbolizer;
 use crate::report::text::{plural, write_stack, PerRun, Thousands};
 use crate::scope::guard::growth_run;
@@ -161,13 +161,7 @@ fn summarize(scope: String, runs: u64) -> GrowthSummary {
     let id = names::intern(&scope).id;
     let holds = scope_holds(id);
     let ((blocks, bytes), tracked) = (holds.outstanding, holds.counted);
-    let per_run = |n: u64| {
-        if runs == 0 {
-            0.0
-        } else {
-            n as f64 / runs as f64
-        }
-    };
+    let per_run = |n: u64| model::per_run(n as f64, runs);
     let mut symbols = Symbolizer::default();
     let mut by_callsite: Vec<GrowthCallsite> = (holds.sites.into_iter())
         .map(|(site, blocks, bytes)| GrowthCallsite {
@@ -214,7 +208,7 @@ fn blocks_word(per_run: f64) -> &'static str {
 }
 
 /// A per-run figure without its sign: `6`, `0.20`, `1,024`.
-fn per_run(v: f64) -> String {
+fn shown_per_run(v: f64) -> String {
     PerRun(v).to_string().trim_start_matches('+').to_owned()
 }
 
@@ -239,8 +233,8 @@ impl GrowthSummary {
             Thousands(self.outstanding_bytes),
             Thousands(self.outstanding_blocks),
             plural(self.outstanding_blocks, "block", "blocks"),
-            per_run(self.bytes_per_run),
-            per_run(self.blocks_per_run),
+            shown_per_run(self.bytes_per_run),
+            shown_per_run(self.blocks_per_run),
             blocks_word(self.blocks_per_run),
         )?;
         if self.sample_bytes > 0 {
@@ -258,8 +252,8 @@ impl GrowthSummary {
                 Thousands(c.bytes),
                 Thousands(c.blocks),
                 plural(c.blocks, "block", "blocks"),
-                per_run(c.bytes_per_run),
-                per_run(c.blocks_per_run),
+                shown_per_run(c.bytes_per_run),
+                shown_per_run(c.blocks_per_run),
                 blocks_word(c.blocks_per_run),
             )?;
             write_stack(f, "", &c.frames)?;

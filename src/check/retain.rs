@@ -10,6 +10,7 @@
 //! [`crate::check::classify`]'s: one word per block, `ROOT | address` of a
 //! root word, or the index + 1 of the block whose word reached it.
 
+use crate::check::classify::Blk;
 use crate::check::stop::{Buf, Range};
 use crate::report::leak::{Retention, Root, RootKind};
 use crate::report::symbolize::Symbolizer;
@@ -167,16 +168,10 @@ impl<'a> Paths<'a> {
     }
 
     /// The path id of every block (`NO_PATH` where it has none), from each
-    /// block's first reference `parents[i]`, its call-site and whether it
-    /// was reached through a heuristic. `reached[i]`: it has a path to have.
-    pub(crate) fn of_blocks(
-        &mut self,
-        parents: &[usize],
-        sites: &[u32],
-        heuristic: &[bool],
-        reached: &[bool],
-    ) -> Vec<u32> {
-        let n = parents.len();
+    /// block's first reference, its call-site and whether it was reached
+    /// through a heuristic. Only blocks for which `reached` holds have one.
+    pub(crate) fn of_blocks(&mut self, blocks: &[Blk], reached: impl Fn(&Blk) -> bool) -> Vec<u32> {
+        let n = blocks.len();
         let mut ids = vec![UNSET; n];
         let mut chain: Vec<usize> = Vec::new();
         for start in 0..n {
@@ -194,11 +189,11 @@ impl<'a> Paths<'a> {
                     base = ids[j];
                     break;
                 }
-                if !reached[j] || chain.len() > n {
+                if !reached(&blocks[j]) || chain.len() > n {
                     break;
                 }
                 chain.push(j);
-                let p = parents[j];
+                let p = blocks[j].parent;
                 if p == 0 {
                     break;
                 }
@@ -213,10 +208,13 @@ impl<'a> Paths<'a> {
             }
             let mut at = base;
             for (k, &b) in chain.iter().rev().enumerate() {
+                let Blk {
+                    site, heuristic, ..
+                } = blocks[b];
                 at = match (k, from_root, at) {
-                    (0, Some(root), _) => self.node(u32::MAX, root, sites[b], heuristic[b]),
+                    (0, Some(root), _) => self.node(u32::MAX, root, site, heuristic),
                     (_, _, NO_PATH) => NO_PATH,
-                    (_, _, parent) => self.extend(parent, sites[b], heuristic[b]),
+                    (_, _, parent) => self.extend(parent, site, heuristic),
                 };
                 ids[b] = at;
             }

@@ -214,9 +214,7 @@ impl Report {
 
     /// Who holds each scope's outstanding blocks: its retention paths.
     fn html_holders(&self, h: &mut String) {
-        let held: Vec<_> = (self.scopes.iter())
-            .filter(|s| s.outstanding_bytes > 0 && !s.retained_by.is_empty())
-            .collect();
+        let held = self.held_scopes();
         if held.is_empty() {
             return;
         }

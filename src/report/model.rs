@@ -8,6 +8,7 @@
 #[cfg(doc)]
 use crate::report::collect::snapshot;
 use crate::report::leak::{LeakCheck, Retention, ScopeRetention};
+use std::collections::HashMap;
 
 /// One frame of an allocating stack, innermost first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +94,7 @@ impl ScopeStats {
 }
 
 /// `n` over `runs`, 0 without runs.
-fn per_run(n: f64, runs: u64) -> f64 {
+pub(crate) fn per_run(n: f64, runs: u64) -> f64 {
     if runs == 0 {
         0.0
     } else {
@@ -270,20 +271,22 @@ impl Report {
     /// Adds a leak check's result, and with it who holds each scope's
     /// reachable blocks (from the records' retention paths).
     pub(crate) fn attach_leak_check(&mut self, lc: LeakCheck) {
-        let mut by_scope: std::collections::HashMap<(&str, &Retention), (u64, u64)> =
-            std::collections::HashMap::new();
+        type Held<'a> = HashMap<&'a Retention, (u64, u64)>;
+        let mut by_scope: HashMap<&str, Held<'_>> = HashMap::new();
         for r in &lc.loss_records {
             if let (Some(scope), Some(by)) = (&r.scope, &r.retained_by) {
-                let e = by_scope.entry((scope.as_str(), by)).or_default();
+                let e = by_scope.entry(scope).or_default().entry(by).or_default();
                 e.0 += r.blocks;
                 e.1 += r.bytes;
             }
         }
         for s in &mut self.scopes {
-            s.retained_by = (by_scope.iter())
-                .filter(|((name, _), _)| *name == s.name)
-                .map(|((_, by), &(blocks, bytes))| ScopeRetention {
-                    retained_by: (*by).clone(),
+            let Some(held) = by_scope.remove(s.name.as_str()) else {
+                continue;
+            };
+            s.retained_by = (held.into_iter())
+                .map(|(by, (blocks, bytes))| ScopeRetention {
+                    retained_by: by.clone(),
                     blocks,
                     bytes,
                 })

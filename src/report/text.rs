@@ -394,9 +394,7 @@ impl Report {
     /// Who holds each scope's outstanding blocks that are still reachable:
     /// its largest retention paths.
     fn write_holders(&self, f: &mut Formatter<'_>, p: &str) -> fmt::Result {
-        let held: Vec<_> = (self.scopes.iter())
-            .filter(|s| s.outstanding_bytes > 0 && !s.retained_by.is_empty())
-            .collect();
+        let held = self.held_scopes();
         if held.is_empty() {
             return Ok(());
         }
@@ -429,6 +427,13 @@ impl Report {
             }
         }
         Ok(())
+    }
+
+    /// The scopes whose outstanding blocks a retention path holds.
+    pub(crate) fn held_scopes(&self) -> Vec<&ScopeStats> {
+        (self.scopes.iter())
+            .filter(|s| s.outstanding_bytes > 0 && !s.retained_by.is_empty())
+            .collect()
     }
 
     /// A scope's retention paths as the text and the page show them: their

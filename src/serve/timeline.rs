@@ -45,6 +45,16 @@ struct SitePasses {
     at_peak: Vec<(u32, u64, u64)>,
 }
 
+impl SitePasses {
+    const EMPTY: SitePasses = SitePasses {
+        last_us: 0,
+        seen: Vec::new(),
+        peak_us: 0,
+        peak_bytes: None,
+        at_peak: Vec::new(),
+    };
+}
+
 /// A call-site pass takes at most this share of the time between passes
 /// (1%: the next waits a hundred times the CPU time this one took).
 const PASS_SHARE: u32 = 100;
@@ -53,13 +63,7 @@ static RING: parking_lot::Mutex<Ring> = parking_lot::const_mutex(Ring {
     interval_ms: DEFAULT_MS,
     scopes: Vec::new(),
     points: Vec::new(),
-    sites: SitePasses {
-        last_us: 0,
-        seen: Vec::new(),
-        peak_us: 0,
-        peak_bytes: None,
-        at_peak: Vec::new(),
-    },
+    sites: SitePasses::EMPTY,
 });
 static STARTED: AtomicBool = AtomicBool::new(false);
 
@@ -164,9 +168,10 @@ impl SitePasses {
             .filter(|(_, s)| **s != (0, 0))
             .map(|(id, &(max_blocks, lifetimes_us))| {
                 let id = id as u32;
-                let (peak_blocks, peak_bytes) = (self.at_peak.iter())
-                    .find(|p| p.0 == id)
-                    .map_or((0, 0), |p| (p.1, p.2));
+                // `at_peak` is in id order.
+                let (peak_blocks, peak_bytes) = (self.at_peak)
+                    .binary_search_by_key(&id, |p| p.0)
+                    .map_or((0, 0), |i| (self.at_peak[i].1, self.at_peak[i].2));
                 TimelineCallsite {
                     id,
                     peak_blocks,
@@ -219,11 +224,11 @@ pub(crate) fn timeline() -> Option<Timeline> {
     if !STARTED.load(Ordering::Acquire) {
         return None;
     }
-    // Tries without parking: in a child forked while another thread was
-    // parked in parking_lot's table, parking could hang.
     // A last call-site pass, now, counted in the copy only: the report's
     // lifetimes run to the report, and its own moment may be the peak.
     let (at, live_bytes, sites) = (now_us(), levels().live_bytes, site_levels());
+    // Tries without parking: in a child forked while another thread was
+    // parked in parking_lot's table, parking could hang.
     let ring = (0..100).find_map(|_| {
         let r = RING.try_lock();
         if r.is_none() {
@@ -260,13 +265,7 @@ mod tests {
 
     #[test]
     fn passes_sum_lifetimes_and_keep_the_peak() {
-        let mut p = SitePasses {
-            last_us: 0,
-            seen: Vec::new(),
-            peak_us: 0,
-            peak_bytes: None,
-            at_peak: Vec::new(),
-        };
+        let mut p = SitePasses::EMPTY;
         // (live blocks, live bytes) by call-site id, at three passes.
         p.add_pass(1000, 200, &[(2, 200)]);
         p.add_pass(3000, 600, &[(1, 100), (5, 500)]);
