@@ -54,6 +54,10 @@ fn main() {
             long_lived_blocks_freed_anywhere,
         ),
         ("fork_while_threads_allocate", fork_while_threads_allocate),
+        (
+            "fork_while_threads_look_up_scope_names",
+            fork_while_threads_look_up_scope_names,
+        ),
     ]);
 }
 
@@ -310,4 +314,42 @@ fn fork_while_threads_allocate() {
 #[inline(never)]
 fn fork_child_block() -> Vec<u8> {
     black_box(vec![0u8; 32])
+}
+
+/// `fork` while other threads look up scope names (more names than a
+/// thread's cache holds, so each takes the names' shared lock) and the
+/// fork handlers take it exclusively: readers are then parked on it. The
+/// child, whose only thread is the forking one, must be able to add a name.
+fn fork_while_threads_look_up_scope_names() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let names: Arc<Vec<String>> = Arc::new((0..64).map(|i| format!("lookup {i}")).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|t| {
+            let (stop, names) = (Arc::clone(&stop), Arc::clone(&names));
+            std::thread::spawn(move || {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    leakscope::track_scope(&names[i % names.len()], || black_box(i));
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for n in 0..200 {
+        // SAFETY: the child opens a scope of a new name and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            leakscope::track_scope(&format!("forked {n}"), || black_box(fork_child_block()));
+            // SAFETY: ends the child at once, without running the parent's exit hooks.
+            unsafe { libc::_exit(0) };
+        }
+        common::expect_child_exits_cleanly(pid);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
 }

@@ -7,9 +7,9 @@
 //! scope takes no shared lock. Runs outside the allocation path, with the
 //! thread's allocations untracked.
 
+use crate::alloc::meta::SpinLock;
 use crate::alloc::runs;
 use once_cell::sync::Lazy;
-use parking_lot::RwLock;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -31,7 +31,12 @@ struct Names {
     list: Vec<&'static ScopeEntry>,
 }
 
-static NAMES: Lazy<RwLock<Names>> = Lazy::new(|| {
+/// A spin lock, not a parking one: a fork may happen while other threads
+/// wait for it, and a parking lock's unlock in the child would hand it to
+/// those threads' waiting entries (copied into the child, with no thread
+/// behind them), so that the child's next new name waited forever. A
+/// waiter on a spin lock leaves nothing behind.
+static NAMES: Lazy<SpinLock<Names>> = Lazy::new(|| {
     // SAFETY: the handlers are `extern "C"` functions that only take and
     // release this lock. Registered after the tracker's own (at the first
     // allocation), so a fork takes this lock first, as the layers nest.
@@ -42,7 +47,7 @@ static NAMES: Lazy<RwLock<Names>> = Lazy::new(|| {
             Some(unlock_after_fork),
         )
     };
-    RwLock::default()
+    SpinLock::new(Names::default())
 });
 
 const NAME_CACHE: usize = 32;
@@ -98,13 +103,7 @@ pub(crate) fn intern(name: &str) -> &'static ScopeEntry {
 }
 
 fn intern_slow(name: &str) -> &'static ScopeEntry {
-    // One guard at a time: a second read lock taken while a writer waits
-    // would deadlock.
-    let found = NAMES.read().by_name.get(name).copied();
-    if let Some(e) = found {
-        return e;
-    }
-    let mut names = NAMES.write();
+    let mut names = NAMES.lock();
     if let Some(&e) = names.by_name.get(name) {
         return e;
     }
@@ -129,7 +128,7 @@ fn intern_slow(name: &str) -> &'static ScopeEntry {
 /// The entry of scope id `id` (ids start at 1).
 pub(crate) fn scope_entry(id: u32) -> Option<&'static ScopeEntry> {
     NAMES
-        .read()
+        .lock()
         .list
         .get((id as usize).checked_sub(1)?)
         .copied()
@@ -137,16 +136,16 @@ pub(crate) fn scope_entry(id: u32) -> Option<&'static ScopeEntry> {
 
 /// Every scope name seen so far, with its id.
 pub(crate) fn scope_entries() -> Vec<(u32, &'static ScopeEntry)> {
-    NAMES.read().list.iter().map(|e| (e.id, *e)).collect()
+    NAMES.lock().list.iter().map(|e| (e.id, *e)).collect()
 }
 
 /// Holds the names' lock across `fork` so the child never inherits it held.
 extern "C" fn lock_for_fork() {
-    std::mem::forget(NAMES.write());
+    NAMES.lock_for_fork();
 }
 
 extern "C" fn unlock_after_fork() {
-    // SAFETY: `lock_for_fork` forgot a write guard of NAMES in this process
-    // (or in the parent this child was forked from), and nothing used it since.
-    unsafe { NAMES.force_unlock_write() };
+    // SAFETY: `lock_for_fork` took NAMES in this process (or in the parent
+    // this child was forked from), and nothing used it since.
+    unsafe { NAMES.force_unlock() };
 }
