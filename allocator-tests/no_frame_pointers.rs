@@ -60,7 +60,8 @@ fn build_with(config: &[&str], name: &str) -> PathBuf {
 /// Runs the planted program with `unwind` (`None`: not set); its JSON
 /// report and its stderr.
 fn run(exe: &PathBuf, unwind: Option<&str>, name: &str) -> (serde_json::Value, String) {
-    let dir = std::env::temp_dir().join(format!("leakscope-nofp-{}", std::process::id()));
+    // Under the target directory (replaced by the next run), not /tmp.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("no-frame-pointers");
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join(format!("{name}.json"));
     let mut cmd = Command::new(exe);

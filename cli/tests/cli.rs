@@ -31,7 +31,9 @@ fn example() -> PathBuf {
 fn reports() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("leakscope-cli-{}", std::process::id()));
+        // Under the target directory (replaced by the next run), not /tmp.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-reports");
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let runs: [(&str, &str, bool, bool); 4] = [
             ("r1000.json", "1000", false, true),
