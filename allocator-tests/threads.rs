@@ -268,88 +268,89 @@ fn long_lived_blocks_freed_anywhere() {
     assert_eq!(r.scope("long-lived").unwrap().outstanding_blocks, 0);
 }
 
-/// `fork` while other threads allocate and free: the child must find no
-/// tracker lock held and no block half-moved, and go on tracking.
-fn fork_while_threads_allocate() {
+/// Forks `forks` times while two threads run `busy(thread, stop)` until
+/// `stop`; each child runs `child(n)` and leaves with `_exit`, status 0 when
+/// it returned true. A child must neither hang nor fail.
+fn fork_beside_busy_threads(
+    busy: fn(usize, &std::sync::atomic::AtomicBool),
+    forks: usize,
+    child: impl Fn(usize) -> bool,
+) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let stop = Arc::new(AtomicBool::new(false));
-    let busy: Vec<_> = (0..2)
+    let threads: Vec<_> = (0..2)
         .map(|t| {
             let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut keep = Vec::new();
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    leakscope::track_scope("busy", || keep.push(planted_long_block(i + t)));
-                    if keep.len() > 2000 {
-                        keep.drain(..1000);
-                    }
-                    i += 1;
-                }
-            })
+            std::thread::spawn(move || busy(t, &stop))
         })
         .collect();
-    for _ in 0..20 {
+    for n in 0..forks {
         // SAFETY: the child only allocates, reads the tracker and leaves with
         // _exit; every lock it may need is released by the fork handlers.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
-            let before = common::site_now("fork_child_block").live_blocks;
-            let kept: Vec<Vec<u8>> = (0..100).map(|_| fork_child_block()).collect();
-            let after = common::site_now("fork_child_block").live_blocks;
-            let ok = before == 0 && after == 100 && kept.len() == 100;
+            let ok = child(n);
             // SAFETY: ends the child at once, without running the parent's exit hooks.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
         common::expect_child_exits_cleanly(pid);
     }
     stop.store(true, Ordering::Relaxed);
-    for b in busy {
-        b.join().unwrap();
+    for t in threads {
+        t.join().unwrap();
     }
+}
+
+/// `fork` while other threads allocate and free: the child must find no
+/// tracker lock held and no block half-moved, and go on tracking.
+fn fork_while_threads_allocate() {
+    fork_beside_busy_threads(
+        |t, stop| {
+            let mut keep = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                leakscope::track_scope("busy", || keep.push(planted_long_block(i + t)));
+                if keep.len() > 2000 {
+                    keep.drain(..1000);
+                }
+                i += 1;
+            }
+        },
+        20,
+        |_| {
+            let before = common::site_now("fork_child_block").live_blocks;
+            let kept: Vec<Vec<u8>> = (0..100).map(|_| fork_child_block()).collect();
+            let after = common::site_now("fork_child_block").live_blocks;
+            before == 0 && after == 100 && kept.len() == 100
+        },
+    );
+}
+
+/// `fork` while other threads look up scope names (more names than a
+/// thread's cache holds, so each takes the names' lock) and the fork
+/// handlers take it: threads are then waiting for it. The child, whose only
+/// thread is the forking one, must be able to add a name.
+fn fork_while_threads_look_up_scope_names() {
+    fork_beside_busy_threads(
+        |t, stop| {
+            let names: Vec<String> = (0..64).map(|i| format!("lookup {i}")).collect();
+            let mut i = t;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                leakscope::track_scope(&names[i % names.len()], || black_box(i));
+                i += 1;
+            }
+        },
+        200,
+        |n| {
+            leakscope::track_scope(&format!("forked {n}"), || black_box(fork_child_block()));
+            true
+        },
+    );
 }
 
 #[inline(never)]
 fn fork_child_block() -> Vec<u8> {
     black_box(vec![0u8; 32])
-}
-
-/// `fork` while other threads look up scope names (more names than a
-/// thread's cache holds, so each takes the names' shared lock) and the
-/// fork handlers take it exclusively: readers are then parked on it. The
-/// child, whose only thread is the forking one, must be able to add a name.
-fn fork_while_threads_look_up_scope_names() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let names: Arc<Vec<String>> = Arc::new((0..64).map(|i| format!("lookup {i}")).collect());
-    let stop = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = (0..2)
-        .map(|t| {
-            let (stop, names) = (Arc::clone(&stop), Arc::clone(&names));
-            std::thread::spawn(move || {
-                let mut i = t;
-                while !stop.load(Ordering::Relaxed) {
-                    leakscope::track_scope(&names[i % names.len()], || black_box(i));
-                    i += 1;
-                }
-            })
-        })
-        .collect();
-    for n in 0..200 {
-        // SAFETY: the child opens a scope of a new name and leaves with _exit.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            leakscope::track_scope(&format!("forked {n}"), || black_box(fork_child_block()));
-            // SAFETY: ends the child at once, without running the parent's exit hooks.
-            unsafe { libc::_exit(0) };
-        }
-        common::expect_child_exits_cleanly(pid);
-    }
-    stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        r.join().unwrap();
-    }
 }
