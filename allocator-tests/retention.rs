@@ -39,6 +39,20 @@ struct ListNode {
 
 static LIST: Mutex<Option<Box<ListNode>>> = Mutex::new(None);
 
+/// A static array of pointers, each word a root of its own (its first word
+/// is the static's first byte).
+static ARRAY: [std::sync::atomic::AtomicUsize; ARRAY_LEN] =
+    [const { std::sync::atomic::AtomicUsize::new(0) }; ARRAY_LEN];
+const ARRAY_LEN: usize = 1000;
+
+#[inline(never)]
+fn fill_array() {
+    for slot in &ARRAY {
+        let b = Box::into_raw(black_box(Box::new([7u64; 2])));
+        slot.store(b as usize, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A linked list of 50 nodes, every one made here.
 #[inline(never)]
 fn fill_list() {
@@ -186,7 +200,13 @@ fn site(report: &Report, id: u32, through: &str) -> (String, bool) {
 }
 
 fn main() {
-    common::run(&[("planted_paths_are_exact", planted_paths_are_exact)]);
+    common::run(&[
+        ("planted_paths_are_exact", planted_paths_are_exact),
+        (
+            "each_word_of_a_static_array_names_it",
+            each_word_of_a_static_array_names_it,
+        ),
+    ]);
 }
 
 fn planted_paths_are_exact() {
@@ -366,5 +386,33 @@ fn planted_paths_are_exact() {
             "{r:?}"
         );
         assert!(r.retained_by.is_none(), "{r:?}");
+    }
+}
+
+/// Every word of a static array names the array, its first included, and
+/// again in a second check (after the first symbolized its report).
+fn each_word_of_a_static_array_names_it() {
+    fill_array();
+    common::scrub_all();
+    for check in 0..2 {
+        let report = leakscope::leak_check();
+        let made = records(&report, "retention::fill_array");
+        let held: Vec<_> = made
+            .iter()
+            .map(|r| {
+                let by = r.retained_by.as_ref().unwrap();
+                (
+                    by.root.kind,
+                    by.root.name.as_deref(),
+                    by.path.len(),
+                    r.blocks,
+                )
+            })
+            .collect();
+        assert_eq!(
+            held,
+            [(RootKind::Static, Some("retention::ARRAY"), 1, 1000)],
+            "check {check}"
+        );
     }
 }

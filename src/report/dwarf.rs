@@ -91,6 +91,66 @@ impl Drop for Mapped {
     }
 }
 
+/// The loaded object `file`, mapped. The loader may know the program by a
+/// relative name (its argv[0] before a chdir): then it is the executable.
+fn open_object(file: &str) -> Option<Mapped> {
+    Mapped::open(file).or_else(|| {
+        (!file.starts_with('/'))
+            .then(|| Mapped::open("/proc/self/exe"))
+            .flatten()
+    })
+}
+
+/// The statics of one loaded object, from its symbol tables (data symbols
+/// with a size), by runtime address: which static a root word lies in.
+/// Read from the file, whether or not it has debug info (a release build
+/// without any keeps its symbol table), and only a symbol that contains the
+/// address names it.
+pub(crate) struct DataSymbols {
+    /// (start, end, mangled name), sorted by start.
+    symbols: Vec<(usize, usize, String)>,
+}
+
+impl DataSymbols {
+    /// The data symbols of the object loaded at `base` from `file`.
+    pub(crate) fn load(file: &str, base: usize) -> Option<DataSymbols> {
+        let map = open_object(file)?;
+        // SAFETY: the slice and everything parsed from it are dropped at the
+        // end of this function, before `map`; the names are copied out.
+        let data = unsafe { map.bytes() };
+        let obj = object::File::parse(data).ok()?;
+        let first_load = obj.segments().map(|s| s.address()).min().unwrap_or(0);
+        let bias = (base as u64).wrapping_sub(first_load);
+        let mut symbols: Vec<(usize, usize, String)> = (obj.symbols())
+            .chain(obj.dynamic_symbols())
+            .filter(|s| s.kind() == object::SymbolKind::Data && s.size() > 0 && s.address() != 0)
+            .filter_map(|s| {
+                let start = s.address().wrapping_add(bias) as usize;
+                let name = s.name().ok().filter(|n| !n.is_empty())?;
+                Some((
+                    start,
+                    start.saturating_add(s.size() as usize),
+                    name.to_owned(),
+                ))
+            })
+            .collect();
+        symbols.sort_unstable();
+        // The dynamic table repeats the exported ones.
+        symbols.dedup();
+        Some(DataSymbols { symbols })
+    }
+
+    /// The (demangled) name of the static that holds `addr`: the
+    /// innermost of the symbols that contain it.
+    pub(crate) fn name(&self, addr: usize) -> Option<String> {
+        let before = self.symbols.partition_point(|s| s.0 <= addr);
+        // Symbols rarely nest; a few back is enough to find an enclosing one.
+        (self.symbols[..before].iter().rev().take(8))
+            .find(|s| addr < s.1)
+            .map(|s| demangle(&s.2))
+    }
+}
+
 /// A line-table row: from `addr` on, `file` and `line` (an end of sequence
 /// has `file == NO_FILE`).
 #[derive(Clone, Copy)]
@@ -145,11 +205,7 @@ impl Program {
     pub(crate) fn load(file: &str, base: usize) -> Option<Program> {
         // The loader may know the program by a relative name (its argv[0]
         // before a chdir): then it is the executable itself.
-        let map = Mapped::open(file).or_else(|| {
-            (!file.starts_with('/'))
-                .then(|| Mapped::open("/proc/self/exe"))
-                .flatten()
-        })?;
+        let map = open_object(file)?;
         // SAFETY: every slice made from the mapping is kept in `dwarf`,
         // `units` and `symbols`, which `Program` drops before `map` (fields
         // drop in declaration order), and none leaves `Program`: lookups

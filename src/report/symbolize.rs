@@ -6,7 +6,7 @@
 //! allocation plumbing or the user's code, so that a stack starts at the
 //! code that allocated. Never runs on the allocation path.
 
-use crate::report::dwarf::{demangle, Program};
+use crate::report::dwarf::{demangle, DataSymbols, Program};
 use crate::report::model::Frame;
 use std::collections::HashMap;
 
@@ -64,6 +64,9 @@ pub(crate) struct Symbolizer {
     /// That object's debug info, read on the first lookup (`None` inside:
     /// none this reader can use, so the backtrace crate resolves).
     program: Option<Option<Program>>,
+    /// The statics of each loaded object a static root lies in, by file
+    /// (`None` inside: the file could not be read).
+    statics: HashMap<String, Option<DataSymbols>>,
 }
 
 impl Symbolizer {
@@ -83,15 +86,16 @@ impl Symbolizer {
     }
 
     /// The symbol of the static that holds data address `addr`
-    /// (`my_app::USER_CACHE`), if the object's symbol table names one.
+    /// (`my_app::USER_CACHE`), from the symbol table of the object it is in;
+    /// where that file cannot be read, the loader's dynamic symbol.
     pub(crate) fn data_symbol(&mut self, addr: usize) -> Option<String> {
-        let mut name = None;
-        backtrace::resolve(addr as *mut std::ffi::c_void, |sym| {
-            if name.is_none() {
-                name = sym.name().map(|n| format!("{n:#}"));
-            }
-        });
-        name
+        let o = loaded_object(addr)?;
+        let symbols = (self.statics.entry(o.file.clone()))
+            .or_insert_with(|| DataSymbols::load(&o.file, o.base));
+        match symbols {
+            Some(s) => s.name(addr),
+            None => o.symbol.map(|(name, _)| demangle(&name)),
+        }
     }
 
     fn resolve(&mut self, ip: usize) -> Vec<(Frame, Role)> {
