@@ -203,8 +203,6 @@ impl Program {
     /// The debug info of the object loaded at `base` from `file`; `None` if
     /// it has none this reader can use.
     pub(crate) fn load(file: &str, base: usize) -> Option<Program> {
-        // The loader may know the program by a relative name (its argv[0]
-        // before a chdir): then it is the executable itself.
         let map = open_object(file)?;
         // SAFETY: every slice made from the mapping is kept in `dwarf`,
         // `units` and `symbols`, which `Program` drops before `map` (fields
