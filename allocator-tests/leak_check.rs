@@ -295,6 +295,67 @@ fn other_threads_stacks_are_roots() {
     assert_eq!(held[0].kind, LeakKind::StillReachable);
 }
 
+/// The address of a new 99-byte block, disguised (xor `HIDE`): no word
+/// in memory points to the block.
+#[inline(never)]
+fn hidden_block() -> usize {
+    Box::into_raw(black_box(Box::new([0x99u8; 99]))) as usize ^ HIDE
+}
+
+const HIDE: usize = 0x5555_5555_5555_5555;
+
+/// A thread whose only pointer to a block is in a vector register, as a
+/// `memcpy` stopped half way carries one: the check reads the stopped
+/// thread's vector registers too, so the block is reachable, held by a
+/// register.
+#[cfg(target_arch = "x86_64")]
+fn a_pointer_in_a_vector_register_is_a_root() {
+    use std::sync::atomic::AtomicU8;
+    static READY: AtomicU8 = AtomicU8::new(0);
+    static GO: AtomicU8 = AtomicU8::new(0);
+    let t = std::thread::spawn(|| {
+        let hidden = hidden_block();
+        // Nothing left of the block's address on the dead stack either.
+        common::scrub_all();
+        let back: usize;
+        // SAFETY: register moves, and byte loads and stores of two statics.
+        unsafe {
+            std::arch::asm!(
+                "movq xmm8, {h}",
+                "movq xmm9, {k}",
+                "pxor xmm8, xmm9",
+                "xor {h}, {h}",
+                "pxor xmm9, xmm9",
+                "mov byte ptr [{ready}], 1",
+                "2:",
+                "pause",
+                "cmp byte ptr [{go}], 0",
+                "je 2b",
+                "movq {h}, xmm8",
+                h = inout(reg) hidden => back,
+                k = in(reg) HIDE,
+                ready = in(reg) READY.as_ptr(),
+                go = in(reg) GO.as_ptr(),
+                out("xmm8") _,
+                out("xmm9") _,
+            );
+            drop(Box::from_raw(back as *mut [u8; 99]));
+        }
+    });
+    while READY.load(Ordering::Acquire) == 0 {
+        std::thread::yield_now();
+    }
+    let report = leakscope::leak_check();
+    GO.store(1, Ordering::Release);
+    t.join().unwrap();
+    let lc = report.leak_check.as_ref().unwrap();
+    let held: Vec<_> = lc.loss_records.iter().filter(|r| r.bytes == 99).collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].kind, LeakKind::StillReachable);
+    let root = &held[0].retained_by.as_ref().unwrap().root;
+    assert_eq!(root.kind, leakscope::RootKind::Register, "{root:?}");
+}
+
 thread_local! {
     static LOCAL_CACHE: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
@@ -713,6 +774,11 @@ fn main() {
         (
             "other_threads_stacks_are_roots",
             other_threads_stacks_are_roots,
+        ),
+        #[cfg(target_arch = "x86_64")]
+        (
+            "a_pointer_in_a_vector_register_is_a_root",
+            a_pointer_in_a_vector_register_is_a_root,
         ),
         (
             "a_clean_program_loses_nothing",

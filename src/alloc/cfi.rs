@@ -2,7 +2,9 @@
 //! (`.eh_frame`) of the loaded objects, with a per-thread cache of the rule
 //! at each return address (x86_64).
 //!
-//! Owns [`walk`] and the rules it caches. A frame's rule says where its
+//! Owns [`walk`] and the rules it caches, and [`step`], a full step (every
+//! callee-saved register restored) for the leak check at exit, off the
+//! allocation path. A frame's rule says where its
 //! canonical frame address is (the stack pointer or `rbp`, plus an offset),
 //! that the return address is the word below it, and where the caller's
 //! `rbp` was saved. Finding a rule (the FDE search through
@@ -222,17 +224,17 @@ const RA: Register = Register(16);
 /// The rule at `at` (an address inside a function), or [`NONE`].
 #[cold]
 fn find_rule(at: usize) -> u64 {
-    let object = match object_of(at) {
-        Some(o) => o,
-        None => {
-            reload_objects();
-            match object_of(at) {
-                Some(o) => o,
-                None => return NONE,
-            }
-        }
-    };
-    rule_in(&object, at).unwrap_or(NONE)
+    loaded_object(at)
+        .and_then(|o| rule_in(&o, at))
+        .unwrap_or(NONE)
+}
+
+/// The loaded object whose code holds `at` (listing them again on a miss).
+fn loaded_object(at: usize) -> Option<Object> {
+    object_of(at).or_else(|| {
+        reload_objects();
+        object_of(at)
+    })
 }
 
 fn object_of(at: usize) -> Option<Object> {
@@ -246,6 +248,31 @@ fn object_of(at: usize) -> Option<Object> {
 }
 
 fn rule_in(o: &Object, at: usize) -> Option<u64> {
+    with_row(o, at, |row, _| {
+        let (cfa_rbp, cfa_offset) = match *row.cfa() {
+            CfaRule::RegisterAndOffset { register, offset } if register == RSP => (false, offset),
+            CfaRule::RegisterAndOffset { register, offset } if register == RBP => (true, offset),
+            _ => return None,
+        };
+        if !matches!(row.register(RA), None | Some(RegisterRule::Offset(-8))) {
+            return None;
+        }
+        let rbp_saved = match row.register(RBP) {
+            None | Some(RegisterRule::SameValue) => None,
+            Some(RegisterRule::Offset(o)) => Some(o),
+            Some(_) => return None,
+        };
+        Some(pack(cfa_rbp, cfa_offset, rbp_saved))
+    })
+}
+
+/// The CFI row in effect at `at` in `o`, handed to `f` with the address
+/// where the function holding `at` begins.
+fn with_row<R>(
+    o: &Object,
+    at: usize,
+    f: impl FnOnce(&UnwindTableRow<usize, OnStack>, usize) -> Option<R>,
+) -> Option<R> {
     // SAFETY: the header lies in a loaded, readable segment of the object
     // (PT_GNU_EH_FRAME), `hdr.1` bytes long.
     let hdr_bytes = unsafe { std::slice::from_raw_parts(o.hdr.0 as *const u8, o.hdr.1) };
@@ -269,30 +296,88 @@ fn rule_in(o: &Object, at: usize) -> Option<u64> {
         .set_eh_frame(eh_frame_at as u64)
         .set_text(o.text.0 as u64);
     let table = hdr.table()?;
-    let mut ctx: UnwindContext<usize, OnStack> = UnwindContext::new_in();
-    let row = table
-        .unwind_info_for_address(
+    let fde = table
+        .fde_for_address(
             &eh_frame,
             &bases,
-            &mut ctx,
             at as u64,
             EhFrame::<EndianSlice<'_, LittleEndian>>::cie_from_offset,
         )
         .ok()?;
-    let (cfa_rbp, cfa_offset) = match *row.cfa() {
-        CfaRule::RegisterAndOffset { register, offset } if register == RSP => (false, offset),
-        CfaRule::RegisterAndOffset { register, offset } if register == RBP => (true, offset),
-        _ => return None,
-    };
-    if !matches!(row.register(RA), None | Some(RegisterRule::Offset(-8))) {
-        return None;
-    }
-    let rbp_saved = match row.register(RBP) {
-        None | Some(RegisterRule::SameValue) => None,
-        Some(RegisterRule::Offset(o)) => Some(o),
-        Some(_) => return None,
-    };
-    Some(pack(cfa_rbp, cfa_offset, rbp_saved))
+    let mut ctx: UnwindContext<usize, OnStack> = UnwindContext::new_in();
+    let row = fde
+        .unwind_info_for_address(&eh_frame, &bases, &mut ctx, at as u64)
+        .ok()?;
+    f(row, fde.initial_address() as usize)
+}
+
+// ---------------------------------------------------------------- a full step
+
+/// The callee-saved registers a full step restores, by DWARF number
+/// (x86_64: rbx, rbp, r12-r15), in the order of [`Frame::saved`].
+pub(crate) const SAVED: [u16; 6] = [3, 6, 12, 13, 14, 15];
+
+/// A frame's registers, as a full step sees them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Frame {
+    /// The code: the current instruction (the first frame), or a return address.
+    pub(crate) pc: usize,
+    pub(crate) sp: usize,
+    /// The callee-saved registers, as [`SAVED`] numbers them.
+    pub(crate) saved: [usize; 6],
+}
+
+/// One step up by CFI, off the allocation path: the caller's frame (its
+/// stack pointer, the return address, and its callee-saved registers,
+/// read back from where this frame saved them), and where the function
+/// of `f.pc` begins. `first`: `f.pc` is the current instruction, not a
+/// return address. Reads only words of `stack` (`[lo, hi)`). Walking the
+/// same stack as [`walk`], it keeps every register a caller may rely on,
+/// not only `rbp`.
+pub(crate) fn step(f: &Frame, first: bool, (lo, hi): (usize, usize)) -> Option<(Frame, usize)> {
+    let at = if first { f.pc } else { f.pc.wrapping_sub(1) };
+    let object = loaded_object(at)?;
+    with_row(&object, at, |row, start| {
+        let value_of = |r: Register| {
+            if r == RSP {
+                Some(f.sp)
+            } else {
+                let i = SAVED.iter().position(|&n| n == r.0)?;
+                f.saved.get(i).copied()
+            }
+        };
+        let cfa = match *row.cfa() {
+            CfaRule::RegisterAndOffset { register, offset } => {
+                value_of(register)?.wrapping_add_signed(offset as isize)
+            }
+            CfaRule::Expression(_) => return None,
+        };
+        let read = |at: usize| {
+            let inside = at % 8 == 0 && at >= lo && at.checked_add(8).is_some_and(|e| e <= hi);
+            // SAFETY: an aligned word inside the thread's stack.
+            inside.then(|| unsafe { std::ptr::read_volatile(at as *const usize) })
+        };
+        let restored = |r: Register, now: usize| match row.register(r) {
+            None | Some(RegisterRule::SameValue) | Some(RegisterRule::Undefined) => Some(now),
+            Some(RegisterRule::Offset(o)) => read(cfa.wrapping_add_signed(o as isize)),
+            Some(RegisterRule::ValOffset(o)) => Some(cfa.wrapping_add_signed(o as isize)),
+            Some(RegisterRule::Register(from)) => value_of(from),
+            Some(_) => None,
+        };
+        let pc = match row.register(RA) {
+            None => read(cfa.wrapping_sub(8))?,
+            Some(RegisterRule::Offset(o)) => read(cfa.wrapping_add_signed(o as isize))?,
+            Some(_) => return None,
+        };
+        if cfa <= f.sp {
+            return None;
+        }
+        let mut saved = f.saved;
+        for (slot, &n) in saved.iter_mut().zip(&SAVED) {
+            *slot = restored(Register(n), *slot)?;
+        }
+        Some((Frame { pc, sp: cfa, saved }, start))
+    })
 }
 
 /// Lists the loaded objects again (the first miss, or code of an object
@@ -402,6 +487,43 @@ mod tests {
                 "round {round}"
             );
         }
+    }
+
+    /// Full steps find the same return addresses as the walk, and keep
+    /// the stack pointer rising.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn full_steps_agree_with_the_walk() {
+        let rules = Box::new(Rules {
+            entries: UnsafeCell::new([[Entry::default(); WAYS]; SETS]),
+        });
+        let mut walked: Frames = [0; MAX_FRAMES];
+        let n = std::hint::black_box(walk(&mut walked, stack_bounds(), &rules));
+        let (ip, sp, bp) = registers().unwrap();
+        let saved: [usize; 6];
+        // SAFETY: reads five registers; touches no memory.
+        unsafe {
+            let (bx, r12, r13, r14, r15): (usize, usize, usize, usize, usize);
+            std::arch::asm!(
+                "mov {0}, rbx", "mov {1}, r12", "mov {2}, r13", "mov {3}, r14", "mov {4}, r15",
+                out(reg) bx, out(reg) r12, out(reg) r13, out(reg) r14, out(reg) r15,
+                options(nomem, nostack, preserves_flags),
+            );
+            saved = [bx, bp, r12, r13, r14, r15];
+        }
+        let mut frame = Frame { pc: ip, sp, saved };
+        let mut stepped = Vec::new();
+        while let Some((up, start)) = step(&frame, stepped.is_empty(), stack_bounds()) {
+            assert!(up.sp > frame.sp && start != 0 && start <= frame.pc);
+            stepped.push(up.pc);
+            frame = up;
+        }
+        // The walk starts inside `walk` (its first return address is into
+        // this function), the steps here: from this function's caller on,
+        // the same return addresses, to the walk's end.
+        let walked = &walked[1..n];
+        assert!(walked.len() >= 5, "{walked:x?}");
+        assert_eq!(&stepped[..walked.len()], walked);
     }
 
     #[test]

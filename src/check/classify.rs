@@ -16,8 +16,8 @@
 
 use crate::alloc::{blocks, ignored, sample, thread};
 use crate::check::controls::NOT_CHECKED;
-use crate::check::retain::{self, Paths, RootInfo, Threads, NO_PATH, ROOT};
-use crate::check::roots::{self, Objects};
+use crate::check::retain::{Paths, RootInfo, Threads, NO_PATH, ROOT};
+use crate::check::roots::{self, Caller, Objects};
 use crate::check::stop::{self, Buf, Range};
 use crate::check::suppress::{self, Matcher, Suppressions};
 use crate::report::collect::snapshot;
@@ -380,7 +380,8 @@ pub(crate) fn sort_blocks(blocks: &mut Buf<Blk>) -> usize {
 /// with it, in [`Report::leak_check`].
 #[inline(always)]
 pub fn leak_check() -> Report {
-    leak_check_then(|check| {
+    // The caller's frame and registers: inlined, `here` is the caller's.
+    leak_check_then(Caller::here(), |check| {
         let mut r = snapshot();
         r.attach_leak_check(check);
         r
@@ -388,17 +389,12 @@ pub fn leak_check() -> Report {
 }
 
 /// The leak check, handed to `then` (which makes what the caller shows of
-/// it: a report, or nothing but an exit status).
+/// it: a report, or nothing but an exit status). On this thread, roots are
+/// `caller`'s frames and registers: the check's own frames, below, are not
+/// (they hold stale words of whatever ran there before).
 #[inline(never)]
-pub(crate) fn leak_check_then<R>(then: impl FnOnce(LeakCheck) -> R) -> R {
-    // The caller's registers, and where the stack to scan begins: the
-    // caller's frames. The check's own frames, below, are not roots (they
-    // hold stale words of whatever ran there before).
-    let regs = roots::callee_saved();
-    let sp = std::hint::black_box(&regs) as *const [usize; 12] as usize;
-    let fp = roots::frame_pointer_in(&regs);
-    let check = thread::untracked(|| check(sp, fp));
-    std::hint::black_box(&regs);
+pub(crate) fn leak_check_then<R>(caller: Caller, then: impl FnOnce(LeakCheck) -> R) -> R {
+    let check = thread::untracked(|| check(&caller));
     then(check)
 }
 
@@ -412,7 +408,7 @@ struct Found {
     paths: HashMap<u32, Retention>,
 }
 
-fn check(my_sp: usize, my_fp: usize) -> LeakCheck {
+fn check(caller: &Caller) -> LeakCheck {
     if sample::current() != 0 {
         return failed(
             "the leak check needs full mode: sampling mode (LEAKSCOPE_SAMPLE_BYTES) tracks only sampled blocks",
@@ -425,7 +421,7 @@ fn check(my_sp: usize, my_fp: usize) -> LeakCheck {
         .into_iter()
         .find(|(_, e)| e.name == NOT_CHECKED)
         .map_or(u32::MAX, |(id, _)| id);
-    let found = match classify(&objects, not_checked, (my_sp, my_fp)) {
+    let found = match classify(&objects, not_checked, caller) {
         Ok(f) => f,
         Err(e) => return failed(e),
     };
@@ -440,13 +436,9 @@ fn failed(why: &str) -> LeakCheck {
 }
 
 /// The marking itself, with the world stopped. Allocation-free between
-/// the stop and the resume. `my_sp`: where this thread's stack roots begin.
+/// the stop and the resume. `caller`: this thread's roots.
 #[inline(never)]
-fn classify(
-    objects: &Objects,
-    not_checked: u32,
-    (my_sp, my_fp): (usize, usize),
-) -> Result<Found, &'static str> {
+fn classify(objects: &Objects, not_checked: u32, caller: &Caller) -> Result<Found, &'static str> {
     let my_anchor = roots::my_anchor();
 
     let ignored = ignored::lock();
@@ -479,7 +471,7 @@ fn classify(
 
     let nthreads = world.threads.as_slice().len() + 1;
     let mut infos: Buf<RootInfo> =
-        Buf::new(objects.segments.len() + 2 * nthreads + 4).ok_or("no memory for the check")?;
+        Buf::new(objects.segments.len() + 7 * nthreads + 4).ok_or("no memory for the check")?;
     let mut threads = Threads::new(nthreads).ok_or("no memory for the check")?;
     for &s in &objects.segments {
         infos.push(RootInfo {
@@ -499,47 +491,67 @@ fn classify(
         },
         _ => Range::default(),
     };
-    let add_thread = |infos: &mut Buf<RootInfo>, t: u32, sp: usize, anchor: usize| {
+    let mut push = |range: Range, kind: RootKind, thread: u32| {
         infos.push(RootInfo {
-            range: stack(sp),
-            kind: RootKind::Stack,
-            thread: t,
-        });
-        infos.push(RootInfo {
-            range: tls(anchor),
-            kind: RootKind::Tls,
-            thread: t,
+            range,
+            kind,
+            thread,
         });
     };
-    // This thread's registers are the words at `my_sp` (the caller's,
-    // saved by `leak_check_then`); its frames go up from `my_fp`.
+    // This thread: its TLS; its stack and registers where the caller's
+    // frames begin (none for one of leakscope's own threads).
+    let regs = &caller.regs;
+    let (stack_of_me, regs_of_me) = match caller.sp {
+        0 => (Range::default(), Range::default()),
+        sp => (
+            stack(sp),
+            Range {
+                start: regs.as_ptr() as usize,
+                end: regs.as_ptr() as usize + std::mem::size_of_val(regs),
+            },
+        ),
+    };
     let me = threads.add(
         stop::gettid(),
-        Range {
-            start: my_sp,
-            end: my_sp + roots::SAVED_REGISTERS,
-        },
-        stack(my_sp),
-        my_fp,
-        0,
+        stack_of_me,
+        caller.frame_pointer(),
+        caller.pc,
+        caller.returns,
     );
-    add_thread(&mut infos, me, my_sp, my_anchor);
+    push(stack_of_me, RootKind::Stack, me);
+    push(regs_of_me, RootKind::Register, me);
+    push(tls(my_anchor), RootKind::Tls, me);
+    // The others: from their interrupted registers up (none of
+    // leakscope's own threads'; from the stop handler's frame where the
+    // kernel's record is unknown).
     for t in world.threads.as_slice() {
-        let (fp, pc) = retain::interrupted(t.ctx);
-        let regs = Range {
-            start: t.ctx,
-            end: t.ctx + retain::CTX_SIZE,
+        let at = roots::interrupted(t.ctx, &objects.vectors);
+        let none = Range::default();
+        let (stack_of, regs_of, vectors, fp, pc) = match at {
+            _ if t.own => (none, none, [none; 4], 0, 0),
+            Some(i) => (stack(i.sp), i.regs, i.vectors, i.fp, i.pc),
+            None => (stack(t.sp), none, [none; 4], 0, 0),
         };
-        let i = threads.add(t.tid, regs, stack(t.sp), fp, pc);
-        add_thread(&mut infos, i, t.sp, t.anchor);
+        let i = threads.add(t.tid, stack_of, fp, pc, false);
+        push(stack_of, RootKind::Stack, i);
+        push(regs_of, RootKind::Register, i);
+        for v in vectors {
+            push(v, RootKind::Register, i);
+        }
+        push(tls(t.anchor), RootKind::Tls, i);
     }
-    // Statics first, then thread-local storage, then stacks: a block that
-    // several roots reach is held by the first (a stack often keeps a
-    // stale copy of a pointer a static holds).
+    // Statics first, then thread-local storage, then stacks and
+    // registers: a block that several roots reach is held by the first (a
+    // stack often keeps a stale copy of a pointer a static holds).
     let mut roots: Buf<Range> =
         Buf::new(infos.as_slice().len()).ok_or("no memory for the check")?;
     let mut stacks_from = 0;
-    for kind in [RootKind::Static, RootKind::Tls, RootKind::Stack] {
+    for kind in [
+        RootKind::Static,
+        RootKind::Tls,
+        RootKind::Stack,
+        RootKind::Register,
+    ] {
         if kind == RootKind::Stack {
             stacks_from = roots.as_slice().len();
         }

@@ -43,11 +43,9 @@ struct FrameSpan {
     returns: bool,
 }
 
-/// The stopped threads' ids, their register records and their frames.
+/// The stopped threads' ids and their frames.
 pub(crate) struct Threads {
     pub(crate) tids: Buf<i32>,
-    /// Per thread: where its saved registers are (`lo..hi`).
-    regs: Buf<Range>,
     frames: Buf<FrameSpan>,
 }
 
@@ -55,20 +53,25 @@ impl Threads {
     pub(crate) fn new(threads: usize) -> Option<Threads> {
         Some(Threads {
             tids: Buf::new(threads)?,
-            regs: Buf::new(threads)?,
             frames: Buf::new(threads * MAX_FRAMES)?,
         })
     }
 
-    /// Adds a thread: its id, where its registers were saved, and the
-    /// frames of its stack `sp..end` from the frame-pointer chain starting
-    /// at `fp`, the innermost one's code at `pc`. Allocation-free; returns
+    /// Adds a thread: its id, and the frames of its stack `sp..end` from
+    /// the frame-pointer chain starting at `fp`, the innermost one's code
+    /// at `pc` (a return address if `returns`). Allocation-free; returns
     /// its index.
-    pub(crate) fn add(&mut self, tid: i32, regs: Range, stack: Range, fp: usize, pc: usize) -> u32 {
+    pub(crate) fn add(
+        &mut self,
+        tid: i32,
+        stack: Range,
+        fp: usize,
+        pc: usize,
+        returns: bool,
+    ) -> u32 {
         let t = self.tids.as_slice().len() as u32;
         self.tids.push(tid);
-        self.regs.push(regs);
-        let (mut lo, mut fp, mut pc, mut returns) = (stack.start, fp, pc, false);
+        let (mut lo, mut fp, mut pc, mut returns) = (stack.start, fp, pc, returns);
         for _ in 0..MAX_FRAMES {
             let ok = fp % 8 == 0 && fp >= lo && fp.checked_add(16).is_some_and(|e| e <= stack.end);
             if !ok {
@@ -97,39 +100,6 @@ impl Threads {
         t
     }
 }
-
-/// Where a stopped thread's interrupted frame pointer and pc are, from its
-/// `ucontext_t` (0 and 0 where unknown).
-pub(crate) fn interrupted(ctx: usize) -> (usize, usize) {
-    if ctx == 0 {
-        return (0, 0);
-    }
-    // SAFETY: `ctx` is the kernel's ucontext_t on the stopped thread's
-    // stack, which stays there while it is stopped.
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    unsafe {
-        let uc = &*(ctx as *const libc::ucontext_t);
-        let g = &uc.uc_mcontext.gregs;
-        (
-            g[libc::REG_RBP as usize] as usize,
-            g[libc::REG_RIP as usize] as usize,
-        )
-    }
-    // SAFETY: as above.
-    #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
-    unsafe {
-        let uc = &*(ctx as *const libc::ucontext_t);
-        (uc.uc_mcontext.regs[29] as usize, uc.uc_mcontext.pc as usize)
-    }
-    #[cfg(not(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    )))]
-    (0, 0)
-}
-
-/// The size of the kernel's record of a stopped thread's registers.
-pub(crate) const CTX_SIZE: usize = std::mem::size_of::<libc::ucontext_t>();
 
 /// Names roots and interns paths, after the world runs again.
 pub(crate) struct Paths<'a> {
@@ -306,15 +276,6 @@ impl<'a> Paths<'a> {
                 }
             }
             RootKind::Stack => {
-                let regs = self.threads.regs.as_slice().get(info.thread as usize);
-                if regs.is_some_and(|r| r.start <= addr && addr < r.end) {
-                    return Root {
-                        kind: RootKind::Register,
-                        name: None,
-                        thread,
-                        function: None,
-                    };
-                }
                 let frame = (self.threads.frames.as_slice().iter())
                     .find(|f| f.thread == info.thread && f.lo <= addr && addr < f.hi)
                     .copied();

@@ -11,7 +11,8 @@
 //! Whatever needs those (the loaded objects, the signal handler) is prepared
 //! before the stop.
 
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
 /// A half-open address range.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -117,6 +118,8 @@ struct Parked {
     /// the thread's stack: where a retention path's "register" roots are,
     /// and where its frames begin.
     ctx: AtomicUsize,
+    /// The thread is one of leakscope's own ([`mark_own_thread`]).
+    own: AtomicBool,
 }
 
 static PARKED: [Parked; MAX_THREADS] = [const {
@@ -125,6 +128,7 @@ static PARKED: [Parked; MAX_THREADS] = [const {
         sp: AtomicUsize::new(0),
         anchor: AtomicUsize::new(0),
         ctx: AtomicUsize::new(0),
+        own: AtomicBool::new(false),
     }
 }; MAX_THREADS];
 /// Entries of `PARKED` claimed in this stop.
@@ -140,6 +144,23 @@ thread_local! {
     /// offset from its thread pointer, so its address locates the thread's
     /// static TLS blocks.
     static ANCHOR: u8 = const { 0 };
+}
+
+thread_local! {
+    /// This thread is one of leakscope's own (the report signal's, the
+    /// timeline's, the live server's): a check scans none of its stack or
+    /// registers, which hold nothing of the program's but stale words.
+    static OWN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one of leakscope's own (see [`OWN`]).
+pub(crate) fn mark_own_thread() {
+    let _ = OWN.try_with(|o| o.set(true));
+}
+
+/// Whether the calling thread is one of leakscope's own.
+fn own_thread() -> bool {
+    OWN.try_with(Cell::get).unwrap_or(false)
 }
 
 pub(crate) fn anchor() -> usize {
@@ -163,6 +184,7 @@ extern "C" fn on_stop(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut 
             p.sp.store(sp, Ordering::Relaxed);
             p.anchor.store(anchor(), Ordering::Relaxed);
             p.ctx.store(ctx as usize, Ordering::Relaxed);
+            p.own.store(own_thread(), Ordering::Relaxed);
             p.tid.store(gettid(), Ordering::Release);
         }
         while RELEASE.load(Ordering::Acquire) != epoch {
@@ -280,6 +302,8 @@ pub(crate) struct Stopped {
     pub(crate) anchor: usize,
     /// Its interrupted registers' record (`ucontext_t`), 0 if unknown.
     pub(crate) ctx: usize,
+    /// One of leakscope's own threads.
+    pub(crate) own: bool,
 }
 
 /// The other threads, stopped until [`World::resume`] (or drop).
@@ -428,6 +452,7 @@ pub(crate) fn stop() -> Result<World, &'static str> {
                 sp: p.sp.load(Ordering::Relaxed),
                 anchor: p.anchor.load(Ordering::Relaxed),
                 ctx: p.ctx.load(Ordering::Relaxed),
+                own: p.own.load(Ordering::Relaxed),
             });
         }
     }

@@ -8,6 +8,7 @@
 
 use crate::alloc::thread;
 use crate::check::classify::leak_check_then;
+use crate::check::roots::Caller;
 use crate::report::collect::{snapshot_of, Sites};
 use crate::report::model::Report;
 use crate::report::warn::warn;
@@ -77,10 +78,12 @@ fn hook_exit() {
 }
 
 extern "C" fn at_exit() {
+    let handler = Caller::here();
     if REPORTED.swap(true, Ordering::AcqRel) {
         return;
     }
-    let done = std::panic::catch_unwind(|| thread::untracked(write_exit_report));
+    let caller = Caller::of_exit(handler);
+    let done = std::panic::catch_unwind(|| thread::untracked(|| write_exit_report(caller)));
     if done.is_err() {
         warn("the exit report failed");
     }
@@ -94,11 +97,12 @@ pub(crate) fn report_before_death() {
         return;
     }
     if let Some(dests) = dest() {
-        write_report(&dests, &report_now());
+        write_report(&dests, &report_now(Caller::OWN_THREAD));
     }
 }
 
-fn write_exit_report() {
+/// The exit report and the gate; `caller`: the frames that called `exit`.
+fn write_exit_report(caller: Caller) {
     let dest = dest();
     let code = ERROR_EXITCODE.load(Ordering::Relaxed);
     if dest.is_none() && code == 0 {
@@ -109,11 +113,11 @@ fn write_exit_report() {
     // snapshot, nothing symbolized unless a suppression file asks.
     let (report, check) = match &dest {
         Some(_) => {
-            let report = report_now();
+            let report = report_now(caller);
             let check = report.leak_check.clone();
             (Some(report), check)
         }
-        None => (None, check_on.then(|| leak_check_then(|lc| lc))),
+        None => (None, check_on.then(|| leak_check_then(caller, |lc| lc))),
     };
     if let (Some(dests), Some(report)) = (&dest, &report) {
         write_report(dests, report);
@@ -192,9 +196,9 @@ pub(crate) fn snapshot_all_sites() -> Report {
 }
 
 /// The live state with the full leak check (which, in sampling mode, says
-/// why it did not run).
-pub(crate) fn checked_report() -> Report {
-    let mut report = leak_check_then(|lc| {
+/// why it did not run); `caller`: the program's frames on this thread.
+pub(crate) fn checked_report(caller: Caller) -> Report {
+    let mut report = leak_check_then(caller, |lc| {
         let also: Vec<u32> = lc.loss_records.iter().map(|r| r.callsite).collect();
         let mut report = snapshot_of(sites(&also));
         report.attach_leak_check(lc);
@@ -205,10 +209,11 @@ pub(crate) fn checked_report() -> Report {
     report
 }
 
-/// The report, with the full leak check unless `LEAKSCOPE_LEAK_CHECK=no`.
-pub(crate) fn report_now() -> Report {
+/// The report, with the full leak check unless `LEAKSCOPE_LEAK_CHECK=no`;
+/// `caller`: the program's frames on this thread.
+pub(crate) fn report_now(caller: Caller) -> Report {
     if LEAK_CHECK.load(Ordering::Relaxed) {
-        checked_report()
+        checked_report(caller)
     } else {
         snapshot_now()
     }

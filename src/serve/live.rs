@@ -7,6 +7,8 @@
 //! with that thread's allocations untracked.
 
 use crate::alloc::thread;
+use crate::check::roots::Caller;
+use crate::check::stop;
 use crate::report::model::{growth, Growth, Report, ScopeStats};
 use crate::serve::exit;
 use std::io::{Read, Write};
@@ -69,6 +71,7 @@ pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
             std::thread::Builder::new()
                 .name("leakscope-report".to_owned())
                 .spawn(move || {
+                    stop::mark_own_thread();
                     thread::untracked(|| {
                         let mut previous = Previous::default();
                         for conn in listener.incoming() {
@@ -141,8 +144,8 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
         ),
         ("GET", "/report") => ("200 OK", TEXT, live_report(previous).to_string().into()),
         ("GET", "/report.json") => ("200 OK", JSON, exit::json(&live_report(previous)).into()),
-        ("GET", "/leak-check") => ("200 OK", TEXT, exit::checked_report().to_string().into()),
-        ("GET", "/leak-check.json") => ("200 OK", JSON, exit::json(&exit::checked_report()).into()),
+        ("GET", "/leak-check") => ("200 OK", TEXT, exit::checked_report(Caller::OWN_THREAD).to_string().into()),
+        ("GET", "/leak-check.json") => ("200 OK", JSON, exit::json(&exit::checked_report(Caller::OWN_THREAD)).into()),
         #[cfg(feature = "formats")]
         ("GET", "/debug/pprof/heap") => (
             "200 OK",

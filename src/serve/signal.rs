@@ -15,6 +15,7 @@
 //! signal-hook): a handler that is no longer the installed one does nothing.
 
 use crate::alloc::thread;
+use crate::check::roots::Caller;
 use crate::check::stop;
 use crate::report::warn::warn;
 use crate::serve::env::Dest;
@@ -161,6 +162,7 @@ pub(crate) fn parse_signal(value: &str) -> Result<Option<i32>, String> {
 /// The signal thread: a report per byte from a handler; after a fatal
 /// signal's report, that signal again, with its default action.
 extern "C" fn watch(arg: *mut libc::c_void) -> *mut libc::c_void {
+    stop::mark_own_thread();
     let fd = arg as usize as i32;
     let mut previous = Previous::default();
     loop {
@@ -184,7 +186,7 @@ extern "C" fn watch(arg: *mut libc::c_void) -> *mut libc::c_void {
         // `previous` is at worst the report before: still a valid base.)
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             thread::untracked(|| {
-                let mut report = exit::report_now();
+                let mut report = exit::report_now(Caller::OWN_THREAD);
                 previous.mark(&mut report);
                 exit::write_report(&exit::dest().unwrap_or_else(|| vec![Dest::Stderr]), &report);
             })

@@ -95,6 +95,7 @@ pub(crate) fn start(every_ms: u64) {
 }
 
 fn run() {
+    crate::check::stop::mark_own_thread();
     // The tracker starts at the first allocation through it: in a program
     // with the allocator line, before `main` (the runtime allocates). Not
     // started after a second, it is not the global allocator (a program
