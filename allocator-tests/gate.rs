@@ -1,4 +1,6 @@
-//! The CI gate (`LEAKSCOPE_ERROR_EXITCODE`) never passes a program that leaks.
+//! The CI gate (`LEAKSCOPE_ERROR_EXITCODE`) never passes a program that
+//! leaks: not one whose lost block only stale stack points to, not one
+//! whose scope keeps growing.
 //!
 //! A lost block whose address only stale stack holds: the planted program
 //! loses a vector of five boxes in a function below `main` that has
@@ -9,16 +11,22 @@
 //! that dead stack: none of their words is a root, so the vector is
 //! definitely lost (40 bytes in 1 block) and the boxes indirectly (240 bytes
 //! in 5), as valgrind says (`valgrind_agrees`).
+//!
+//! A scope that keeps growing: a push per request into a global log grows;
+//! a cache capped at 100 entries, a batch freed every 37 requests and a
+//! handler that frees everything do not (the rule is `scope::history`'s).
 
 #[global_allocator]
 static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 
 mod common;
 
+use std::collections::VecDeque;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 
 const CHILD: &str = "LEAKSCOPE_TEST_CHILD";
 
@@ -58,6 +66,16 @@ fn plant_below_main() {
 }
 
 fn child(mode: &str) {
+    if mode == "services" {
+        // Each handler 10,000 times, in its own scope.
+        reserve();
+        for _ in 0..10_000 {
+            leakscope::track_scope("GET /log", log_request);
+            leakscope::track_scope("GET /recent", remember_recent);
+            leakscope::track_scope("GET /clean", clean);
+        }
+        return;
+    }
     plant_below_main();
     match mode {
         "return" => {}
@@ -84,6 +102,192 @@ fn child(mode: &str) {
         }
         other => panic!("unknown child mode {other}"),
     }
+}
+
+// ---------------------------------------------------------------- growth
+
+/// A request log: every request pushes 64 bytes into a global, for good.
+static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The last 100 requests: full after 100, then as many freed as added.
+static RECENT: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+/// A batch written out (freed) every 37 requests.
+static BATCH: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn reserve() {
+    LOG.lock().unwrap().reserve(20_000);
+    RECENT.lock().unwrap().reserve(100);
+    BATCH.lock().unwrap().reserve(40);
+}
+
+/// 64 bytes, in one block.
+fn entry() -> String {
+    "x".repeat(64)
+}
+
+#[inline(never)]
+fn log_request() {
+    LOG.lock().unwrap().push(entry());
+}
+
+#[inline(never)]
+fn remember_recent() {
+    let mut recent = RECENT.lock().unwrap();
+    if recent.len() == 100 {
+        recent.pop_front();
+    }
+    recent.push_back(entry());
+}
+
+#[inline(never)]
+fn batch() {
+    let mut batch = BATCH.lock().unwrap();
+    batch.push(entry());
+    if batch.len() == 37 {
+        batch.clear();
+    }
+}
+
+#[inline(never)]
+fn clean() {
+    black_box(entry());
+}
+
+/// `f` run `runs` times in scope `name`; what the report says of it then.
+fn runs_of(name: &str, runs: usize, f: fn()) -> (bool, f64, u64) {
+    reserve();
+    for _ in 0..runs {
+        leakscope::track_scope(name, f);
+    }
+    let report = leakscope::snapshot();
+    let s = report.scope(name).unwrap();
+    (s.growing, s.recent_bytes_per_run, s.runs)
+}
+
+/// The rule on the three handlers of a service (and a batch): a push per
+/// request into a global grows; a cache capped at 100 entries, full long
+/// ago, and a handler that frees everything do not.
+fn growing_scopes_and_the_others() {
+    assert_eq!(runs_of("log", 10_000, log_request), (true, 64.0, 10_000));
+    assert_eq!(
+        runs_of("recent", 10_000, remember_recent),
+        (false, 0.0, 10_000)
+    );
+    assert_eq!(runs_of("clean", 10_000, clean), (false, 0.0, 10_000));
+    // The batch rose since 4,096 runs (from 26 entries to 28), but it has
+    // come back down to its earlier levels since: not growing.
+    let (growing, recent, _) = runs_of("batch", 10_018, batch);
+    assert!(!growing && recent > 0.0, "{recent}");
+    // Too few runs to tell a warm-up from growth.
+    assert_eq!(runs_of("short", 40, log_request), (false, 64.0, 40));
+}
+
+/// The same push, from four threads at once.
+fn a_scope_grows_on_many_threads() {
+    reserve();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(|| {
+                for _ in 0..2_500 {
+                    leakscope::track_scope("log on 4 threads", log_request);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let report = leakscope::snapshot();
+    let s = report.scope("log on 4 threads").unwrap();
+    assert_eq!((s.growing, s.runs), (true, 10_000));
+    // Samples taken while other threads' runs were under way are off by
+    // those runs at most.
+    assert!((s.recent_bytes_per_run - 64.0).abs() < 0.5, "{s:?}");
+}
+
+/// The gate at exit fails on the growing scope, names it, and says so in
+/// every format; a `growth:` line allows it.
+fn the_gate_fails_on_growth() {
+    let (json, text, html) = (
+        scratch("services.json"),
+        scratch("services.txt"),
+        scratch("services.html"),
+    );
+    let dests = format!("{},{},{}", json.display(), text.display(), html.display());
+    let out = run(
+        "services",
+        &[
+            ("LEAKSCOPE_REPORT", &dests),
+            ("LEAKSCOPE_ERROR_EXITCODE", "3"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("keeps growing"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["leakscope: scope \"GET /log\" keeps growing: +64 bytes per run lately, over 10,000 runs (a growth:<scope> line in LEAKSCOPE_SUPPRESSIONS allows it); exit status 3"]
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let verdicts: Vec<(String, bool, f64)> = (doc["scopes"].as_array().unwrap().iter())
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["growing"].as_bool().unwrap(),
+                s["recent_bytes_per_run"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("GET /log".to_owned(), true, 64.0),
+            ("GET /recent".to_owned(), false, 0.0),
+            ("GET /clean".to_owned(), false, 0.0),
+        ]
+    );
+    let text = std::fs::read_to_string(&text).unwrap();
+    let marked: Vec<&str> = text.lines().filter(|l| l.contains("growing")).collect();
+    assert_eq!(marked.len(), 1, "{text}");
+    assert!(
+        marked[0].contains("GET /log:")
+            && marked[0].ends_with("; growing: +64 bytes per run lately"),
+        "{text}"
+    );
+    let html = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(html.matches("bytes per run lately").count(), 1);
+    assert!(html
+        .contains("<tr data-scope=\"GET /log\" class=\"lost\"><td>GET /log</td><td>10,000</td>"));
+    // The gate alone, without a report: the same line and status.
+    let out = run("services", &[("LEAKSCOPE_ERROR_EXITCODE", "3")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("keeps growing"))
+            .count(),
+        1
+    );
+    // A growth the program means, allowed: the gate passes, silently.
+    let supp = scratch("allow.supp");
+    std::fs::write(
+        &supp,
+        "# the request log is kept on purpose\ngrowth:^GET /log$\n",
+    )
+    .unwrap();
+    let out = run(
+        "services",
+        &[
+            ("LEAKSCOPE_ERROR_EXITCODE", "3"),
+            ("LEAKSCOPE_SUPPRESSIONS", supp.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -229,5 +433,14 @@ fn main() {
             "stale_stack_hides_nothing_from_leak_check",
             stale_stack_hides_nothing_from_leak_check,
         ),
+        (
+            "growing_scopes_and_the_others",
+            growing_scopes_and_the_others,
+        ),
+        (
+            "a_scope_grows_on_many_threads",
+            a_scope_grows_on_many_threads,
+        ),
+        ("the_gate_fails_on_growth", the_gate_fails_on_growth),
     ]);
 }

@@ -5,6 +5,7 @@
 //! leakscope show report.json
 //! leakscope diff before.json after.json [--json]
 //! leakscope check report.json [--max-bytes-per-run N] [--scope NAME=N]... [--no-lost]
+//!                             [--growing [--allow-growth NAME]...]
 //! leakscope convert report.json -o report.html
 //! ```
 //!
@@ -47,8 +48,8 @@ enum Command {
         json: bool,
     },
     /// Exit 1 when a scope's outstanding bytes per run are over its budget
-    /// (or, with --no-lost, anything is definitely or indirectly lost),
-    /// listing each; 0 otherwise.
+    /// (or, with --no-lost, anything is definitely or indirectly lost; with
+    /// --growing, a scope keeps growing), listing each; 0 otherwise.
     Check {
         report: PathBuf,
         /// The budget of every scope not named by --scope (default 0; with
@@ -62,6 +63,14 @@ enum Command {
         /// indirectly lost.
         #[arg(long)]
         no_lost: bool,
+        /// Also fail on each scope whose outstanding bytes keep rising with
+        /// its runs (the report's "growing"), as LEAKSCOPE_ERROR_EXITCODE does.
+        #[arg(long)]
+        growing: bool,
+        /// With --growing: a scope allowed to grow (repeatable), as a
+        /// growth:<scope> line in LEAKSCOPE_SUPPRESSIONS allows it.
+        #[arg(long = "allow-growth", value_name = "NAME", requires = "growing")]
+        allow_growth: Vec<String>,
     },
     /// Write a saved report in another format, chosen by the output's
     /// suffix: .json, .pb.gz (pprof), .folded, .svg (flamegraph), .html,
@@ -112,7 +121,17 @@ fn main() -> ExitCode {
             max_bytes_per_run,
             scopes,
             no_lost,
-        } => load(&report).and_then(|r| check(&r, max_bytes_per_run, &scopes, no_lost)),
+            growing,
+            allow_growth,
+        } => load(&report).and_then(|r| {
+            let gates = Gates {
+                max_bytes_per_run,
+                budgets: &scopes,
+                no_lost,
+                growing: growing.then_some(&allow_growth[..]),
+            };
+            check(&r, &gates)
+        }),
         Command::Convert { report, output } => load(&report).and_then(|r| convert(&r, &output)),
     };
     match done {
@@ -144,22 +163,39 @@ fn out(text: &str) -> Result<ExitCode, Bad> {
     }
 }
 
-fn check(
-    report: &Report,
+/// What `check` gates on.
+struct Gates<'a> {
     max_bytes_per_run: Option<f64>,
-    budgets: &[(String, f64)],
+    budgets: &'a [(String, f64)],
     no_lost: bool,
-) -> Result<ExitCode, Bad> {
-    for (name, _) in budgets {
+    /// `--growing`, with the scopes `--allow-growth` allows.
+    growing: Option<&'a [String]>,
+}
+
+fn check(report: &Report, gates: &Gates<'_>) -> Result<ExitCode, Bad> {
+    let &Gates {
+        max_bytes_per_run,
+        budgets,
+        no_lost,
+        growing,
+    } = gates;
+    let named = (budgets.iter().map(|(name, _)| ("--scope", name))).chain(
+        growing
+            .unwrap_or(&[])
+            .iter()
+            .map(|name| ("--allow-growth", name)),
+    );
+    for (flag, name) in named {
         if report.scope(name).is_none() {
             let known: Vec<&str> = report.scopes.iter().map(|s| s.name.as_str()).collect();
             return Err(Bad(format!(
-                "--scope {name:?}: the report has no such scope (it has: {})",
+                "{flag} {name:?}: the report has no such scope (it has: {})",
                 known.join(", ")
             )));
         }
     }
-    let default = max_bytes_per_run.or(budgets.is_empty().then_some(0.0));
+    // With --growing alone, budgets are not checked.
+    let default = max_bytes_per_run.or((budgets.is_empty() && growing.is_none()).then_some(0.0));
     let mut failures = Vec::new();
     let mut checked = 0;
     for s in &report.scopes {
@@ -184,7 +220,29 @@ fn check(
             ));
         }
     }
-    let mut lost_line = String::new();
+    let mut passed = Vec::new();
+    if default.is_some() || !budgets.is_empty() {
+        passed.push(format!("{checked} scopes within their budgets"));
+    }
+    if let Some(allowed) = growing {
+        let before = failures.len();
+        for s in report.scopes.iter().filter(|s| s.growing) {
+            if allowed.contains(&s.name) {
+                continue;
+            }
+            failures.push(format!(
+                "{}: keeps growing, {} bytes per run lately ({} {}, {} bytes outstanding)",
+                s.name,
+                diff::number(s.recent_bytes_per_run),
+                diff::thousands(s.runs),
+                if s.runs == 1 { "run" } else { "runs" },
+                diff::thousands(s.outstanding_bytes),
+            ));
+        }
+        if failures.len() == before {
+            passed.push(format!("none of {} scopes growing", report.scopes.len()));
+        }
+    }
     if no_lost {
         let Some(lc) = report.leak_check.as_ref().filter(|lc| lc.error.is_none()) else {
             let why = report
@@ -228,13 +286,11 @@ fn check(
                 ));
             }
         } else {
-            lost_line = ", nothing lost".to_owned();
+            passed.push("nothing lost".to_owned());
         }
     }
     if failures.is_empty() {
-        out(&format!(
-            "ok: {checked} scopes within their budgets{lost_line}\n"
-        ))
+        out(&format!("ok: {}\n", passed.join(", ")))
     } else {
         out(&(failures.join("\n") + "\n"))?;
         Ok(ExitCode::from(1))

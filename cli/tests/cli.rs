@@ -190,6 +190,36 @@ fn check_fails_the_leaky_run_and_passes_the_fixed_one() {
 }
 
 #[test]
+fn check_growing_fails_the_scopes_that_keep_growing() {
+    let out = leakscope(&["check", "r2000.json", "--growing"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "GET /users/{id}: keeps growing, 172.33 bytes per run lately (500 runs, 85,760 bytes outstanding)\n\
+         GET /graph: keeps growing, 320 bytes per run lately (250 runs, 80,000 bytes outstanding)\n\
+         POST /orders: keeps growing, 64 bytes per run lately (250 runs, 16,032 bytes outstanding)\n"
+    );
+    let allowed = [
+        "check",
+        "r2000.json",
+        "--growing",
+        "--allow-growth",
+        "GET /users/{id}",
+        "--allow-growth",
+        "GET /graph",
+    ];
+    let out = leakscope(&allowed);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).starts_with("POST /orders: keeps growing"));
+    let out = leakscope(&[&allowed[..], &["--allow-growth", "POST /orders"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "ok: none of 7 scopes growing\n");
+    let out = leakscope(&["check", "fixed.json", "--growing", "--no-lost"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "ok: none of 7 scopes growing, nothing lost\n");
+}
+
+#[test]
 fn convert_writes_every_format() {
     let dir = reports();
     let saved = std::fs::read_to_string(dir.join("r2000.json")).unwrap();
@@ -229,7 +259,14 @@ fn bad_input_is_one_line_and_status_2() {
     std::fs::write(dir.join("not.json"), "GET /users 200\n").unwrap();
     std::fs::write(dir.join("other.json"), r#"{"dhatFileVersion": 2}"#).unwrap();
     std::fs::write(dir.join("newer.json"), r#"{"schema": "leakscope/2"}"#).unwrap();
-    let cases: [(&[&str], &str); 9] = [
+    // Reports missing what every writer writes.
+    std::fs::write(dir.join("gutted.json"), r#"{"schema": "leakscope/1"}"#).unwrap();
+    std::fs::write(dir.join("numbered.json"), r#"{"schema": 999}"#).unwrap();
+    let mut doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("r1000.json")).unwrap()).unwrap();
+    doc.as_object_mut().unwrap().remove("scopes");
+    std::fs::write(dir.join("no-scopes.json"), doc.to_string()).unwrap();
+    let cases: [(&[&str], &str); 13] = [
         (&["show", "missing.json"], "leakscope: cannot read missing.json: "),
         (&["show", "."], "leakscope: cannot read .: "),
         (&["show", "not.json"], "leakscope: not.json: not JSON: "),
@@ -256,6 +293,22 @@ fn bad_input_is_one_line_and_status_2() {
         (
             &["check", "unchecked.json", "--no-lost"],
             "leakscope: --no-lost: the report has no leak check",
+        ),
+        (
+            &["check", "gutted.json"],
+            "leakscope: gutted.json: the report has no \"pid\"",
+        ),
+        (
+            &["check", "no-scopes.json"],
+            "leakscope: no-scopes.json: the report has no \"scopes\"",
+        ),
+        (
+            &["show", "numbered.json"],
+            "leakscope: numbered.json: not a leakscope report: its \"schema\" is 999, not a string like \"leakscope/1\"",
+        ),
+        (
+            &["check", "r1000.json", "--growing", "--allow-growth", "GET /nope"],
+            "leakscope: --allow-growth \"GET /nope\": the report has no such scope",
         ),
     ];
     for (args, said) in cases {

@@ -163,27 +163,18 @@ impl<T> SpinLock<T> {
         SpinGuard { lock: self }
     }
 
+    /// The lock if it is free now; `None` if anyone holds it.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then_some(SpinGuard { lock: self })
+    }
+
     #[cold]
     fn lock_slow(&self) {
-        let mut spins = 0u32;
-        loop {
-            while self.locked.load(Ordering::Relaxed) {
-                spins = spins.wrapping_add(1);
-                if spins % 64 == 0 {
-                    // SAFETY: sched_yield has no preconditions and does not allocate.
-                    unsafe { libc::sched_yield() };
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-            if self
-                .locked
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                return;
-            }
-        }
+        take(&self.locked);
     }
 
     /// The value, for a caller that holds the lock some other way.
@@ -207,6 +198,30 @@ impl<T> SpinLock<T> {
     /// process, or in the parent of this forked child) and nobody uses it since.
     pub(crate) unsafe fn force_unlock(&self) {
         self.locked.store(false, Ordering::Release);
+    }
+}
+
+/// Sets `locked` once it is clear: a spin lock's slow path, spinning,
+/// then yielding the CPU.
+#[cold]
+fn take(locked: &AtomicBool) {
+    let mut spins = 0u32;
+    loop {
+        while locked.load(Ordering::Relaxed) {
+            spins = spins.wrapping_add(1);
+            if spins % 64 == 0 {
+                // SAFETY: sched_yield has no preconditions and does not allocate.
+                unsafe { libc::sched_yield() };
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        if locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
     }
 }
 

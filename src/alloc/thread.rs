@@ -650,19 +650,33 @@ pub(crate) fn set_current_run(run: *const RunRecord) {
     let _ = STATE.try_with(|st| st.run.set(run));
 }
 
-/// Counts a run of scope id `scope` opened on this thread; `false` when the
-/// thread has no counters (yet, or any more) and the caller must count it.
+/// Counts a run of scope id `scope` opened on this thread: the runs of it
+/// this thread's counters now hold; `None` when the thread has no counters
+/// (yet, or any more) and the caller must count it.
 #[inline]
-pub(crate) fn count_run(scope: u32) -> bool {
+pub(crate) fn count_run(scope: u32) -> Option<u64> {
     STATE
         .try_with(|st| {
-            let Some(c) = st.slot.get().and_then(|slot| slot.scopes.make(scope)) else {
-                return false;
-            };
-            bump(&c.runs, 1);
-            true
+            let c = st.slot.get().and_then(|slot| slot.scopes.make(scope))?;
+            let runs = c.runs.load(Ordering::Relaxed).wrapping_add(1);
+            c.runs.store(runs, Ordering::Relaxed);
+            Some(runs)
         })
-        .unwrap_or(false)
+        .ok()
+        .flatten()
+}
+
+/// Scope id `scope`'s runs counted in threads' counters and its
+/// outstanding bytes (opened in a run of it, freed by nobody since), summed
+/// over every thread. Outside the allocation path.
+pub(crate) fn scope_level(scope: u32) -> (u64, u64) {
+    let (mut runs, mut allocated, mut freed) = (0u64, 0u64, 0u64);
+    for c in slots().filter_map(|slot| slot.scope_counts(scope)) {
+        runs = runs.wrapping_add(c.runs.load(Ordering::Relaxed));
+        allocated = allocated.wrapping_add(c.alloc_bytes.load(Ordering::Relaxed));
+        freed = freed.wrapping_add(c.free_bytes.load(Ordering::Relaxed));
+    }
+    (runs, allocated.saturating_sub(freed))
 }
 
 // ---------------------------------------------------------------- sampling mode's fast path

@@ -6,8 +6,11 @@
 //! file or the module of any frame of the stack that made it (the frames a
 //! report shows: the allocator's own are left out). `*` matches any run of
 //! characters; a pattern matches anywhere in a name unless it starts with
-//! `^` or ends with `$`. A malformed line is reported with its line number
-//! and skipped; an unreadable file is reported and the check goes on.
+//! `^` or ends with `$`. leakscope's own `growth:<pattern>` lines allow a
+//! growth the program means (an in-memory request log): a growing scope
+//! whose name the pattern matches does not fail the gate. A malformed line
+//! is reported with its line number and skipped; an unreadable file is
+//! reported and the check goes on.
 //!
 //! There are no built-in suppressions: the Rust runtime's one-time blocks
 //! (stdout's buffer, the main thread's handle and thread-locals) are held
@@ -23,9 +26,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The patterns in force, from the file.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Suppressions {
+    /// `leak:` patterns, matched against stacks.
     patterns: Vec<String>,
+    /// `growth:` patterns, matched against scope names.
+    growth: Vec<String>,
 }
 
 impl Suppressions {
@@ -33,22 +39,35 @@ impl Suppressions {
         self.patterns.get(i).map_or("", String::as_str)
     }
 
+    /// Whether a `growth:` line allows scope `name` to grow.
+    pub(crate) fn allows_growth(&self, name: &str) -> bool {
+        self.growth.iter().any(|p| matches(p, name))
+    }
+
     /// Parses a file's text; malformed lines come back as (line number, why).
-    pub(crate) fn parse(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
-        let mut patterns = Vec::new();
+    pub(crate) fn parse(text: &str) -> (Suppressions, Vec<(usize, String)>) {
+        let mut s = Suppressions::default();
         let mut bad = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            match line.strip_prefix("leak:").map(str::trim) {
-                Some(p) if !p.is_empty() => patterns.push(p.to_owned()),
-                Some(_) => bad.push((n + 1, "empty pattern after leak:".to_owned())),
-                None => bad.push((n + 1, format!("{line:?} is not leak:<pattern>"))),
+            let (kind, list) = if let Some(p) = line.strip_prefix("leak:") {
+                (("leak:", p), &mut s.patterns)
+            } else if let Some(p) = line.strip_prefix("growth:") {
+                (("growth:", p), &mut s.growth)
+            } else {
+                let why = format!("{line:?} is not leak:<pattern> or growth:<scope pattern>");
+                bad.push((n + 1, why));
+                continue;
+            };
+            match kind.1.trim() {
+                "" => bad.push((n + 1, format!("empty pattern after {}", kind.0))),
+                p => list.push(p.to_owned()),
             }
         }
-        (patterns, bad)
+        (s, bad)
     }
 }
 
@@ -57,9 +76,8 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 /// The suppressions now: `LEAKSCOPE_SUPPRESSIONS`'s file. Problems with the
 /// file are reported on stderr, once per process.
 pub(crate) fn current() -> Suppressions {
-    let mut patterns: Vec<String> = Vec::new();
     let Some(path) = std::env::var_os("LEAKSCOPE_SUPPRESSIONS") else {
-        return Suppressions { patterns };
+        return Suppressions::default();
     };
     let path = path.to_string_lossy().into_owned();
     // Said once per process, not at every check.
@@ -72,14 +90,17 @@ pub(crate) fn current() -> Suppressions {
                     warn(&format!("{path}:{line}: {why}; line skipped"));
                 }
             }
-            patterns.extend(found);
+            found
         }
-        Err(e) if first => warn(&format!(
-            "cannot read LEAKSCOPE_SUPPRESSIONS file {path}: {e}; nothing is suppressed"
-        )),
-        Err(_) => {}
+        Err(e) => {
+            if first {
+                warn(&format!(
+                    "cannot read LEAKSCOPE_SUPPRESSIONS file {path}: {e}; nothing is suppressed"
+                ));
+            }
+            Suppressions::default()
+        }
     }
-    Suppressions { patterns }
 }
 
 /// Whether `pattern` matches `text` (LeakSanitizer's rules, see the module).
@@ -172,9 +193,18 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_reported_with_their_numbers() {
-        let text = "# comment\nleak:app::cache\n\nleek:oops\nleak:\n  leak: ^std::rt \n";
-        let (patterns, bad) = Suppressions::parse(text);
-        assert_eq!(patterns, vec!["app::cache", "^std::rt"]);
-        assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![4, 5]);
+        let text = "# comment\nleak:app::cache\n\nleek:oops\nleak:\n  leak: ^std::rt \n\
+                    growth:^POST /log$\ngrowth: \n";
+        let (found, bad) = Suppressions::parse(text);
+        assert_eq!(
+            found,
+            Suppressions {
+                patterns: vec!["app::cache".to_owned(), "^std::rt".to_owned()],
+                growth: vec!["^POST /log$".to_owned()],
+            }
+        );
+        assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![4, 5, 8]);
+        assert!(found.allows_growth("POST /log"));
+        assert!(!found.allows_growth("POST /login"));
     }
 }

@@ -13,7 +13,8 @@ use crate::report::model::{
 };
 use crate::report::symbolize::Symbolizer;
 use crate::report::warn::warn;
-use crate::scope::names;
+use crate::scope::history;
+use crate::scope::names::{self, ScopeEntry};
 use std::collections::{HashMap, HashSet};
 
 /// The live state now: totals, per call-site (every one seen so far, with
@@ -212,22 +213,9 @@ fn build(sites: Sites<'_>) -> Report {
             by_callsite.sort_by(|a, b| {
                 (b.bytes, b.blocks, a.callsite).cmp(&(a.bytes, a.blocks, b.callsite))
             });
-            // Every block opened in a run of this scope, less every such
-            // block freed since, by any thread (sampling mode: the sampled
-            // ones, weighted, as for call-sites).
-            let (outstanding_units, outstanding_bytes) =
-                scope_sums.get(id as usize).map_or((0, 0), Sum::live);
-            let outstanding_blocks = blocks(outstanding_units);
             ScopeStats {
-                name: entry.name.clone(),
-                runs: entry
-                    .runs
-                    .load(Relaxed)
-                    .wrapping_add(scope_sums.get(id as usize).map_or(0, |s| s.runs)),
-                outstanding_blocks,
-                outstanding_bytes,
                 by_callsite,
-                retained_by: Vec::new(),
+                ..scope_stats(entry, scope_sums.get(id as usize))
             }
         })
         .collect();
@@ -262,6 +250,41 @@ fn build(sites: Sites<'_>) -> Report {
         timeline: None,
         in_process: true,
     }
+}
+
+/// A scope's figures from its counters, `sum` (none: it has none yet):
+/// every block opened in a run of it, less every such block freed since,
+/// by any thread (sampling mode: the sampled ones, weighted, as for
+/// call-sites), its runs and whether it keeps growing. Not its call-sites.
+fn scope_stats(entry: &ScopeEntry, sum: Option<&Sum>) -> ScopeStats {
+    let (outstanding_units, outstanding_bytes) = sum.map_or((0, 0), Sum::live);
+    let runs = (entry.runs.load(std::sync::atomic::Ordering::Relaxed))
+        .wrapping_add(sum.map_or(0, |s| s.runs));
+    let verdict = history::verdict(entry, runs, outstanding_bytes);
+    ScopeStats {
+        name: entry.name.clone(),
+        runs,
+        outstanding_blocks: sample::blocks(outstanding_units),
+        outstanding_bytes,
+        by_callsite: Vec::new(),
+        retained_by: Vec::new(),
+        growing: verdict.growing,
+        recent_bytes_per_run: verdict.recent_bytes_per_run,
+    }
+}
+
+/// Every scope's figures but its call-sites, from the threads' counters
+/// alone (no block walk, no symbols): what the gate at exit looks at when
+/// no report is written.
+pub(crate) fn scopes_from_counters() -> Vec<ScopeStats> {
+    thread::untracked(|| {
+        let entries = names::scope_entries();
+        let (_, sums) = totals_and_scopes(entries.len());
+        entries
+            .into_iter()
+            .map(|(id, entry)| scope_stats(entry, sums.get(id as usize)))
+            .collect()
+    })
 }
 
 /// The process's live bytes and blocks, and the outstanding bytes of every

@@ -135,6 +135,8 @@ mod tests {
                     bytes: 300,
                 }],
                 retained_by: Vec::new(),
+                growing: false,
+                recent_bytes_per_run: 0.0,
             }],
             untracked_blocks: 0,
             sample_bytes: 0,

@@ -3,9 +3,12 @@
 //! (the `leakscope` command).
 //!
 //! Owns the check of the document's schema and the error that says what
-//! is wrong with a document. Fields a newer `leakscope/1` writer added and
-//! this one does not know are ignored; fields an older writer lacked take
-//! their empty value. Never panics on any input.
+//! is wrong with a document. Fields every `leakscope/1` writer wrote (the
+//! contract's first document: totals, call-sites, scopes, the leak check's
+//! kinds and records) are required: a document without one is bad input,
+//! and the error names the field. Fields a newer writer added and this one
+//! does not know are ignored; fields an older writer lacked take their
+//! empty value. Never panics on any input.
 
 use crate::report::leak::{
     Amount, LeakCheck, LeakKind, LossRecord, Retention, Root, RootKind, ScopeRetention,
@@ -53,55 +56,71 @@ impl Report {
         if !doc.is_object() {
             return error("not a leakscope report: the document is not a JSON object".to_owned());
         }
-        match doc.get("schema").and_then(Value::as_str) {
-            Some(SCHEMA) => {}
-            Some(s) if s.starts_with("leakscope/") => {
-                let newer = s["leakscope/".len()..].parse::<u64>().is_ok_and(|v| v > 1);
-                return error(if newer {
-                    format!("the report's schema is {s}, newer than this leakscope reads ({SCHEMA}): update leakscope")
-                } else {
-                    format!("the report's schema is {s}: this leakscope reads {SCHEMA}")
-                });
+        match doc.get("schema").map(|s| (s, s.as_str())) {
+            None | Some((Value::Null, _)) => {
+                return error("not a leakscope report: it has no \"schema\" field".to_owned())
             }
-            Some(s) => {
+            Some((s, None)) => {
                 return error(format!(
-                    "not a leakscope report: its schema is {s:?} (this leakscope reads {SCHEMA})"
+                    "not a leakscope report: its \"schema\" is {}, not a string like \"{SCHEMA}\"",
+                    short(s)
                 ))
             }
-            None => return error("not a leakscope report: it has no \"schema\" field".to_owned()),
+            Some((_, Some(s))) => read_schema(s)?,
         }
         read_report(&doc)
     }
 }
 
+/// `Ok` for this leakscope's schema; what is wrong with any other.
+fn read_schema(schema: &str) -> Result<()> {
+    match schema {
+        SCHEMA => Ok(()),
+        s if s.starts_with("leakscope/") => {
+            let newer = s["leakscope/".len()..].parse::<u64>().is_ok_and(|v| v > 1);
+            error(if newer {
+                format!("the report's schema is {s}, newer than this leakscope reads ({SCHEMA}): update leakscope")
+            } else {
+                format!("the report's schema is {s}: this leakscope reads {SCHEMA}")
+            })
+        }
+        s => error(format!(
+            "not a leakscope report: its schema is {s:?} (this leakscope reads {SCHEMA})"
+        )),
+    }
+}
+
 fn read_report(doc: &Value) -> Result<Report> {
-    let t = field(doc, "totals");
+    let pid = need(doc, "pid", REPORT, count)?;
+    let t = need(doc, "totals", REPORT, |v, k| Ok(field(v, k)))?;
     let totals = Totals {
-        live_blocks: count(t, "live_blocks")?,
-        live_bytes: count(t, "live_bytes")?,
-        total_blocks: count(t, "total_blocks")?,
-        total_bytes: count(t, "total_bytes")?,
-        peak_live_bytes: count(t, "peak_live_bytes")?,
+        live_blocks: need(t, "live_blocks", "\"totals\"", count)?,
+        live_bytes: need(t, "live_bytes", "\"totals\"", count)?,
+        total_blocks: need(t, "total_blocks", "\"totals\"", count)?,
+        total_bytes: need(t, "total_bytes", "\"totals\"", count)?,
+        peak_live_bytes: need(t, "peak_live_bytes", "\"totals\"", count)?,
     };
-    let callsites = list(doc, "callsites")?
+    let callsites = need(doc, "callsites", REPORT, list)?
         .iter()
         .map(read_callsite)
         .collect::<Result<_>>()?;
-    let scopes = list(doc, "scopes")?
+    const SCOPE: &str = "a scope";
+    const SCOPE_SITE: &str = "a scope's call-site";
+    let scopes = need(doc, "scopes", REPORT, list)?
         .iter()
         .map(|s| {
             Ok(ScopeStats {
                 name: string(s, "name")?,
-                runs: count(s, "runs")?,
-                outstanding_blocks: count(s, "outstanding_blocks")?,
-                outstanding_bytes: count(s, "outstanding_bytes")?,
-                by_callsite: list(s, "by_callsite")?
+                runs: need(s, "runs", SCOPE, count)?,
+                outstanding_blocks: need(s, "outstanding_blocks", SCOPE, count)?,
+                outstanding_bytes: need(s, "outstanding_bytes", SCOPE, count)?,
+                by_callsite: need(s, "by_callsite", SCOPE, list)?
                     .iter()
                     .map(|c| {
                         Ok(ScopeCallsite {
-                            callsite: id(c, "callsite")?,
-                            blocks: count(c, "blocks")?,
-                            bytes: count(c, "bytes")?,
+                            callsite: need(c, "callsite", SCOPE_SITE, id)?,
+                            blocks: need(c, "blocks", SCOPE_SITE, count)?,
+                            bytes: need(c, "bytes", SCOPE_SITE, count)?,
                         })
                     })
                     .collect::<Result<_>>()?,
@@ -115,6 +134,8 @@ fn read_report(doc: &Value) -> Result<Report> {
                         })
                     })
                     .collect::<Result<_>>()?,
+                growing: flag(s, "growing")?,
+                recent_bytes_per_run: number(s, "recent_bytes_per_run")?,
             })
         })
         .collect::<Result<_>>()?;
@@ -124,7 +145,7 @@ fn read_report(doc: &Value) -> Result<Report> {
         _ => Unwinder::FramePointers,
     };
     Ok(Report {
-        pid: count(doc, "pid")?.try_into().unwrap_or(0),
+        pid: pid.try_into().unwrap_or(0),
         totals,
         callsites,
         scopes,
@@ -140,7 +161,8 @@ fn read_report(doc: &Value) -> Result<Report> {
 }
 
 fn read_callsite(c: &Value) -> Result<CallsiteStats> {
-    let frames = list(c, "frames")?
+    const SITE: &str = "a call-site";
+    let frames = need(c, "frames", SITE, list)?
         .iter()
         .map(|f| {
             let ip = match f.get("ip").and_then(Value::as_str) {
@@ -171,12 +193,12 @@ fn read_callsite(c: &Value) -> Result<CallsiteStats> {
         })
         .collect::<Result<_>>()?;
     Ok(CallsiteStats {
-        id: id(c, "id")?,
-        live_blocks: count(c, "live_blocks")?,
-        live_bytes: count(c, "live_bytes")?,
-        total_blocks: count(c, "total_blocks")?,
-        total_bytes: count(c, "total_bytes")?,
-        peak_live_bytes: count(c, "peak_live_bytes")?,
+        id: need(c, "id", SITE, id)?,
+        live_blocks: need(c, "live_blocks", SITE, count)?,
+        live_bytes: need(c, "live_bytes", SITE, count)?,
+        total_blocks: need(c, "total_blocks", SITE, count)?,
+        total_bytes: need(c, "total_bytes", SITE, count)?,
+        peak_live_bytes: need(c, "peak_live_bytes", SITE, count)?,
         frames,
     })
 }
@@ -185,14 +207,20 @@ fn read_leak_check(doc: &Value) -> Result<Option<LeakCheck>> {
     let Some(lc) = doc.get("leak_check").filter(|v| !v.is_null()) else {
         return Ok(None);
     };
-    let amount = |key: &str| -> Result<Amount> {
-        let a = field(lc, key);
+    // Every writer wrote these; `reachable_via_heuristic` came later.
+    let amount = |key: &str, required: bool| -> Result<Amount> {
+        if !required && field(lc, key).is_null() {
+            return Ok(Amount::default());
+        }
+        let a = need(lc, key, "\"leak_check\"", |v, k| Ok(field(v, k)))?;
+        let what = format!("\"leak_check\".{key}");
         Ok(Amount {
-            blocks: count(a, "blocks")?,
-            bytes: count(a, "bytes")?,
+            blocks: need(a, "blocks", &what, count)?,
+            bytes: need(a, "bytes", &what, count)?,
         })
     };
-    let loss_records = list(doc, "loss_records")?
+    const RECORD: &str = "a loss record";
+    let loss_records = need(doc, "loss_records", REPORT_WITH_CHECK, list)?
         .iter()
         .map(|r| {
             let kind = match r.get("kind").and_then(Value::as_str) {
@@ -204,9 +232,9 @@ fn read_leak_check(doc: &Value) -> Result<Option<LeakCheck>> {
             };
             Ok(LossRecord {
                 kind,
-                blocks: count(r, "blocks")?,
-                bytes: count(r, "bytes")?,
-                callsite: id(r, "callsite")?,
+                blocks: need(r, "blocks", RECORD, count)?,
+                bytes: need(r, "bytes", RECORD, count)?,
+                callsite: need(r, "callsite", RECORD, id)?,
                 scope: optional_string(r, "scope")?,
                 retained_by: match r.get("retained_by") {
                     None | Some(Value::Null) => None,
@@ -226,12 +254,12 @@ fn read_leak_check(doc: &Value) -> Result<Option<LeakCheck>> {
         })
         .collect::<Result<_>>()?;
     Ok(Some(LeakCheck {
-        definitely_lost: amount("definitely_lost")?,
-        indirectly_lost: amount("indirectly_lost")?,
-        possibly_lost: amount("possibly_lost")?,
-        still_reachable: amount("still_reachable")?,
-        reachable_via_heuristic: amount("reachable_via_heuristic")?,
-        suppressed: amount("suppressed")?,
+        definitely_lost: amount("definitely_lost", true)?,
+        indirectly_lost: amount("indirectly_lost", true)?,
+        possibly_lost: amount("possibly_lost", true)?,
+        still_reachable: amount("still_reachable", true)?,
+        reachable_via_heuristic: amount("reachable_via_heuristic", false)?,
+        suppressed: amount("suppressed", true)?,
         loss_records,
         suppressions_used,
         error: optional_string(lc, "error")?,
@@ -353,6 +381,29 @@ fn read_timeline(doc: &Value) -> Result<Option<Timeline>> {
     }))
 }
 
+/// The document, as an error names it (without showing it).
+const REPORT: &str = "the report";
+/// A report with a leak check, likewise.
+const REPORT_WITH_CHECK: &str = "the report (it has a \"leak_check\")";
+
+/// `v[key]` read by `read`, where every writer of this schema wrote it: an
+/// error saying that `what` (`the report`, `a scope`) has no `key` when
+/// it is absent or null.
+fn need<'a, T>(
+    v: &'a Value,
+    key: &str,
+    what: &str,
+    read: impl FnOnce(&'a Value, &str) -> Result<T>,
+) -> Result<T> {
+    match v.get(key) {
+        None | Some(Value::Null) if what == REPORT || what == REPORT_WITH_CHECK => {
+            error(format!("{what} has no \"{key}\""))
+        }
+        None | Some(Value::Null) => error(format!("{what} has no \"{key}\": {}", short(v))),
+        Some(_) => read(v, key),
+    }
+}
+
 /// `v[key]`, or null when absent.
 fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
     v.get(key).unwrap_or(&Value::Null)
@@ -386,6 +437,10 @@ fn signed(v: &Value, key: &str) -> Result<i64> {
 
 fn number(v: &Value, key: &str) -> Result<f64> {
     scalar(v, key, Value::as_f64, "a number")
+}
+
+fn flag(v: &Value, key: &str) -> Result<bool> {
+    scalar(v, key, Value::as_bool, "true or false")
 }
 
 fn id(v: &Value, key: &str) -> Result<u32> {
@@ -495,6 +550,8 @@ mod tests {
                     blocks: 2,
                     bytes: 300,
                 }],
+                growing: true,
+                recent_bytes_per_run: 48.5,
             }],
             untracked_blocks: 1,
             sample_bytes: 0,
@@ -601,16 +658,73 @@ mod tests {
             "the report's schema is leakscope/2, newer than this leakscope reads (leakscope/1): update leakscope"
         );
         assert_eq!(
-            err(r#"{"schema": "leakscope/1", "callsites": 3}"#),
+            err(r#"{"schema": 999}"#),
+            "not a leakscope report: its \"schema\" is 999, not a string like \"leakscope/1\""
+        );
+        // Fields every writer of the schema wrote are required.
+        assert_eq!(
+            err(r#"{"schema": "leakscope/1"}"#),
+            "the report has no \"pid\""
+        );
+        let mut doc: Value = serde_json::from_str(&planted().to_json()).unwrap();
+        let with = |doc: &Value, f: &dyn Fn(&mut Value)| {
+            let mut d = doc.clone();
+            f(&mut d);
+            err(&d.to_string())
+        };
+        assert_eq!(
+            with(&doc, &|d| d["totals"]["live_bytes"] = (-4).into()),
+            "\"live_bytes\" is not a count: -4"
+        );
+        assert_eq!(
+            with(&doc, &|d| d["callsites"] = 3.into()),
             "\"callsites\" is not a list: 3"
         );
         assert_eq!(
-            err(r#"{"schema": "leakscope/1", "totals": {"live_bytes": -4}}"#),
-            "\"live_bytes\" is not a count: -4"
+            with(&doc, &|d| {
+                d.as_object_mut().unwrap().remove("scopes");
+            }),
+            "the report has no \"scopes\""
         );
-        // An empty report of the schema reads: every field an older writer
-        // might lack takes its empty value.
-        let empty = Report::from_json(r#"{"schema": "leakscope/1"}"#).unwrap();
-        assert!(empty.callsites.is_empty() && empty.leak_check.is_none());
+        assert_eq!(
+            with(&doc, &|d| {
+                d["scopes"][0].as_object_mut().unwrap().remove("runs");
+            })
+            .split(':')
+            .next()
+            .unwrap(),
+            "a scope has no \"runs\""
+        );
+        assert_eq!(
+            with(&doc, &|d| {
+                d["leak_check"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("definitely_lost");
+            })
+            .split(':')
+            .next()
+            .unwrap(),
+            "\"leak_check\" has no \"definitely_lost\""
+        );
+        // Fields later writers added are not: without them, a report of
+        // the first writer's shape reads, with their empty values.
+        for added in [
+            "untracked_blocks",
+            "sample_bytes",
+            "seconds",
+            "unwinder",
+            "timeline",
+        ] {
+            doc.as_object_mut().unwrap().remove(added);
+        }
+        for s in doc["scopes"].as_array_mut().unwrap() {
+            let s = s.as_object_mut().unwrap();
+            for added in ["growing", "recent_bytes_per_run", "retained_by"] {
+                s.remove(added);
+            }
+        }
+        let old = Report::from_json(&doc.to_string()).unwrap();
+        assert!(!old.scopes[0].growing && old.timeline.is_none());
     }
 }

@@ -121,18 +121,27 @@ impl Report {
         h.push_str(
             "<h2>Scopes</h2><table id=\"scopes\"><tr><th>scope</th><th>runs</th>\
              <th>outstanding blocks</th><th>outstanding bytes</th><th>blocks per run</th>\
-             <th>bytes per run</th></tr>",
+             <th>bytes per run</th><th>growing</th></tr>",
         );
         for s in scopes {
+            let growing = if s.growing {
+                format!(
+                    "yes: {} bytes per run lately",
+                    SignedPerRun(s.recent_bytes_per_run)
+                )
+            } else {
+                String::new()
+            };
             let _ = write!(
                 h,
-                "<tr data-scope=\"{name}\"><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr data-scope=\"{name}\"{class}><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{growing}</td></tr>",
                 Thousands(s.runs),
                 Thousands(s.outstanding_blocks),
                 Thousands(s.outstanding_bytes),
                 PerRun(s.blocks_per_run()),
                 PerRun(s.bytes_per_run()),
                 name = esc(&s.name),
+                class = if s.growing { " class=\"lost\"" } else { "" },
             );
         }
         h.push_str("</table>");

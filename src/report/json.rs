@@ -87,6 +87,8 @@ impl Report {
                 (s.outstanding_blocks.into(), s.outstanding_bytes.into()),
                 (s.blocks_per_run(), s.bytes_per_run()),
             );
+            v["growing"] = s.growing.into();
+            v["recent_bytes_per_run"] = s.recent_bytes_per_run.into();
             v["by_callsite"] = s
                 .by_callsite
                 .iter()

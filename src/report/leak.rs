@@ -179,9 +179,11 @@ pub struct LeakCheck {
 
 impl LeakCheck {
     /// Something definitely or indirectly lost is left unsuppressed (what
-    /// `LEAKSCOPE_ERROR_EXITCODE` tests).
+    /// `LEAKSCOPE_ERROR_EXITCODE` tests), or the check did not run
+    /// ([`LeakCheck::error`]): a check that could not look never reads as
+    /// clean, so a gate on this fails closed, as the exit status does.
     pub fn has_leaks(&self) -> bool {
-        self.definitely_lost.blocks + self.indirectly_lost.blocks > 0
+        self.error.is_some() || self.definitely_lost.blocks + self.indirectly_lost.blocks > 0
     }
 
     /// The amount of one kind.
@@ -227,6 +229,24 @@ impl LeakCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_that_did_not_run_has_leaks() {
+        assert!(!LeakCheck::default().has_leaks());
+        let not_run = LeakCheck {
+            error: Some("a thread did not stop".to_owned()),
+            ..LeakCheck::default()
+        };
+        assert!(not_run.has_leaks());
+        let lost = LeakCheck {
+            indirectly_lost: Amount {
+                blocks: 1,
+                bytes: 8,
+            },
+            ..LeakCheck::default()
+        };
+        assert!(lost.has_leaks());
+    }
 
     #[test]
     fn added_since_lists_growth_only() {

@@ -79,6 +79,13 @@ pub struct ScopeStats {
     /// After a leak check: who holds its still-reachable and possibly-lost
     /// blocks, by retention path, most bytes first (empty without a check).
     pub retained_by: Vec<ScopeRetention>,
+    /// Its outstanding bytes keep rising with its runs: over the later part
+    /// of its runs they stayed above all they had been before (the rule,
+    /// and how many runs it needs, is in the README's "The gate").
+    pub growing: bool,
+    /// Outstanding bytes gained per run over the later part of its runs
+    /// (from about half of them on): how fast it grows now.
+    pub recent_bytes_per_run: f64,
 }
 
 impl ScopeStats {
@@ -422,6 +429,8 @@ mod tests {
             outstanding_bytes: bytes,
             by_callsite: Vec::new(),
             retained_by: Vec::new(),
+            growing: false,
+            recent_bytes_per_run: 0.0,
         }
     }
 

@@ -109,28 +109,47 @@ fn write_growth(f: &mut Formatter<'_>, p: &str, g: &Growth) -> fmt::Result {
                 SignedPerRun(s.blocks_per_run()),
                 SignedPerRun(s.bytes_per_run().round()),
             ),
+            "",
         )?;
     }
     Ok(())
 }
 
 /// One row of a scope table, names padded to `width`: its runs, its
-/// outstanding blocks and bytes, and their growth per run.
+/// outstanding blocks and bytes, their growth per run, and `note`.
 fn write_scope_row(
     f: &mut Formatter<'_>,
     (p, width): (&str, usize),
     (name, runs): (&str, u64),
     (blocks, bytes): (impl Display, impl Display),
     (blocks_per_run, bytes_per_run): (impl Display, impl Display),
+    note: impl Display,
 ) -> fmt::Result {
     writeln!(
         f,
-        "{p}   {:<width$}  {} {}, {blocks} / {bytes} bytes outstanding, {blocks_per_run} blocks ({bytes_per_run} bytes) per run",
+        "{p}   {:<width$}  {} {}, {blocks} / {bytes} bytes outstanding, {blocks_per_run} blocks ({bytes_per_run} bytes) per run{note}",
         format!("{name}:"),
         Thousands(runs),
         plural(runs, "run", "runs"),
         width = width + 1,
     )
+}
+
+/// What a scope table says of a growing scope: `; growing: +64 bytes per
+/// run lately` (nothing for one that is not).
+pub(crate) struct GrowingNote<'a>(pub(crate) &'a ScopeStats);
+
+impl Display for GrowingNote<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        if self.0.growing {
+            write!(
+                f,
+                "; growing: {} bytes per run lately",
+                SignedPerRun(self.0.recent_bytes_per_run)
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// "N bytes in M blocks are `<what>` in loss record X of Y", after a blank line.
@@ -256,6 +275,7 @@ impl Report {
                         PerRun(s.blocks_per_run()),
                         PerRun(s.bytes_per_run().round()),
                     ),
+                    GrowingNote(s),
                 )?;
             }
         }

@@ -10,7 +10,7 @@
 
 use crate::alloc::runs::{self, RunRecord, SiteRun};
 use crate::alloc::{sample, thread};
-use crate::scope::names;
+use crate::scope::{history, names};
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
@@ -208,15 +208,18 @@ pub fn track_scope<R>(name: &str, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Counts a run of scope `name` opened on this thread; its scope id.
+/// Counts a run of scope `name` opened on this thread (and now and then
+/// samples the scope's outstanding bytes for its history); its scope id.
 /// Allocates nothing unless the name is new (interning it is untracked).
 #[inline]
 fn count_run(name: &str) -> u32 {
     let entry = names::intern(name);
     // Per thread, so that threads serving the same route do not fight
     // over one counter; the shared one is for threads without counters.
-    if !thread::count_run(entry.id) {
-        entry.runs.fetch_add(1, Ordering::Relaxed);
+    let n = thread::count_run(entry.id)
+        .unwrap_or_else(|| entry.runs.fetch_add(1, Ordering::Relaxed).wrapping_add(1));
+    if history::due(n) {
+        history::sample(entry);
     }
     entry.id
 }

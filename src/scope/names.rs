@@ -9,6 +9,7 @@
 
 use crate::alloc::meta::SpinLock;
 use crate::alloc::runs;
+use crate::scope::history::HistoryCell;
 use once_cell::sync::Lazy;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -22,6 +23,8 @@ pub(crate) struct ScopeEntry {
     /// Runs opened on threads without counters of their own (see
     /// [`crate::alloc::thread::count_run`]); reports add every thread's counts.
     pub(crate) runs: AtomicU64,
+    /// Its outstanding bytes as its runs went by ([`crate::scope::history`]).
+    pub(crate) history: HistoryCell,
 }
 
 #[derive(Default)]
@@ -119,6 +122,7 @@ fn intern_slow(name: &str) -> &'static ScopeEntry {
         ends: ends(name),
         name: name.to_owned(),
         runs: AtomicU64::new(0),
+        history: SpinLock::new(None),
     }));
     names.list.push(entry);
     names.by_name.insert(name.to_owned(), entry);

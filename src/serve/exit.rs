@@ -3,14 +3,16 @@
 //! Owns where the report goes (`LEAKSCOPE_REPORT`, or [`report_on_exit`]),
 //! the `atexit` hook that writes it (also after `std::process::exit`),
 //! whether it includes the full leak check, and `LEAKSCOPE_ERROR_EXITCODE`'s
-//! exit status when something is lost. Nothing here panics the host
-//! program: write errors are one line on stderr.
+//! exit status when something is lost or a scope keeps growing. Nothing
+//! here panics the host program: write errors are one line on stderr.
 
 use crate::alloc::thread;
 use crate::check::classify::leak_check_then;
 use crate::check::roots::Caller;
-use crate::report::collect::{snapshot_of, Sites};
-use crate::report::model::Report;
+use crate::check::suppress;
+use crate::report::collect::{scopes_from_counters, snapshot_of, Sites};
+use crate::report::model::{Report, ScopeStats};
+use crate::report::text::{SignedPerRun, Thousands};
 use crate::report::warn::warn;
 use crate::serve::env::{Dest, Format};
 use crate::serve::timeline;
@@ -129,11 +131,14 @@ fn write_exit_report(caller: Caller) {
         None => Some("LEAKSCOPE_LEAK_CHECK=no turns the leak check off".to_owned()),
         Some(lc) => lc.error.clone(),
     };
-    match (&check, not_run) {
+    let lost = match (&check, not_run) {
         // A gate never passes in silence: it fails, and says why.
-        (_, Some(why)) => warn(&format!(
-            "the leak check did not run ({why}), so LEAKSCOPE_ERROR_EXITCODE cannot pass the program; exit status {code}"
-        )),
+        (_, Some(why)) => {
+            warn(&format!(
+                "the leak check did not run ({why}), so LEAKSCOPE_ERROR_EXITCODE cannot pass the program; exit status {code}"
+            ));
+            true
+        }
         (Some(lc), None) if lc.has_leaks() => {
             if dest.is_none() {
                 // No report asked for: one line says why the status is what it is.
@@ -145,11 +150,36 @@ fn write_exit_report(caller: Caller) {
                     lc.indirectly_lost.blocks
                 ));
             }
+            true
         }
-        _ => return,
+        _ => false,
+    };
+    // The scopes that keep growing, less those a `growth:` line allows.
+    let counted;
+    let scopes = match &report {
+        Some(r) => &r.scopes,
+        None => {
+            counted = scopes_from_counters();
+            &counted
+        }
+    };
+    let allowed = suppress::current();
+    let growing: Vec<&ScopeStats> = (scopes.iter())
+        .filter(|s| s.growing && !allowed.allows_growth(&s.name))
+        .collect();
+    for s in &growing {
+        warn(&format!(
+            "scope {:?} keeps growing: {} bytes per run lately, over {} runs (a growth:<scope> line in LEAKSCOPE_SUPPRESSIONS allows it); exit status {code}",
+            s.name,
+            SignedPerRun(s.recent_bytes_per_run),
+            Thousands(s.runs),
+        ));
+    }
+    if !lost && growing.is_empty() {
+        return;
     }
     // As valgrind's --error-exitcode: the status says leaks were found (or
-    // could not be looked for).
+    // could not be looked for), or a scope keeps growing.
     let _ = std::io::stdout().flush();
     // SAFETY: fflush(NULL) flushes every C stream; _exit ends the process
     // without running the remaining exit handlers again.
