@@ -37,7 +37,13 @@ fn leak_from_thread(n: usize) {
     LEAKED.lock().unwrap().push(b);
 }
 
+const CHILD: &str = "LEAKSCOPE_TEST_CHILD";
+
 fn main() {
+    if std::env::var(CHILD).as_deref() == Ok("fork-report") {
+        forks_while_threads_check_and_report();
+        return;
+    }
     LEAKED.lock().unwrap().reserve(1000);
     common::run(&[
         ("cross_thread_frees_are_exact", cross_thread_frees_are_exact),
@@ -57,6 +63,10 @@ fn main() {
         (
             "fork_while_threads_look_up_scope_names",
             fork_while_threads_look_up_scope_names,
+        ),
+        (
+            "fork_while_threads_check_and_report",
+            fork_while_threads_check_and_report,
         ),
     ]);
 }
@@ -346,6 +356,46 @@ fn fork_while_threads_look_up_scope_names() {
         |n| {
             leakscope::track_scope(&format!("forked {n}"), || black_box(fork_child_block()));
             true
+        },
+    );
+}
+
+/// `fork` while one thread runs leak checks and another writes reports
+/// (each holding the check's lock, the report's destinations, scope names
+/// and the symbolizer's state as it goes): the child, whose only thread is
+/// the forking one, must be able to check and report too.
+fn fork_while_threads_check_and_report() {
+    // In a child of its own: `report_on_exit` arms the report at its exit.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "fork-report")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let why: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("panicked") || l.contains("hung"))
+        .collect();
+    assert!(out.status.success(), "{}: {why:?}", out.status);
+}
+
+fn forks_while_threads_check_and_report() {
+    fork_beside_busy_threads(
+        |t, stop| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if t == 0 {
+                    black_box(leakscope::leak_check());
+                } else {
+                    leakscope::report_on_exit();
+                    black_box(leakscope::snapshot().to_string());
+                }
+            }
+        },
+        50,
+        |_| {
+            let report = leakscope::leak_check();
+            leakscope::report_on_exit();
+            let text = report.to_string();
+            report.leak_check.is_some_and(|lc| lc.error.is_none()) && text.contains("LEAK SUMMARY")
         },
     );
 }

@@ -38,6 +38,18 @@ pub(crate) fn lock() -> SpinGuard<'static, Set> {
     IGNORED.lock()
 }
 
+/// Holds the set's lock across `fork` so the child never inherits it held.
+pub(crate) fn lock_for_fork() {
+    IGNORED.lock_for_fork();
+}
+
+/// # Safety
+/// Pairs with [`lock_for_fork`] in the fork handlers.
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: forwarded contract; `lock_for_fork` took this lock.
+    unsafe { IGNORED.force_unlock() };
+}
+
 /// Whether `set` (from [`lock`]) holds `addr`.
 pub(crate) fn contains(set: &Set, addr: usize) -> bool {
     let hidden = hide(addr);

@@ -7,7 +7,7 @@
 
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 /// Allocator for metadata: libc's allocator, never the global one.
 ///
@@ -247,6 +247,112 @@ impl<T> DerefMut for SpinGuard<'_, T> {
 impl<T> Drop for SpinGuard<'_, T> {
     fn drop(&mut self) {
         self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
+// ---------------------------------------------------------------- the layers above, across fork
+
+/// A spin lock of a layer above this one that a report or a check takes
+/// (the report's destinations, the leak check's, the scope names'). The
+/// `fork` handlers hold it across `fork`, as they hold this layer's own
+/// locks, so that a child never inherits it held by a thread the child does
+/// not have (and waits for it forever). It joins them at its first use;
+/// `rank` orders it among them: the handlers take the highest rank first,
+/// the order in which the layers nest them (serve above check above
+/// scope), and all of them before this layer's locks.
+pub(crate) struct ForkSafeLock<T> {
+    lock: SpinLock<T>,
+    rank: u8,
+    joined: AtomicBool,
+}
+
+/// Ranks of the layers' fork-safe locks: a report's destinations (serve)
+/// are never taken inside a check, the check takes scope names.
+pub(crate) const FORK_RANK_SERVE: u8 = 3;
+pub(crate) const FORK_RANK_CHECK: u8 = 2;
+pub(crate) const FORK_RANK_SCOPE: u8 = 1;
+
+/// Most locks that can join the fork handlers.
+const FORK_SAFE: usize = 8;
+
+/// The locks that joined, each a lock's flag and its rank; claimed by an
+/// atomic count, never removed. No lock guards them: one would nest with
+/// the locks themselves (a thread that holds one and joins another).
+static FORK_SAFE_FLAGS: [AtomicPtr<AtomicBool>; FORK_SAFE] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; FORK_SAFE];
+static FORK_SAFE_RANKS: [AtomicU8; FORK_SAFE] = [const { AtomicU8::new(0) }; FORK_SAFE];
+static FORK_SAFE_JOINED: AtomicUsize = AtomicUsize::new(0);
+
+impl<T> ForkSafeLock<T> {
+    pub(crate) const fn new(rank: u8, value: T) -> Self {
+        ForkSafeLock {
+            lock: SpinLock::new(value),
+            rank,
+            joined: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn lock(&'static self) -> SpinGuard<'static, T> {
+        if !self.joined.load(Ordering::Relaxed) {
+            self.join();
+        }
+        self.lock.lock()
+    }
+
+    #[cold]
+    fn join(&'static self) {
+        if self.joined.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let i = FORK_SAFE_JOINED.fetch_add(1, Ordering::AcqRel);
+        if let (Some(flag), Some(rank)) = (FORK_SAFE_FLAGS.get(i), FORK_SAFE_RANKS.get(i)) {
+            rank.store(self.rank, Ordering::Relaxed);
+            flag.store(
+                &self.lock.locked as *const AtomicBool as *mut AtomicBool,
+                Ordering::Release,
+            );
+        }
+    }
+}
+
+/// Which of the joined locks the fork handlers hold now (bit `i`: entry
+/// `i`): a lock that joins while a fork is under way was not taken, and is
+/// not released.
+static FORK_SAFE_HELD: AtomicU8 = AtomicU8::new(0);
+
+/// The joined locks, by entry, highest rank first.
+fn fork_safe_flags() -> impl Iterator<Item = (usize, &'static AtomicBool)> {
+    let joined = FORK_SAFE_JOINED.load(Ordering::Acquire).min(FORK_SAFE);
+    (0..=u8::MAX).rev().flat_map(move |rank| {
+        (0..joined).filter_map(move |i| {
+            let flag = FORK_SAFE_FLAGS[i].load(Ordering::Acquire);
+            // SAFETY: a non-null entry is the flag of a `ForkSafeLock` in a
+            // static (`join` takes `&'static self`).
+            let flag = unsafe { flag.as_ref()? };
+            (FORK_SAFE_RANKS[i].load(Ordering::Relaxed) == rank).then_some((i, flag))
+        })
+    })
+}
+
+/// For the `fork` handlers: takes every joined lock of the layers above,
+/// highest rank first, and keeps them until [`unlock_upper_after_fork`].
+pub(crate) fn lock_upper_for_fork() {
+    let mut held = 0u8;
+    for (i, flag) in fork_safe_flags() {
+        take(flag);
+        held |= 1 << i;
+    }
+    FORK_SAFE_HELD.store(held, Ordering::Relaxed);
+}
+
+/// # Safety
+/// Pairs with [`lock_upper_for_fork`] in the fork handlers.
+pub(crate) unsafe fn unlock_upper_after_fork() {
+    let held = FORK_SAFE_HELD.swap(0, Ordering::Relaxed);
+    for (i, flag) in fork_safe_flags() {
+        if held & 1 << i != 0 {
+            flag.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //! before `main` or at any time later: a hook registered after the start
 //! runs at once. Nothing here may block on a lock the allocation path holds.
 
-use crate::alloc::{blocks, callsite, cfi, meta, region, runs, thread, unwind};
+use crate::alloc::{blocks, callsite, cfi, ignored, meta, region, runs, thread, unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 static UNTRACKED: AtomicU64 = AtomicU64::new(0);
@@ -101,11 +101,15 @@ fn run_hook() {
 }
 
 extern "C" fn before_fork() {
-    // Locks are taken in the order the allocation path nests them (the
-    // region's are never held with another).
+    // The layers above first (a report or a check holds theirs while it
+    // takes this layer's), then this layer's in the order the allocation
+    // path nests them (the region's are never held with another; a check
+    // takes the ignored set before the block table).
+    meta::lock_upper_for_fork();
     region::lock_for_fork();
     runs::lock_for_fork();
     callsite::lock_for_fork();
+    ignored::lock_for_fork();
     blocks::lock_for_fork();
     cfi::lock_for_fork();
     meta::lock_for_fork();
@@ -123,8 +127,10 @@ extern "C" fn after_fork() {
         meta::unlock_after_fork();
         cfi::unlock_after_fork();
         blocks::unlock_after_fork();
+        ignored::unlock_after_fork();
         callsite::unlock_after_fork();
         runs::unlock_after_fork();
         region::unlock_after_fork();
+        meta::unlock_upper_after_fork();
     }
 }

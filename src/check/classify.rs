@@ -14,6 +14,7 @@
 //! lost block not reached from another lost block leads a group ("clique")
 //! and is definitely lost; the blocks reached from it are indirectly lost.
 
+use crate::alloc::meta::{ForkSafeLock, FORK_RANK_CHECK};
 use crate::alloc::{blocks, ignored, sample, thread};
 use crate::check::controls::NOT_CHECKED;
 use crate::check::retain::{Paths, RootInfo, Threads, NO_PATH, ROOT};
@@ -398,7 +399,9 @@ pub(crate) fn leak_check_then<R>(caller: Caller, then: impl FnOnce(LeakCheck) ->
     then(check)
 }
 
-static CHECKING: parking_lot::Mutex<()> = parking_lot::const_mutex(());
+/// One check at a time; a lock the fork handlers hold across `fork`, so a
+/// child forked during a check can check too.
+static CHECKING: ForkSafeLock<()> = ForkSafeLock::new(FORK_RANK_CHECK, ());
 
 /// What [`classify`] found, per block, before names and suppressions:
 /// amounts by state, call-site, scope, heuristic and retention path (an id

@@ -7,10 +7,9 @@
 //! scope takes no shared lock. Runs outside the allocation path, with the
 //! thread's allocations untracked.
 
-use crate::alloc::meta::SpinLock;
+use crate::alloc::meta::{ForkSafeLock, SpinLock, FORK_RANK_SCOPE};
 use crate::alloc::runs;
 use crate::scope::history::HistoryCell;
-use once_cell::sync::Lazy;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -38,20 +37,9 @@ struct Names {
 /// wait for it, and a parking lock's unlock in the child would hand it to
 /// those threads' waiting entries (copied into the child, with no thread
 /// behind them), so that the child's next new name waited forever. A
-/// waiter on a spin lock leaves nothing behind.
-static NAMES: Lazy<SpinLock<Names>> = Lazy::new(|| {
-    // SAFETY: the handlers are `extern "C"` functions that only take and
-    // release this lock. Registered after the tracker's own (at the first
-    // allocation), so a fork takes this lock first, as the layers nest.
-    unsafe {
-        libc::pthread_atfork(
-            Some(lock_for_fork),
-            Some(unlock_after_fork),
-            Some(unlock_after_fork),
-        )
-    };
-    SpinLock::new(Names::default())
-});
+/// waiter on a spin lock leaves nothing behind; the fork handlers hold it
+/// across `fork`. Made at the first name.
+static NAMES: ForkSafeLock<Option<Names>> = ForkSafeLock::new(FORK_RANK_SCOPE, None);
 
 const NAME_CACHE: usize = 32;
 
@@ -106,14 +94,15 @@ pub(crate) fn intern(name: &str) -> &'static ScopeEntry {
 }
 
 fn intern_slow(name: &str) -> &'static ScopeEntry {
-    let mut names = NAMES.lock();
+    let mut guard = NAMES.lock();
+    let names = guard.get_or_insert_with(Names::default);
     if let Some(&e) = names.by_name.get(name) {
         return e;
     }
     // Bounded: past the cap, new names share one entry (ids must fit the
     // per-thread scope counters).
     if names.list.len() + 2 >= MAX_SCOPE_NAMES && name != OTHER_SCOPES {
-        drop(names);
+        drop(guard);
         return intern_slow(OTHER_SCOPES);
     }
     let id = names.list.len() as u32 + 1;
@@ -133,6 +122,7 @@ fn intern_slow(name: &str) -> &'static ScopeEntry {
 pub(crate) fn scope_entry(id: u32) -> Option<&'static ScopeEntry> {
     NAMES
         .lock()
+        .as_ref()?
         .list
         .get((id as usize).checked_sub(1)?)
         .copied()
@@ -140,16 +130,7 @@ pub(crate) fn scope_entry(id: u32) -> Option<&'static ScopeEntry> {
 
 /// Every scope name seen so far, with its id.
 pub(crate) fn scope_entries() -> Vec<(u32, &'static ScopeEntry)> {
-    NAMES.lock().list.iter().map(|e| (e.id, *e)).collect()
-}
-
-/// Holds the names' lock across `fork` so the child never inherits it held.
-extern "C" fn lock_for_fork() {
-    NAMES.lock_for_fork();
-}
-
-extern "C" fn unlock_after_fork() {
-    // SAFETY: `lock_for_fork` took NAMES in this process (or in the parent
-    // this child was forked from), and nothing used it since.
-    unsafe { NAMES.force_unlock() };
+    NAMES.lock().as_ref().map_or_else(Vec::new, |names| {
+        names.list.iter().map(|e| (e.id, *e)).collect()
+    })
 }

@@ -6,6 +6,7 @@
 //! exit status when something is lost or a scope keeps growing. Nothing
 //! here panics the host program: write errors are one line on stderr.
 
+use crate::alloc::meta::{ForkSafeLock, FORK_RANK_SERVE};
 use crate::alloc::thread;
 use crate::check::classify::leak_check_then;
 use crate::check::roots::Caller;
@@ -19,7 +20,8 @@ use crate::serve::timeline;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
-static DEST: parking_lot::Mutex<Option<Vec<Dest>>> = parking_lot::const_mutex(None);
+/// Where the report goes; a lock the fork handlers hold across `fork`.
+static DEST: ForkSafeLock<Option<Vec<Dest>>> = ForkSafeLock::new(FORK_RANK_SERVE, None);
 static HOOKED: AtomicBool = AtomicBool::new(false);
 static REPORTED: AtomicBool = AtomicBool::new(false);
 /// `LEAKSCOPE_LEAK_CHECK` (on unless `no`).
