@@ -91,6 +91,13 @@ fn child(mode: &str) {
     }
     match mode {
         "wait" => ready_then_wait(),
+        "until_stdin_closes" => {
+            println!("ready");
+            std::io::stdout().flush().unwrap();
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
+            std::process::exit(9);
+        }
         "own" => {
             install(libc::SIGTERM, own_handler as *const () as usize);
             ready_then_wait();
@@ -225,6 +232,33 @@ fn each_fatal_signal_writes_the_report_then_kills() {
     }
 }
 
+/// The program exits on its own (its input closed) while the report of
+/// the SIGTERM it got is being written: it still dies by the signal, as it
+/// would have without leakscope, and the report is whole.
+fn an_exit_during_the_signal_report_waits_for_it() {
+    let path = scratch("exiting.txt");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(CHILD, "until_stdin_closes")
+        .env("LEAKSCOPE_REPORT", &path)
+        .env_remove("LEAKSCOPE_ERROR_EXITCODE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("LEAK SUMMARY:"), "{text}");
+}
+
 fn the_programs_handler_wins() {
     for mode in ["own", "chain"] {
         let path = scratch(&format!("{mode}.txt"));
@@ -274,6 +308,10 @@ fn main() {
         (
             "each_fatal_signal_writes_the_report_then_kills",
             each_fatal_signal_writes_the_report_then_kills,
+        ),
+        (
+            "an_exit_during_the_signal_report_waits_for_it",
+            an_exit_during_the_signal_report_waits_for_it,
         ),
         ("the_programs_handler_wins", the_programs_handler_wins),
         (

@@ -84,6 +84,9 @@ fn hook_exit() {
 extern "C" fn at_exit() {
     let handler = Caller::here();
     if REPORTED.swap(true, Ordering::AcqRel) {
+        // A fatal signal's report is being written: the program would have
+        // died by the signal before it got here; let it.
+        wait_for_the_report();
         return;
     }
     let caller = Caller::of_exit(handler);
@@ -91,17 +94,66 @@ extern "C" fn at_exit() {
     if done.is_err() {
         warn("the exit report failed");
     }
+    REPORT_DONE.store(true, Ordering::Release);
+    // A fatal signal came while the report was written: it would have
+    // ended the process before the exit; it does now.
+    match FATAL_PENDING.load(Ordering::Acquire) {
+        0 => {}
+        sig => die(sig),
+    }
 }
 
-/// A fatal signal is ending the process: the exit report, written now
+/// Fatal signal `sig` is ending the process: the exit report, written now
 /// (once: the exit hook then writes nothing), without the gate's exit
 /// status (the process dies by the signal).
-pub(crate) fn report_before_death() {
+pub(crate) fn report_before_death(sig: i32) {
     if REPORTED.swap(true, Ordering::AcqRel) {
+        // The program is exiting, and writing the exit report: the signal
+        // ends the process once it is written (the exit hook sees to it,
+        // should the exit come first).
+        FATAL_PENDING.store(sig, Ordering::Release);
+        wait_for_the_report();
         return;
     }
     if let Some(dests) = dest() {
         write_report(&dests, &report_now(Caller::OWN_THREAD));
+    }
+    REPORT_DONE.store(true, Ordering::Release);
+}
+
+/// The one report of the exit or of a fatal signal is written.
+static REPORT_DONE: AtomicBool = AtomicBool::new(false);
+/// A fatal signal that came while the exit report was written (0: none).
+static FATAL_PENDING: AtomicI32 = AtomicI32::new(0);
+
+/// Ends the process by `sig` with its default action, as it would have
+/// died without leakscope.
+pub(crate) fn die(sig: i32) -> ! {
+    // SAFETY: the default action, then the signal to the whole process;
+    // should it come back (blocked everywhere), exit as a shell reports a
+    // death by signal.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::kill(libc::getpid(), sig);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+        libc::_exit(128 + sig);
+    }
+}
+
+/// When the program exits while a fatal signal's report is being written,
+/// or a fatal signal comes while the exit report is: the second waits for
+/// the first's report (up to a minute) rather than end the process half
+/// way through it. (After a signal's report, the signal ends the process.)
+fn wait_for_the_report() {
+    for _ in 0..6000 {
+        if REPORT_DONE.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -198,20 +198,8 @@ extern "C" fn watch(arg: *mut libc::c_void) -> *mut libc::c_void {
 /// Writes the exit report (once: not again at exit), then ends the process
 /// by `sig` with its default action, as it would have died without us.
 fn die_by(sig: i32) {
-    let _ = std::panic::catch_unwind(|| thread::untracked(exit::report_before_death));
-    // SAFETY: the default action, then the signal to the whole process;
-    // should it come back (blocked everywhere), exit as a shell reports a
-    // death by signal.
-    unsafe {
-        libc::signal(sig, libc::SIG_DFL);
-        libc::kill(libc::getpid(), sig);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        libc::raise(sig);
-        libc::_exit(128 + sig);
-    }
+    let _ = std::panic::catch_unwind(|| thread::untracked(|| exit::report_before_death(sig)));
+    exit::die(sig);
 }
 
 #[cfg(test)]
