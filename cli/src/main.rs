@@ -53,7 +53,8 @@ enum Command {
     Check {
         report: PathBuf,
         /// The budget of every scope not named by --scope (default 0; with
-        /// --scope given and this not, only the named scopes are checked).
+        /// --scope or --growing given and this not, only the named scopes'
+        /// budgets are checked).
         #[arg(long, value_name = "N")]
         max_bytes_per_run: Option<f64>,
         /// The budget of one scope, in bytes per run (repeatable).
@@ -68,7 +69,7 @@ enum Command {
         #[arg(long)]
         growing: bool,
         /// With --growing: a scope allowed to grow (repeatable), as a
-        /// growth:<scope> line in LEAKSCOPE_SUPPRESSIONS allows it.
+        /// `growth:<scope>` line in LEAKSCOPE_SUPPRESSIONS allows it.
         #[arg(long = "allow-growth", value_name = "NAME", requires = "growing")]
         allow_growth: Vec<String>,
     },

@@ -66,7 +66,7 @@ impl<A: GlobalAlloc> LeakTracker<A> {
     /// Sampling mode: keeps the stack (call-site) of about one block per
     /// `bytes` bytes allocated, chosen by Poisson sampling over bytes, and
     /// weighs each sampled block so that call-site and scope figures are
-    /// unbiased estimates (error bounds in the README). Process totals and
+    /// unbiased estimates (error bounds in docs/guide.md). Process totals and
     /// scope runs stay exact. `0` means full mode. The environment
     /// variable `LEAKSCOPE_SAMPLE_BYTES` overrides this value.
     ///

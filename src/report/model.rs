@@ -79,9 +79,11 @@ pub struct ScopeStats {
     /// After a leak check: who holds its still-reachable and possibly-lost
     /// blocks, by retention path, most bytes first (empty without a check).
     pub retained_by: Vec<ScopeRetention>,
-    /// Its outstanding bytes keep rising with its runs: over the later part
-    /// of its runs they stayed above all they had been before (the rule,
-    /// and how many runs it needs, is in the README's "The gate").
+    /// Its outstanding bytes keep rising with its runs: with `2^k` the
+    /// largest power of two not above its runs, from run `2^(k-1)` on they
+    /// never came back down to the most they reached between runs
+    /// `2^(k-2)` and `2^(k-1)`, and it ran at least 64 times. A warm-up of
+    /// `w` runs (a cache filling) reads as growing until `8w` runs.
     pub growing: bool,
     /// Outstanding bytes gained per run over the later part of its runs
     /// (from about half of them on): how fast it grows now.
