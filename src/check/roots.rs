@@ -394,9 +394,10 @@ impl VectorParts {
         let mut parts = [(0, 0, 0); 3];
         #[cfg(target_arch = "x86_64")]
         for (part, component) in parts.iter_mut().zip([2u32, 6, 7]) {
-            // SAFETY: CPUID's leaf 0xD is defined on every x86_64 CPU that
-            // has XSAVE, and reads zeros elsewhere. (A safe function on
-            // newer Rust.)
+            // SAFETY: CPUID has no preconditions on x86_64 (a safe
+            // function on newer Rust). Leaf 0xD means something only where
+            // the CPU has XSAVE; its figures are used only for a record
+            // XSAVE wrote (it carries XSAVE's magic), within its size.
             #[allow(unused_unsafe)]
             let r = unsafe { std::arch::x86_64::__cpuid_count(0xD, component) };
             *part = (component, r.ebx as usize, r.eax as usize);

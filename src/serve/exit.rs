@@ -85,19 +85,20 @@ extern "C" fn at_exit() {
     let handler = Caller::here();
     if REPORTED.swap(true, Ordering::AcqRel) {
         // A fatal signal's report is being written: the program would have
-        // died by the signal before it got here; let it.
+        // died by the signal before it got here; it does once the report
+        // is out.
         wait_for_the_report();
-        return;
+    } else {
+        let caller = Caller::of_exit(handler);
+        let done = std::panic::catch_unwind(|| thread::untracked(|| write_exit_report(caller)));
+        if done.is_err() {
+            warn("the exit report failed");
+        }
+        REPORT_DONE.store(true, Ordering::Release);
     }
-    let caller = Caller::of_exit(handler);
-    let done = std::panic::catch_unwind(|| thread::untracked(|| write_exit_report(caller)));
-    if done.is_err() {
-        warn("the exit report failed");
-    }
-    REPORT_DONE.store(true, Ordering::Release);
-    // A fatal signal came while the report was written: it would have
-    // ended the process before the exit; it does now.
-    match FATAL_PENDING.load(Ordering::Acquire) {
+    // A fatal signal came before the exit, or while its report was
+    // written: it ends the process, as it would have without leakscope.
+    match SIGNALLED.load(Ordering::Acquire) {
         0 => {}
         sig => die(sig),
     }
@@ -107,11 +108,10 @@ extern "C" fn at_exit() {
 /// (once: the exit hook then writes nothing), without the gate's exit
 /// status (the process dies by the signal).
 pub(crate) fn report_before_death(sig: i32) {
+    SIGNALLED.store(sig, Ordering::Release);
     if REPORTED.swap(true, Ordering::AcqRel) {
         // The program is exiting, and writing the exit report: the signal
-        // ends the process once it is written (the exit hook sees to it,
-        // should the exit come first).
-        FATAL_PENDING.store(sig, Ordering::Release);
+        // ends the process once it is written.
         wait_for_the_report();
         return;
     }
@@ -123,8 +123,9 @@ pub(crate) fn report_before_death(sig: i32) {
 
 /// The one report of the exit or of a fatal signal is written.
 static REPORT_DONE: AtomicBool = AtomicBool::new(false);
-/// A fatal signal that came while the exit report was written (0: none).
-static FATAL_PENDING: AtomicI32 = AtomicI32::new(0);
+/// The fatal signal that asked for a report (0: none): whichever of the
+/// exit and the signal thread gets there first ends the process by it.
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
 
 /// Ends the process by `sig` with its default action, as it would have
 /// died without leakscope.
