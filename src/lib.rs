@@ -61,7 +61,7 @@ pub use integrations::tower;
 #[cfg(feature = "tracing")]
 pub use integrations::tracing;
 pub use report::{
-    snapshot, Amount, CallsiteStats, Frame, Growth, LeakCheck, LeakKind, LossRecord,
+    snapshot, Amount, CallsiteStats, Frame, Growth, LeakCheck, LeakKind, LossRecord, Origin,
     ParseReportError, Report, Retention, Root, RootKind, ScopeCallsite, ScopeGrowth,
     ScopeRetention, ScopeStats, SuppressionUse, Timeline, TimelineCallsite, TimelinePoint, Totals,
     Unwinder,

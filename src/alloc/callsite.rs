@@ -8,7 +8,9 @@
 use crate::alloc::meta::{leak_zeroed, MetaAlloc, SpinLock};
 use crate::alloc::unwind::MAX_FRAMES;
 use hashbrown::HashTable;
-use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 64;
@@ -43,11 +45,21 @@ impl Peak {
     }
 }
 
+/// Which allocator made a call-site's blocks: Rust's global allocator, or
+/// the process's `malloc` family (C code, or Rust calling it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Rust = 0,
+    C = 1,
+}
+
 /// One interned stack. Written once, before its id is published, then read-only
 /// (atomics so that the one write needs no aliasing exception).
 pub(crate) struct Site {
     hash: AtomicU64,
     len: AtomicU32,
+    /// An [`Origin`] (zeroed: Rust).
+    origin: AtomicU8,
     frames: [AtomicUsize; MAX_FRAMES],
     pub(crate) peak: Peak,
 }
@@ -67,6 +79,13 @@ impl Site {
 
     fn hash(&self) -> u64 {
         self.hash.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn origin(&self) -> Origin {
+        match self.origin.load(Ordering::Relaxed) {
+            1 => Origin::C,
+            _ => Origin::Rust,
+        }
     }
 
     /// The stack's return addresses, innermost first.
@@ -146,7 +165,7 @@ fn new_chunk(cell: &AtomicPtr<[Site; CHUNK]>) -> *mut [Site; CHUNK] {
 }
 
 /// The id of this stack, interning it on first sight.
-pub(crate) fn intern(hash: u64, frames: &[usize]) -> u32 {
+pub(crate) fn intern(hash: u64, frames: &[usize], origin: Origin) -> u32 {
     let mut index = INDEX.lock();
     let found = index.find(hash, |&id| get(id).is_some_and(|s| s.matches(hash, frames)));
     if let Some(&id) = found {
@@ -166,6 +185,7 @@ pub(crate) fn intern(hash: u64, frames: &[usize]) -> u32 {
     // `id` is not published yet (COUNT is bumped below, under the lock we
     // hold), so no reader sees these stores half done.
     site.hash.store(hash, Ordering::Relaxed);
+    site.origin.store(origin as u8, Ordering::Relaxed);
     site.len
         .store(frames.len().min(MAX_FRAMES) as u32, Ordering::Relaxed);
     for (slot, &ip) in site.frames.iter().zip(frames) {

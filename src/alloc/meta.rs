@@ -20,21 +20,105 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct MetaAlloc {}
 
-// SAFETY: forwards to `System`, which upholds the contract.
+// SAFETY: forwards to `Raw`, which upholds the contract.
 unsafe impl std::alloc::GlobalAlloc for MetaAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
-        unsafe { std::alloc::System.alloc(layout) }
+        unsafe { Raw.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
-        unsafe { std::alloc::System.alloc_zeroed(layout) }
+        unsafe { Raw.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: forwarded contract.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
+        unsafe { Raw.dealloc(ptr, layout) }
+    }
+}
+
+/// Where the tracker's own memory comes from: `System`, or, where the
+/// process's `malloc` family is the tracker's (feature `c-heap`), glibc's
+/// allocator directly, so that the tracker's tables are never counted as
+/// the program's C blocks.
+#[cfg(not(all(
+    feature = "c-heap",
+    target_os = "linux",
+    target_env = "gnu",
+    target_arch = "x86_64"
+)))]
+use std::alloc::System as Raw;
+
+#[cfg(all(
+    feature = "c-heap",
+    target_os = "linux",
+    target_env = "gnu",
+    target_arch = "x86_64"
+))]
+pub(crate) use glibc::Raw;
+
+/// glibc's allocator under its own names, past the process's `malloc`
+/// family (which `c_heap` defines).
+#[cfg(all(
+    feature = "c-heap",
+    target_os = "linux",
+    target_env = "gnu",
+    target_arch = "x86_64"
+))]
+pub(crate) mod glibc {
+    use std::ffi::c_void;
+
+    extern "C" {
+        pub(crate) fn __libc_malloc(size: usize) -> *mut c_void;
+        pub(crate) fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
+        pub(crate) fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
+        pub(crate) fn __libc_free(p: *mut c_void);
+        pub(crate) fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
+        pub(crate) fn __libc_valloc(size: usize) -> *mut c_void;
+        pub(crate) fn __libc_pvalloc(size: usize) -> *mut c_void;
+    }
+
+    /// glibc's allocator as a `GlobalAlloc`.
+    pub(crate) struct Raw;
+
+    /// What glibc's malloc aligns every block to.
+    const MIN_ALIGN: usize = 16;
+
+    // SAFETY: glibc's malloc, calloc and memalign return blocks of at least
+    // the size asked, aligned to MIN_ALIGN (memalign: to `align`), or null;
+    // free takes any of them.
+    unsafe impl std::alloc::GlobalAlloc for Raw {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            // SAFETY: see the impl.
+            unsafe {
+                if layout.align() <= MIN_ALIGN {
+                    __libc_malloc(layout.size()).cast()
+                } else {
+                    __libc_memalign(layout.align(), layout.size()).cast()
+                }
+            }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+            if layout.align() <= MIN_ALIGN {
+                // SAFETY: see the impl.
+                return unsafe { __libc_calloc(1, layout.size()).cast() };
+            }
+            // SAFETY: forwarded contract; a new block of `size` bytes.
+            unsafe {
+                let p = self.alloc(layout);
+                if !p.is_null() {
+                    std::ptr::write_bytes(p, 0, layout.size());
+                }
+                p
+            }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
+            // SAFETY: a block of this allocator.
+            unsafe { __libc_free(ptr.cast()) }
+        }
     }
 }
 
@@ -60,7 +144,7 @@ fn link_room(layout: std::alloc::Layout) -> Option<(std::alloc::Layout, usize)> 
     Some((outer.ok()?, room))
 }
 
-// SAFETY: blocks come from `System` with room for the link in front; the
+// SAFETY: blocks come from `Raw` with room for the link in front; the
 // caller gets memory of the layout it asked for, valid until deallocated.
 unsafe impl allocator_api2::alloc::Allocator for MetaAlloc {
     fn allocate(
@@ -69,7 +153,7 @@ unsafe impl allocator_api2::alloc::Allocator for MetaAlloc {
     ) -> Result<std::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError> {
         let (outer, room) = link_room(layout).ok_or(allocator_api2::alloc::AllocError)?;
         // SAFETY: `outer` is non-zero-sized (it holds the link).
-        let base = unsafe { std::alloc::GlobalAlloc::alloc(&std::alloc::System, outer) };
+        let base = unsafe { std::alloc::GlobalAlloc::alloc(&Raw, outer) };
         if base.is_null() {
             return Err(allocator_api2::alloc::AllocError);
         }
@@ -112,7 +196,7 @@ unsafe impl allocator_api2::alloc::Allocator for MetaAlloc {
                 next.prev = link.prev;
             }
             drop(t);
-            std::alloc::GlobalAlloc::dealloc(&std::alloc::System, base, outer);
+            std::alloc::GlobalAlloc::dealloc(&Raw, base, outer);
         }
     }
 }

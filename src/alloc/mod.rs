@@ -3,7 +3,8 @@
 //!
 //! The hot path is [`tracker`] (the `GlobalAlloc` wrapper, both modes) and
 //! [`thread`] (per-thread state and counters), with the block table in
-//! [`blocks`]. Around them: call-site interning ([`callsite`]), stack
+//! [`blocks`]; with feature `c-heap`, `c_heap` makes the tracker the
+//! process's `malloc` family too. Around them: call-site interning ([`callsite`]), stack
 //! capture ([`unwind`], with the DWARF fallback's walk in [`cfi`]), sampling
 //! ([`sample`], with the sampled blocks' address range in [`region`]), the per-run counts a block
 //! updates ([`runs`]), blocks kept out of leak reports ([`ignored`]), spin
@@ -15,6 +16,13 @@
 //! hear of (the start) they register for with [`process::on_start`].
 
 pub(crate) mod blocks;
+#[cfg(all(
+    feature = "c-heap",
+    target_os = "linux",
+    target_env = "gnu",
+    target_arch = "x86_64"
+))]
+pub(crate) mod c_heap;
 pub(crate) mod callsite;
 pub(crate) mod cfi;
 pub(crate) mod dense;

@@ -100,7 +100,14 @@ fn run_hook() {
     thread::untracked(hook);
 }
 
+/// The forking thread's re-entrancy flag before [`before_fork`] raised it.
+static FORK_WAS_BUSY: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn before_fork() {
+    // From here to the last handler, whatever the forking thread allocates
+    // (other handlers, glibc) goes straight to the inner allocator: this
+    // layer's locks are held.
+    FORK_WAS_BUSY.store(thread::enter_fork(), Ordering::Relaxed);
     // The layers above first (a report or a check holds theirs while it
     // takes this layer's), then this layer's in the order the allocation
     // path nests them (the region's are never held with another; a check
@@ -133,4 +140,5 @@ extern "C" fn after_fork() {
         region::unlock_after_fork();
         meta::unlock_upper_after_fork();
     }
+    thread::leave_fork(FORK_WAS_BUSY.load(Ordering::Relaxed));
 }

@@ -9,7 +9,7 @@
 //! panic, and work during and after thread-local destruction.
 
 use crate::alloc::blocks::Young;
-use crate::alloc::callsite::{self, Peak, OTHER};
+use crate::alloc::callsite::{self, Origin, Peak, OTHER};
 use crate::alloc::cfi;
 use crate::alloc::meta::{bump, leak_zeroed, CacheAligned};
 use crate::alloc::runs::RunRecord;
@@ -206,7 +206,7 @@ impl Slot {
     #[cold]
     fn intern_walked(&'static self, walked: unwind::Walked<'_, Known>) -> SiteRef {
         let mut frames: Frames = [0; MAX_FRAMES];
-        let site = self.intern(walked.frames(&mut frames), walked.hash);
+        let site = self.intern(walked.frames(&mut frames), walked.hash, Origin::Rust);
         walked.keep(Known {
             counts: site.counts.map_or(std::ptr::null(), |c| c as *const _),
             id: site.id,
@@ -218,7 +218,7 @@ impl Slot {
     /// The call-site of `frames` (whose hash is `hash`), from the cache or
     /// the shared table.
     #[inline]
-    fn intern(&'static self, frames: &[usize], hash: u64) -> SiteRef {
+    fn intern(&'static self, frames: &[usize], hash: u64, origin: Origin) -> SiteRef {
         // SAFETY: the cache is only used by the slot's owner, which is us.
         let cache = unsafe { &mut *self.cache.get() };
         let Some(set) = cache.get_mut(hash as usize % CACHE_SETS) else {
@@ -237,7 +237,7 @@ impl Slot {
                 }
             }
         }
-        let id = callsite::intern(hash, frames);
+        let id = callsite::intern(hash, frames, origin);
         let site = callsite::get(id);
         // The oldest entry of the set goes.
         set.copy_within(..CACHE_WAYS - 1, 1);
@@ -311,6 +311,9 @@ fn acquire_slot() -> Option<&'static Slot> {
 struct State {
     /// The re-entrancy flag: set with [`State::enter`] and [`State::leave`].
     busy: Cell<bool>,
+    /// Inside the Rust global allocator ([`RustAlloc`]): a call of the
+    /// process's `malloc` family is its inner allocator's, counted already.
+    rust: Cell<bool>,
     slot: Cell<Option<&'static Slot>>,
     bounds: Cell<Option<(usize, usize)>>,
     /// The innermost scope run open on this thread (null: none).
@@ -380,6 +383,7 @@ thread_local! {
     static STATE: State = const {
         State {
             busy: Cell::new(false),
+            rust: Cell::new(false),
             slot: Cell::new(None),
             bounds: Cell::new(None),
             run: Cell::new(std::ptr::null()),
@@ -434,14 +438,7 @@ impl Tracking<'_> {
     /// Captures the current stack and returns its call-site.
     #[inline]
     pub(crate) fn callsite(&self) -> SiteRef {
-        let bounds = match self.state.bounds.get() {
-            Some(b) => b,
-            None => {
-                let b = unwind::current_stack_bounds();
-                self.state.bounds.set(Some(b));
-                b
-            }
-        };
+        let bounds = self.bounds();
         let slot = self.slot;
         // SAFETY: the scratch frames are this slot's owner's, which we are,
         // and nothing else borrows them while this runs.
@@ -457,7 +454,53 @@ impl Tracking<'_> {
                 }
             },
             Capture::Walked(walked) => slot.intern_walked(walked),
-            Capture::Dwarf { n, hash } => slot.intern(out.get(..n).unwrap_or(&[]), hash),
+            Capture::Dwarf { n, hash } => {
+                slot.intern(out.get(..n).unwrap_or(&[]), hash, Origin::Rust)
+            }
+        }
+    }
+
+    /// The call-site of a block the process's `malloc` family made for C
+    /// code (or for Rust that calls it): its stack walked by CFI, since C
+    /// frames keep no frame-pointer chain (a walk by frame pointers skips
+    /// the Rust frame that called the C function).
+    #[inline]
+    #[allow(dead_code)] // the C path's; built where `c_heap` is
+    pub(crate) fn c_callsite(&self) -> SiteRef {
+        let bounds = self.c_bounds();
+        let slot = self.slot;
+        // SAFETY: as in `callsite`.
+        let out = unsafe { &mut *slot.scratch.get() };
+        let n = cfi::walk(out, bounds, &slot.unwind_rules);
+        let frames = out.get(..n).unwrap_or(&[]);
+        slot.intern(frames, unwind::hash_frames(frames), Origin::C)
+    }
+
+    /// This thread's stack bounds, read once, without a lock: the C path
+    /// may run inside libc with its locks held (see
+    /// [`unwind::stack_mapping`]).
+    #[inline]
+    fn c_bounds(&self) -> (usize, usize) {
+        match self.state.bounds.get() {
+            Some(b) => b,
+            None => {
+                let b = unwind::stack_mapping();
+                self.state.bounds.set(Some(b));
+                b
+            }
+        }
+    }
+
+    /// This thread's stack bounds, read once.
+    #[inline]
+    fn bounds(&self) -> (usize, usize) {
+        match self.state.bounds.get() {
+            Some(b) => b,
+            None => {
+                let b = unwind::current_stack_bounds();
+                self.state.bounds.set(Some(b));
+                b
+            }
         }
     }
 
@@ -555,6 +598,60 @@ pub(crate) static TOTAL_PEAK: Peak = Peak::new();
 /// layers above: environment, exit report), run by the first allocation with
 /// the re-entrancy flag up.
 static INIT: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the tracker is also the process's `malloc` family (feature
+/// `c-heap`, on Linux with glibc, x86_64: see [`crate::alloc::c_heap`]).
+pub(crate) const C_HEAP: bool = cfg!(all(
+    feature = "c-heap",
+    target_os = "linux",
+    target_env = "gnu",
+    target_arch = "x86_64"
+));
+
+/// Marks a call of the Rust global allocator on this thread while it lives,
+/// so that the process's `malloc`, reached through the inner allocator
+/// (`System`), does not count the block a second time. Only with
+/// [`C_HEAP`].
+pub(crate) struct RustAlloc(bool);
+
+impl RustAlloc {
+    #[inline(always)]
+    pub(crate) fn enter() -> RustAlloc {
+        RustAlloc(STATE.try_with(|st| st.rust.replace(true)).unwrap_or(true))
+    }
+}
+
+impl Drop for RustAlloc {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if !self.0 {
+            let _ = STATE.try_with(|st| st.rust.set(false));
+        }
+    }
+}
+
+/// Whether a call of the process's `malloc` family on this thread is the
+/// program's own, to be counted: not the tracker's (re-entrancy flag up),
+/// nor the Rust global allocator's inner call ([`RustAlloc`]).
+#[inline(always)]
+#[allow(dead_code)] // the C path's; built where `c_heap` is
+pub(crate) fn c_call_counted() -> bool {
+    STATE
+        .try_with(|st| !st.busy.get() && !st.rust.get())
+        .unwrap_or(false)
+}
+
+/// For the `fork` handlers: the forking thread is inside the tracker from
+/// the first handler to the last, so that whatever the other handlers
+/// allocate meanwhile (while this layer's locks are held) goes straight to
+/// the inner allocator. Returns the flag as it was, for [`leave_fork`].
+pub(crate) fn enter_fork() -> bool {
+    STATE.try_with(State::enter).unwrap_or(true)
+}
+
+pub(crate) fn leave_fork(was: bool) {
+    let _ = STATE.try_with(|st| st.leave(was));
+}
 
 /// Runs `f` with tracking entered on this thread: the re-entrancy flag is up,
 /// so whatever `f` allocates goes straight to the inner allocator. Returns

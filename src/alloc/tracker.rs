@@ -18,7 +18,7 @@
 
 use crate::alloc::blocks::{self, Inserted, Meta};
 use crate::alloc::sample::Weight;
-use crate::alloc::thread::{self, Tracking};
+use crate::alloc::thread::{self, RustAlloc, SiteRef, Tracking};
 use crate::alloc::{ignored, process, region, runs, sample};
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -107,18 +107,21 @@ impl Default for LeakTracker<System> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _rust = thread::C_HEAP.then(RustAlloc::enter);
         // SAFETY: forwarded contract.
         unsafe { self.make(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let _rust = thread::C_HEAP.then(RustAlloc::enter);
         // SAFETY: forwarded contract.
         unsafe { self.make(layout, true) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let _rust = thread::C_HEAP.then(RustAlloc::enter);
         if region::plain(ptr as usize, layout) {
             thread::unsampled_free(layout.size());
             // SAFETY: forwarded contract: a plain block is the inner allocator's.
@@ -142,6 +145,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _rust = thread::C_HEAP.then(RustAlloc::enter);
         if region::plain(ptr as usize, layout)
             && thread::unsampled_realloc(Some(layout.size()), new_size)
         {
@@ -157,27 +161,42 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
             // SAFETY: forwarded contract.
             return unsafe { sampled_realloc(&self.inner, ptr, layout, new_size, marked) };
         }
-        // Take the old entry out first, for the same reason as in `dealloc`.
-        let old = thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten();
         // SAFETY: forwarded contract.
-        let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
-        thread::with_tracking(|t| {
-            if p.is_null() {
-                // The old block is still there, unchanged: put its entry back
-                // (it was never counted as freed, so it is not counted again).
-                if let Some(meta) = old {
-                    put_back(t, ptr as usize, meta, count_free);
-                }
-                return;
-            }
-            // As valgrind counts it: the old block is freed, a new one allocated here.
-            if let Some(meta) = old {
-                count_free(t, ptr as usize, &meta);
-            }
-            track(t, p as usize, new_size);
-        });
-        p
+        let inner = || unsafe { self.inner.realloc(ptr, layout, new_size) };
+        realloc_tracked(ptr, new_size, inner, |t| t.callsite())
     }
+}
+
+/// Full mode's realloc of the block at `ptr` to `new_size` bytes by
+/// `inner`, counted: the old block's entry taken out first (for the same
+/// reason as in `dealloc`), then, as valgrind counts it, the old block
+/// freed and a new one allocated at the call-site `site` gives. A null
+/// result keeps the old block (put back, never counted as freed), but
+/// for C's `realloc(p, 0)`, which frees it.
+#[inline]
+pub(crate) fn realloc_tracked(
+    ptr: *mut u8,
+    new_size: usize,
+    inner: impl FnOnce() -> *mut u8,
+    site: impl FnOnce(&Tracking<'_>) -> SiteRef,
+) -> *mut u8 {
+    let old = thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten();
+    let p = inner();
+    thread::with_tracking(|t| {
+        if p.is_null() && new_size != 0 {
+            if let Some(meta) = old {
+                put_back(t, ptr as usize, meta, count_free);
+            }
+            return;
+        }
+        if let Some(meta) = old {
+            count_free(t, ptr as usize, &meta);
+        }
+        if !p.is_null() {
+            track(t, p as usize, new_size, site(t));
+        }
+    });
+    p
 }
 
 impl<A: GlobalAlloc> LeakTracker<A> {
@@ -224,11 +243,11 @@ fn put_back(t: &Tracking<'_>, addr: usize, meta: Meta, gone: impl Fn(&Tracking<'
 
 #[inline]
 fn on_alloc(p: *mut u8, size: usize) {
-    thread::with_tracking(|t| track(t, p as usize, size));
+    thread::with_tracking(|t| track(t, p as usize, size, t.callsite()));
 }
 
 #[inline]
-fn on_free(p: *mut u8) {
+pub(crate) fn on_free(p: *mut u8) {
     thread::with_tracking(|t| {
         if let Some(meta) = blocks::remove(t.young(), p as usize) {
             count_free(t, p as usize, &meta);
@@ -236,10 +255,9 @@ fn on_free(p: *mut u8) {
     });
 }
 
-/// Records a new live block at `addr`.
+/// Records a new live block at `addr`, made at `site`.
 #[inline]
-fn track(t: &Tracking<'_>, addr: usize, size: usize) {
-    let site = t.callsite();
+pub(crate) fn track(t: &Tracking<'_>, addr: usize, size: usize, site: SiteRef) {
     let meta = new_meta(t, site.id, size, (1, size as u64));
     let scope = meta.scope;
     match blocks::insert(t.young(), addr, meta) {

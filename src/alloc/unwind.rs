@@ -106,6 +106,82 @@ pub(crate) fn current_stack_bounds() -> (usize, usize) {
     }
 }
 
+/// The bounds of the mapping that holds this thread's stack pointer, from
+/// `/proc/self/maps`, read with system calls alone into a buffer on the
+/// stack: no lock, no allocation. For a thread whose first tracked block
+/// comes from the process's `malloc` family, which libc may call with its
+/// own locks held (`pthread_getattr_np` holds the thread's while it
+/// reallocs: calling it again there would wait for ever). `(0, 0)` when
+/// the file cannot be read.
+pub(crate) fn stack_mapping() -> (usize, usize) {
+    let marker = 0u8;
+    let sp = std::hint::black_box(&marker) as *const u8 as usize;
+    // SAFETY: open/read/close of a file into a buffer of ours.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return (0, 0);
+    }
+    let mut buf = [0u8; 4096];
+    let mut have = 0;
+    let mut found = (0, 0);
+    'read: loop {
+        let room = buf.get_mut(have..).unwrap_or(&mut []);
+        // SAFETY: reads into the unused part of `buf`.
+        let n = unsafe { libc::read(fd, room.as_mut_ptr().cast(), room.len()) };
+        if n <= 0 {
+            break;
+        }
+        have += n as usize;
+        let mut from = 0;
+        while let Some(nl) = buf
+            .get(from..have)
+            .and_then(|b| b.iter().position(|&c| c == b'\n'))
+        {
+            if let Some((start, end, _)) = maps_line(buf.get(from..from + nl).unwrap_or(&[])) {
+                if start <= sp && sp < end {
+                    found = (start, end);
+                    break 'read;
+                }
+            }
+            from += nl + 1;
+        }
+        buf.copy_within(from..have, 0);
+        have -= from;
+        if have == buf.len() {
+            // A line longer than the buffer: not one of ours.
+            have = 0;
+        }
+    }
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    found
+}
+
+/// A line of `/proc/self/maps`: the mapping's start and end, and whether
+/// it is readable.
+pub(crate) fn maps_line(line: &[u8]) -> Option<(usize, usize, bool)> {
+    let mut fields = line.split(|&c| c == b' ');
+    let (span, perms) = (fields.next()?, fields.next()?);
+    let mut ends = span.split(|&c| c == b'-');
+    let (start, end) = (hex(ends.next()?)?, hex(ends.next()?)?);
+    Some((start, end, perms.first() == Some(&b'r')))
+}
+
+fn hex(s: &[u8]) -> Option<usize> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0usize, |v, &c| {
+        let d = (c as char).to_digit(16)?;
+        v.checked_mul(16)?.checked_add(d as usize)
+    })
+}
+
 /// What [`capture`] found.
 pub(crate) enum Capture<'a, V> {
     /// The stack is one this thread's [`Seen`] holds, word for word: what

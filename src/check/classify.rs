@@ -335,7 +335,20 @@ impl<'a> Marker<'a> {
     /// paths. Stacks are scanned from the top: of two frames holding a
     /// pointer, the outer one (a caller's local, not a callee's spilled
     /// copy of it) is where the path starts.
-    pub(crate) fn run(&mut self, roots: &[Range], stacks_from: usize) {
+    ///
+    /// The roots in `starts_only` (libc's and the dynamic loader's data) are
+    /// statics whose words count only where they point at a block's start:
+    /// glibc's malloc state there points at free chunks' headers, which can
+    /// lie inside a live block's last bytes, and must not make it possibly
+    /// reached.
+    pub(crate) fn run(&mut self, roots: &[Range], stacks_from: usize, starts_only: &[Range]) {
+        for &r in starts_only {
+            self.scan_words(r, false, |m, at, v| {
+                if m.find(v).is_some_and(|i| m.blocks[i].start == v) {
+                    m.reached(v, true, ROOT | at);
+                }
+            });
+        }
         let split = stacks_from.min(roots.len());
         for (tier, stacks) in [(&roots[..split], false), (&roots[split..], true)] {
             for &r in tier {
@@ -474,9 +487,10 @@ fn classify(objects: &Objects, not_checked: u32, caller: &Caller) -> Result<Foun
 
     let nthreads = world.threads.as_slice().len() + 1;
     let mut infos: Buf<RootInfo> =
-        Buf::new(objects.segments.len() + 7 * nthreads + 4).ok_or("no memory for the check")?;
+        Buf::new(objects.segments.len() + objects.starts_only.len() + 7 * nthreads + 4)
+            .ok_or("no memory for the check")?;
     let mut threads = Threads::new(nthreads).ok_or("no memory for the check")?;
-    for &s in &objects.segments {
+    for &s in objects.segments.iter().chain(&objects.starts_only) {
         infos.push(RootInfo {
             range: s,
             kind: RootKind::Static,
@@ -564,7 +578,7 @@ fn classify(objects: &Objects, not_checked: u32, caller: &Caller) -> Result<Foun
     }
 
     let mut marker = Marker::new(blocks, maps.as_slice()).ok_or("no memory for the check")?;
-    marker.run(roots.as_slice(), stacks_from);
+    marker.run(roots.as_slice(), stacks_from, &objects.starts_only);
     drop(marker);
     world.resume();
     drop(unlock);
@@ -684,7 +698,7 @@ mod tests {
             end: roots.as_ptr() as usize + roots.len() * 8,
         };
         let mut m = Marker::new(&mut bufs.as_mut_slice()[..n], &everything).unwrap();
-        m.run(&[root], 1);
+        m.run(&[root], 1, &[]);
         drop(m);
         let mut kinds = vec![LeakKind::DefinitelyLost; heap.len()];
         for b in bufs.as_slice() {
@@ -806,7 +820,7 @@ mod tests {
             end: roots.as_ptr() as usize + 16,
         };
         let mut m = Marker::new(&mut bufs.as_mut_slice()[..n], &everything).unwrap();
-        m.run(&[root], 1);
+        m.run(&[root], 1, &[]);
         drop(m);
         let kind = |site: u32| {
             bufs.as_slice()

@@ -7,15 +7,21 @@
 //! registers. Between the stop and the resume: system calls and plain memory
 //! only.
 
+use crate::alloc::unwind;
 use crate::check::stop::{anchor, Buf, Range};
 
 /// What is known before the stop about the loaded objects.
 #[derive(Debug, Default)]
 pub(crate) struct Objects {
     /// Writable segments (data, bss, relro) of every loaded object but
-    /// libc's and the dynamic loader's (whose malloc bins would look like
-    /// pointers into the blocks next to free chunks).
+    /// libc's and the dynamic loader's.
     pub(crate) segments: Vec<Range>,
+    /// libc's and the dynamic loader's writable segments: roots whose words
+    /// count only as pointers to a block's start (their malloc state points
+    /// at free chunks' headers, next to live blocks' last bytes). They hold
+    /// libc's own blocks (stdio buffers, locale data, the loader's), still
+    /// reachable, as valgrind says.
+    pub(crate) starts_only: Vec<Range>,
     /// Static TLS, relative to a thread's anchor ([`anchor`]): (low, high) offsets.
     pub(crate) tls: Option<(isize, isize)>,
     /// Where a stopped thread's record keeps its wide vector registers.
@@ -54,8 +60,13 @@ pub(crate) fn objects() -> Objects {
         for ph in phdrs {
             let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
             let end = start.wrapping_add(ph.p_memsz as usize);
-            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_W != 0 && !allocator {
-                acc.objects.segments.push(Range { start, end });
+            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_W != 0 {
+                let to = if allocator {
+                    &mut acc.objects.starts_only
+                } else {
+                    &mut acc.objects.segments
+                };
+                to.push(Range { start, end });
             }
             if ph.p_type == libc::PT_TLS && !info.dlpi_tls_data.is_null() && acc.anchor != 0 {
                 let lo = (info.dlpi_tls_data as isize).wrapping_sub(acc.anchor as isize);
@@ -98,31 +109,11 @@ pub(crate) fn readable_maps() -> Option<Buf<Range>> {
     let lines = text.as_slice().iter().filter(|&&c| c == b'\n').count();
     let mut maps: Buf<Range> = Buf::new(lines + 1)?;
     for line in text.as_slice().split(|&c| c == b'\n') {
-        let mut fields = line.split(|&c| c == b' ');
-        let (Some(span), Some(perms)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if perms.first() != Some(&b'r') {
-            continue;
-        }
-        let mut ends = span.split(|&c| c == b'-');
-        if let (Some(a), Some(b)) = (ends.next().and_then(hex), ends.next().and_then(hex)) {
-            maps.push(Range { start: a, end: b });
+        if let Some((start, end, true)) = unwind::maps_line(line) {
+            maps.push(Range { start, end });
         }
     }
     Some(maps)
-}
-
-fn hex(s: &[u8]) -> Option<usize> {
-    let mut v = 0usize;
-    if s.is_empty() {
-        return None;
-    }
-    for &c in s {
-        let d = (c as char).to_digit(16)?;
-        v = v.checked_mul(16)?.checked_add(d as usize)?;
-    }
-    Some(v)
 }
 
 /// The end of the one mapping holding `addr` (a stack ends there: the
@@ -568,7 +559,10 @@ mod tests {
         let marker = 0u64;
         let here = &marker as *const u64 as usize;
         assert!(mapping_end(maps.as_slice(), here).is_some_and(|end| end > here));
-        assert_eq!(hex(b"7ffd88dbf000"), Some(0x7ffd_88db_f000));
-        assert_eq!(hex(b"xyz"), None);
+        assert_eq!(
+            unwind::maps_line(b"7ffd88dbf000-7ffd88de0000 rw-p 00000000 00:00 0  [stack]"),
+            Some((0x7ffd_88db_f000, 0x7ffd_88de_0000, true))
+        );
+        assert_eq!(unwind::maps_line(b"xyz-1 r--p"), None);
     }
 }

@@ -12,13 +12,17 @@
 //! is reported with its line number and skipped; an unreadable file is
 //! reported and the check goes on.
 //!
-//! There are no built-in suppressions: the Rust runtime's one-time blocks
-//! (stdout's buffer, the main thread's handle and thread-locals) are held
-//! from statics and static TLS, which the check scans, so a clean program
-//! reports nothing lost without any (`allocator-tests/leak_check.rs` checks
-//! this).
+//! The Rust runtime's one-time blocks (stdout's buffer, the main thread's
+//! handle and thread-locals) are held from statics and static TLS, which
+//! the check scans, so a clean program reports nothing lost without any
+//! suppression (`allocator-tests/leak_check.rs` checks this). Two built-in
+//! ones, as LeakSanitizer has, cover what glibc allocates for threads'
+//! thread-local storage (seen with feature `c-heap`): an exited thread's
+//! TLS vector (`_dl_allocate_tls`) is held from the thread's descriptor in
+//! glibc's cache of stacks, and the main thread's dynamic TLS blocks
+//! (`__tls_get_addr`) from its vector, in memory the check does not scan.
 
-use crate::alloc::callsite;
+use crate::alloc::callsite::{self, Origin};
 use crate::report::model::Frame;
 use crate::report::symbolize::{loaded_object, Symbolizer};
 use crate::report::warn::warn;
@@ -28,8 +32,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The patterns in force, from the file.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Suppressions {
-    /// `leak:` patterns, matched against stacks.
+    /// `leak:` patterns, matched against stacks: the file's, then the
+    /// built-in ones, which only C blocks' stacks can match.
     patterns: Vec<String>,
+    /// How many of `patterns` are the file's.
+    from_file: usize,
     /// `growth:` patterns, matched against scope names.
     growth: Vec<String>,
 }
@@ -76,6 +83,16 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 /// The suppressions now: `LEAKSCOPE_SUPPRESSIONS`'s file. Problems with the
 /// file are reported on stderr, once per process.
 pub(crate) fn current() -> Suppressions {
+    let mut s = read_file();
+    s.from_file = s.patterns.len();
+    s.patterns.extend(BUILT_IN.iter().map(|p| (*p).to_owned()));
+    s
+}
+
+/// glibc's thread-local storage (see the module).
+const BUILT_IN: [&str; 2] = ["_dl_allocate_tls", "__tls_get_addr"];
+
+fn read_file() -> Suppressions {
     let Some(path) = std::env::var_os("LEAKSCOPE_SUPPRESSIONS") else {
         return Suppressions::default();
     };
@@ -150,16 +167,21 @@ pub(crate) struct Matcher {
 impl Matcher {
     /// The index of the first pattern that matches call-site `site`.
     pub(crate) fn suppressed(&mut self, s: &Suppressions, site: u32) -> Option<usize> {
-        if s.patterns.is_empty() {
+        let c = callsite::get(site);
+        // A Rust block's stack is symbolized only for a file's patterns.
+        let patterns = match c.map(|c| c.origin()) {
+            Some(Origin::C) => &s.patterns[..],
+            _ => s.patterns.get(..s.from_file).unwrap_or(&[]),
+        };
+        if patterns.is_empty() {
             return None;
         }
         if let Some(&v) = self.verdicts.get(&site) {
             return v;
         }
-        let ips = callsite::get(site).map(|c| c.frames()).unwrap_or_default();
+        let ips = c.map(|c| c.frames()).unwrap_or_default();
         let frames = self.symbols.stack(&ips);
-        let v = s
-            .patterns
+        let v = patterns
             .iter()
             .position(|p| frames.iter().any(|f| frame_matches(p, f)));
         self.verdicts.insert(site, v);
@@ -200,6 +222,7 @@ mod tests {
             found,
             Suppressions {
                 patterns: vec!["app::cache".to_owned(), "^std::rt".to_owned()],
+                from_file: 0,
                 growth: vec!["^POST /log$".to_owned()],
             }
         );

@@ -9,7 +9,7 @@
 
 use crate::alloc::{blocks, callsite, process, sample, thread, unwind};
 use crate::report::model::{
-    CallsiteStats, Report, ScopeCallsite, ScopeStats, Totals, Unwinder, FRAME_POINTERS_FIX,
+    CallsiteStats, Origin, Report, ScopeCallsite, ScopeStats, Totals, Unwinder, FRAME_POINTERS_FIX,
 };
 use crate::report::symbolize::Symbolizer;
 use crate::report::warn::warn;
@@ -191,6 +191,10 @@ fn build(sites: Sites<'_>) -> Report {
                 total_bytes: s.alloc_bytes,
                 peak_live_bytes: site.peak.peak.load(Relaxed).max(live_bytes),
                 frames: symbols.stack(&site.frames()),
+                origin: match site.origin() {
+                    callsite::Origin::Rust => Origin::Rust,
+                    callsite::Origin::C => Origin::C,
+                },
             })
         })
         .collect();

@@ -85,7 +85,7 @@ const EMPTY_SVG: &str = concat!(
 #[cfg(test)]
 mod tests {
     use crate::report::model::{
-        CallsiteStats, Frame, Report, ScopeCallsite, ScopeStats, Totals, Unwinder,
+        CallsiteStats, Frame, Origin, Report, ScopeCallsite, ScopeStats, Totals, Unwinder,
     };
 
     fn frame(ip: usize, name: Option<&str>) -> Frame {
@@ -106,6 +106,7 @@ mod tests {
             total_bytes: live_bytes + 10,
             peak_live_bytes: live_bytes,
             frames,
+            origin: Origin::Rust,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::report::leak::{
     SuppressionUse,
 };
 use crate::report::model::{
-    CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,
+    CallsiteStats, Frame, Growth, Origin, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,
     TimelineCallsite, TimelinePoint, Totals, Unwinder,
 };
 use serde_json::Value;
@@ -200,6 +200,11 @@ fn read_callsite(c: &Value) -> Result<CallsiteStats> {
         total_bytes: need(c, "total_bytes", SITE, count)?,
         peak_live_bytes: need(c, "peak_live_bytes", SITE, count)?,
         frames,
+        origin: match c.get("origin").and_then(Value::as_str) {
+            None | Some("rust") => Origin::Rust,
+            Some("c") => Origin::C,
+            Some(o) => return error(format!("a call-site's \"origin\" is not rust or c: {o:?}")),
+        },
     })
 }
 
@@ -534,6 +539,7 @@ mod tests {
                         line: None,
                     },
                 ],
+                origin: Origin::C,
             }],
             scopes: vec![ScopeStats {
                 name: "GET /users/{id}".to_owned(),

@@ -71,6 +71,7 @@ impl Report {
                 "total_blocks": c.total_blocks,
                 "total_bytes": c.total_bytes,
                 "peak_live_bytes": c.peak_live_bytes,
+                "origin": c.origin.as_str(),
                 "frames": c.frames.iter().map(|fr| json!({
                     "ip": format!("{:#x}", fr.ip),
                     "function": fr.function,

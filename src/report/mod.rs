@@ -30,6 +30,6 @@ pub use leak::{
     SuppressionUse,
 };
 pub use model::{
-    CallsiteStats, Frame, Growth, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,
+    CallsiteStats, Frame, Growth, Origin, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,
     TimelineCallsite, TimelinePoint, Totals, Unwinder,
 };

@@ -47,6 +47,30 @@ pub struct CallsiteStats {
     pub peak_live_bytes: u64,
     /// Innermost first, the allocator's own frames left out.
     pub frames: Vec<Frame>,
+    /// Which allocator made its blocks.
+    pub origin: Origin,
+}
+
+/// Which allocator made a call-site's blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Origin {
+    /// Rust's global allocator (the allocator line).
+    #[default]
+    Rust,
+    /// The process's `malloc` family (feature `c-heap`): C code, or Rust
+    /// that calls the C allocator (`libc::malloc`, `System` directly).
+    C,
+}
+
+impl Origin {
+    /// The JSON name: `rust` or `c`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Rust => "rust",
+            Origin::C => "c",
+        }
+    }
 }
 
 impl CallsiteStats {

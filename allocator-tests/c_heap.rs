@@ -1,0 +1,244 @@
+//! Feature `c-heap`: what C code allocates is counted, scoped and checked
+//! like Rust's blocks. The C code is `c-lib/leaky.c`, built as
+//! distributions build libraries (optimized, no frame pointers): it
+//! `strdup`s, `malloc`s, `calloc`s, `realloc`s, `posix_memalign`s and
+//! `aligned_alloc`s, loses some of it, keeps a block in a static, and runs
+//! a thread of its own. The planted program's lost blocks are the ones
+//! valgrind finds, block for block.
+
+#[global_allocator]
+static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
+
+mod common;
+
+use leakscope::{Origin, Report};
+use leakscope_c_lib as c;
+use std::ffi::c_void;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::process::Command;
+
+const CHILD: &str = "LEAKSCOPE_TEST_CHILD";
+
+/// Ten blocks of 100 bytes from Rust, through C's `malloc`, lost.
+#[inline(never)]
+fn rust_calls_malloc() {
+    for _ in 0..10 {
+        // SAFETY: malloc has no preconditions; the block is lost on purpose.
+        black_box(unsafe { libc::malloc(100) });
+    }
+}
+
+/// Everything `leaky.c` loses, and a Rust function's `malloc`s; a block C
+/// hands to Rust, freed there; a block a C static keeps.
+#[inline(never)]
+fn plant() {
+    // SAFETY: the C functions take plain values and allocate on their own.
+    unsafe {
+        c::c_lost_strings(10);
+        c::c_lost_tree();
+        c::c_lost_realloc();
+        c::c_lost_aligned();
+        c::c_thread(8);
+        c::c_keep();
+        libc::free(c::c_give(55));
+    }
+    rust_calls_malloc();
+}
+
+/// What the planted program loses: 10 strings (25 bytes), a tree's node
+/// (48), a reallocated block (256), two aligned ones (100, 64), four blocks
+/// of the C thread (32 each) and ten from Rust (100 each); and the tree's
+/// child (48), indirectly.
+const DEFINITELY: (u64, u64) = (28, 250 + 48 + 256 + 100 + 64 + 4 * 32 + 1000);
+const INDIRECTLY: (u64, u64) = (1, 48);
+
+/// The frames' function names, innermost first.
+fn names(report: &Report, site: u32) -> Vec<String> {
+    let c = report.callsite(site).unwrap();
+    c.frames
+        .iter()
+        .map(|f| f.function.clone().unwrap_or_default())
+        .collect()
+}
+
+/// C blocks in a scope are the scope's; a C call-site's stack runs from
+/// the C function through the Rust function that called it, whose frame a
+/// walk by frame pointers would skip.
+fn c_blocks_are_counted_scoped_and_named() {
+    leakscope::track_scope("GET /c", || {
+        // SAFETY: as in `plant`.
+        unsafe {
+            c::c_lost_strings(10);
+            c::c_lost_tree();
+        }
+        rust_calls_malloc();
+    });
+    let report = leakscope::snapshot();
+    let scope = report.scope("GET /c").unwrap();
+    assert_eq!(
+        (
+            scope.runs,
+            scope.outstanding_blocks,
+            scope.outstanding_bytes
+        ),
+        (1, 22, 250 + 96 + 1000)
+    );
+    let strings = scope
+        .by_callsite
+        .iter()
+        .find(|s| names(&report, s.callsite)[1] == "c_lost_strings")
+        .expect("the strdup call-site");
+    assert_eq!((strings.blocks, strings.bytes), (10, 250));
+    let site = report.callsite(strings.callsite).unwrap();
+    assert_eq!(site.origin, Origin::C);
+    let n = names(&report, strings.callsite);
+    assert!(n[0].contains("strdup"), "{n:?}");
+    assert!(
+        n[2].ends_with("c_blocks_are_counted_scoped_and_named::{{closure}}"),
+        "{n:?}"
+    );
+    let from_rust: Vec<_> = report.callsites_in("rust_calls_malloc").collect();
+    assert_eq!(from_rust.len(), 1);
+    assert_eq!(
+        (from_rust[0].live_blocks, from_rust[0].live_bytes),
+        (10, 1000)
+    );
+    assert_eq!(from_rust[0].origin, Origin::C);
+    // A Rust block through the global allocator is counted once, as Rust's.
+    let v = black_box(vec![1u8; 4321]);
+    let report = leakscope::snapshot();
+    let rust: Vec<_> = report
+        .callsites
+        .iter()
+        .filter(|c| c.live_bytes == 4321)
+        .collect();
+    assert_eq!(rust.len(), 1);
+    assert_eq!(rust[0].origin, Origin::Rust);
+    drop(v);
+}
+
+/// Rust threads allocate through C, C threads free, and the other way
+/// round: every block is counted once, freed once.
+fn c_and_rust_threads_free_each_others_blocks() {
+    const N: usize = 2000;
+    struct Blocks(Vec<*mut c_void>);
+    // SAFETY: plain addresses of C blocks, handed from thread to thread.
+    unsafe impl Send for Blocks {}
+    let before = common::site_now("c_alloc_for");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut blocks = Blocks(vec![std::ptr::null_mut(); N]);
+                // SAFETY: `N` slots for the C function to fill.
+                unsafe { c::c_alloc_for(blocks.0.as_mut_ptr(), N as i32) };
+                let freer = std::thread::spawn(move || {
+                    let mut blocks = blocks;
+                    if t % 2 == 0 {
+                        // SAFETY: blocks of C's malloc, freed once.
+                        unsafe { c::c_free_all(blocks.0.as_mut_ptr(), N as i32) };
+                    } else {
+                        for &p in &blocks.0 {
+                            // SAFETY: as above, by Rust calling C's free.
+                            unsafe { libc::free(p) };
+                        }
+                    }
+                });
+                freer.join().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let after = common::site_now("c_alloc_for");
+    assert_eq!(after.live_blocks, before.live_blocks);
+    assert_eq!(after.total_blocks - before.total_blocks, 4 * N as u64);
+    assert_eq!(after.total_bytes - before.total_bytes, 4 * N as u64 * 48);
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c_heap");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// The planted program under the gate: it fails, and its report lists
+/// exactly the lost C blocks; valgrind finds the same (when installed).
+fn planted_c_leaks_are_lost_as_valgrind_says() {
+    let json = scratch("planted.json");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "plant")
+        .env("LEAKSCOPE_REPORT", &json)
+        .env("LEAKSCOPE_ERROR_EXITCODE", "23")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(23),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let amount = |kind: &str| {
+        let a = &doc["leak_check"][kind];
+        (a["blocks"].as_u64().unwrap(), a["bytes"].as_u64().unwrap())
+    };
+    assert_eq!(amount("definitely_lost"), DEFINITELY);
+    assert_eq!(amount("indirectly_lost"), INDIRECTLY);
+    // The block the C static keeps is reachable, held by that static.
+    let kept: Vec<&serde_json::Value> = (doc["loss_records"].as_array().unwrap().iter())
+        .filter(|r| r["bytes"] == 77)
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["kind"], "still_reachable");
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        println!("valgrind is not installed: its side skipped");
+        return;
+    }
+    let out = Command::new("valgrind")
+        .args(["--leak-check=full", "--error-exitcode=0"])
+        .arg(std::env::current_exe().unwrap())
+        .env(CHILD, "plant")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let figure = |kind: &str| -> (u64, u64) {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("{kind}: ")))
+            .unwrap_or_else(|| panic!("{log}"));
+        let words: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit() && c != ',')
+            .map(|w| w.replace(',', ""))
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // "==pid==    definitely lost: 1,846 bytes in 28 blocks"
+        (words[2], words[1])
+    };
+    assert_eq!(figure("definitely lost"), DEFINITELY, "{log}");
+    assert_eq!(figure("indirectly lost"), INDIRECTLY, "{log}");
+}
+
+fn main() {
+    if std::env::var(CHILD).as_deref() == Ok("plant") {
+        plant();
+        common::scrub_all();
+        return;
+    }
+    common::run(&[
+        (
+            "c_blocks_are_counted_scoped_and_named",
+            c_blocks_are_counted_scoped_and_named,
+        ),
+        (
+            "c_and_rust_threads_free_each_others_blocks",
+            c_and_rust_threads_free_each_others_blocks,
+        ),
+        (
+            "planted_c_leaks_are_lost_as_valgrind_says",
+            planted_c_leaks_are_lost_as_valgrind_says,
+        ),
+    ]);
+}
