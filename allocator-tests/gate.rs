@@ -9,8 +9,13 @@
 //! (the exit hook after `main` returns or after `std::process::exit`, the
 //! fatal-signal report, `leak_check()` from code) lays its own frames over
 //! that dead stack: none of their words is a root, so the vector is
-//! definitely lost (40 bytes in 1 block) and the boxes indirectly (240 bytes
-//! in 5), as valgrind says (`valgrind_agrees`).
+//! definitely lost (1 block of 160 KiB) and the boxes indirectly (5 of
+//! 160 KiB), as valgrind says (`valgrind_agrees`). The blocks are that big
+//! so that glibc maps them fresh: a small block can land on a chunk freed
+//! before `main`, and a stale pointer into that chunk left in a live frame
+//! of `main`'s (as one was) makes it possibly lost, as it would be in any
+//! conservative scan (valgrind holds freed memory back; LeakSanitizer does
+//! not).
 //!
 //! A scope that keeps growing: a push per request into a global log grows;
 //! a cache capped at 100 entries, a batch freed every 37 requests and a
@@ -30,11 +35,16 @@ use std::sync::Mutex;
 
 const CHILD: &str = "LEAKSCOPE_TEST_CHILD";
 
-/// The planted leak: five boxes in a vector, forgotten (40 bytes definitely
-/// lost, 5 x 48 indirectly), its address then spilled over the dead stack.
+/// Bytes in the planted vector and in each of its boxes: above glibc's
+/// threshold for blocks of their own pages.
+const BIG: usize = 160 * 1024;
+
+/// The planted leak: five boxes in a vector, forgotten (one block definitely
+/// lost, five indirectly), its address then spilled over the dead stack.
 #[inline(never)]
 fn plant() {
-    let v: Vec<Box<[u8; 48]>> = (0..5).map(|_| Box::new([7u8; 48])).collect();
+    let mut v: Vec<Box<[u8; BIG]>> = Vec::with_capacity(BIG / 8);
+    v.extend((0..5).map(|_| vec![7u8; BIG].into_boxed_slice().try_into().unwrap()));
     let at = v.as_ptr() as usize;
     std::mem::forget(v);
     spill(at);
@@ -327,7 +337,7 @@ fn lost_in(path: &Path) -> (u64, u64, u64, u64) {
     )
 }
 
-const PLANTED: (u64, u64, u64, u64) = (1, 40, 5, 240);
+const PLANTED: (u64, u64, u64, u64) = (1, BIG as u64, 5, 5 * BIG as u64);
 
 fn stale_stack_hides_nothing_at_exit() {
     for mode in ["return", "exit"] {
@@ -348,7 +358,7 @@ fn stale_stack_hides_nothing_at_exit() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(
-                "40 bytes in 1 blocks definitely lost, 240 bytes in 5 blocks indirectly lost"
+                "163840 bytes in 1 blocks definitely lost, 819200 bytes in 5 blocks indirectly lost"
             ),
             "{mode}: {stderr}"
         );
@@ -372,11 +382,11 @@ fn valgrind_agrees() {
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
-        log.contains("definitely lost: 40 bytes in 1 blocks"),
+        log.contains("definitely lost: 163,840 bytes in 1 blocks"),
         "{log}"
     );
     assert!(
-        log.contains("indirectly lost: 240 bytes in 5 blocks"),
+        log.contains("indirectly lost: 819,200 bytes in 5 blocks"),
         "{log}"
     );
 }
@@ -409,7 +419,7 @@ fn stale_stack_hides_nothing_from_leak_check() {
     let out = run("in_code", &[]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "1 40 5 240 None\n",
+        "1 163840 5 819200 None\n",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

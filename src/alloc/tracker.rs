@@ -19,8 +19,9 @@
 use crate::alloc::blocks::{self, Inserted, Meta};
 use crate::alloc::sample::Weight;
 use crate::alloc::thread::{self, RustAlloc, SiteRef, Tracking};
-use crate::alloc::{ignored, process, region, runs, sample};
+use crate::alloc::{ignored, meta, process, region, runs, sample};
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::any::TypeId;
 
 /// A global allocator that counts live blocks per call-site and per scope.
 ///
@@ -104,53 +105,53 @@ impl Default for LeakTracker<System> {
 // alignment; a free or realloc goes back to where the block came from, told
 // apart by its address (the region) or a set of addresses (sampled blocks
 // outside it). Tracking only reads a block's address and size.
-unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
+unsafe impl<A: GlobalAlloc + 'static> GlobalAlloc for LeakTracker<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _rust = thread::C_HEAP.then(RustAlloc::enter);
+        let _rust = self.marks_rust().then(RustAlloc::enter);
         // SAFETY: forwarded contract.
         unsafe { self.make(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let _rust = thread::C_HEAP.then(RustAlloc::enter);
+        let _rust = self.marks_rust().then(RustAlloc::enter);
         // SAFETY: forwarded contract.
         unsafe { self.make(layout, true) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let _rust = thread::C_HEAP.then(RustAlloc::enter);
+        let _rust = self.marks_rust().then(RustAlloc::enter);
         if region::plain(ptr as usize, layout) {
             thread::unsampled_free(layout.size());
             // SAFETY: forwarded contract: a plain block is the inner allocator's.
-            return unsafe { self.inner.dealloc(ptr, layout) };
+            return unsafe { self.below().dealloc(ptr, layout) };
         }
         if sample::sampling(self.sample_bytes) {
             if marked(ptr as usize) {
                 // SAFETY: forwarded contract.
-                return unsafe { sampled_dealloc(&self.inner, ptr, layout) };
+                return unsafe { sampled_dealloc(&self.below(), ptr, layout) };
             }
             thread::unsampled_free(layout.size());
             // SAFETY: forwarded contract: an unmarked block is the inner allocator's.
-            return unsafe { self.inner.dealloc(ptr, layout) };
+            return unsafe { self.below().dealloc(ptr, layout) };
         }
         // Forget the block before the inner allocator may hand its address to
         // another thread, whose insert must not meet our entry.
         on_free(ptr);
         // SAFETY: forwarded contract.
-        unsafe { self.inner.dealloc(ptr, layout) }
+        unsafe { self.below().dealloc(ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _rust = thread::C_HEAP.then(RustAlloc::enter);
+        let _rust = self.marks_rust().then(RustAlloc::enter);
         if region::plain(ptr as usize, layout)
             && thread::unsampled_realloc(Some(layout.size()), new_size)
         {
             // SAFETY: forwarded contract.
-            let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
+            let p = unsafe { self.below().realloc(ptr, layout, new_size) };
             if p.is_null() {
                 thread::undo(Some(layout.size()), new_size);
             }
@@ -159,18 +160,18 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakTracker<A> {
         if sample::sampling(self.sample_bytes) {
             let marked = marked(ptr as usize);
             // SAFETY: forwarded contract.
-            return unsafe { sampled_realloc(&self.inner, ptr, layout, new_size, marked) };
+            return unsafe { sampled_realloc(&self.below(), ptr, layout, new_size, marked) };
         }
         // SAFETY: forwarded contract.
-        let inner = || unsafe { self.inner.realloc(ptr, layout, new_size) };
-        realloc_tracked(ptr, new_size, inner, |t| t.callsite())
+        let inner = || unsafe { self.below().realloc(ptr, layout, new_size) };
+        realloc_tracked(ptr, new_size, inner, track)
     }
 }
 
 /// Full mode's realloc of the block at `ptr` to `new_size` bytes by
 /// `inner`, counted: the old block's entry taken out first (for the same
 /// reason as in `dealloc`), then, as valgrind counts it, the old block
-/// freed and a new one allocated at the call-site `site` gives. A null
+/// freed and a new one allocated, recorded by `track`. A null
 /// result keeps the old block (put back, never counted as freed), but
 /// for C's `realloc(p, 0)`, which frees it.
 #[inline]
@@ -178,7 +179,7 @@ pub(crate) fn realloc_tracked(
     ptr: *mut u8,
     new_size: usize,
     inner: impl FnOnce() -> *mut u8,
-    site: impl FnOnce(&Tracking<'_>) -> SiteRef,
+    track: fn(&Tracking<'_>, usize, usize),
 ) -> *mut u8 {
     let old = thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten();
     let p = inner();
@@ -193,13 +194,35 @@ pub(crate) fn realloc_tracked(
             count_free(t, ptr as usize, &meta);
         }
         if !p.is_null() {
-            track(t, p as usize, new_size, site(t));
+            track(t, p as usize, new_size);
         }
     });
     p
 }
 
-impl<A: GlobalAlloc> LeakTracker<A> {
+impl<A: GlobalAlloc + 'static> LeakTracker<A> {
+    /// The allocator the tracker's blocks come from: the inner one, but
+    /// that with feature `c-heap` `System`'s blocks are taken from glibc
+    /// directly, past the process's `malloc` (the tracker's too, which
+    /// would count them again, and costs its checks). Decided when the
+    /// tracker's type is compiled.
+    #[inline(always)]
+    fn below(&self) -> Below<'_, A> {
+        if thread::C_HEAP && TypeId::of::<A>() == TypeId::of::<System>() {
+            Below::Glibc
+        } else {
+            Below::Inner(&self.inner)
+        }
+    }
+
+    /// With feature `c-heap`, an inner allocator other than `System` may
+    /// itself call the process's `malloc`: the thread is then marked as in
+    /// the Rust allocator, so that the block is counted once.
+    #[inline(always)]
+    fn marks_rust(&self) -> bool {
+        thread::C_HEAP && TypeId::of::<A>() != TypeId::of::<System>()
+    }
+
     /// `alloc` or (`zeroed`) `alloc_zeroed`.
     ///
     /// # Safety
@@ -207,7 +230,7 @@ impl<A: GlobalAlloc> LeakTracker<A> {
     #[inline(always)]
     unsafe fn make(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         // SAFETY: forwarded contract.
-        let inner = || unsafe { inner_alloc(&self.inner, layout, zeroed) };
+        let inner = || unsafe { inner_alloc(&self.below(), layout, zeroed) };
         // Only ever true in sampling mode.
         if thread::unsampled_alloc(layout.size()) {
             let p = inner();
@@ -218,13 +241,67 @@ impl<A: GlobalAlloc> LeakTracker<A> {
         }
         if sample::sampling(self.sample_bytes) {
             // SAFETY: forwarded contract.
-            return unsafe { sampled_alloc(&self.inner, layout, zeroed) };
+            return unsafe { sampled_alloc(&self.below(), layout, zeroed) };
         }
         let p = inner();
         if !p.is_null() {
             on_alloc(p, layout.size());
         }
         p
+    }
+}
+
+/// See [`LeakTracker::below`].
+enum Below<'a, A> {
+    Glibc,
+    Inner(&'a A),
+}
+
+// SAFETY: forwards every call to one allocator, chosen for the tracker's
+// type, so a block always goes back to the allocator it came from.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Below<'_, A> {
+    #[inline(always)]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match self {
+                Below::Glibc => meta::Raw.alloc(layout),
+                Below::Inner(a) => a.alloc(layout),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match self {
+                Below::Glibc => meta::Raw.alloc_zeroed(layout),
+                Below::Inner(a) => a.alloc_zeroed(layout),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match self {
+                Below::Glibc => meta::Raw.dealloc(ptr, layout),
+                Below::Inner(a) => a.dealloc(ptr, layout),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match self {
+                Below::Glibc => meta::Raw.realloc(ptr, layout, new_size),
+                Below::Inner(a) => a.realloc(ptr, layout, new_size),
+            }
+        }
     }
 }
 
@@ -243,7 +320,7 @@ fn put_back(t: &Tracking<'_>, addr: usize, meta: Meta, gone: impl Fn(&Tracking<'
 
 #[inline]
 fn on_alloc(p: *mut u8, size: usize) {
-    thread::with_tracking(|t| track(t, p as usize, size, t.callsite()));
+    thread::with_tracking(|t| track(t, p as usize, size));
 }
 
 #[inline]
@@ -255,9 +332,22 @@ pub(crate) fn on_free(p: *mut u8) {
     });
 }
 
-/// Records a new live block at `addr`, made at `site`.
+/// Records a new live block at `addr`, made by Rust's global allocator.
 #[inline]
-pub(crate) fn track(t: &Tracking<'_>, addr: usize, size: usize, site: SiteRef) {
+fn track(t: &Tracking<'_>, addr: usize, size: usize) {
+    record(t, addr, size, t.callsite());
+}
+
+/// Records a new live block at `addr`, made by the process's `malloc`
+/// family: its stack walked by CFI ([`Tracking::c_callsite`]).
+#[allow(dead_code)] // the C path's; built where `c_heap` is
+pub(crate) fn track_c(t: &Tracking<'_>, addr: usize, size: usize) {
+    record(t, addr, size, t.c_callsite());
+}
+
+/// Records a new live block at `addr`, made at `site`.
+#[inline(always)]
+fn record(t: &Tracking<'_>, addr: usize, size: usize, site: SiteRef) {
     let meta = new_meta(t, site.id, size, (1, size as u64));
     let scope = meta.scope;
     match blocks::insert(t.young(), addr, meta) {
