@@ -157,6 +157,98 @@ fn c_and_rust_threads_free_each_others_blocks() {
     assert_eq!(after.total_bytes - before.total_bytes, 4 * N as u64 * 48);
 }
 
+/// glibc's own function `name`, past the program's (the tracker's).
+fn glibc(name: &std::ffi::CStr) -> usize {
+    // SAFETY: dlsym with a NUL-terminated name.
+    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    assert_ne!(f, 0, "{name:?}");
+    f
+}
+
+fn errno() -> i32 {
+    // SAFETY: this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+fn set_errno(v: i32) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = v };
+}
+
+/// Sizes and alignments glibc refuses are refused the same way (the same
+/// result and errno as glibc's own function), and the odd cases of the C
+/// standard behave as glibc's: `free(NULL)`, `realloc(NULL, n)`,
+/// `realloc(p, 0)` (which frees), `malloc(0)`.
+fn odd_and_failing_calls_are_glibcs() {
+    type Alloc = unsafe extern "C" fn(usize) -> *mut c_void;
+    type Aligned = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+    type Posix = unsafe extern "C" fn(*mut *mut c_void, usize, usize) -> i32;
+    type Array = unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_void;
+    // SAFETY: glibc's functions, of these signatures, called as the
+    // program's are; every block made is freed.
+    unsafe {
+        let g_malloc: Alloc = std::mem::transmute(glibc(c"malloc"));
+        let g_aligned: Aligned = std::mem::transmute(glibc(c"aligned_alloc"));
+        let g_memalign: Aligned = std::mem::transmute(glibc(c"memalign"));
+        let g_posix: Posix = std::mem::transmute(glibc(c"posix_memalign"));
+        let g_array: Array = std::mem::transmute(glibc(c"reallocarray"));
+        let same = |ours: *mut c_void, e1: i32, theirs: *mut c_void, e2: i32, what: &str| {
+            assert_eq!((ours.is_null(), e1), (theirs.is_null(), e2), "{what}");
+            libc::free(ours);
+            libc::free(theirs);
+        };
+        for size in [usize::MAX, usize::MAX / 2, 1 << 62] {
+            set_errno(0);
+            let ours = libc::malloc(size);
+            let e1 = errno();
+            set_errno(0);
+            let theirs = g_malloc(size);
+            same(ours, e1, theirs, errno(), "malloc");
+        }
+        for (align, size) in [(3, 10), (0, 10), (1 << 63, 10), (64, usize::MAX - 100)] {
+            set_errno(0);
+            let ours = libc::aligned_alloc(align, size);
+            let e1 = errno();
+            set_errno(0);
+            let theirs = g_aligned(align, size);
+            same(ours, e1, theirs, errno(), "aligned_alloc");
+            set_errno(0);
+            let ours = libc::memalign(align, size);
+            let e1 = errno();
+            set_errno(0);
+            let theirs = g_memalign(align, size);
+            same(ours, e1, theirs, errno(), "memalign");
+            let (mut p, mut q) = (std::ptr::null_mut(), std::ptr::null_mut());
+            let (r1, r2) = (
+                libc::posix_memalign(&mut p, align, size),
+                g_posix(&mut q, align, size),
+            );
+            assert_eq!(r1, r2, "posix_memalign({align}, {size})");
+            libc::free(p);
+            libc::free(q);
+        }
+        set_errno(0);
+        let ours = libc::reallocarray(std::ptr::null_mut(), usize::MAX, 2);
+        let e1 = errno();
+        set_errno(0);
+        let theirs = g_array(std::ptr::null_mut(), usize::MAX, 2);
+        same(ours, e1, theirs, errno(), "reallocarray");
+        // The standard's odd cases, counted as what they are.
+        let before = common::site_now("odd_and_failing_calls_are_glibcs");
+        libc::free(std::ptr::null_mut());
+        let p = libc::realloc(std::ptr::null_mut(), 40);
+        assert!(!p.is_null());
+        assert!(libc::malloc_usable_size(p) >= 40);
+        assert!(libc::realloc(p, 0).is_null());
+        let z = libc::malloc(0);
+        assert!(!z.is_null());
+        libc::free(z);
+        let after = common::site_now("odd_and_failing_calls_are_glibcs");
+        assert_eq!(after.total_blocks - before.total_blocks, 2);
+        assert_eq!(after.live_blocks, before.live_blocks);
+    }
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c_heap");
     std::fs::create_dir_all(&dir).unwrap();
@@ -235,6 +327,10 @@ fn main() {
         (
             "c_and_rust_threads_free_each_others_blocks",
             c_and_rust_threads_free_each_others_blocks,
+        ),
+        (
+            "odd_and_failing_calls_are_glibcs",
+            odd_and_failing_calls_are_glibcs,
         ),
         (
             "planted_c_leaks_are_lost_as_valgrind_says",

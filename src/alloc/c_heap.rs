@@ -25,7 +25,7 @@ use crate::alloc::meta::glibc::{
     __libc_valloc,
 };
 use crate::alloc::thread;
-use crate::alloc::tracker::{on_free, realloc_tracked, track};
+use crate::alloc::tracker::{on_free, realloc_tracked, track_c};
 use crate::alloc::{process, sample};
 use std::ffi::{c_int, c_void, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,11 +36,12 @@ fn counted() -> bool {
     process::started() && sample::current() == 0 && thread::c_call_counted()
 }
 
-/// Counts a block `p` of `size` bytes made here, if `p` is one.
-#[inline(always)]
+/// Counts a block `p` of `size` bytes made here, if `p` is one. Out of
+/// line: a passed-through call stays a check and a jump.
+#[inline(never)]
 fn made(p: *mut c_void, size: usize) -> *mut c_void {
     if !p.is_null() {
-        thread::with_tracking(|t| track(t, p as usize, size, t.c_callsite()));
+        thread::with_tracking(|t| track_c(t, p as usize, size));
     }
     p
 }
@@ -65,11 +66,11 @@ fn glibc(cell: &AtomicUsize, name: &CStr) -> usize {
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     // SAFETY: glibc's malloc, same contract.
-    let p = unsafe { __libc_malloc(size) };
-    if counted() {
-        made(p, size);
+    let inner = || unsafe { __libc_malloc(size) };
+    if !counted() {
+        return inner();
     }
-    p
+    made(inner(), size)
 }
 
 /// # Safety
@@ -77,11 +78,11 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     // SAFETY: glibc's calloc, same contract (it checks `n * size`).
-    let p = unsafe { __libc_calloc(n, size) };
-    if counted() {
-        made(p, n.wrapping_mul(size));
+    let inner = || unsafe { __libc_calloc(n, size) };
+    if !counted() {
+        return inner();
     }
-    p
+    made(inner(), n.wrapping_mul(size))
 }
 
 /// # Safety
@@ -109,7 +110,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     if p.is_null() {
         return made(inner(), size);
     }
-    realloc_tracked(p.cast(), size, || inner().cast(), |t| t.c_callsite()).cast()
+    realloc_tracked(p.cast(), size, || inner().cast(), track_c).cast()
 }
 
 /// # Safety
@@ -133,11 +134,11 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
 #[no_mangle]
 pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     // SAFETY: glibc's memalign, same contract.
-    let p = unsafe { __libc_memalign(align, size) };
-    if counted() {
-        made(p, size);
+    let inner = || unsafe { __libc_memalign(align, size) };
+    if !counted() {
+        return inner();
     }
-    p
+    made(inner(), size)
 }
 
 /// # Safety
@@ -189,11 +190,11 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 #[no_mangle]
 pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
     // SAFETY: glibc's valloc, same contract.
-    let p = unsafe { __libc_valloc(size) };
-    if counted() {
-        made(p, size);
+    let inner = || unsafe { __libc_valloc(size) };
+    if !counted() {
+        return inner();
     }
-    p
+    made(inner(), size)
 }
 
 /// # Safety
@@ -201,12 +202,32 @@ pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
     // SAFETY: glibc's pvalloc, same contract.
-    let p = unsafe { __libc_pvalloc(size) };
-    if counted() {
-        // pvalloc rounds the size up to whole pages; the block is that big.
-        made(p, size.next_multiple_of(page_size()).max(page_size()));
+    let inner = || unsafe { __libc_pvalloc(size) };
+    if !counted() {
+        return inner();
     }
-    p
+    // pvalloc rounds the size up to whole pages; the block is that big.
+    made(inner(), size.next_multiple_of(page_size()).max(page_size()))
+}
+
+/// The entry points, so that the object file that defines them is always
+/// linked in with the tracker (a linker takes an archive's object only for
+/// a symbol something needs): `process::start` refers to this.
+pub(crate) fn keep() {
+    let entries = [
+        malloc as *const (),
+        calloc as *const (),
+        realloc as *const (),
+        free as *const (),
+        reallocarray as *const (),
+        memalign as *const (),
+        aligned_alloc as *const (),
+        posix_memalign as *const (),
+        valloc as *const (),
+        pvalloc as *const (),
+        malloc_usable_size as *const (),
+    ];
+    std::hint::black_box(entries);
 }
 
 fn page_size() -> usize {

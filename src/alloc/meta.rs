@@ -48,7 +48,7 @@ unsafe impl std::alloc::GlobalAlloc for MetaAlloc {
     target_env = "gnu",
     target_arch = "x86_64"
 )))]
-use std::alloc::System as Raw;
+pub(crate) use std::alloc::System as Raw;
 
 #[cfg(all(
     feature = "c-heap",
@@ -89,6 +89,7 @@ pub(crate) mod glibc {
     // the size asked, aligned to MIN_ALIGN (memalign: to `align`), or null;
     // free takes any of them.
     unsafe impl std::alloc::GlobalAlloc for Raw {
+        #[inline]
         unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
             // SAFETY: see the impl.
             unsafe {
@@ -100,6 +101,7 @@ pub(crate) mod glibc {
             }
         }
 
+        #[inline]
         unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
             if layout.align() <= MIN_ALIGN {
                 // SAFETY: see the impl.
@@ -115,9 +117,35 @@ pub(crate) mod glibc {
             }
         }
 
+        #[inline]
         unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
             // SAFETY: a block of this allocator.
             unsafe { __libc_free(ptr.cast()) }
+        }
+
+        #[inline]
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            if layout.align() <= MIN_ALIGN && layout.align() <= new_size {
+                // SAFETY: a block of this allocator; glibc's realloc keeps
+                // MIN_ALIGN.
+                return unsafe { __libc_realloc(ptr.cast(), new_size).cast() };
+            }
+            // SAFETY: as `GlobalAlloc::realloc` does it: a new block, the
+            // old one's bytes copied, the old one freed.
+            unsafe {
+                let new = std::alloc::Layout::from_size_align_unchecked(new_size, layout.align());
+                let p = self.alloc(new);
+                if !p.is_null() {
+                    std::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
+                    self.dealloc(ptr, layout);
+                }
+                p
+            }
         }
     }
 }

@@ -78,6 +78,13 @@ pub(crate) fn started() -> bool {
 /// Runs once, from the first allocation, with this thread's allocations
 /// untracked.
 pub(crate) fn start() {
+    #[cfg(all(
+        feature = "c-heap",
+        target_os = "linux",
+        target_env = "gnu",
+        target_arch = "x86_64"
+    ))]
+    crate::alloc::c_heap::keep();
     STARTED_NS.store(monotonic_ns(), Ordering::Relaxed);
     unwind::choose();
     // SAFETY: the handlers are `extern "C"` functions that only take and

@@ -435,8 +435,10 @@ pub(crate) struct Tracking<'a> {
 }
 
 impl Tracking<'_> {
-    /// Captures the current stack and returns its call-site.
-    #[inline]
+    /// Captures the current stack and returns its call-site. Inlined into
+    /// its callers: as a call of its own, its prologue and its result
+    /// through memory cost about 20 instructions a block.
+    #[inline(always)]
     pub(crate) fn callsite(&self) -> SiteRef {
         let bounds = self.bounds();
         let slot = self.slot;
