@@ -17,6 +17,7 @@ use std::ffi::c_void;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Barrier, Mutex};
 
 const CHILD: &str = "LEAKSCOPE_TEST_CHILD";
 
@@ -249,6 +250,305 @@ fn odd_and_failing_calls_are_glibcs() {
     }
 }
 
+/// How a block of the model test was made.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Maker {
+    /// By C code (`c_m_malloc`, `c_m_calloc`, `c_m_realloc`).
+    C,
+    /// By Rust calling `libc::malloc` (`model_libc_alloc`).
+    Libc,
+    /// Through the global allocator (`model_rust_alloc`).
+    Rust,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MBlock {
+    ptr: usize,
+    size: usize,
+    maker: Maker,
+    /// Made inside a run of scope `model-c`.
+    scoped: bool,
+}
+
+// SAFETY: plain addresses, handed from thread to thread as C code does.
+unsafe impl Send for MBlock {}
+
+/// What one thread changed: per maker, (live blocks, live bytes, total
+/// blocks, total bytes); the scope's outstanding blocks and bytes; its runs.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct Delta {
+    by: [[i64; 4]; 3],
+    scope: [i64; 2],
+    runs: i64,
+}
+
+impl Delta {
+    fn made(&mut self, b: &MBlock) {
+        let d = &mut self.by[b.maker as usize];
+        d[0] += 1;
+        d[1] += b.size as i64;
+        d[2] += 1;
+        d[3] += b.size as i64;
+        if b.scoped {
+            self.scope[0] += 1;
+            self.scope[1] += b.size as i64;
+        }
+    }
+
+    fn freed(&mut self, b: &MBlock) {
+        let d = &mut self.by[b.maker as usize];
+        d[0] -= 1;
+        d[1] -= b.size as i64;
+        if b.scoped {
+            self.scope[0] -= 1;
+            self.scope[1] -= b.size as i64;
+        }
+    }
+
+    fn add(&mut self, o: &Delta) {
+        for (m, om) in self.by.iter_mut().zip(&o.by) {
+            for (a, b) in m.iter_mut().zip(om) {
+                *a += b;
+            }
+        }
+        self.scope[0] += o.scope[0];
+        self.scope[1] += o.scope[1];
+        self.runs += o.runs;
+    }
+}
+
+/// The report's figures in a `Delta`'s shape: per maker, the call-sites
+/// whose stack holds its marker function.
+fn observed(report: &Report) -> Delta {
+    let mut d = Delta::default();
+    for c in &report.callsites {
+        let has = |name: &str| {
+            c.frames
+                .iter()
+                .any(|f| f.function.as_deref().is_some_and(|n| n.contains(name)))
+        };
+        let maker = if has("c_m_") {
+            Maker::C
+        } else if has("model_libc_alloc") {
+            Maker::Libc
+        } else if has("model_rust_alloc") {
+            Maker::Rust
+        } else {
+            continue;
+        };
+        let m = &mut d.by[maker as usize];
+        m[0] += c.live_blocks as i64;
+        m[1] += c.live_bytes as i64;
+        m[2] += c.total_blocks as i64;
+        m[3] += c.total_bytes as i64;
+    }
+    if let Some(s) = report.scope("model-c") {
+        d.scope = [s.outstanding_blocks as i64, s.outstanding_bytes as i64];
+        d.runs = s.runs as i64;
+    }
+    d
+}
+
+#[inline(never)]
+fn model_libc_alloc(size: usize) -> usize {
+    // SAFETY: malloc has no preconditions.
+    unsafe { libc::malloc(size) as usize }
+}
+
+#[inline(never)]
+fn model_rust_alloc(size: usize) -> usize {
+    // SAFETY: a non-zero size.
+    unsafe { std::alloc::alloc(std::alloc::Layout::from_size_align(size, 8).unwrap()) as usize }
+}
+
+/// Frees `b` as its kind is freed: a C block by C's `free` or Rust's
+/// `libc::free` (either), a Rust block by the global allocator.
+fn model_free(b: &MBlock, by_c: bool) {
+    // SAFETY: a live block of the model, freed once, as it was made.
+    unsafe {
+        match b.maker {
+            Maker::Rust => std::alloc::dealloc(
+                b.ptr as *mut u8,
+                std::alloc::Layout::from_size_align(b.size, 8).unwrap(),
+            ),
+            _ if by_c => c::c_m_free(b.ptr as *mut c_void),
+            _ => libc::free(b.ptr as *mut c_void),
+        }
+    }
+}
+
+/// One thread's operations: makes, frees, reallocations, blocks handed to
+/// the pool and blocks taken from it (another thread's) and freed, in
+/// batches of 50 of which half run inside scope `model-c`. Returns what it
+/// changed, and leaves its held blocks live.
+fn model_thread(seed: u64, pool: &Mutex<Vec<MBlock>>, held: &mut Vec<MBlock>) -> Delta {
+    const OPS: usize = 3000;
+    const HOLD: usize = 200;
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut d = Delta::default();
+    let batch =
+        |d: &mut Delta, held: &mut Vec<MBlock>, scoped: bool, next: &mut dyn FnMut() -> u64| {
+            for _ in 0..50 {
+                let r = next();
+                let size = 1 + (r >> 20) as usize % 2048;
+                match r % 100 {
+                    0..=39 if held.len() < HOLD => {
+                        let (ptr, maker) = match (r >> 8) % 4 {
+                            // SAFETY: the C functions take a size.
+                            0 => (unsafe { c::c_m_malloc(size) } as usize, Maker::C),
+                            1 => (unsafe { c::c_m_calloc(size) } as usize, Maker::C),
+                            2 => (model_libc_alloc(size), Maker::Libc),
+                            _ => (model_rust_alloc(size), Maker::Rust),
+                        };
+                        assert_ne!(ptr, 0);
+                        let b = MBlock {
+                            ptr,
+                            size,
+                            maker,
+                            scoped,
+                        };
+                        d.made(&b);
+                        held.push(b);
+                    }
+                    0..=59 if !held.is_empty() => {
+                        let b = held.swap_remove((r >> 8) as usize % held.len());
+                        model_free(&b, r & 1 << 40 != 0);
+                        d.freed(&b);
+                    }
+                    60..=69 => {
+                        let i = held.iter().position(|b| b.maker != Maker::Rust);
+                        if let Some(i) = i {
+                            let old = held[i];
+                            // SAFETY: a live C block, replaced by the result.
+                            let p =
+                                unsafe { c::c_m_realloc(old.ptr as *mut c_void, size) } as usize;
+                            assert_ne!(p, 0);
+                            d.freed(&old);
+                            let b = MBlock {
+                                ptr: p,
+                                size,
+                                maker: Maker::C,
+                                scoped,
+                            };
+                            d.made(&b);
+                            held[i] = b;
+                        }
+                    }
+                    70..=84 if !held.is_empty() => {
+                        let b = held.swap_remove((r >> 8) as usize % held.len());
+                        pool.lock().unwrap().push(b);
+                    }
+                    _ => {
+                        let taken = pool.lock().unwrap().pop();
+                        if let Some(b) = taken {
+                            model_free(&b, r & 1 << 41 != 0);
+                            d.freed(&b);
+                        }
+                    }
+                }
+            }
+        };
+    for _ in 0..OPS / 50 {
+        if next() % 2 == 0 {
+            d.runs += 1;
+            leakscope::track_scope("model-c", || batch(&mut d, held, true, &mut next));
+        } else {
+            batch(&mut d, held, false, &mut next);
+        }
+    }
+    d
+}
+
+/// What a thread of C's own runs: `model_thread`, its result put back.
+struct COwned<'a> {
+    seed: u64,
+    pool: &'a Mutex<Vec<MBlock>>,
+    start: &'a Barrier,
+    out: Option<(Delta, Vec<MBlock>)>,
+}
+
+extern "C" fn on_c_thread(arg: *mut c_void) {
+    // SAFETY: the `COwned` `c_and_rust_blocks_match_a_model` passes, alive
+    // until the C thread is joined.
+    let ctx = unsafe { &mut *arg.cast::<COwned>() };
+    ctx.start.wait();
+    let mut held = Vec::new();
+    let d = model_thread(ctx.seed, ctx.pool, &mut held);
+    ctx.out = Some((d, held));
+}
+
+/// Two Rust threads and a thread C made allocate from C (malloc, calloc,
+/// realloc in C frames; malloc from Rust) and from Rust, free their own
+/// blocks and each other's (by C's free, Rust's `libc::free`, the global
+/// allocator), inside and outside a scope: the report's call-sites, totals
+/// and scope agree with a model of every block exactly, while the blocks
+/// are live and once all are freed. `LEAKSCOPE_MODEL_SEED=N` replays a seed.
+fn c_and_rust_blocks_match_a_model() {
+    let seed: u64 = std::env::var("LEAKSCOPE_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("model seed {seed}");
+    let before = observed(&leakscope::snapshot());
+    let pool = Mutex::new(Vec::new());
+    let start = Barrier::new(3);
+    let mut ctx = COwned {
+        seed: seed.wrapping_mul(3),
+        pool: &pool,
+        start: &start,
+        out: None,
+    };
+    let (mut model, mut live) = std::thread::scope(|s| {
+        let rust: Vec<_> = (1..=2u64)
+            .map(|t| {
+                let (pool, start) = (&pool, &start);
+                s.spawn(move || {
+                    start.wait();
+                    let mut held = Vec::new();
+                    let d = model_thread(seed.wrapping_add(t << 32), pool, &mut held);
+                    (d, held)
+                })
+            })
+            .collect();
+        let arg = std::ptr::addr_of_mut!(ctx).cast::<c_void>();
+        // SAFETY: `ctx` outlives the C thread, joined before this returns.
+        assert_eq!(unsafe { c::c_run_on_thread(on_c_thread, arg) }, 0);
+        let mut model = Delta::default();
+        let mut live = Vec::new();
+        for t in rust {
+            let (d, held) = t.join().unwrap();
+            model.add(&d);
+            live.extend(held);
+        }
+        (model, live)
+    });
+    let (d, held) = ctx.out.take().expect("the C thread ran");
+    model.add(&d);
+    live.extend(held);
+    live.extend(pool.into_inner().unwrap());
+    model.add(&before);
+    assert!(live.iter().any(|b| b.maker == Maker::C) && model.runs > 0);
+    assert_eq!(observed(&leakscope::snapshot()), model, "seed {seed}");
+    // Everything freed: nothing live, the totals kept.
+    for b in &live {
+        model_free(b, b.ptr % 32 == 0);
+        model.freed(b);
+    }
+    assert_eq!(model.scope[0] - before.scope[0], 0);
+    assert_eq!(observed(&leakscope::snapshot()), model, "seed {seed}");
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c_heap");
     std::fs::create_dir_all(&dir).unwrap();
@@ -331,6 +631,10 @@ fn main() {
         (
             "odd_and_failing_calls_are_glibcs",
             odd_and_failing_calls_are_glibcs,
+        ),
+        (
+            "c_and_rust_blocks_match_a_model",
+            c_and_rust_blocks_match_a_model,
         ),
         (
             "planted_c_leaks_are_lost_as_valgrind_says",

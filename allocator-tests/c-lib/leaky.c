@@ -96,3 +96,49 @@ void c_free_all(void **blocks, int n) {
     for (int i = 0; i < n; i++)
         free(blocks[i]);
 }
+
+/* For the model test: one call each, kept out of line (the store after
+ * the call keeps it from being a tail call, so the record's first frame
+ * is the C function). */
+void *c_m_malloc(size_t n) {
+    void *p = malloc(n);
+    sink = p;
+    return p;
+}
+
+void *c_m_calloc(size_t n) {
+    void *p = calloc(1, n);
+    sink = p;
+    return p;
+}
+
+void *c_m_realloc(void *old, size_t n) {
+    void *p = realloc(old, n);
+    sink = p;
+    return p;
+}
+
+void c_m_free(void *p) {
+    free(p);
+    sink = 0;
+}
+
+struct call {
+    void (*f)(void *);
+    void *arg;
+};
+
+static void *trampoline(void *arg) {
+    struct call *c = arg;
+    c->f(c->arg);
+    return 0;
+}
+
+/* Runs f(arg) on a thread of C's own, and waits for it; 0 if it ran. */
+int c_run_on_thread(void (*f)(void *), void *arg) {
+    struct call c = {f, arg};
+    pthread_t t;
+    if (pthread_create(&t, 0, trampoline, &c) != 0)
+        return -1;
+    return pthread_join(t, 0);
+}

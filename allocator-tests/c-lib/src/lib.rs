@@ -24,4 +24,15 @@ extern "C" {
     pub fn c_alloc_for(out: *mut *mut c_void, n: c_int);
     /// Frees `n` blocks.
     pub fn c_free_all(blocks: *mut *mut c_void, n: c_int);
+    /// `malloc(n)`, from a C frame.
+    pub fn c_m_malloc(n: usize) -> *mut c_void;
+    /// `calloc(1, n)`, from a C frame.
+    pub fn c_m_calloc(n: usize) -> *mut c_void;
+    /// `realloc(p, n)`, from a C frame.
+    pub fn c_m_realloc(p: *mut c_void, n: usize) -> *mut c_void;
+    /// `free(p)`, from a C frame.
+    pub fn c_m_free(p: *mut c_void);
+    /// Runs `f(arg)` on a thread of C's own (`pthread_create`) and waits for
+    /// it; 0 if it ran.
+    pub fn c_run_on_thread(f: extern "C" fn(*mut c_void), arg: *mut c_void) -> c_int;
 }
