@@ -349,6 +349,18 @@ fn observed(report: &Report) -> Delta {
     d
 }
 
+/// A block from C's `malloc` or `calloc`, in a C frame.
+fn model_c_alloc(zeroed: bool, size: usize) -> usize {
+    // SAFETY: the C functions take a size.
+    unsafe {
+        if zeroed {
+            c::c_m_calloc(size) as usize
+        } else {
+            c::c_m_malloc(size) as usize
+        }
+    }
+}
+
 #[inline(never)]
 fn model_libc_alloc(size: usize) -> usize {
     // SAFETY: malloc has no preconditions.
@@ -400,9 +412,8 @@ fn model_thread(seed: u64, pool: &Mutex<Vec<MBlock>>, held: &mut Vec<MBlock>) ->
                 match r % 100 {
                     0..=39 if held.len() < HOLD => {
                         let (ptr, maker) = match (r >> 8) % 4 {
-                            // SAFETY: the C functions take a size.
-                            0 => (unsafe { c::c_m_malloc(size) } as usize, Maker::C),
-                            1 => (unsafe { c::c_m_calloc(size) } as usize, Maker::C),
+                            0 => (model_c_alloc(false, size), Maker::C),
+                            1 => (model_c_alloc(true, size), Maker::C),
                             2 => (model_libc_alloc(size), Maker::Libc),
                             _ => (model_rust_alloc(size), Maker::Rust),
                         };

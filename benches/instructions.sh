@@ -7,14 +7,18 @@
 #   benches/instructions.sh [service|dense ...]   (default: both)
 #   LEAKSCOPE_BENCH_REQUESTS=20000 (a multiple of 100), MODES="leakscope leakscope-sampled",
 #   RUNS=3 (each figure is the median of this many plain/tracked pairs: the
-#   writer thread's timing moves a run by a few instructions per pair)
+#   writer thread's timing moves a run by a few instructions per pair),
+#   CARGO_FLAGS="--no-default-features --features formats" (the build
+#   measured; this one without feature c-heap)
 #
 # Per workload: the plain run (System) and each tracked run, same requests.
 # Extra per pair = (tracked run's instructions - the snapshot the workload
 # takes at its end, which checks the planted leaks - plain run's) / the plain
 # run's allocations (calls of __rust_alloc and __rust_alloc_zeroed; every one
 # is freed or reallocated, and a realloc counts as neither). Scope entry and
-# exit are in the tracked run, so they count in the figure.
+# exit are in the tracked run, so they count in the figure. Plain/pair is
+# the plain run's instructions per allocation (the whole program), which
+# holds what linking leakscope costs a program that does not use it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 2; }
@@ -27,7 +31,7 @@ runs="${RUNS:-3}"
 out="${CARGO_TARGET_DIR:-target}/instructions"
 mkdir -p "$out"
 
-exe="$(cargo bench --bench workload --no-run --message-format=json 2>/dev/null |
+exe="$(cargo bench ${CARGO_FLAGS:-} --bench workload --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
@@ -45,7 +49,7 @@ run() { # workload mode -> callgrind file
     echo "$f"
 }
 
-figures() { # plain-file tracked-file -> "extra per pair, allocations"
+figures() { # plain-file tracked-file -> "extra per pair, allocations, plain run per pair"
     python3 - "$1" "$2" <<'EOF'
 import re, subprocess, sys
 
@@ -83,22 +87,22 @@ def snapshot(path):
 plain, tracked = sys.argv[1], sys.argv[2]
 pairs = calls(plain)
 extra = total(tracked) - snapshot(tracked) - total(plain)
-print(f"{extra / pairs:.0f} {pairs}")
+print(f"{extra / pairs:.0f} {pairs} {total(plain) / pairs:.0f}")
 EOF
 }
 
-printf "%-8s %-19s %12s %14s %12s\n" workload allocator "extra/pair" "(runs)" allocations
+printf "%-8s %-19s %12s %14s %12s %11s\n" workload allocator "extra/pair" "(runs)" allocations "plain/pair"
 for w in "${workloads[@]}"; do
     for m in $modes; do
         all=()
         for _ in $(seq "$runs"); do
             plain="$(run "$w" system)"
             tracked="$(run "$w" "$m")"
-            read -r extra pairs < <(figures "$plain" "$tracked")
+            read -r extra pairs base < <(figures "$plain" "$tracked")
             all+=("$extra")
         done
         sorted="$(printf "%s\n" "${all[@]}" | sort -n | tr '\n' ' ')"
         median="$(printf "%s\n" "${all[@]}" | sort -n | sed -n "$(((runs + 1) / 2))p")"
-        printf "%-8s %-19s %12s %14s %12s\n" "$w" "$m" "$median" "($sorted)" "$pairs"
+        printf "%-8s %-19s %12s %14s %12s %11s\n" "$w" "$m" "$median" "($sorted)" "$pairs" "$base"
     done
 done
