@@ -356,6 +356,77 @@ fn a_pointer_in_a_vector_register_is_a_root() {
     assert_eq!(root.kind, leakscope::RootKind::Register, "{root:?}");
 }
 
+/// A word of libc's own data, past any copy in the program: glibc's
+/// `program_invocation_name` or `program_invocation_short_name`.
+fn libc_word(name: &std::ffi::CStr) -> *mut usize {
+    // SAFETY: dlsym with a NUL-terminated name; dladdr fills `info`.
+    unsafe {
+        let at = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+        assert!(!at.is_null(), "{name:?}");
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        assert_ne!(libc::dladdr(at, &mut info), 0);
+        let object = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy();
+        assert!(object.contains("libc.so"), "{name:?} is in {object}");
+        at.cast()
+    }
+}
+
+/// Two new 99-byte blocks, one pointed into (40 bytes in) by `name`, the
+/// other pointed at by `short`; no other word points to them (out of line:
+/// their addresses stay in this frame, which the caller scrubs). Returns
+/// the words' values before.
+#[inline(never)]
+fn point_libc_words(name: *mut usize, short: *mut usize) -> (usize, usize) {
+    let (a, b) = (hidden_block(), hidden_block());
+    // SAFETY: two pointer-sized words of libc's data, restored by the
+    // caller; nothing reads them during the check.
+    unsafe {
+        let saved = (name.read(), short.read());
+        name.write((a ^ HIDE) + 40);
+        short.write(b ^ HIDE);
+        saved
+    }
+}
+
+/// libc's and the loader's data hold a block by a pointer to its start
+/// only: glibc's malloc state points at free chunks' headers, which lie in
+/// live blocks' last bytes (the top chunk after a 40-byte block begins 32
+/// bytes into it), and would keep lost blocks "possibly lost". Planted in
+/// two of libc's words: a pointer 40 bytes into a lost block leaves it
+/// definitely lost; a pointer to another's start keeps it still reachable,
+/// held by a static.
+fn libc_data_holds_a_block_by_its_start_only() {
+    let (name, short) = (
+        libc_word(c"program_invocation_name"),
+        libc_word(c"program_invocation_short_name"),
+    );
+    let saved = point_libc_words(name, short);
+    common::scrub_all();
+    let report = leakscope::leak_check();
+    // SAFETY: as above.
+    let (into, at) = unsafe {
+        let now = (name.read(), short.read());
+        name.write(saved.0);
+        short.write(saved.1);
+        now
+    };
+    // SAFETY: the blocks `hidden_block` made, freed once.
+    unsafe {
+        drop(Box::from_raw(into.wrapping_sub(40) as *mut [u8; 99]));
+        drop(Box::from_raw(at as *mut [u8; 99]));
+    }
+    let lc = report.leak_check.as_ref().unwrap();
+    let records: Vec<_> = lc.loss_records.iter().filter(|r| r.bytes == 99).collect();
+    let kinds: Vec<_> = records.iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds,
+        [LeakKind::DefinitelyLost, LeakKind::StillReachable],
+        "{records:?}"
+    );
+    let root = &records[1].retained_by.as_ref().unwrap().root;
+    assert_eq!(root.kind, leakscope::RootKind::Static, "{root:?}");
+}
+
 thread_local! {
     static LOCAL_CACHE: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
@@ -779,6 +850,10 @@ fn main() {
         (
             "a_pointer_in_a_vector_register_is_a_root",
             a_pointer_in_a_vector_register_is_a_root,
+        ),
+        (
+            "libc_data_holds_a_block_by_its_start_only",
+            libc_data_holds_a_block_by_its_start_only,
         ),
         (
             "a_clean_program_loses_nothing",

@@ -572,7 +572,10 @@ fn classify(objects: &Objects, not_checked: u32, caller: &Caller) -> Result<Foun
         if kind == RootKind::Stack {
             stacks_from = roots.as_slice().len();
         }
-        for info in infos.as_slice().iter().filter(|i| i.kind == kind) {
+        // libc's and the loader's data are named as statics, but scanned
+        // apart (`Marker::run`), for pointers to a block's start only.
+        let whole = |i: &&RootInfo| i.kind == kind && !objects.starts_only.contains(&i.range);
+        for info in infos.as_slice().iter().filter(whole) {
             roots.push(info.range);
         }
     }
