@@ -406,6 +406,7 @@ fn stale_stack_hides_nothing_on_sigterm() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line, "ready\n");
+    blocked_reading_stdin(child.id());
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -413,6 +414,21 @@ fn stale_stack_hides_nothing_on_sigterm() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGTERM));
     assert_eq!(lost_in(&json), PLANTED);
+}
+
+/// Waits until process `pid`'s main thread is blocked reading its stdin
+/// (`read(0, ..)`, system call 0 on x86_64): a signal that came while it
+/// was still writing "ready" would find live frames over the dead stack,
+/// whose stale words then hold the vector (as they would in valgrind).
+fn blocked_reading_stdin(pid: u32) {
+    for _ in 0..1000 {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        if now.starts_with("0 0x0 ") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the child never blocked reading its stdin");
 }
 
 fn stale_stack_hides_nothing_from_leak_check() {
