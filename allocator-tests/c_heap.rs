@@ -250,6 +250,54 @@ fn odd_and_failing_calls_are_glibcs() {
     }
 }
 
+/// `malloc_usable_size` of a block the tracker counts is the size asked
+/// (glibc's would include its slack: 56 for 41), wherever the block's entry
+/// is: this thread's young table, the shared table (2,000 blocks push most
+/// out of the young one), another thread's; a block glibc made past the
+/// tracker gets glibc's answer.
+fn malloc_usable_size_is_the_size_asked() {
+    type Usable = unsafe extern "C" fn(*mut c_void) -> usize;
+    // SAFETY: glibc's function of this signature; every block is freed.
+    unsafe {
+        let g_usable: Usable = std::mem::transmute(glibc(c"malloc_usable_size"));
+        let p = libc::malloc(41);
+        assert_eq!((libc::malloc_usable_size(p), g_usable(p)), (41, 56));
+        let many: Vec<usize> = (0..2000).map(|_| libc::malloc(45) as usize).collect();
+        for &q in &many {
+            assert_eq!(libc::malloc_usable_size(q as *mut c_void), 45);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(libc::malloc(43) as usize).unwrap();
+            // Alive, its young table holding the block, until asked.
+            done_rx.recv().unwrap();
+        });
+        let theirs = rx.recv().unwrap() as *mut c_void;
+        assert_eq!(libc::malloc_usable_size(theirs), 43);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert_eq!(libc::malloc_usable_size(theirs), 43);
+        let past = glibc_malloc(41);
+        assert_eq!(libc::malloc_usable_size(past), 56);
+        for q in many {
+            libc::free(q as *mut c_void);
+        }
+        libc::free(p);
+        libc::free(theirs);
+        libc::free(past);
+    }
+}
+
+/// glibc's `__libc_malloc`: a block the tracker never sees.
+unsafe fn glibc_malloc(size: usize) -> *mut c_void {
+    extern "C" {
+        fn __libc_malloc(size: usize) -> *mut c_void;
+    }
+    // SAFETY: glibc's malloc, same contract.
+    unsafe { __libc_malloc(size) }
+}
+
 /// How a block of the model test was made.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Maker {
@@ -642,6 +690,10 @@ fn main() {
         (
             "odd_and_failing_calls_are_glibcs",
             odd_and_failing_calls_are_glibcs,
+        ),
+        (
+            "malloc_usable_size_is_the_size_asked",
+            malloc_usable_size_is_the_size_asked,
         ),
         (
             "c_and_rust_blocks_match_a_model",

@@ -125,8 +125,32 @@ impl Young {
         None
     }
 
+    /// The size of young block `addr`, read by any thread without taking
+    /// it: its fields are read between two looks at its address, which
+    /// its owner changes before it reuses them.
+    fn peek(&self, addr: usize) -> Claim<usize> {
+        let home = Young::home(addr);
+        let hidden = hide(addr);
+        for i in 0..WINDOW {
+            let e = self.entry(home, i);
+            let a = e.addr.load(Ordering::Acquire);
+            if a == hidden | MOVING {
+                return Claim::Moving;
+            }
+            if a == hidden {
+                let size = e.size.load(Ordering::Relaxed);
+                std::sync::atomic::fence(Ordering::Acquire);
+                if e.addr.load(Ordering::Relaxed) == hidden {
+                    return Claim::Got(size);
+                }
+                return Claim::Moving;
+            }
+        }
+        Claim::Missing
+    }
+
     /// Another thread claims young block `addr` that it is freeing.
-    fn claim(&self, addr: usize) -> Claim {
+    fn claim(&self, addr: usize) -> Claim<Meta> {
         let home = Young::home(addr);
         let hidden = hide(addr);
         for i in 0..WINDOW {
@@ -157,8 +181,11 @@ impl Young {
     }
 }
 
-enum Claim {
-    Got(Meta),
+/// What a look in another thread's young table found of a block.
+enum Claim<T> {
+    Got(T),
+    /// Its owner is moving it to the shared table (or its entry changed
+    /// under the look): look again.
     Moving,
     Missing,
 }
@@ -276,6 +303,57 @@ fn remove_elsewhere(addr: usize) -> Option<Meta> {
     // A block moved to the shared table after the first look there was no
     // longer in its young table when we looked: it is in the shared table now.
     remove_shared(addr)
+}
+
+/// The size the tracker counts for live block `addr`, asked by the thread
+/// that owns `own` (C's `malloc_usable_size`); `None` for a block it does
+/// not hold. Takes nothing out: its own young table, the shared table, then
+/// the other threads' young tables.
+pub(crate) fn size_of(own: &Young, addr: usize) -> Option<usize> {
+    if addr & FLAGS == 0 {
+        if let Claim::Got(size) = own.peek(addr) {
+            return Some(size);
+        }
+    }
+    let mut spins = 0u32;
+    loop {
+        if let Some(size) = shared_size(addr) {
+            return Some(size);
+        }
+        if addr & FLAGS != 0 {
+            return None;
+        }
+        let mut moving = false;
+        for young in crate::alloc::thread::young_tables() {
+            match young.peek(addr) {
+                Claim::Got(size) => return Some(size),
+                Claim::Moving => moving = true,
+                Claim::Missing => {}
+            }
+        }
+        if !moving {
+            // Moved to the shared table after the first look there, or
+            // not a tracked block.
+            return shared_size(addr);
+        }
+        spins = spins.wrapping_add(1);
+        if spins % 64 == 0 {
+            // SAFETY: sched_yield has no preconditions and does not allocate.
+            unsafe { libc::sched_yield() };
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn shared_size(addr: usize) -> Option<usize> {
+    let t = shard(addr).0.lock();
+    if let Some(f) = t.dense.get(addr) {
+        return Some(t.meta(addr, f).size);
+    }
+    let hidden = hide(addr);
+    t.other
+        .find(hash(addr), |e| e.0 == hidden)
+        .map(|e| e.1.size)
 }
 
 /// Calls `f` for every live block, one shard at a time, then the young

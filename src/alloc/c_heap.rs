@@ -24,8 +24,8 @@ use crate::alloc::meta::glibc::{
     __libc_calloc, __libc_free, __libc_malloc, __libc_memalign, __libc_pvalloc, __libc_realloc,
     __libc_valloc,
 };
-use crate::alloc::thread;
 use crate::alloc::tracker::{on_free, realloc_tracked, track_c};
+use crate::alloc::{blocks, thread};
 use crate::alloc::{process, sample};
 use std::ffi::{c_int, c_void, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -236,9 +236,18 @@ fn page_size() -> usize {
 }
 
 /// # Safety
-/// C's `malloc_usable_size`: glibc's answer, every block being glibc's.
+/// C's `malloc_usable_size`. For a block the tracker counts, its size as
+/// asked (as valgrind and AddressSanitizer answer): a program that would
+/// use glibc's slack past it (SQLite does) keeps its data, and its
+/// pointers, in the bytes the leak check scans. Otherwise glibc's answer.
 #[no_mangle]
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    if !p.is_null() && counted() {
+        let size = thread::with_tracking(|t| blocks::size_of(t.young(), p as usize));
+        if let Some(Some(size)) = size {
+            return size;
+        }
+    }
     static GLIBC: AtomicUsize = AtomicUsize::new(0);
     match glibc(&GLIBC, c"malloc_usable_size") {
         0 => 0,
