@@ -45,6 +45,8 @@ pub(crate) struct Blk {
     pending: bool,
     pub(crate) heuristic: bool,
     ignored: bool,
+    /// Lost, and another lost block points into it.
+    pointed: bool,
     /// The reference that first reached it (the last that made it
     /// reachable): `ROOT | address` of a root word, the index + 1 of a
     /// block, or 0. Its retention path is made of these.
@@ -62,6 +64,7 @@ impl Blk {
             pending: false,
             heuristic: false,
             ignored: false,
+            pointed: false,
             parent: 0,
         }
     }
@@ -365,10 +368,43 @@ impl<'a> Marker<'a> {
                 self.drain(None);
             }
         }
+        self.group_lost();
+    }
+
+    /// Groups the lost blocks into cliques, as valgrind does: each leader
+    /// definitely lost, what it reaches indirectly lost. Leaders come first
+    /// from the blocks no other lost block points into (the tops of lost
+    /// structures), then in address order from what is left (cycles nothing
+    /// else reaches). valgrind takes them in address order alone, and its
+    /// heap's addresses only grow; on a heap that reuses addresses, as
+    /// glibc's does, a structure's top can lie above a block it reaches
+    /// that points back into a cycle, which would then lead a clique of its
+    /// own (SQLite's connections did) where valgrind finds one.
+    fn group_lost(&mut self) {
         for i in 0..self.blocks.len() {
-            if self.blocks[i].state == UNREACHED {
-                self.push(i);
-                self.drain(Some(i));
+            let b = self.blocks[i];
+            if b.state != UNREACHED {
+                continue;
+            }
+            let r = Range {
+                start: b.start,
+                end: b.start + b.size,
+            };
+            self.scan_words(r, false, |m, _, v| {
+                if let Some(j) = m.find(v) {
+                    if j != i && m.blocks[j].state == UNREACHED {
+                        m.blocks[j].pointed = true;
+                    }
+                }
+            });
+        }
+        for tops in [true, false] {
+            for i in 0..self.blocks.len() {
+                let b = self.blocks[i];
+                if b.state == UNREACHED && (!tops || !b.pointed) {
+                    self.push(i);
+                    self.drain(Some(i));
+                }
             }
         }
     }
@@ -744,6 +780,30 @@ mod tests {
         // The cycle: the block at the lower address leads it.
         let (lead, other) = if a5 < a6 { (5, 6) } else { (6, 5) };
         assert_eq!((k[lead], k[other]), (DefinitelyLost, IndirectlyLost));
+    }
+
+    #[test]
+    fn the_top_of_a_lost_structure_leads_it_wherever_it_lies() {
+        // A top nothing points to, at the highest address of three, points
+        // to a block in a cycle with the lowest: one structure, definitely
+        // lost at its top (valgrind's answer on its heap, where the top,
+        // made first, has the lowest address). Taken in address order, the
+        // cycle would lead a clique of its own, the top only itself.
+        let mut heap: Vec<Vec<usize>> = (0..3).map(|_| vec![0usize; 4]).collect();
+        let mut by_addr: Vec<usize> = (0..3).collect();
+        by_addr.sort_by_key(|&i| heap[i].as_ptr() as usize);
+        let [low, mid, top] = [by_addr[0], by_addr[1], by_addr[2]];
+        let addr = |h: &Vec<Vec<usize>>, i: usize| h[i].as_ptr() as usize;
+        let (a_low, a_mid) = (addr(&heap, low), addr(&heap, mid));
+        heap[top][1] = a_mid;
+        heap[mid][2] = a_low + 8;
+        heap[low][0] = a_mid;
+        let k = classify_words(&mut heap, &[]);
+        use LeakKind::*;
+        assert_eq!(
+            (k[top], k[mid], k[low]),
+            (DefinitelyLost, IndirectlyLost, IndirectlyLost)
+        );
     }
 
     #[test]
