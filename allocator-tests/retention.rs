@@ -118,13 +118,14 @@ fn fill_tls() {
 /// Four boxes of 24 bytes in a `Vec` local to this function, on a thread
 /// that then waits until told to go.
 #[inline(never)]
-fn hold_in_parked_thread(ready: std::sync::mpsc::Sender<()>, go: std::sync::mpsc::Receiver<()>) {
+fn hold_in_parked_thread(ready: std::sync::mpsc::Sender<i32>, go: std::sync::mpsc::Receiver<()>) {
     let mut held: Vec<Box<[u8; 24]>> = Vec::with_capacity(8);
     for i in 0..4 {
         held.push(Box::new([i; 24]));
     }
     let held = black_box(held);
-    ready.send(()).unwrap();
+    // SAFETY: gettid has no preconditions.
+    ready.send(unsafe { libc::gettid() }).unwrap();
     go.recv().unwrap();
     drop(black_box(held));
 }
@@ -209,6 +210,21 @@ fn main() {
     ]);
 }
 
+/// Waits until thread `tid` of this process is blocked in `futex` (system
+/// call 202 on x86_64): stopped anywhere else on its way there (inside
+/// glibc, which keeps no frame pointers), its frame chain could not name the
+/// function whose frame holds its `Vec`.
+fn blocked_in_futex(tid: i32) {
+    for _ in 0..1000 {
+        let now = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"));
+        if now.is_ok_and(|s| s.starts_with("202 ")) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the holder never blocked");
+}
+
 fn planted_paths_are_exact() {
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let (go, go_rx) = std::sync::mpsc::channel();
@@ -216,7 +232,8 @@ fn planted_paths_are_exact() {
         .name("retention-hold".to_owned())
         .spawn(move || hold_in_parked_thread(ready_tx, go_rx))
         .unwrap();
-    ready.recv().unwrap();
+    let tid = ready.recv().unwrap();
+    blocked_in_futex(tid);
     // Planted after the holder parked, so that its stack holds nothing of
     // theirs; then this thread's dead stack is scrubbed of their addresses.
     leakscope::track_scope("GET /cache", fill_cache);
