@@ -193,32 +193,29 @@ fn odd_and_failing_calls_are_glibcs() {
         let g_memalign: Aligned = std::mem::transmute(glibc(c"memalign"));
         let g_posix: Posix = std::mem::transmute(glibc(c"posix_memalign"));
         let g_array: Array = std::mem::transmute(glibc(c"reallocarray"));
-        let same = |ours: *mut c_void, e1: i32, theirs: *mut c_void, e2: i32, what: &str| {
-            assert_eq!((ours.is_null(), e1), (theirs.is_null(), e2), "{what}");
-            libc::free(ours);
-            libc::free(theirs);
-        };
+        // Each call with errno cleared first: null or not, and errno, alike.
+        let same =
+            |what: &str, ours: &dyn Fn() -> *mut c_void, theirs: &dyn Fn() -> *mut c_void| {
+                set_errno(0);
+                let p = ours();
+                let e1 = errno();
+                set_errno(0);
+                let q = theirs();
+                assert_eq!((p.is_null(), e1), (q.is_null(), errno()), "{what}");
+                libc::free(p);
+                libc::free(q);
+            };
         for size in [usize::MAX, usize::MAX / 2, 1 << 62] {
-            set_errno(0);
-            let ours = libc::malloc(size);
-            let e1 = errno();
-            set_errno(0);
-            let theirs = g_malloc(size);
-            same(ours, e1, theirs, errno(), "malloc");
+            same("malloc", &|| libc::malloc(size), &|| g_malloc(size));
         }
         for (align, size) in [(3, 10), (0, 10), (1 << 63, 10), (64, usize::MAX - 100)] {
-            set_errno(0);
-            let ours = libc::aligned_alloc(align, size);
-            let e1 = errno();
-            set_errno(0);
-            let theirs = g_aligned(align, size);
-            same(ours, e1, theirs, errno(), "aligned_alloc");
-            set_errno(0);
-            let ours = libc::memalign(align, size);
-            let e1 = errno();
-            set_errno(0);
-            let theirs = g_memalign(align, size);
-            same(ours, e1, theirs, errno(), "memalign");
+            let what = format!("({align}, {size})");
+            same(&what, &|| libc::aligned_alloc(align, size), &|| {
+                g_aligned(align, size)
+            });
+            same(&what, &|| libc::memalign(align, size), &|| {
+                g_memalign(align, size)
+            });
             let (mut p, mut q) = (std::ptr::null_mut(), std::ptr::null_mut());
             let (r1, r2) = (
                 libc::posix_memalign(&mut p, align, size),
@@ -228,12 +225,11 @@ fn odd_and_failing_calls_are_glibcs() {
             libc::free(p);
             libc::free(q);
         }
-        set_errno(0);
-        let ours = libc::reallocarray(std::ptr::null_mut(), usize::MAX, 2);
-        let e1 = errno();
-        set_errno(0);
-        let theirs = g_array(std::ptr::null_mut(), usize::MAX, 2);
-        same(ours, e1, theirs, errno(), "reallocarray");
+        same(
+            "reallocarray",
+            &|| libc::reallocarray(std::ptr::null_mut(), usize::MAX, 2),
+            &|| g_array(std::ptr::null_mut(), usize::MAX, 2),
+        );
         // The standard's odd cases, counted as what they are.
         let before = common::site_now("odd_and_failing_calls_are_glibcs");
         libc::free(std::ptr::null_mut());

@@ -125,10 +125,9 @@ impl Young {
         None
     }
 
-    /// The size of young block `addr`, read by any thread without taking
-    /// it: its fields are read between two looks at its address, which
-    /// its owner changes before it reuses them.
-    fn peek(&self, addr: usize) -> Claim<usize> {
+    /// Where young block `addr` is, looked for by a thread that may not
+    /// own it: its entry, or that its owner is moving it.
+    fn look(&self, addr: usize) -> Claim<&YoungEntry> {
         let home = Young::home(addr);
         let hidden = hide(addr);
         for i in 0..WINDOW {
@@ -138,46 +137,49 @@ impl Young {
                 return Claim::Moving;
             }
             if a == hidden {
-                let size = e.size.load(Ordering::Relaxed);
-                std::sync::atomic::fence(Ordering::Acquire);
-                if e.addr.load(Ordering::Relaxed) == hidden {
-                    return Claim::Got(size);
-                }
-                return Claim::Moving;
+                return Claim::Got(e);
             }
         }
         Claim::Missing
     }
 
+    /// The size of young block `addr`, read by any thread without taking
+    /// it: its fields are read between two looks at its address, which
+    /// its owner changes before it reuses them.
+    fn peek(&self, addr: usize) -> Claim<usize> {
+        let e = match self.look(addr) {
+            Claim::Got(e) => e,
+            Claim::Moving => return Claim::Moving,
+            Claim::Missing => return Claim::Missing,
+        };
+        let size = e.size.load(Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Acquire);
+        if e.addr.load(Ordering::Relaxed) == hide(addr) {
+            return Claim::Got(size);
+        }
+        Claim::Moving
+    }
+
     /// Another thread claims young block `addr` that it is freeing.
     fn claim(&self, addr: usize) -> Claim<Meta> {
-        let home = Young::home(addr);
+        let e = match self.look(addr) {
+            Claim::Got(e) => e,
+            Claim::Moving => return Claim::Moving,
+            Claim::Missing => return Claim::Missing,
+        };
         let hidden = hide(addr);
-        for i in 0..WINDOW {
-            let e = self.entry(home, i);
-            let a = e.addr.load(Ordering::Acquire);
-            if a == hidden | MOVING {
-                return Claim::Moving;
-            }
-            if a != hidden {
-                continue;
-            }
-            // Read before the swap: once the entry is marked freed, its owner
-            // may reuse it at any time.
-            let meta = e.meta();
-            return match e.addr.compare_exchange(
-                hidden,
-                hidden | FREED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => Claim::Got(meta),
-                Err(now) if now == hidden | MOVING => Claim::Moving,
-                // The owner moved it to the shared table meanwhile.
-                Err(_) => Claim::Missing,
-            };
+        // Read before the swap: once the entry is marked freed, its owner
+        // may reuse it at any time.
+        let meta = e.meta();
+        match e
+            .addr
+            .compare_exchange(hidden, hidden | FREED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Claim::Got(meta),
+            Err(now) if now == hidden | MOVING => Claim::Moving,
+            // The owner moved it to the shared table meanwhile.
+            Err(_) => Claim::Missing,
         }
-        Claim::Missing
     }
 }
 
