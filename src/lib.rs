@@ -38,6 +38,12 @@
 //! service; features `tower`/`axum` and `tracing` give request scopes to
 //! async services.
 //!
+//! The default feature `c-heap` (Linux, glibc, x86_64) makes the tracker the
+//! process's `malloc` family too, so what C libraries allocate is counted,
+//! scoped and checked like Rust's blocks (call-sites say their
+//! [`Origin`]); `default-features = false, features = ["formats"]` turns it
+//! off and changes nothing else. Elsewhere it builds nothing.
+//!
 //! Where things are: `src/alloc/` is everything that runs inside an
 //! allocation (the hot path: [`LeakTracker`]'s `GlobalAlloc` impl in
 //! `alloc/tracker.rs` and the per-thread state in `alloc/thread.rs`, with the
