@@ -99,6 +99,14 @@ fn c_blocks_are_counted_scoped_and_named() {
         n[2].ends_with("c_blocks_are_counted_scoped_and_named::{{closure}}"),
         "{n:?}"
     );
+    // Past the C frames, the Rust frames that called it, up to `main` (the
+    // walk follows the frame-pointer chain from the closure's frame on).
+    let after: Vec<&str> = n[3..].iter().map(String::as_str).collect();
+    assert!(
+        after.contains(&"c_heap::c_blocks_are_counted_scoped_and_named"),
+        "{n:?}"
+    );
+    assert!(after.contains(&"c_heap::main"), "{n:?}");
     let from_rust: Vec<_> = report.callsites_in("rust_calls_malloc").collect();
     assert_eq!(from_rust.len(), 1);
     assert_eq!(
