@@ -11,8 +11,9 @@
 //! walked by CFI. A call is passed through uncounted before the tracker
 //! starts (the loader, libc's initialisation), in sampling mode, inside the
 //! tracker or a `fork` handler, and when it is the Rust global allocator's
-//! own inner call ([`crate::alloc::thread::RustAlloc`]): a Rust block
-//! through `System` is counted once. A free of a block never counted
+//! own inner call ([`crate::alloc::thread::RustAlloc`], for an inner
+//! allocator other than `System`, whose blocks the tracker takes from glibc
+//! directly): a Rust block is counted once. A free of a block never counted
 //! (glibc's from before the start) finds no entry and goes to glibc.
 //!
 //! Called by code that is not ours, at any time, on threads Rust never
@@ -56,8 +57,9 @@ fn made(p: *mut c_void, size: usize) -> *mut c_void {
 /// A block made by `alloc`, counted as `size()` bytes if this call is
 /// counted: an entry point's path once the tracker has started, out of
 /// line, so that a program that links leakscope without the allocator line
-/// pays a test and a jump to glibc (3 instructions; 11 when the whole test
-/// was inline, behind the register saves of its thread-local look-up).
+/// pays a test and a jump to glibc (6 instructions a call; 11 when the
+/// whole test was inline, behind the register saves of its thread-local
+/// look-up).
 #[inline(never)]
 fn made_by(alloc: impl FnOnce() -> *mut c_void, size: impl FnOnce() -> usize) -> *mut c_void {
     if !counted_once_started() {
@@ -279,8 +281,9 @@ fn page_size() -> usize {
 /// # Safety
 /// C's `malloc_usable_size`. For a block the tracker counts, its size as
 /// asked (as valgrind and AddressSanitizer answer): a program that would
-/// use glibc's slack past it (SQLite does) keeps its data, and its
-/// pointers, in the bytes the leak check scans. Otherwise glibc's answer.
+/// use glibc's slack past it (SQLite built with `HAVE_MALLOC_USABLE_SIZE`
+/// does) keeps its data, and its pointers, in the bytes the leak check
+/// scans. Otherwise glibc's answer.
 #[no_mangle]
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     if !p.is_null() && counted() {
