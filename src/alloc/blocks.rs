@@ -20,7 +20,7 @@
 //! re-enter the tracker.
 
 use crate::alloc::dense::{Dense, Fields, Put, SIZE_LIMIT};
-use crate::alloc::meta::{hide, mix, MetaAlloc, SpinLock};
+use crate::alloc::meta::{back_off, hide, mix, MetaAlloc, SpinLock};
 use hashbrown::HashTable;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -273,8 +273,20 @@ pub(crate) fn remove(own: &Young, addr: usize) -> Option<Meta> {
 }
 
 fn remove_elsewhere(addr: usize) -> Option<Meta> {
-    if let Some(meta) = remove_shared(addr) {
-        return Some(meta);
+    elsewhere(addr, remove_shared, Young::claim)
+}
+
+/// What `in_shared` or `in_young` finds of block `addr` outside the
+/// asking thread's young table: the shared table first, then every
+/// thread's young table, looking again while an owner is moving it.
+#[inline(always)]
+fn elsewhere<T>(
+    addr: usize,
+    in_shared: impl Fn(usize) -> Option<T>,
+    in_young: impl Fn(&Young, usize) -> Claim<T>,
+) -> Option<T> {
+    if let Some(found) = in_shared(addr) {
+        return Some(found);
     }
     if addr & FLAGS != 0 {
         return None;
@@ -282,19 +294,14 @@ fn remove_elsewhere(addr: usize) -> Option<Meta> {
     let mut spins = 0u32;
     'search: loop {
         for young in crate::alloc::thread::young_tables() {
-            match young.claim(addr) {
-                Claim::Got(meta) => return Some(meta),
+            match in_young(young, addr) {
+                Claim::Got(found) => return Some(found),
                 Claim::Missing => {}
                 Claim::Moving => {
                     // Its owner is moving it into the shared table right now.
-                    spins = spins.wrapping_add(1);
-                    if spins % 64 == 0 {
-                        // SAFETY: sched_yield has no preconditions and does not allocate.
-                        unsafe { libc::sched_yield() };
-                    }
-                    std::hint::spin_loop();
-                    if let Some(meta) = remove_shared(addr) {
-                        return Some(meta);
+                    back_off(&mut spins);
+                    if let Some(found) = in_shared(addr) {
+                        return Some(found);
                     }
                     continue 'search;
                 }
@@ -304,47 +311,20 @@ fn remove_elsewhere(addr: usize) -> Option<Meta> {
     }
     // A block moved to the shared table after the first look there was no
     // longer in its young table when we looked: it is in the shared table now.
-    remove_shared(addr)
+    in_shared(addr)
 }
 
 /// The size the tracker counts for live block `addr`, asked by the thread
 /// that owns `own` (C's `malloc_usable_size`); `None` for a block it does
-/// not hold. Takes nothing out: its own young table, the shared table, then
-/// the other threads' young tables.
+/// not hold. Takes nothing out: its own young table, then as a free from
+/// another thread looks.
 pub(crate) fn size_of(own: &Young, addr: usize) -> Option<usize> {
     if addr & FLAGS == 0 {
         if let Claim::Got(size) = own.peek(addr) {
             return Some(size);
         }
     }
-    let mut spins = 0u32;
-    loop {
-        if let Some(size) = shared_size(addr) {
-            return Some(size);
-        }
-        if addr & FLAGS != 0 {
-            return None;
-        }
-        let mut moving = false;
-        for young in crate::alloc::thread::young_tables() {
-            match young.peek(addr) {
-                Claim::Got(size) => return Some(size),
-                Claim::Moving => moving = true,
-                Claim::Missing => {}
-            }
-        }
-        if !moving {
-            // Moved to the shared table after the first look there, or
-            // not a tracked block.
-            return shared_size(addr);
-        }
-        spins = spins.wrapping_add(1);
-        if spins % 64 == 0 {
-            // SAFETY: sched_yield has no preconditions and does not allocate.
-            unsafe { libc::sched_yield() };
-        }
-        std::hint::spin_loop();
-    }
+    elsewhere(addr, shared_size, Young::peek)
 }
 
 fn shared_size(addr: usize) -> Option<usize> {

@@ -320,13 +320,7 @@ fn take(locked: &AtomicBool) {
     let mut spins = 0u32;
     loop {
         while locked.load(Ordering::Relaxed) {
-            spins = spins.wrapping_add(1);
-            if spins % 64 == 0 {
-                // SAFETY: sched_yield has no preconditions and does not allocate.
-                unsafe { libc::sched_yield() };
-            } else {
-                std::hint::spin_loop();
-            }
+            back_off(&mut spins);
         }
         if locked
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -334,6 +328,19 @@ fn take(locked: &AtomicBool) {
         {
             return;
         }
+    }
+}
+
+/// One wait of a spinning thread, `spins` its count so far: a spin hint,
+/// and every 64th time the CPU given up instead.
+#[inline]
+pub(crate) fn back_off(spins: &mut u32) {
+    *spins = spins.wrapping_add(1);
+    if *spins % 64 == 0 {
+        // SAFETY: sched_yield has no preconditions and does not allocate.
+        unsafe { libc::sched_yield() };
+    } else {
+        std::hint::spin_loop();
     }
 }
 

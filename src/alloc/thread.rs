@@ -483,23 +483,22 @@ impl Tracking<'_> {
     /// [`unwind::stack_mapping`]).
     #[inline]
     fn c_bounds(&self) -> (usize, usize) {
-        match self.state.bounds.get() {
-            Some(b) => b,
-            None => {
-                let b = unwind::stack_mapping();
-                self.state.bounds.set(Some(b));
-                b
-            }
-        }
+        self.bounds_by(unwind::stack_mapping)
     }
 
     /// This thread's stack bounds, read once.
     #[inline]
     fn bounds(&self) -> (usize, usize) {
+        self.bounds_by(unwind::current_stack_bounds)
+    }
+
+    /// This thread's stack bounds, read by `read` the first time.
+    #[inline(always)]
+    fn bounds_by(&self, read: fn() -> (usize, usize)) -> (usize, usize) {
         match self.state.bounds.get() {
             Some(b) => b,
             None => {
-                let b = unwind::current_stack_bounds();
+                let b = read();
                 self.state.bounds.set(Some(b));
                 b
             }

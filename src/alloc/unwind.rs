@@ -168,18 +168,9 @@ pub(crate) fn maps_line(line: &[u8]) -> Option<(usize, usize, bool)> {
     let mut fields = line.split(|&c| c == b' ');
     let (span, perms) = (fields.next()?, fields.next()?);
     let mut ends = span.split(|&c| c == b'-');
+    let hex = |s: &[u8]| usize::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok();
     let (start, end) = (hex(ends.next()?)?, hex(ends.next()?)?);
     Some((start, end, perms.first() == Some(&b'r')))
-}
-
-fn hex(s: &[u8]) -> Option<usize> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0usize, |v, &c| {
-        let d = (c as char).to_digit(16)?;
-        v.checked_mul(16)?.checked_add(d as usize)
-    })
 }
 
 /// What [`capture`] found.
