@@ -57,7 +57,7 @@ fn made(p: *mut c_void, size: usize) -> *mut c_void {
 /// A block made by `alloc`, counted as `size()` bytes if this call is
 /// counted: an entry point's path once the tracker has started, out of
 /// line, so that a program that links leakscope without the allocator line
-/// pays a test and a jump to glibc (6 instructions a call; 11 when the
+/// pays a test and a jump to glibc (7 instructions a call; 11 when the
 /// whole test was inline, behind the register saves of its thread-local
 /// look-up).
 #[inline(never)]
