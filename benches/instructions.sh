@@ -4,7 +4,9 @@
 # under `valgrind --tool=callgrind`, on the whole-program workload
 # (benches/workload.rs) at one worker.
 #
-#   benches/instructions.sh [service|dense ...]   (default: both)
+#   benches/instructions.sh [WORKLOAD ...]   (default: service dense)
+#   WORKLOAD: service, dense, siblings, stacks, reallocs (see workload.rs), or
+#   handoff:N, the handoff shape with N idle threads (handoff: 2)
 #   LEAKSCOPE_BENCH_REQUESTS=20000 (a multiple of 100), MODES="leakscope leakscope-sampled",
 #   RUNS=3 (each figure is the median of this many plain/tracked pairs: the
 #   writer thread's timing moves a run by a few instructions per pair),
@@ -14,8 +16,9 @@
 # Per workload: the plain run (System) and each tracked run, same requests.
 # Extra per pair = (tracked run's instructions - the snapshot the workload
 # takes at its end, which checks the planted leaks - plain run's) / the plain
-# run's allocations (calls of __rust_alloc and __rust_alloc_zeroed; every one
-# is freed or reallocated, and a realloc counts as neither). Scope entry and
+# run's pairs: calls of __rust_alloc, __rust_alloc_zeroed and __rust_realloc
+# (every block is freed or reallocated, and a realloc is a pair, a free and
+# an allocation, as valgrind and the tracker count it). Scope entry and
 # exit are in the tracked run, so they count in the figure. Plain/pair is
 # the plain run's instructions per allocation (the whole program), which
 # holds what linking leakscope costs a program that does not use it.
@@ -38,13 +41,15 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "workload" and m.get("executable"):
         print(m["executable"])')"
 
-run() { # workload mode -> callgrind file
+run() { # workload[:idle threads] mode -> callgrind file
     local f="$out/$1.$2"
     local sample=()
     [ "$2" = leakscope-sampled ] && sample=(LEAKSCOPE_SAMPLE_BYTES=512k LEAKSCOPE_SAMPLE_SEED=1)
-    env -u LEAKSCOPE_REPORT "${sample[@]}" LEAKSCOPE_BENCH_WORKLOAD="$1" LEAKSCOPE_BENCH_MODE="$2" \
-        LEAKSCOPE_BENCH_THREADS=1 LEAKSCOPE_BENCH_REQUESTS="$requests" \
-        valgrind --tool=callgrind --callgrind-out-file="$f" "$exe" >/dev/null 2>"$f.log" ||
+    local idle="${1#*:}"
+    [ "$idle" = "$1" ] && idle=2
+    env -u LEAKSCOPE_REPORT "${sample[@]}" LEAKSCOPE_BENCH_WORKLOAD="${1%%:*}" LEAKSCOPE_BENCH_MODE="$2" \
+        LEAKSCOPE_BENCH_THREADS=1 LEAKSCOPE_BENCH_REQUESTS="$requests" LEAKSCOPE_BENCH_IDLE="$idle" \
+        valgrind --tool=callgrind --max-threads=1000 --callgrind-out-file="$f" "$exe" >/dev/null 2>"$f.log" ||
         { echo "$1 $2 failed:" >&2; cat "$f.log" >&2; return 1; }
     echo "$f"
 }
@@ -65,7 +70,7 @@ def calls(path):
                 cfn = i
             continue
         m = re.match(r"calls=(\d+)", line)
-        if m and cfn and re.search(r"__rust_alloc(_zeroed)?$", names.get(cfn, "")):
+        if m and cfn and re.search(r"__rust_(alloc|alloc_zeroed|realloc)$", names.get(cfn, "")):
             n += int(m.group(1))
     return n
 
@@ -91,7 +96,7 @@ print(f"{extra / pairs:.0f} {pairs} {total(plain) / pairs:.0f}")
 EOF
 }
 
-printf "%-8s %-19s %12s %14s %12s %11s\n" workload allocator "extra/pair" "(runs)" allocations "plain/pair"
+printf "%-12s %-19s %12s %14s %12s %11s\n" workload allocator "extra/pair" "(runs)" pairs "plain/pair"
 for w in "${workloads[@]}"; do
     for m in $modes; do
         all=()
@@ -103,6 +108,6 @@ for w in "${workloads[@]}"; do
         done
         sorted="$(printf "%s\n" "${all[@]}" | sort -n | tr '\n' ' ')"
         median="$(printf "%s\n" "${all[@]}" | sort -n | sed -n "$(((runs + 1) / 2))p")"
-        printf "%-8s %-19s %12s %14s %12s %11s\n" "$w" "$m" "$median" "($sorted)" "$pairs" "$base"
+        printf "%-12s %-19s %12s %14s %12s %11s\n" "$w" "$m" "$median" "($sorted)" "$pairs" "$base"
     done
 done

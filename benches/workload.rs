@@ -13,11 +13,25 @@
 //! LEAKSCOPE_BENCH_MODE set), so that the allocator is chosen before the first
 //! allocation and no run inherits another's heap.
 //!
-//! LEAKSCOPE_BENCH_WORKLOAD=dense runs the allocation-dense shape instead:
-//! per request, a request body formatted, split into a few small strings, a
-//! small map, a zeroed buffer of up to 4 KB and a response string, about 20
-//! frames below the thread's start; a quarter of the responses freed on the
-//! writer thread, the rest where they were made.
+//! LEAKSCOPE_BENCH_WORKLOAD picks the shape of a request (each leaks one
+//! string in a hundred requests):
+//! - `service` (the default): a query string parsed into a map, a list of
+//!   items formatted, a JSON-ish body; every response freed on the writer.
+//! - `dense`: a request body formatted, split into a few small strings, a
+//!   small map, a zeroed buffer of up to 4 KB and a response string, about
+//!   20 frames below the thread's start; a quarter of the responses freed
+//!   on the writer thread, the rest where they were made.
+//! - `siblings`: 13 allocations a request, most of them `format!` in sibling
+//!   functions called from one handler at one depth (their stacks start at
+//!   the same frame address), strings grown by `push_str`.
+//! - `stacks`: each request allocates from 24 of 4,096 distinct stacks (256
+//!   functions reached at 16 depths), as a real service's handlers, its
+//!   framework and serde do: the hot stacks number in the thousands.
+//! - `reallocs`: strings and vectors grown step by step (a realloc each
+//!   time the capacity doubles, and each `shrink_to_fit`).
+//! - `handoff`: one thread allocates, the writer frees every block, while
+//!   LEAKSCOPE_BENCH_IDLE other threads (default 2) that allocated once stay
+//!   alive and idle: what a free on another thread costs as threads grow.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -190,16 +204,214 @@ fn handle(i: usize) -> String {
         let _ = write!(body, "\"{k}\":{:?},", vs);
     }
     let _ = write!(body, "\"items\":{items:?}}}");
-    if i % 100 == 0 {
-        // The leak: one small string per hundred requests.
-        LEAKED.lock().unwrap().push(format!("audit {i}"));
-    }
+    leak(i);
     body
 }
 
-/// LEAKSCOPE_BENCH_WORKLOAD=dense: the allocation-dense shape.
-fn dense() -> bool {
-    std::env::var("LEAKSCOPE_BENCH_WORKLOAD").is_ok_and(|w| w == "dense")
+/// The request shapes (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shape {
+    Service,
+    Dense,
+    Siblings,
+    Stacks,
+    Reallocs,
+    Handoff,
+}
+
+/// LEAKSCOPE_BENCH_WORKLOAD: the shape of a request.
+fn shape() -> Shape {
+    match std::env::var("LEAKSCOPE_BENCH_WORKLOAD").as_deref() {
+        Ok("dense") => Shape::Dense,
+        Ok("siblings") => Shape::Siblings,
+        Ok("stacks") => Shape::Stacks,
+        Ok("reallocs") => Shape::Reallocs,
+        Ok("handoff") => Shape::Handoff,
+        Ok("service") | Err(_) => Shape::Service,
+        Ok(other) => panic!("unknown LEAKSCOPE_BENCH_WORKLOAD {other:?}"),
+    }
+}
+
+/// The planted leak of request `i`: one small string per hundred requests
+/// (its call-site's first frame of the program is this function).
+#[inline(never)]
+fn leak(i: usize) {
+    if i % 100 == 0 {
+        LEAKED.lock().unwrap().push(format!("audit {i}"));
+    }
+}
+
+// ---------------------------------------------------------------- siblings
+
+#[inline(never)]
+fn header_line(name: &str, value: usize) -> String {
+    format!("{name}: {value}")
+}
+
+#[inline(never)]
+fn user_key(params: &HashMap<String, String>) -> String {
+    format!("user:{}", params.get("user").map_or("", |u| u.as_str()))
+}
+
+#[inline(never)]
+fn cache_key(i: usize) -> String {
+    format!("cache/{}/{}", i % 64, i % 7)
+}
+
+#[inline(never)]
+fn trace_id(i: usize) -> String {
+    format!("{:016x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+#[inline(never)]
+fn content_type(json: bool) -> String {
+    format!("application/{}", if json { "json" } else { "text" })
+}
+
+/// One request of the `siblings` shape: 13 allocations, the `format!`s
+/// in sibling functions called from here at one depth.
+#[inline(never)]
+fn siblings_request(i: usize) -> String {
+    let query = format!("user={}&limit={}&q=item{}", i % 1000, 3 + i % 3, i % 50);
+    let mut params: HashMap<String, String> = HashMap::with_capacity(4);
+    for pair in query.split('&') {
+        if let Some((k, v)) = pair.split_once('=') {
+            params.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    let headers = [
+        header_line("x-request", i),
+        user_key(&params),
+        cache_key(i),
+        trace_id(i),
+        content_type(i % 3 != 0),
+    ];
+    let mut body = String::new();
+    for h in &headers {
+        body.push_str(h);
+        body.push('\n');
+    }
+    body.push_str(&params["q"]);
+    leak(i);
+    body
+}
+
+// ---------------------------------------------------------------- stacks
+
+/// A block made in a function of its own (one per `N`, never merged: each
+/// formats another number), so that every `N` is a call-site.
+#[inline(never)]
+fn leaf<const N: usize>(i: usize) -> String {
+    format!("{N}:{i}")
+}
+
+macro_rules! row {
+    ($r:literal) => {
+        [
+            leaf::<{ $r * 16 }>,
+            leaf::<{ $r * 16 + 1 }>,
+            leaf::<{ $r * 16 + 2 }>,
+            leaf::<{ $r * 16 + 3 }>,
+            leaf::<{ $r * 16 + 4 }>,
+            leaf::<{ $r * 16 + 5 }>,
+            leaf::<{ $r * 16 + 6 }>,
+            leaf::<{ $r * 16 + 7 }>,
+            leaf::<{ $r * 16 + 8 }>,
+            leaf::<{ $r * 16 + 9 }>,
+            leaf::<{ $r * 16 + 10 }>,
+            leaf::<{ $r * 16 + 11 }>,
+            leaf::<{ $r * 16 + 12 }>,
+            leaf::<{ $r * 16 + 13 }>,
+            leaf::<{ $r * 16 + 14 }>,
+            leaf::<{ $r * 16 + 15 }>,
+        ]
+    };
+}
+
+/// The 256 functions of the `stacks` shape.
+const LEAVES: [[fn(usize) -> String; 16]; 16] = [
+    row!(0),
+    row!(1),
+    row!(2),
+    row!(3),
+    row!(4),
+    row!(5),
+    row!(6),
+    row!(7),
+    row!(8),
+    row!(9),
+    row!(10),
+    row!(11),
+    row!(12),
+    row!(13),
+    row!(14),
+    row!(15),
+];
+
+/// One request of the `stacks` shape: 24 blocks from 24 of the 4,096
+/// stacks (a leaf function reached `depth` frames down), picked by a
+/// pseudo-random walk so that every stack is hot in turn.
+#[inline(never)]
+fn stacks_request(i: usize) -> String {
+    let mut out = String::with_capacity(256);
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for _ in 0..24 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let (f, depth) = ((x % 256) as usize, (x >> 8) as u32 % 16);
+        let leaf = LEAVES[f / 16][f % 16];
+        let s = deep(depth, &mut || leaf(i));
+        out.push_str(&s[..s.len().min(8)]);
+    }
+    leak(i);
+    out
+}
+
+// ---------------------------------------------------------------- reallocs
+
+/// One request of the `reallocs` shape: a string and two vectors grown one
+/// piece at a time (each doubling of capacity a realloc), one shrunk.
+#[inline(never)]
+fn reallocs_request(i: usize) -> String {
+    let mut s = String::new();
+    for n in 0..(20 + i % 24) {
+        s.push_str("chunk");
+        s.push(char::from(b'a' + (n % 26) as u8));
+    }
+    let mut ids: Vec<u64> = Vec::new();
+    for n in 0..(8 + i % 40) {
+        ids.push(n as u64 * 3);
+    }
+    let mut words: Vec<&str> = Vec::new();
+    words.extend(s.as_str().split('k').take(12));
+    words.shrink_to_fit();
+    s.push_str(&format!("/{}/{}", ids.len(), words.len()));
+    leak(i);
+    s
+}
+
+// ---------------------------------------------------------------- handoff
+
+/// One request of the `handoff` shape: four small blocks, all freed by
+/// the writer.
+#[inline(never)]
+fn handoff_request(i: usize) -> Response {
+    leak(i);
+    [
+        format!("a{i}"),
+        format!("bb{}", i % 7),
+        format!("ccc{}", i % 13),
+        format!("dddd{}", i % 31),
+    ]
+}
+
+/// What a request sends the writer: one body, or (`handoff`) four blocks.
+type Response = [String; 4];
+
+/// A response of one body.
+fn body(s: String) -> Response {
+    [s, String::new(), String::new(), String::new()]
 }
 
 /// Calls `f` `depth` frames further down, so that stacks are as deep as a
@@ -231,28 +443,65 @@ fn dense_request(i: usize) -> String {
         fields.len(),
         black_box(&buf).len()
     );
-    if i % 100 == 0 {
-        LEAKED.lock().unwrap().push(format!("audit {i}"));
-    }
+    leak(i);
     response
 }
 
+/// LEAKSCOPE_BENCH_IDLE: the `handoff` shape's idle threads.
+fn idle_threads() -> usize {
+    std::env::var("LEAKSCOPE_BENCH_IDLE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2)
+}
+
 fn workload(threads: usize, scoped: bool) -> usize {
-    let dense = dense();
-    let (tx, rx) = mpsc::sync_channel::<String>(1024);
+    let shape = shape();
+    // Threads that allocated once and then wait, as a pool's idle threads do.
+    let idle = if shape == Shape::Handoff {
+        idle_threads()
+    } else {
+        0
+    };
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let stop_rx = std::sync::Arc::new(Mutex::new(stop_rx));
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(idle + 1));
+    let idlers: Vec<_> = (0..idle)
+        .map(|n| {
+            let (stop_rx, ready) = (stop_rx.clone(), ready.clone());
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    let held: Vec<String> = (0..8).map(|k| format!("idle {n} {k}")).collect();
+                    ready.wait();
+                    let _ = stop_rx.lock().unwrap().recv();
+                    black_box(held);
+                })
+                .unwrap()
+        })
+        .collect();
+    ready.wait();
+    // A handoff's blocks reach the writer soon after they are made, as a
+    // service's responses reach its connection task.
+    let queue = if shape == Shape::Handoff { 16 } else { 1024 };
+    let (tx, rx) = mpsc::sync_channel::<Response>(queue);
     // The writer: frees every response, on a thread that allocated none of them.
-    let writer =
-        std::thread::spawn(move || rx.into_iter().map(|s| black_box(s).len()).sum::<usize>());
+    let writer = std::thread::spawn(move || {
+        rx.into_iter()
+            .map(|r| black_box(r).iter().map(String::len).sum::<usize>())
+            .sum::<usize>()
+    });
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                let one = |i: usize| {
-                    if dense {
-                        deep(14, &mut || dense_request(i))
-                    } else {
-                        handle(i)
-                    }
+                let one = |i: usize| match shape {
+                    Shape::Service => body(handle(i)),
+                    Shape::Dense => body(deep(14, &mut || dense_request(i))),
+                    Shape::Siblings => body(deep(8, &mut || siblings_request(i))),
+                    Shape::Stacks => body(stacks_request(i)),
+                    Shape::Reallocs => body(deep(8, &mut || reallocs_request(i))),
+                    Shape::Handoff => handoff_request(i),
                 };
                 for i in (t..requests()).step_by(threads) {
                     let body = if scoped {
@@ -260,7 +509,7 @@ fn workload(threads: usize, scoped: bool) -> usize {
                     } else {
                         one(i)
                     };
-                    if !dense || i % 4 == 0 {
+                    if shape != Shape::Dense || i % 4 == 0 {
                         tx.send(body).unwrap();
                     } else {
                         drop(black_box(body));
@@ -273,7 +522,12 @@ fn workload(threads: usize, scoped: bool) -> usize {
     for w in workers {
         w.join().unwrap();
     }
-    writer.join().unwrap()
+    let bytes = writer.join().unwrap();
+    drop(stop_tx);
+    for t in idlers {
+        t.join().unwrap();
+    }
+    bytes
 }
 
 /// Live blocks the memory phase keeps, and their sizes (16 to 128 bytes).
@@ -295,6 +549,36 @@ fn retain(scoped: bool) -> i64 {
     let rss = peak_rss_kib();
     drop(black_box(kept));
     rss
+}
+
+/// The thread phase: `n` threads that each make and free 100 strings,
+/// then wait; the process's resident memory in KiB while they wait.
+fn idle_rss(n: usize) -> i64 {
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let done = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let threads: Vec<_> = (0..n)
+        .map(|t| {
+            let (ready, done) = (ready.clone(), done.clone());
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    for k in 0..100 {
+                        drop(black_box(format!("thread {t} string {k}")));
+                    }
+                    ready.wait();
+                    done.wait();
+                })
+                .unwrap()
+        })
+        .collect();
+    ready.wait();
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: i64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    done.wait();
+    for t in threads {
+        t.join().unwrap();
+    }
+    pages * 4
 }
 
 fn peak_rss_kib() -> i64 {
@@ -321,6 +605,14 @@ fn child(mode: &str) {
     let profiler =
         (mode == "dhat").then(|| dhat::Profiler::builder().file_name("/dev/null").build());
     let scoped = tracked && mode != "leakscope-sites";
+    if let Some(n) = std::env::var("LEAKSCOPE_BENCH_IDLE_RSS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        println!("{}", idle_rss(n));
+        drop(profiler);
+        return;
+    }
     if std::env::var_os("LEAKSCOPE_BENCH_RETAIN").is_some() {
         println!("{}", retain(scoped));
         drop(profiler);
@@ -340,8 +632,9 @@ fn child(mode: &str) {
             assert_eq!(runs, requests() as u64, "the requests' scope runs");
         } else {
             let leaked = if mode == "leakscope-sites" {
-                let planted = if dense() { "dense_request" } else { "handle" };
-                r.callsites_in(planted).map(|c| c.live_blocks).sum::<u64>()
+                r.callsites_in("workload::leak")
+                    .map(|c| c.live_blocks)
+                    .sum::<u64>()
             } else {
                 r.scopes.iter().map(|s| s.outstanding_blocks).sum::<u64>()
             };
@@ -399,8 +692,8 @@ fn main() {
         .collect();
     let exe = std::env::current_exe().unwrap();
     println!(
-        "workload{}: {} requests per run, {rounds} rounds; responses freed on a writer thread",
-        if dense() { " (dense)" } else { "" },
+        "workload ({:?}): {} requests per run, {rounds} rounds; responses freed on a writer thread",
+        shape(),
         requests()
     );
     println!("seconds: median run; ratio: median over rounds of the run's time / its plain allocator's run beside it");
@@ -451,6 +744,41 @@ fn main() {
                 base,
             );
         }
+    }
+    println!();
+    println!("memory per thread: resident memory with 200 threads alive less with 10, over 190 (median of {rounds} runs each); each thread made and freed 100 strings, then waits");
+    println!(
+        "{:<19} {:>16} {:>12}",
+        "allocator", "KiB per thread", "extra"
+    );
+    let per_thread: Vec<f64> = modes
+        .iter()
+        .map(|(mode, _)| {
+            let mut v: Vec<f64> = (0..rounds)
+                .map(|_| {
+                    let rss = |n: usize| -> f64 {
+                        let line = run_child(&exe, mode, |c| {
+                            c.env("LEAKSCOPE_BENCH_IDLE_RSS", n.to_string());
+                        });
+                        line.trim().parse().expect("resident KiB")
+                    };
+                    (rss(200) - rss(10)) / 190.0
+                })
+                .collect();
+            median(&mut v)
+        })
+        .collect();
+    for (m, (mode, base)) in modes.iter().enumerate() {
+        let Some(b) = modes.iter().position(|(name, _)| name == base) else {
+            continue;
+        };
+        println!(
+            "{:<19} {:>16.1} {:>12.1}  vs {}",
+            mode,
+            per_thread[m],
+            per_thread[m] - per_thread[b],
+            base
+        );
     }
     println!();
     println!("memory: {RETAINED} live blocks of 16-128 bytes held at once (one run each)");
