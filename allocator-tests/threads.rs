@@ -59,6 +59,10 @@ fn main() {
             "long_lived_blocks_freed_anywhere",
             long_lived_blocks_freed_anywhere,
         ),
+        (
+            "frees_among_hundreds_of_threads_are_exact",
+            frees_among_hundreds_of_threads_are_exact,
+        ),
         ("fork_while_threads_allocate", fork_while_threads_allocate),
         (
             "fork_while_threads_look_up_scope_names",
@@ -276,6 +280,80 @@ fn long_lived_blocks_freed_anywhere() {
     let s = common::site(&r, "planted_long_block");
     assert_eq!((s.live_blocks, s.live_bytes), (0, 0));
     assert_eq!(r.scope("long-lived").unwrap().outstanding_blocks, 0);
+}
+
+#[inline(never)]
+fn planted_handed_block(i: usize) -> Box<[u8]> {
+    black_box(vec![2u8; 16 + i % 16].into_boxed_slice())
+}
+
+/// Blocks freed by another thread than their maker's are found by their
+/// owner hints: with 300 other threads alive (each made blocks of its
+/// own, whose hints sit beside the makers'), every count stays exact,
+/// for blocks still young (handed over one at a time) and for blocks
+/// moved to the shared table (handed over in thousands).
+fn frees_among_hundreds_of_threads_are_exact() {
+    use std::sync::{mpsc, Arc, Barrier};
+    const IDLE: usize = 300;
+    let ready = Arc::new(Barrier::new(IDLE + 1));
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let stop_rx = Arc::new(std::sync::Mutex::new(stop_rx));
+    let idle: Vec<_> = (0..IDLE)
+        .map(|t| {
+            let (ready, stop_rx) = (ready.clone(), stop_rx.clone());
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    let held: Vec<String> = (0..4).map(|k| format!("idle {t} {k}")).collect();
+                    ready.wait();
+                    let _ = stop_rx.lock().unwrap().recv();
+                    black_box(held);
+                })
+                .unwrap()
+        })
+        .collect();
+    ready.wait();
+    let size = |i: usize| (16 + i % 16) as u64;
+    // One at a time: each block is young in the maker's table when freed.
+    let (tx, rx) = mpsc::sync_channel::<Box<[u8]>>(1);
+    let freer =
+        std::thread::spawn(move || rx.into_iter().map(|b| black_box(b).len()).sum::<usize>());
+    const ONE_BY_ONE: usize = 5000;
+    let maker = std::thread::spawn(move || {
+        for i in 0..ONE_BY_ONE {
+            tx.send(planted_handed_block(i)).unwrap();
+        }
+    });
+    maker.join().unwrap();
+    assert_eq!(
+        freer.join().unwrap() as u64,
+        (0..ONE_BY_ONE).map(size).sum::<u64>()
+    );
+    let s = common::site_now("planted_handed_block");
+    assert_eq!(
+        (s.live_blocks, s.live_bytes, s.total_blocks),
+        (0, 0, ONE_BY_ONE as u64)
+    );
+    // In thousands: most have moved to the shared table when freed.
+    const MANY: usize = 20_000;
+    let made: Vec<Box<[u8]>> = std::thread::spawn(|| (0..MANY).map(planted_handed_block).collect())
+        .join()
+        .unwrap();
+    let s = common::site_now("planted_handed_block");
+    assert_eq!(
+        (s.live_blocks, s.live_bytes),
+        (MANY as u64, (0..MANY).map(size).sum::<u64>())
+    );
+    std::thread::spawn(move || drop(made)).join().unwrap();
+    let s = common::site_now("planted_handed_block");
+    assert_eq!(
+        (s.live_blocks, s.live_bytes, s.total_blocks),
+        (0, 0, (ONE_BY_ONE + MANY) as u64)
+    );
+    drop(stop_tx);
+    for t in idle {
+        t.join().unwrap();
+    }
 }
 
 /// Forks `forks` times while two threads run `busy(thread, stop)` until

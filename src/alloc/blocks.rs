@@ -12,17 +12,19 @@
 //! table: shards under spin locks, picked by the allocator's 64 MiB region
 //! (glibc, jemalloc and mimalloc give each thread its own regions, so threads'
 //! blocks mostly land on their own shards). A block freed by another thread
-//! is looked for in the shared table, then in the other threads' young
-//! tables, where the freeing thread claims it with one compare-and-swap.
+//! is looked for in the young table its address's owner hint names (see
+//! "owner hints" below), then in the shared table, and only when the hint
+//! was wrong in every thread's young table; the freeing thread claims a
+//! young block with one compare-and-swap.
 //!
 //! Must never allocate through the global allocator (the shared table grows in
 //! libc's memory) and never hold a lock while calling anything that could
 //! re-enter the tracker.
 
 use crate::alloc::dense::{Dense, Fields, Put, SIZE_LIMIT};
-use crate::alloc::meta::{back_off, hide, mix, MetaAlloc, SpinLock};
+use crate::alloc::meta::{back_off, hide, map_zeroed, mix, MetaAlloc, SpinLock};
 use hashbrown::HashTable;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 /// What the tracker keeps per live block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +94,11 @@ impl YoungEntry {
 /// One thread's young blocks: written by the thread that owns it (its slot's
 /// owner); other threads only read it and claim entries of blocks they free.
 /// All-zero bytes are an empty table.
+#[repr(C)]
 pub(crate) struct Young {
+    /// Its number in [`Owners`] (0: none), set once before it is used.
+    /// (First: it shares a page with the fields of its slot before it.)
+    number: AtomicU16,
     entries: [YoungEntry; YOUNG],
 }
 
@@ -213,6 +219,7 @@ pub(crate) fn insert(own: &Young, addr: usize, meta: Meta) -> Inserted {
             Shared::Dropped => Inserted::Dropped,
         };
     }
+    note_owner(own, addr);
     let home = Young::home(addr);
     for i in 0..WINDOW {
         let e = own.entry(home, i);
@@ -277,7 +284,8 @@ fn remove_elsewhere(addr: usize) -> Option<Meta> {
 }
 
 /// What `in_shared` or `in_young` finds of block `addr` outside the
-/// asking thread's young table: the shared table first, then every
+/// asking thread's young table: the young table its owner hint names, the
+/// shared table, then (unless the hints say it was never young) every
 /// thread's young table, looking again while an owner is moving it.
 #[inline(always)]
 fn elsewhere<T>(
@@ -285,10 +293,20 @@ fn elsewhere<T>(
     in_shared: impl Fn(usize) -> Option<T>,
     in_young: impl Fn(&Young, usize) -> Claim<T>,
 ) -> Option<T> {
+    if addr & FLAGS != 0 {
+        return in_shared(addr);
+    }
+    // Most blocks freed by another thread are still young.
+    let hint = owner_hint(addr);
+    if let Hint::Table(young) = hint {
+        if let Claim::Got(found) = in_young(young, addr) {
+            return Some(found);
+        }
+    }
     if let Some(found) = in_shared(addr) {
         return Some(found);
     }
-    if addr & FLAGS != 0 {
+    if let Hint::Never = hint {
         return None;
     }
     let mut spins = 0u32;
@@ -393,6 +411,135 @@ pub(crate) fn count_held() -> usize {
         n += unsafe { s.0.held() }.len();
     }
     n + crate::alloc::thread::young_tables().count() * YOUNG
+}
+
+// ---------------------------------------------------------------- owner hints
+//
+// A block freed by another thread than its maker's is looked for in the
+// young tables. Visiting each would cost what the number of threads is,
+// and async services keep hundreds (a blocking pool's idle threads). So
+// each young table has a number, and a new young block notes its table's
+// number in a hint entry picked by its address: the free looks in that
+// table first. A hint can be wrong (another block, made by another thread
+// at an address with the same entry, wrote it since): then the free looks
+// everywhere, as without hints. Counts never depend on a hint.
+
+/// Hint entries, 2 bytes each: one per 64 bytes of a 64 MiB span of
+/// addresses, each 64 MiB region of the address space placed at its own
+/// offset. 2 MiB at most, a page per 128 KiB of heap the program uses.
+const HINTS: usize = 1 << 20;
+/// Young tables that get a number; the rest are found by the visit of all.
+const NUMBERED: usize = 1 << 16;
+
+struct Owners {
+    hints: [AtomicU16; HINTS],
+    tables: [AtomicPtr<Young>; NUMBERED],
+    /// Numbers given so far.
+    given: AtomicUsize,
+}
+
+/// The hints, mapped when the first young table gets its number.
+static OWNERS: AtomicPtr<Owners> = AtomicPtr::new(std::ptr::null_mut());
+/// Some young table has no number (past [`NUMBERED`], or no memory for
+/// the hints): a hint of 0 says nothing.
+static UNNUMBERED: AtomicBool = AtomicBool::new(false);
+
+#[inline(always)]
+fn hint_index(addr: usize) -> usize {
+    (addr >> 6).wrapping_add((addr >> 26).wrapping_mul(0x9E37_79B9)) % HINTS
+}
+
+/// Notes `own` as the maker of the young block at `addr` (a table without
+/// a number leaves the hint as it is).
+#[inline(always)]
+fn note_owner(own: &Young, addr: usize) {
+    // SAFETY: published `Owners` are valid (all atomics) and never unmapped.
+    if let Some(o) = unsafe { OWNERS.load(Ordering::Relaxed).as_ref() } {
+        let n = own.number.load(Ordering::Relaxed);
+        if let (Some(h), true) = (o.hints.get(hint_index(addr)), n != 0) {
+            h.store(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the hints say of the block at `addr`.
+enum Hint {
+    /// The young table that noted a block there last.
+    Table(&'static Young),
+    /// No young table ever noted a block there, and every young table has
+    /// a number: the block was never young (it is in the shared table, or
+    /// the tracker never saw it).
+    Never,
+    /// Not known: look everywhere.
+    Unknown,
+}
+
+/// The hint of the block at `addr`. A block's maker notes the hint before
+/// it returns the block, so a thread that was handed the block sees it
+/// (or a later one).
+#[inline]
+fn owner_hint(addr: usize) -> Hint {
+    // SAFETY: as in `note_owner`.
+    let Some(o) = (unsafe { OWNERS.load(Ordering::Acquire).as_ref() }) else {
+        return Hint::Unknown;
+    };
+    let Some(n) = o
+        .hints
+        .get(hint_index(addr))
+        .map(|h| h.load(Ordering::Relaxed))
+    else {
+        return Hint::Unknown;
+    };
+    if n == 0 {
+        return if UNNUMBERED.load(Ordering::Acquire) {
+            Hint::Unknown
+        } else {
+            Hint::Never
+        };
+    }
+    let table = o.tables.get(n as usize).map(|t| t.load(Ordering::Acquire));
+    // SAFETY: numbered young tables live in slots, which are never freed.
+    match table.and_then(|t| unsafe { t.as_ref() }) {
+        Some(young) => Hint::Table(young),
+        None => Hint::Unknown,
+    }
+}
+
+/// Gives a new young table its number, before its thread uses it.
+pub(crate) fn enlist(young: &'static Young) {
+    let mut o = OWNERS.load(Ordering::Acquire);
+    if o.is_null() {
+        let fresh = map_zeroed(std::mem::size_of::<Owners>()).cast::<Owners>();
+        o = match OWNERS.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => fresh,
+            Err(theirs) => {
+                if !fresh.is_null() {
+                    // SAFETY: ours, just mapped with this length, never shared.
+                    unsafe { libc::munmap(fresh.cast(), std::mem::size_of::<Owners>()) };
+                }
+                theirs
+            }
+        };
+    }
+    // SAFETY: as in `note_owner`.
+    let numbered = unsafe { o.as_ref() }.is_some_and(|o| {
+        // Number 0 is "no hint".
+        let n = o.given.fetch_add(1, Ordering::Relaxed) + 1;
+        let Some(cell) = o.tables.get(n) else {
+            return false;
+        };
+        cell.store(young as *const Young as *mut Young, Ordering::Release);
+        young.number.store(n as u16, Ordering::Relaxed);
+        true
+    });
+    if !numbered {
+        UNNUMBERED.store(true, Ordering::Release);
+    }
 }
 
 // ---------------------------------------------------------------- shared table

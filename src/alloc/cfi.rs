@@ -24,30 +24,68 @@ use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, Pointer, Register,
     RegisterRule, UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
 };
-use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Rules a thread keeps, by return address: [`SETS`] sets of [`WAYS`]
-/// entries, newest first. Four ways: a stack's few dozen return addresses
-/// must not evict one another (a direct-mapped table missed on every other
-/// walk of a 20-frame stack, and a miss costs a CFI search).
+/// Rules the process keeps, by return address: [`SETS`] sets of [`WAYS`]
+/// entries, shared by every thread (a rule belongs to the code, not to a
+/// thread: a new thread finds the rules of the stacks others walked, and
+/// keeps no table of its own). Four ways: a stack's few dozen return
+/// addresses must not evict one another (a miss costs a CFI search).
 const WAYS: usize = 4;
-const SETS: usize = 256;
+const SETS: usize = 1024;
 
-/// One cached rule: `ip` (0: empty) and its packed rule.
-#[derive(Clone, Copy, Default)]
+/// One cached rule: `ip` (0: empty) and its packed rule. Written by any
+/// thread: `ip` cleared, `rule` written, then `ip`; read as `ip`, `rule`,
+/// `ip` again, so that a rule read while another thread replaced it is
+/// not taken for its `ip`'s (a rule is a function of its `ip` alone, so
+/// an entry rewritten with the same `ip` holds the same rule).
+#[repr(C, align(16))]
 struct Entry {
-    ip: usize,
-    rule: u64,
+    ip: AtomicUsize,
+    rule: AtomicU64,
 }
 
-/// A thread's rules; zeroed is empty. Used by its owner only.
-pub(crate) struct Rules {
-    entries: UnsafeCell<[[Entry; WAYS]; SETS]>,
+#[repr(align(64))]
+struct Set([Entry; WAYS]);
+
+static RULES: [Set; SETS] = [const {
+    Set([const {
+        Entry {
+            ip: AtomicUsize::new(0),
+            rule: AtomicU64::new(0),
+        }
+    }; WAYS])
+}; SETS];
+
+/// The rule cached for `ip`, if any.
+#[inline(always)]
+fn cached(set: &Set, ip: usize) -> Option<u64> {
+    for e in &set.0 {
+        if e.ip.load(Ordering::Acquire) == ip {
+            let rule = e.rule.load(Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if e.ip.load(Ordering::Relaxed) == ip {
+                return Some(rule);
+            }
+        }
+    }
+    None
 }
 
-// SAFETY: only the thread that owns the slot holding it touches `entries`
-// (as with the slot's call-site cache).
-unsafe impl Sync for Rules {}
+/// Caches `rule` for `ip` in one of the set's ways (picked by `ip`'s
+/// bits, so that threads that miss on different addresses at once seldom
+/// write the same entry; when they do, each entry still holds one `ip`'s
+/// rule or none).
+#[cold]
+fn keep(set: &Set, ip: usize, rule: u64) {
+    let Some(e) = set.0.get((ip >> 4) % WAYS) else {
+        return;
+    };
+    e.ip.store(0, Ordering::Relaxed);
+    std::sync::atomic::fence(Ordering::Release);
+    e.rule.store(rule, Ordering::Relaxed);
+    e.ip.store(ip, Ordering::Release);
+}
 
 /// A packed rule: bit 63 valid; bit 62 CFA from `rbp` (else the stack
 /// pointer); bits 61-60 the caller's `rbp` (0 same value, 1 saved at an
@@ -78,31 +116,28 @@ fn pack(cfa_rbp: bool, cfa_offset: i64, rbp_saved: Option<i64>) -> u64 {
 
 /// Fills `out` with the return addresses of the calling stack, innermost
 /// first, starting at the given register state; returns how many it found.
-/// `bounds` are the thread's stack bounds; `rules` its cache.
+/// `bounds` are the thread's stack bounds.
 #[inline(never)]
-pub(crate) fn walk(out: &mut Frames, (lo, hi): (usize, usize), rules: &Rules) -> usize {
+pub(crate) fn walk(out: &mut Frames, (lo, hi): (usize, usize)) -> usize {
     let Some((mut ip, mut sp, mut bp)) = registers() else {
         return 0;
     };
     if hi == 0 || sp < lo || sp >= hi {
         return 0;
     }
-    // SAFETY: the owner's cache (see `Rules`).
-    let cache = unsafe { &mut *rules.entries.get() };
     let mut n = 0;
     let mut first = true;
     while n < MAX_FRAMES {
-        let Some(set) = cache.get_mut(mix(ip as u64) as usize % SETS) else {
+        let Some(set) = RULES.get(mix(ip as u64) as usize % SETS) else {
             break;
         };
-        let rule = match set.iter().find(|e| e.ip == ip) {
-            Some(e) => e.rule,
+        let rule = match cached(set, ip) {
+            Some(rule) => rule,
             None => {
                 // A return address belongs to the call before it.
                 let at = if first { ip } else { ip.wrapping_sub(1) };
                 let rule = find_rule(at);
-                set.copy_within(..WAYS - 1, 1);
-                set[0] = Entry { ip, rule };
+                keep(set, ip, rule);
                 rule
             }
         };
@@ -459,13 +494,10 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn the_walk_agrees_with_the_system_unwinder() {
-        let rules = Box::new(Rules {
-            entries: UnsafeCell::new([[Entry::default(); WAYS]; SETS]),
-        });
         for round in 0..2 {
             // The second round runs on cached rules.
             let mut ours: Frames = [0; MAX_FRAMES];
-            let n = std::hint::black_box(walk(&mut ours, stack_bounds(), &rules));
+            let n = std::hint::black_box(walk(&mut ours, stack_bounds()));
             let mut theirs = Vec::new();
             backtrace::trace(|f| {
                 theirs.push(f.ip() as usize);
@@ -494,11 +526,8 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn full_steps_agree_with_the_walk() {
-        let rules = Box::new(Rules {
-            entries: UnsafeCell::new([[Entry::default(); WAYS]; SETS]),
-        });
         let mut walked: Frames = [0; MAX_FRAMES];
-        let n = std::hint::black_box(walk(&mut walked, stack_bounds(), &rules));
+        let n = std::hint::black_box(walk(&mut walked, stack_bounds()));
         let (ip, sp, bp) = registers().unwrap();
         let saved: [usize; 6];
         // SAFETY: reads five registers; touches no memory.

@@ -489,15 +489,46 @@ impl<T> Deref for CacheAligned<T> {
     }
 }
 
-/// Allocates one zeroed `T` from the metadata allocator and leaks it.
+/// Allocates one zeroed `T` and leaks it: from the metadata allocator, or,
+/// a page or more, mapped from the kernel ([`map_zeroed`]), so that only
+/// the pages it touches take memory (libc's `calloc` would clear all of
+/// it, and a thread's slot is mostly caches it may never fill).
 ///
 /// For structures that live for the rest of the process (arena chunks, thread
-/// slots). Returns null when libc is out of memory.
+/// slots). Returns null when there is no memory.
 pub(crate) fn leak_zeroed<T>() -> *mut T {
     let layout = std::alloc::Layout::new::<T>();
+    if layout.size() >= PAGE && layout.align() <= PAGE {
+        return map_zeroed(layout.size()).cast();
+    }
     // SAFETY: every `T` this is used for is non-zero-sized and valid when all
     // bytes are zero (atomics, integers, null pointers).
     unsafe { std::alloc::GlobalAlloc::alloc_zeroed(&MetaAlloc {}, layout).cast() }
+}
+
+/// The smallest page size of the systems this runs on.
+const PAGE: usize = 4096;
+
+/// `len` zeroed bytes, page-aligned, in a new anonymous mapping that is
+/// never unmapped: its pages take memory only once touched. Null when the
+/// kernel refuses.
+pub(crate) fn map_zeroed(len: usize) -> *mut u8 {
+    // SAFETY: a new anonymous private mapping at an address the kernel
+    // picks: it touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return std::ptr::null_mut();
+    }
+    p.cast()
 }
 
 /// Adds to a counter that only one thread writes: a plain load and store, no

@@ -147,7 +147,12 @@ struct CacheEntry {
     site: *const callsite::Site,
 }
 
-/// One thread's counters. Lives for the rest of the process once made.
+/// One thread's counters. Lives for the rest of the process once made,
+/// in memory of its own ([`leak_zeroed`] maps it): only the pages a thread
+/// touches take memory, so the fields are laid out in order, what every
+/// thread touches first (in sampling mode, a thread that is never sampled
+/// touches the first page alone), the caches of full mode after.
+#[repr(C)]
 pub(crate) struct Slot {
     next: AtomicPtr<Slot>,
     in_use: AtomicBool,
@@ -155,17 +160,15 @@ pub(crate) struct Slot {
     /// its drift feeds [`TOTAL_PEAK`].
     /// (On its own line: other threads walk `next` and read `young`.)
     total: CacheAligned<Counts>,
-    /// The blocks this thread allocated lately (see [`crate::alloc::blocks`]).
-    pub(crate) young: Young,
     /// Per call-site (in sampling mode: sampled blocks, weighted).
     sites: Chunks,
     /// Per scope name: blocks opened in a run of that scope, freed by anyone.
     scopes: Chunks,
+    /// The blocks this thread allocated lately (see [`crate::alloc::blocks`]).
+    pub(crate) young: Young,
     /// Set-associative cache from stack hash to call-site id, newest entry
     /// of each set first; owner only.
     cache: UnsafeCell<[[CacheEntry; CACHE_WAYS]; CACHE_SETS]>,
-    /// The DWARF fallback's unwind rules by return address; owner only.
-    unwind_rules: cfi::Rules,
     /// Stacks the frame-pointer walk read lately, with their call-sites; owner only.
     seen: Seen<Known>,
     /// Where the DWARF unwinder writes a stack; owner only.
@@ -181,7 +184,7 @@ struct Known {
     counts: *const Counts,
 }
 
-// SAFETY: `cache`, `unwind_rules`, `seen` and `scratch` are touched only by the thread
+// SAFETY: `cache`, `seen` and `scratch` are touched only by the thread
 // that owns the slot (`in_use` hands it to one thread at a time); every
 // other field is atomic.
 unsafe impl Sync for Slot {}
@@ -292,6 +295,7 @@ fn acquire_slot() -> Option<&'static Slot> {
     // and never freed.
     let s = unsafe { p.as_ref()? };
     s.in_use.store(true, Ordering::Relaxed);
+    crate::alloc::blocks::enlist(&s.young);
     let mut head = SLOTS.load(Ordering::Relaxed);
     loop {
         s.next.store(head, Ordering::Relaxed);
@@ -445,7 +449,7 @@ impl Tracking<'_> {
         // SAFETY: the scratch frames are this slot's owner's, which we are,
         // and nothing else borrows them while this runs.
         let out = unsafe { &mut *slot.scratch.get() };
-        match unwind::capture(bounds, &slot.unwind_rules, &slot.seen, out) {
+        match unwind::capture(bounds, &slot.seen, out) {
             // SAFETY: a non-null `site` was a `&'static Site` (sites are never
             // freed), a non-null `counts` this slot's (never freed either).
             Capture::Seen(k) => unsafe {
@@ -473,7 +477,7 @@ impl Tracking<'_> {
         let slot = self.slot;
         // SAFETY: as in `callsite`.
         let out = unsafe { &mut *slot.scratch.get() };
-        let n = cfi::walk(out, bounds, &slot.unwind_rules);
+        let n = cfi::walk(out, bounds);
         let frames = out.get(..n).unwrap_or(&[]);
         slot.intern(frames, unwind::hash_frames(frames), Origin::C)
     }

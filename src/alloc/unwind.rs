@@ -126,6 +126,11 @@ pub(crate) fn stack_mapping() -> (usize, usize) {
     if fd < 0 {
         return (0, 0);
     }
+    if let Some(found) = query_mapping(fd, sp) {
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        return found;
+    }
     let mut buf = [0u8; 4096];
     let mut have = 0;
     let mut found = (0, 0);
@@ -162,6 +167,48 @@ pub(crate) fn stack_mapping() -> (usize, usize) {
     found
 }
 
+/// The mapping that holds `addr`, asked of the kernel by the
+/// `PROCMAP_QUERY` ioctl on `/proc/self/maps` (Linux 6.11 and later): one
+/// lookup, where reading the file costs a line per mapping, and a process
+/// with many threads has thousands (each thread's stack and guard page,
+/// and a new thread reads them all). `None` where the kernel has no such
+/// ioctl.
+fn query_mapping(maps: libc::c_int, addr: usize) -> Option<(usize, usize)> {
+    /// `struct procmap_query` of `<linux/fs.h>`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        size: u64,
+        query_flags: u64,
+        query_addr: u64,
+        vma_start: u64,
+        vma_end: u64,
+        vma_flags: u64,
+        vma_page_size: u64,
+        vma_offset: u64,
+        inode: u64,
+        dev_major: u32,
+        dev_minor: u32,
+        vma_name_size: u32,
+        build_id_size: u32,
+        vma_name_addr: u64,
+        build_id_addr: u64,
+    }
+    /// `_IOWR('f', 17, struct procmap_query)`.
+    const PROCMAP_QUERY: u64 =
+        3 << 30 | (std::mem::size_of::<Query>() as u64) << 16 | 0x66 << 8 | 17;
+    let mut q = Query {
+        size: std::mem::size_of::<Query>() as u64,
+        query_addr: addr as u64,
+        ..Query::default()
+    };
+    // SAFETY: the ioctl reads and writes `q` alone (no name or build-id
+    // buffer is asked for); an older kernel fails it with ENOTTY.
+    let rc = unsafe { libc::ioctl(maps, PROCMAP_QUERY as _, &mut q as *mut Query) };
+    (rc == 0 && q.vma_start as usize <= addr && addr < q.vma_end as usize)
+        .then_some((q.vma_start as usize, q.vma_end as usize))
+}
+
 /// A line of `/proc/self/maps`: the mapping's start and end, and whether
 /// it is readable.
 pub(crate) fn maps_line(line: &[u8]) -> Option<(usize, usize, bool)> {
@@ -195,6 +242,9 @@ pub(crate) struct Walked<'a, V> {
     stack: &'a mut SeenStack<V>,
     /// Where the walk started.
     start: usize,
+    /// Another stack kept from the same start, and the start's forks, to
+    /// learn where the two part ([`Fork`]).
+    rival: Option<(&'a SeenStack<V>, &'a mut Fork)>,
 }
 
 impl<V: Copy> Walked<'_, V> {
@@ -212,6 +262,22 @@ impl<V: Copy> Walked<'_, V> {
     pub(crate) fn keep(self, value: V) {
         self.stack.value = value;
         self.stack.start = self.start;
+        if let Some((rival, fork)) = self.rival {
+            let new = self.stack.records.get(..self.stack.read as usize);
+            let old = rival.records.get(..rival.read as usize);
+            let (Some(new), Some(old)) = (new, old) else {
+                return;
+            };
+            // The first record they differ in: its address is the same in
+            // both (the records before it, which hold it, are alike).
+            if let Some(d) = new.iter().zip(old).position(|(a, b)| a.0 != b.0) {
+                let at = match d.checked_sub(1).and_then(|p| new.get(p)) {
+                    Some(before) => before.0[0],
+                    None => self.start,
+                };
+                fork.learn(self.start, at);
+            }
+        }
     }
 }
 
@@ -221,14 +287,13 @@ impl<V: Copy> Walked<'_, V> {
 #[inline(never)]
 pub(crate) fn capture<'a, V: Copy>(
     bounds: (usize, usize),
-    rules: &cfi::Rules,
     seen: &'a Seen<V>,
     out: &mut Frames,
 ) -> Capture<'a, V> {
     if DWARF.load(Ordering::Relaxed) {
         // The cached CFI walk; the backtrace crate's unwinder where it
         // cannot start (another architecture, no `.eh_frame_hdr`).
-        let mut n = cfi::walk(out, bounds, rules);
+        let mut n = cfi::walk(out, bounds);
         if n == 0 {
             n = capture_dwarf(out);
         }
@@ -240,7 +305,7 @@ pub(crate) fn capture<'a, V: Copy>(
     let fp = frame_pointer();
     // SAFETY: `seen` belongs to this thread's slot (see `Seen`), and `fp`
     // is this frame's record, above `sp`.
-    let (known, stack) = unsafe { seen.find(fp) };
+    let (known, stack, rival) = unsafe { seen.find(fp, bounds.1) };
     if let Some(v) = known {
         return Capture::Seen(v);
     }
@@ -256,6 +321,7 @@ pub(crate) fn capture<'a, V: Copy>(
         hash,
         stack,
         start: fp,
+        rival,
     })
 }
 
@@ -354,6 +420,57 @@ struct SeenStack<V> {
     records: [Record; MAX_FRAMES + 1],
 }
 
+/// Where the stacks kept from one start part: sibling call paths (one
+/// caller calling several allocating functions at one depth) start their
+/// walks at the same frame record, and differ only in a record further
+/// up, at the same address in each. Those records' words pick the set a
+/// stack from that start is kept in, so that siblings do not evict one
+/// another. Two places: siblings of siblings part in two records.
+#[derive(Clone, Copy)]
+pub(crate) struct Fork {
+    /// The start these are for (0: none).
+    start: usize,
+    /// Addresses of the records where its stacks part (0: none).
+    at: [usize; 2],
+}
+
+impl Fork {
+    /// The stacks from `start` part (also) at the record at `at`.
+    fn learn(&mut self, start: usize, at: usize) {
+        if self.start != start {
+            *self = Fork { start, at: [at, 0] };
+        } else if self.at[0] != at && self.at[1] != at {
+            self.at[1] = at;
+        }
+    }
+
+    /// The words where the stacks from `start` part, folded; 0 when none
+    /// is known. Reads only records within `[start, hi - 16]`.
+    ///
+    /// # Safety
+    /// `start` is a frame record of the calling thread's stack, above its
+    /// stack pointer, and `hi` the top of that stack.
+    #[inline(always)]
+    unsafe fn key(&self, start: usize, hi: usize) -> usize {
+        if self.start != start {
+            return 0;
+        }
+        let mut key = 0usize;
+        for &at in &self.at {
+            if at != 0 && at % 8 == 0 && at >= start && at <= hi.wrapping_sub(16) {
+                // SAFETY: 16 aligned bytes between our stack pointer and
+                // the top of this thread's stack (checked above): mapped.
+                let r = unsafe { std::ptr::read_volatile(at as *const [usize; 2]) };
+                key = key.rotate_left(17) ^ r[0] ^ r[1].rotate_left(32);
+            }
+        }
+        key
+    }
+}
+
+/// Starts whose forks a thread keeps (by start, one each).
+const FORKS: usize = 64;
+
 #[derive(Clone, Copy)]
 struct SeenSet<V> {
     /// The way hit or filled last.
@@ -374,28 +491,43 @@ struct SeenSet<V> {
 /// all-zero bytes are an empty cache when all-zero is a valid `V`.
 pub(crate) struct Seen<V> {
     sets: std::cell::UnsafeCell<[SeenSet<V>; SEEN_SETS]>,
+    forks: std::cell::UnsafeCell<[Fork; FORKS]>,
 }
 
 impl<V: Copy> Seen<V> {
     #[inline(always)]
-    fn set_of(start: usize) -> usize {
-        (start >> 4 ^ start >> 9) % SEEN_SETS
+    fn set_of(start: usize, key: usize) -> usize {
+        (start >> 4 ^ start >> 9 ^ crate::alloc::meta::mix(key as u64) as usize) % SEEN_SETS
     }
 
     /// The value kept for the stack whose walk starts at `start`, if it is
-    /// word for word one of the set's; else the way to fill, emptied.
+    /// word for word one of its set's; else the way to fill, emptied, and
+    /// the set's other stack if it is from the same start (with the
+    /// start's forks, to learn from the two).
     ///
     /// # Safety
     /// The calling thread owns the slot of `self`; `start` is a frame
-    /// record of the calling thread's stack, above its stack pointer.
+    /// record of the calling thread's stack, above its stack pointer, and
+    /// `hi` the top of that stack.
     #[inline(always)]
-    #[allow(clippy::mut_from_ref)] // the cell is the owning thread's alone (see above)
-    unsafe fn find(&self, start: usize) -> (Option<V>, &mut SeenStack<V>) {
+    #[allow(clippy::mut_from_ref, clippy::type_complexity)] // the cells are the owning thread's alone (see above)
+    unsafe fn find(
+        &self,
+        start: usize,
+        hi: usize,
+    ) -> (
+        Option<V>,
+        &mut SeenStack<V>,
+        Option<(&SeenStack<V>, &mut Fork)>,
+    ) {
         // SAFETY: only the owning thread touches the cache (caller's contract),
         // and it is not re-entered (the tracker's re-entrancy flag is up).
-        let sets = unsafe { &mut *self.sets.get() };
+        let (sets, forks) = unsafe { (&mut *self.sets.get(), &mut *self.forks.get()) };
+        let fork = &mut forks[(start >> 4) % FORKS];
+        // SAFETY: forwarded contract.
+        let key = unsafe { fork.key(start, hi) };
         // In range: `set_of` is below SEEN_SETS, and `w` and `victim` below 2.
-        let set = &mut sets[Self::set_of(start)];
+        let set = &mut sets[Self::set_of(start, key)];
         for (w, way) in set.ways.iter().enumerate() {
             if way.start != start {
                 continue;
@@ -405,24 +537,29 @@ impl<V: Copy> Seen<V> {
             // our stack pointer, so all of them still are (caller's contract).
             if unsafe { same_words(start, way.records.get(..way.read as usize).unwrap_or(&[])) } {
                 set.last = w;
-                return (Some(way.value), &mut set.ways[1 - w]);
+                return (Some(way.value), &mut set.ways[1 - w], None);
             }
         }
         let victim = 1 - set.last.min(1);
         set.last = victim;
-        let way = &mut set.ways[victim];
+        let [a, b] = &mut set.ways;
+        let (way, other) = if victim == 0 { (a, b) } else { (b, a) };
         way.start = 0;
-        (None, way)
+        let rival = (other.start == start).then_some((&*other, fork));
+        (None, way, rival)
     }
 
     /// Forgets every stack: for a slot's new owner, whose stack differs.
     pub(crate) fn clear(&self) {
         // SAFETY: called by the slot's new owner before it tracks anything.
-        let sets = unsafe { &mut *self.sets.get() };
+        let (sets, forks) = unsafe { (&mut *self.sets.get(), &mut *self.forks.get()) };
         for set in sets.iter_mut() {
             for way in &mut set.ways {
                 way.start = 0;
             }
+        }
+        for fork in forks.iter_mut() {
+            fork.start = 0;
         }
     }
 }
