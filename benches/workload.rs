@@ -584,6 +584,111 @@ fn idle_rss(n: usize) -> i64 {
     pages * 4
 }
 
+/// The heap phase: `n` boxes of 32 bytes held in a `Vec`, as a large
+/// cache is; prints the seconds it took and leaves by `process::exit`
+/// (the boxes still held from this frame: reachable, for the gate).
+fn build_heap(n: usize) -> ! {
+    let start = Instant::now();
+    let held: Vec<Box<[u8; 32]>> = (0..n).map(|i| Box::new([i as u8; 32])).collect();
+    println!("{}", start.elapsed().as_secs_f64());
+    black_box(&held);
+    std::process::exit(0)
+}
+
+/// Runs this program as a child with `vars` set; its output, wall time
+/// and peak resident memory (KiB).
+fn timed_child(exe: &std::path::Path, mode: &str, vars: &[(&str, &str)]) -> (String, f64, i64) {
+    let mut cmd = Command::new(exe);
+    cmd.env(MODE_VAR, mode)
+        .env_remove("LEAKSCOPE_REPORT")
+        .env_remove("LEAKSCOPE_SAMPLE_BYTES")
+        .stdout(std::process::Stdio::piped());
+    if mode == "leakscope-sampled" {
+        cmd.env("LEAKSCOPE_SAMPLE_BYTES", SAMPLE_BYTES);
+    }
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("run the workload");
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: waits for our own child and fills a zeroed struct.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::wait4(pid, &mut status, 0, &mut u);
+        u
+    };
+    let secs = start.elapsed().as_secs_f64();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{mode} {vars:?}: status {status}"
+    );
+    (out, secs, usage.ru_maxrss)
+}
+
+/// LEAKSCOPE_BENCH_HEAP: the heap phase's blocks (0: no heap phase).
+fn heap_blocks() -> usize {
+    std::env::var("LEAKSCOPE_BENCH_HEAP")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000_000)
+}
+
+/// The heap phase, run by the parent: the time to build the heap under
+/// each allocator, and what the gate's leak check of it adds at exit.
+fn heap_phase(exe: &std::path::Path, modes: &[(&str, &str)], rounds: usize) {
+    let n = heap_blocks();
+    if n == 0 {
+        return;
+    }
+    let blocks = n.to_string();
+    println!();
+    println!("heap: {n} live blocks of 32 bytes built and held, then exit (median of {rounds} runs each); the gate: LEAKSCOPE_ERROR_EXITCODE=23, a full leak check at exit");
+    println!(
+        "{:<19} {:>10} {:>9} {:>14} {:>12} {:>12}",
+        "allocator", "build s", "ratio", "gate adds s", "gate adds", "per block"
+    );
+    let mut base = None;
+    for (mode, _) in modes {
+        let mut build = Vec::new();
+        let mut gate = Vec::new();
+        let mut rss = (0, 0);
+        for _ in 0..rounds {
+            let vars = [("LEAKSCOPE_BENCH_HEAP_CHILD", blocks.as_str())];
+            let (out, plain_secs, plain_rss) = timed_child(exe, mode, &vars);
+            build.push(out.trim().parse::<f64>().expect("seconds"));
+            if mode.starts_with("leakscope") && *mode != "leakscope-sampled" {
+                let vars = [
+                    ("LEAKSCOPE_BENCH_HEAP_CHILD", blocks.as_str()),
+                    ("LEAKSCOPE_ERROR_EXITCODE", "23"),
+                ];
+                let (_, gate_secs, gate_rss) = timed_child(exe, mode, &vars);
+                gate.push(gate_secs - plain_secs);
+                rss = (rss.0.max(plain_rss), rss.1.max(gate_rss));
+            }
+        }
+        let secs = median(&mut build);
+        let base = *base.get_or_insert(secs);
+        if gate.is_empty() {
+            println!("{:<19} {:>10.3} {:>8.2}x", mode, secs, secs / base);
+        } else {
+            let extra = (rss.1 - rss.0) * 1024;
+            println!(
+                "{:<19} {:>10.3} {:>8.2}x {:>14.3} {:>8} MiB {:>10.1} B",
+                mode,
+                secs,
+                secs / base,
+                median(&mut gate),
+                extra >> 20,
+                extra as f64 / n as f64
+            );
+        }
+    }
+}
+
 fn peak_rss_kib() -> i64 {
     // SAFETY: getrusage fills a zeroed struct.
     unsafe {
@@ -608,6 +713,12 @@ fn child(mode: &str) {
     let profiler =
         (mode == "dhat").then(|| dhat::Profiler::builder().file_name("/dev/null").build());
     let scoped = tracked && mode != "leakscope-sites";
+    if let Some(n) = std::env::var("LEAKSCOPE_BENCH_HEAP_CHILD")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        build_heap(n);
+    }
     if let Some(n) = std::env::var("LEAKSCOPE_BENCH_IDLE_RSS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -783,6 +894,7 @@ fn main() {
             base
         );
     }
+    heap_phase(&exe, &modes, rounds.min(3));
     println!();
     println!("memory: {RETAINED} live blocks of 16-128 bytes held at once (one run each)");
     println!(

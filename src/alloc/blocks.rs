@@ -424,10 +424,12 @@ pub(crate) fn count_held() -> usize {
 // at an address with the same entry, wrote it since): then the free looks
 // everywhere, as without hints. Counts never depend on a hint.
 
-/// Hint entries, 2 bytes each: one per 64 bytes of a 64 MiB span of
+/// Hint entries, 2 bytes each: one per 128 bytes of a 64 MiB span of
 /// addresses, each 64 MiB region of the address space placed at its own
-/// offset. 2 MiB at most, a page per 128 KiB of heap the program uses.
-const HINTS: usize = 1 << 20;
+/// offset. 1 MiB at most, a page per 256 KiB of heap the program uses.
+/// (Blocks that share an entry share a hint: right when one thread made
+/// them, as a thread's blocks mostly lie together.)
+const HINTS: usize = 1 << 19;
 /// Young tables that get a number; the rest are found by the visit of all.
 const NUMBERED: usize = 1 << 16;
 
@@ -446,7 +448,7 @@ static UNNUMBERED: AtomicBool = AtomicBool::new(false);
 
 #[inline(always)]
 fn hint_index(addr: usize) -> usize {
-    (addr >> 6).wrapping_add((addr >> 26).wrapping_mul(0x9E37_79B9)) % HINTS
+    (addr >> 7).wrapping_add((addr >> 26).wrapping_mul(0x9E37_79B9)) % HINTS
 }
 
 /// Notes `own` as the maker of the young block at `addr` (a table without

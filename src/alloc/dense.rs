@@ -253,13 +253,19 @@ impl Dense {
         (region as usize) << REGION_SHIFT | ((k & ((1 << OFFSET_BITS) - 1)) as usize) << 3
     }
 
-    /// Where the probe for `key` starts, in a table of `cap` entries. A key
-    /// is one block's in its shard, so it is hashed itself: an entry's home
-    /// is found without its address.
+    /// The hash of `key`: a key is one block's in its shard, so it is
+    /// hashed itself, and an entry's home is found without its address.
+    #[inline]
+    fn hash(key: u32) -> u64 {
+        ((key & KEY) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+    }
+
+    /// Where the probe for `key` starts, in a table of `cap` entries: the
+    /// hash scaled to the table, so that entries in hash order are in home
+    /// order in a table of any size.
     #[inline]
     fn home(key: u32, cap: usize) -> usize {
-        let h = ((key & KEY) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-        ((h * cap as u64) >> 32) as usize
+        ((Dense::hash(key) * cap as u64) >> 32) as usize
     }
 
     /// How far entry `e` at `i` sits from its home: as stored, unless it
@@ -278,20 +284,27 @@ impl Dense {
         }
     }
 
-    /// The index of `key`'s entry.
+    /// The index of `key`'s entry. Entries are in hash order from each
+    /// run's start (see [`Dense::insert`]), so the probe stops at the
+    /// first entry that would come after `key`'s.
     fn find(&self, key: u32) -> Option<usize> {
         let t = self.slice();
         if t.is_empty() {
             return None;
         }
+        let h = Dense::hash(key);
         let mut i = Dense::home(key, self.cap);
         for d in 0..self.cap {
             let e = *t.get(i)?;
-            if e.key == 0 || self.dist(e, i) < d {
+            if e.key == 0 {
                 return None;
             }
             if e.key & KEY == key {
                 return Some(i);
+            }
+            let ed = self.dist(e, i);
+            if ed < d || ed == d && Dense::hash(e.key) > h {
+                return None;
             }
             i = if i + 1 == self.cap { 0 } else { i + 1 };
         }
@@ -353,7 +366,10 @@ impl Dense {
         Put::New
     }
 
-    /// Places `e` (not in the table; there is room).
+    /// Places `e` (not in the table; there is room). Robin Hood: the entry
+    /// nearer its home gives way, and of two as near, the one later in
+    /// hash order; so every run of entries is in hash order, which lets a
+    /// probe stop early and the table grow by one pass ([`Dense::grow`]).
     fn insert(&mut self, mut e: Entry) {
         let cap = self.cap;
         let mut i = Dense::home(e.key, cap);
@@ -369,9 +385,8 @@ impl Dense {
                 }
                 return;
             }
-            // Robin Hood: the entry nearer its home gives way.
             let cd = self.dist(cur, i);
-            if cd < d {
+            if cd < d || cd == d && Dense::hash(cur.key) > Dense::hash(e.key) {
                 if let Some(slot) = self.slice_mut().get_mut(i) {
                     e = std::mem::replace(slot, e.at_dist(d));
                 }
@@ -385,12 +400,17 @@ impl Dense {
     /// Moves every entry to a larger table; `false` if there is no memory
     /// for it (nothing changes). A small table doubles (few entries, and
     /// each is moved about twice in all); from [`SMALL`] entries on it grows
-    /// by a sixteenth, so that it is never much emptier than full.
+    /// by an eighth, so that it is never much emptier than full.
+    ///
+    /// One pass: read in hash order, the entries come in the order of their
+    /// homes in the new table; each goes to its home or right after the one
+    /// before. (The last few, whose run would pass the new table's end, are
+    /// inserted as usual.)
     fn grow(&mut self) -> bool {
         let more = if self.cap < SMALL {
             self.cap
         } else {
-            self.cap / 16
+            self.cap / 8
         };
         let cap = (self.cap + more).max(MIN_CAPACITY);
         let Some(p) = Memory::take(cap) else {
@@ -402,8 +422,30 @@ impl Dense {
         if let Some(o) = old {
             // SAFETY: the old block held `old_cap` entries and is ours.
             let entries = unsafe { std::slice::from_raw_parts(o.as_ptr(), old_cap) };
-            for &e in entries.iter().filter(|e| e.key != 0) {
-                self.insert(e);
+            // Hash order: every entry at or past its home, in table order,
+            // then those whose run passed the table's end (at the start,
+            // before their homes), which are last in hash order.
+            let wrapped = |i: usize, e: &Entry| Dense::home(e.key, old_cap) > i;
+            let first = entries.iter().enumerate().filter(|(i, e)| !wrapped(*i, e));
+            let last = entries
+                .iter()
+                .enumerate()
+                .take_while(|(i, e)| e.key != 0 && wrapped(*i, e));
+            let mut free = 0;
+            for (_, &e) in first.chain(last).filter(|(_, e)| e.key != 0) {
+                let home = Dense::home(e.key, cap);
+                let at = home.max(free);
+                match self.slice_mut().get_mut(at) {
+                    Some(slot) => {
+                        *slot = e.at_dist(at - home);
+                        self.len += 1;
+                        free = at + 1;
+                    }
+                    None => {
+                        free = cap;
+                        self.insert(e);
+                    }
+                }
             }
             // SAFETY: made by `Memory::take(old_cap)`, no longer used.
             unsafe { Memory::free(o, old_cap) };
@@ -467,6 +509,44 @@ mod tests {
         let mut want: Vec<usize> = (1..n).step_by(2).map(addr).collect();
         want.sort_unstable();
         assert_eq!(seen, want);
+    }
+
+    /// Random puts, replacements and takes across many growths, against a
+    /// model: every entry is found, and only those (the probe's early stop
+    /// and the one-pass growth rely on the table's order).
+    #[test]
+    fn random_puts_and_takes_match_a_model() {
+        let mut t = Dense::new();
+        let mut model = std::collections::HashMap::new();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for step in 0..200_000 {
+            let r = rnd();
+            // Blocks in three regions, 16 bytes apart at most 16 MiB in.
+            let addr = 0x7F00_0000_0000
+                + (r as usize % 3) * (1 << 26)
+                + ((r >> 8) as usize % (1 << 20)) * 16;
+            if r >> 60 < 11 {
+                let f = fields(step % 50_000);
+                let had = model.insert(addr, f);
+                match (t.put(addr, f), had) {
+                    (Put::New, None) => {}
+                    (Put::Replaced(old), Some(h)) => assert_eq!(old, h),
+                    _ => panic!("put {addr:x} at {step}"),
+                }
+            } else {
+                assert_eq!(t.take(addr), model.remove(&addr), "take {addr:x} at {step}");
+            }
+        }
+        assert_eq!(t.len(), model.len());
+        for (a, f) in &model {
+            assert_eq!(t.get(*a), Some(*f));
+        }
     }
 
     #[test]
