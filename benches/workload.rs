@@ -597,6 +597,7 @@ fn build_heap(n: usize) -> ! {
 
 /// Runs this program as a child with `vars` set; its output, wall time
 /// and peak resident memory (KiB).
+#[allow(clippy::zombie_processes)] // waited for by `wait4`, which gives its own peak memory
 fn timed_child(exe: &std::path::Path, mode: &str, vars: &[(&str, &str)]) -> (String, f64, i64) {
     let mut cmd = Command::new(exe);
     cmd.env(MODE_VAR, mode)

@@ -104,6 +104,14 @@ static ARENA: [AtomicPtr<[Site; CHUNK]>; CHUNKS] =
 /// Ids handed out so far; id 0 ([`OTHER`]) is reserved from the start.
 static COUNT: AtomicU32 = AtomicU32::new(1);
 static INDEX: SpinLock<HashTable<u32, MetaAlloc>> = SpinLock::new(HashTable::new_in(MetaAlloc {}));
+/// Entries of [`RECENT`].
+const RECENT_ENTRIES: usize = 1 << 16;
+/// The id of a stack interned or found lately, by its hash: looked at
+/// before the index, without its lock, so that threads whose stacks
+/// outnumber their own caches (a program with thousands of hot stacks)
+/// do not all wait for the index. A site is written once before its id
+/// is published, so an id read here is checked against the stack itself.
+static RECENT: [AtomicU32; RECENT_ENTRIES] = [const { AtomicU32::new(OTHER) }; RECENT_ENTRIES];
 
 /// Number of ids handed out (ids are `0..count()`).
 #[inline]
@@ -166,6 +174,22 @@ fn new_chunk(cell: &AtomicPtr<[Site; CHUNK]>) -> *mut [Site; CHUNK] {
 
 /// The id of this stack, interning it on first sight.
 pub(crate) fn intern(hash: u64, frames: &[usize], origin: Origin) -> u32 {
+    let recent = RECENT.get(hash as usize % RECENT_ENTRIES);
+    if let Some(r) = recent {
+        let id = r.load(Ordering::Relaxed);
+        if id != OTHER && get(id).is_some_and(|s| s.matches(hash, frames)) {
+            return id;
+        }
+    }
+    let id = intern_locked(hash, frames, origin);
+    if let Some(r) = recent {
+        r.store(id, Ordering::Relaxed);
+    }
+    id
+}
+
+/// [`intern`] by the index, under its lock.
+fn intern_locked(hash: u64, frames: &[usize], origin: Origin) -> u32 {
     let mut index = INDEX.lock();
     let found = index.find(hash, |&id| get(id).is_some_and(|s| s.matches(hash, frames)));
     if let Some(&id) = found {
