@@ -509,9 +509,9 @@ pub(crate) fn leak_zeroed<T>() -> *mut T {
 /// The smallest page size of the systems this runs on.
 const PAGE: usize = 4096;
 
-/// `len` zeroed bytes, page-aligned, in a new anonymous mapping that is
-/// never unmapped: its pages take memory only once touched. Null when the
-/// kernel refuses.
+/// `len` zeroed bytes, page-aligned, in a new anonymous mapping of their
+/// own (the caller's to unmap, or to keep for good): its pages take memory
+/// only once touched. Null when the kernel refuses.
 pub(crate) fn map_zeroed(len: usize) -> *mut u8 {
     // SAFETY: a new anonymous private mapping at an address the kernel
     // picks: it touches no existing memory.

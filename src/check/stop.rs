@@ -34,18 +34,8 @@ impl<T: Copy> Buf<T> {
     /// Room for `cap` items; `None` if the mapping fails.
     pub(crate) fn new(cap: usize) -> Option<Buf<T>> {
         let bytes = cap.max(1).checked_mul(std::mem::size_of::<T>().max(1))?;
-        // SAFETY: an anonymous private mapping; no memory of ours is touched.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
+        let p = crate::alloc::meta::map_zeroed(bytes);
+        if p.is_null() {
             return None;
         }
         Some(Buf {
