@@ -604,11 +604,18 @@ fn bad_settings_are_reported_and_ignored() {
 /// check needs), and nothing the workers hold is lost.
 ///
 /// Known and open (see issue 26's note): in about one full debug suite
-/// in three or four (CI twice, once here), one check of the twenty called
-/// 1 to 4 of the workers' `kept` boxes definitely lost; this test run
-/// alone has not shown it (4 debug runs, 2 of them beside a CPU hog, and
-/// 40 release runs). Until it is found, a failed round is reported on
-/// stderr and run once more: the test fails when both rounds lose a block.
+/// in three or four, the first check of a round calls a worker's young
+/// `kept` boxes definitely lost. Found, not yet fixed: that check stops a
+/// worker inside `realloc` of its growing `kept` buffer, between
+/// `realloc_tracked` taking the old buffer's entry out and entering the
+/// new buffer, so neither buffer is a block of the check and the boxes
+/// they hold are reached by nothing (instrumented: no listed block held
+/// them, and the loss came before the first check had returned, while the
+/// workers were still growing `kept`). The fix is to show the check a
+/// realloc in flight (its old and new buffer) as a block to scan but not
+/// to report. Until then a failed round is reported on stderr and run
+/// once more (a second round has not lost one yet): the test fails when
+/// both rounds lose a block.
 fn checks_while_threads_allocate() {
     let first = checks_while_threads_allocate_round();
     if first.is_empty() {
