@@ -599,14 +599,8 @@ fn build_heap(n: usize) -> ! {
 /// and peak resident memory (KiB).
 #[allow(clippy::zombie_processes)] // waited for by `wait4`, which gives its own peak memory
 fn timed_child(exe: &std::path::Path, mode: &str, vars: &[(&str, &str)]) -> (String, f64, i64) {
-    let mut cmd = Command::new(exe);
-    cmd.env(MODE_VAR, mode)
-        .env_remove("LEAKSCOPE_REPORT")
-        .env_remove("LEAKSCOPE_SAMPLE_BYTES")
-        .stdout(std::process::Stdio::piped());
-    if mode == "leakscope-sampled" {
-        cmd.env("LEAKSCOPE_SAMPLE_BYTES", SAMPLE_BYTES);
-    }
+    let mut cmd = child_command(exe, mode);
+    cmd.stdout(std::process::Stdio::piped());
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -652,7 +646,9 @@ fn heap_phase(exe: &std::path::Path, modes: &[(&str, &str)], rounds: usize) {
         "{:<19} {:>10} {:>9} {:>14} {:>12} {:>12}",
         "allocator", "build s", "ratio", "gate adds s", "gate adds", "per block"
     );
-    let mut base = None;
+    // Per mode: the median build time, and (tracked, full mode) the gate's
+    // median extra time and its extra peak memory in bytes.
+    let mut runs: Vec<(f64, Option<(f64, i64)>)> = Vec::new();
     for (mode, _) in modes {
         let mut build = Vec::new();
         let mut gate = Vec::new();
@@ -671,21 +667,27 @@ fn heap_phase(exe: &std::path::Path, modes: &[(&str, &str)], rounds: usize) {
                 rss = (rss.0.max(plain_rss), rss.1.max(gate_rss));
             }
         }
-        let secs = median(&mut build);
-        let base = *base.get_or_insert(secs);
-        if gate.is_empty() {
-            println!("{:<19} {:>10.3} {:>8.2}x", mode, secs, secs / base);
-        } else {
-            let extra = (rss.1 - rss.0) * 1024;
-            println!(
-                "{:<19} {:>10.3} {:>8.2}x {:>14.3} {:>8} MiB {:>10.1} B",
+        let gate = (!gate.is_empty()).then(|| (median(&mut gate), (rss.1 - rss.0) * 1024));
+        runs.push((median(&mut build), gate));
+    }
+    for (m, (mode, base)) in modes.iter().enumerate() {
+        let Some(b) = plain_of(modes, base) else {
+            continue;
+        };
+        let (secs, gate) = runs[m];
+        let ratio = secs / runs[b].0;
+        match gate {
+            None => println!("{mode:<19} {secs:>10.3} {ratio:>8.2}x"),
+            Some((gate_secs, extra)) => println!(
+                "{:<19} {:>10.3} {:>8.2}x {:>14.3} {:>8} MiB {:>10.1} B  vs {}",
                 mode,
                 secs,
-                secs / base,
-                median(&mut gate),
+                ratio,
+                gate_secs,
                 extra >> 20,
-                extra as f64 / n as f64
-            );
+                extra as f64 / n as f64,
+                base
+            ),
         }
     }
 }
@@ -763,13 +765,7 @@ fn child(mode: &str) {
 
 /// Runs this program as a child in `mode`; its one line of output.
 fn run_child(exe: &std::path::Path, mode: &str, setup: impl FnOnce(&mut Command)) -> String {
-    let mut cmd = Command::new(exe);
-    if mode == "leakscope-sampled" {
-        cmd.env("LEAKSCOPE_SAMPLE_BYTES", SAMPLE_BYTES);
-    } else {
-        cmd.env_remove("LEAKSCOPE_SAMPLE_BYTES");
-    }
-    cmd.env(MODE_VAR, mode).env_remove("LEAKSCOPE_REPORT");
+    let mut cmd = child_command(exe, mode);
     setup(&mut cmd);
     let out = cmd.output().expect("run the workload");
     assert!(
@@ -778,6 +774,24 @@ fn run_child(exe: &std::path::Path, mode: &str, setup: impl FnOnce(&mut Command)
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// This program, to run as a child in `mode` (with the sampling interval
+/// of `leakscope-sampled`, and no report).
+fn child_command(exe: &std::path::Path, mode: &str) -> Command {
+    let mut cmd = Command::new(exe);
+    if mode == "leakscope-sampled" {
+        cmd.env("LEAKSCOPE_SAMPLE_BYTES", SAMPLE_BYTES);
+    } else {
+        cmd.env_remove("LEAKSCOPE_SAMPLE_BYTES");
+    }
+    cmd.env(MODE_VAR, mode).env_remove("LEAKSCOPE_REPORT");
+    cmd
+}
+
+/// Where in `modes` the plain allocator `base` (a mode's comparison) is.
+fn plain_of(modes: &[(&str, &str)], base: &str) -> Option<usize> {
+    modes.iter().position(|(name, _)| *name == base)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -836,7 +850,7 @@ fn main() {
             }
         }
         for (m, (mode, base)) in modes.iter().enumerate() {
-            let Some(b) = modes.iter().position(|(name, _)| name == base) else {
+            let Some(b) = plain_of(&modes, base) else {
                 continue;
             };
             // Each round's ratio to its plain allocator's run next to it, then
@@ -884,7 +898,7 @@ fn main() {
         })
         .collect();
     for (m, (mode, base)) in modes.iter().enumerate() {
-        let Some(b) = modes.iter().position(|(name, _)| name == base) else {
+        let Some(b) = plain_of(&modes, base) else {
             continue;
         };
         println!(
@@ -912,7 +926,7 @@ fn main() {
         })
         .collect();
     for (m, (mode, base)) in modes.iter().enumerate() {
-        let Some(b) = modes.iter().position(|(name, _)| name == base) else {
+        let Some(b) = plain_of(&modes, base) else {
             continue;
         };
         println!(

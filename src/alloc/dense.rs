@@ -136,22 +136,7 @@ impl Memory {
             unsafe { std::ptr::write_bytes(p.as_ptr(), 0, cap) };
             return Some(p);
         }
-        // SAFETY: a new anonymous private mapping, zero-filled, that
-        // touches no existing memory.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                layout.size(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return None;
-        }
-        NonNull::new(p.cast())
+        NonNull::new(crate::alloc::meta::map_zeroed(layout.size()).cast())
     }
 
     /// # Safety
