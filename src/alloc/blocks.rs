@@ -100,6 +100,55 @@ pub(crate) struct Young {
     /// (First: it shares a page with the fields of its slot before it.)
     number: AtomicU16,
     entries: [YoungEntry; YOUNG],
+    /// The owner's `realloc` in flight, if any (see [`InFlight`]).
+    in_flight: InFlight,
+}
+
+/// The blocks that hold a `realloc`'s contents while no table lists them:
+/// the old block from just before its entry is taken out until the inner
+/// allocator returns, then the new block until its entry is in. The leak
+/// check, which may stop the owner anywhere, scans them when reached and
+/// never reports them: without them, what the moving block holds would be
+/// called lost. Hidden addresses (0: none) and sizes; written by the owner
+/// alone, read with the owner stopped (a signal sees its thread's stores in
+/// program order: release stores keep the compiler to it).
+#[derive(Default)]
+struct InFlight {
+    old: AtomicUsize,
+    old_size: AtomicUsize,
+    new: AtomicUsize,
+    new_size: AtomicUsize,
+}
+
+impl Young {
+    /// The owner's `realloc` of `addr` (`size` bytes) begins: before its
+    /// entry is taken out.
+    #[inline]
+    pub(crate) fn realloc_begins(&self, addr: usize, size: usize) {
+        let f = &self.in_flight;
+        f.old_size.store(size, Ordering::Relaxed);
+        f.old.store(hide(addr), Ordering::Release);
+    }
+
+    /// The inner allocator returned `addr` (`size` bytes; null: the old
+    /// block stays): before its entry is made.
+    #[inline]
+    pub(crate) fn realloc_returned(&self, addr: usize, size: usize) {
+        let f = &self.in_flight;
+        if addr != 0 {
+            f.new_size.store(size, Ordering::Relaxed);
+            f.new.store(hide(addr), Ordering::Release);
+            f.old.store(0, Ordering::Release);
+        }
+    }
+
+    /// The `realloc`'s blocks are listed again (or freed).
+    #[inline]
+    pub(crate) fn realloc_ends(&self) {
+        let f = &self.in_flight;
+        f.old.store(0, Ordering::Release);
+        f.new.store(0, Ordering::Release);
+    }
 }
 
 impl Young {
@@ -403,14 +452,33 @@ pub(crate) fn for_each_held(mut f: impl FnMut(usize, &Meta)) {
     }
 }
 
-/// Live blocks in the tables now (an upper bound while threads run).
+/// For the leak check, with the world stopped: calls `f` with the address
+/// and size of each block a stopped thread's `realloc` has in flight (see
+/// [`InFlight`]); a block may also be listed by [`for_each_held`]. The old
+/// block may already be free (the owner was stopped inside the inner
+/// allocator): the check reads only what is mapped, and trims what
+/// overlaps a listed block.
+pub(crate) fn for_each_in_flight(mut f: impl FnMut(usize, usize)) {
+    for young in crate::alloc::thread::young_tables() {
+        let i = &young.in_flight;
+        for (a, size) in [(&i.old, &i.old_size), (&i.new, &i.new_size)] {
+            let a = a.load(Ordering::Acquire);
+            if a != 0 {
+                f(hide(a), size.load(Ordering::Relaxed));
+            }
+        }
+    }
+}
+
+/// Live blocks in the tables now, and those [`for_each_in_flight`] may
+/// add (an upper bound while threads run).
 pub(crate) fn count_held() -> usize {
     let mut n = 0;
     for s in &TABLE {
         // SAFETY: as in `for_each_held`.
         n += unsafe { s.0.held() }.len();
     }
-    n + crate::alloc::thread::young_tables().count() * YOUNG
+    n + crate::alloc::thread::young_tables().count() * (YOUNG + 2)
 }
 
 // ---------------------------------------------------------------- owner hints
@@ -798,9 +866,12 @@ pub(crate) unsafe fn unlock_after_fork() {
 
 /// In a child just forked: a thread of the parent that was moving a young
 /// block to the shared table is gone, and would leave the entry marked for
-/// ever. Finish its move (the block is in the shared table) or undo it.
+/// ever. Finish its move (the block is in the shared table) or undo it;
+/// forget the `realloc`s such threads had in flight.
 pub(crate) fn settle_after_fork() {
     for young in crate::alloc::thread::young_tables() {
+        // Only the forking thread lives on, and it is not in a `realloc`.
+        young.realloc_ends();
         for e in &young.entries {
             let a = e.addr.load(Ordering::Acquire);
             if a & MOVING != 0 {

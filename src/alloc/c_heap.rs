@@ -151,7 +151,12 @@ fn reallocated(p: *mut c_void, size: usize, inner: impl FnOnce() -> *mut c_void)
     if p.is_null() {
         return made(inner(), size);
     }
-    realloc_tracked(p.cast(), size, || inner().cast(), track_c).cast()
+    // Its size as glibc has it (what the tracker knows of it comes out of
+    // the table at the same step, and it may have been made before the
+    // start): the bytes the leak check scans while it is in flight.
+    // SAFETY: `p` is a block from glibc, as `realloc`'s contract says.
+    let old_size = unsafe { glibc_usable_size(p) };
+    realloc_tracked(p.cast(), old_size, size, || inner().cast(), track_c).cast()
 }
 
 /// # Safety
@@ -292,6 +297,15 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
             return size;
         }
     }
+    // SAFETY: forwarded contract.
+    unsafe { glibc_usable_size(p) }
+}
+
+/// glibc's `malloc_usable_size`: the bytes of a block from glibc.
+///
+/// # Safety
+/// C's `malloc_usable_size`.
+unsafe fn glibc_usable_size(p: *mut c_void) -> usize {
     static GLIBC: AtomicUsize = AtomicUsize::new(0);
     match glibc(&GLIBC, c"malloc_usable_size") {
         0 => 0,

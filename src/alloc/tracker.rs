@@ -164,38 +164,47 @@ unsafe impl<A: GlobalAlloc + 'static> GlobalAlloc for LeakTracker<A> {
         }
         // SAFETY: forwarded contract.
         let inner = || unsafe { self.below().realloc(ptr, layout, new_size) };
-        realloc_tracked(ptr, new_size, inner, track)
+        realloc_tracked(ptr, layout.size(), new_size, inner, track)
     }
 }
 
-/// Full mode's realloc of the block at `ptr` to `new_size` bytes by
-/// `inner`, counted: the old block's entry taken out first (for the same
-/// reason as in `dealloc`), then, as valgrind counts it, the old block
-/// freed and a new one allocated, recorded by `track`. A null
-/// result keeps the old block (put back, never counted as freed), but
-/// for C's `realloc(p, 0)`, which frees it.
+/// Full mode's realloc of the block at `ptr` (`old_size` bytes, or more)
+/// to `new_size` bytes by `inner`, counted: the old block's entry taken out
+/// first (for the same reason as in `dealloc`), then, as valgrind counts
+/// it, the old block freed and a new one allocated, recorded by `track`. A
+/// null result keeps the old block (put back, never counted as freed), but
+/// for C's `realloc(p, 0)`, which frees it. Meanwhile the thread's young
+/// table shows the leak check the blocks in flight, which no table lists.
 #[inline]
 pub(crate) fn realloc_tracked(
     ptr: *mut u8,
+    old_size: usize,
     new_size: usize,
     inner: impl FnOnce() -> *mut u8,
     track: fn(&Tracking<'_>, usize, usize),
 ) -> *mut u8 {
-    let old = thread::with_tracking(|t| blocks::remove(t.young(), ptr as usize)).flatten();
+    let old = thread::with_tracking(|t| {
+        t.young().realloc_begins(ptr as usize, old_size);
+        blocks::remove(t.young(), ptr as usize)
+    });
     let p = inner();
     thread::with_tracking(|t| {
+        let young = t.young();
+        young.realloc_returned(p as usize, new_size);
+        let old = old.flatten();
         if p.is_null() && new_size != 0 {
             if let Some(meta) = old {
                 put_back(t, ptr as usize, meta, count_free);
             }
-            return;
+        } else {
+            if let Some(meta) = old {
+                count_free(t, ptr as usize, &meta);
+            }
+            if !p.is_null() {
+                track(t, p as usize, new_size);
+            }
         }
-        if let Some(meta) = old {
-            count_free(t, ptr as usize, &meta);
-        }
-        if !p.is_null() {
-            track(t, p as usize, new_size);
-        }
+        young.realloc_ends();
     });
     p
 }

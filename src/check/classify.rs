@@ -14,6 +14,7 @@
 //! lost block not reached from another lost block leads a group ("clique")
 //! and is definitely lost; the blocks reached from it are indirectly lost.
 
+use crate::alloc::callsite::OTHER;
 use crate::alloc::meta::{ForkSafeLock, FORK_RANK_CHECK};
 use crate::alloc::{blocks, ignored, sample, thread};
 use crate::check::controls::NOT_CHECKED;
@@ -45,6 +46,9 @@ pub(crate) struct Blk {
     pending: bool,
     pub(crate) heuristic: bool,
     ignored: bool,
+    /// Not a listed block: one a stopped thread's `realloc` had in flight
+    /// (see `blocks::for_each_in_flight`), scanned and never reported.
+    in_flight: bool,
     /// Lost, and another lost block points into it.
     pointed: bool,
     /// The reference that first reached it (the last that made it
@@ -64,6 +68,7 @@ impl Blk {
             pending: false,
             heuristic: false,
             ignored: false,
+            in_flight: false,
             pointed: false,
             parent: 0,
         }
@@ -413,11 +418,25 @@ impl<'a> Marker<'a> {
 /// Sorts `blocks` by address and drops repeats (a block seen mid-move).
 pub(crate) fn sort_blocks(blocks: &mut Buf<Blk>) -> usize {
     let s = blocks.as_mut_slice();
-    s.sort_unstable_by_key(|b| b.start);
-    let mut n = 0;
+    s.sort_unstable_by_key(|b| (b.start, b.in_flight));
+    // A block in flight may be free already and its bytes another's: it
+    // keeps only what no other block holds (the blocks before it are
+    // whole: it is left out where it starts inside one, and cut short where
+    // the next begins).
+    let mut n: usize = 0;
     for i in 0..s.len() {
-        if n > 0 && s[n - 1].start == s[i].start {
+        let start = s[i].start;
+        let below = n.checked_sub(1).map(|j| s[j]);
+        if below.is_some_and(|b| b.start == start || s[i].in_flight && b.start + b.size > start) {
             continue;
+        }
+        if s[i].in_flight {
+            let rest = s.get(i + 1..).unwrap_or(&[]);
+            let next = rest
+                .iter()
+                .find(|b| b.start > start)
+                .map_or(usize::MAX, |b| b.start);
+            s[i].size = s[i].size.min(next - start);
         }
         s[n] = s[i];
         n += 1;
@@ -509,6 +528,11 @@ fn classify(objects: &Objects, not_checked: u32, caller: &Caller) -> Result<Foun
     blocks::for_each_held(|addr, m| {
         let mut b = Blk::new(addr, m.size, m.site, m.scope);
         b.ignored = m.scope == not_checked && not_checked != 0;
+        all.push(b);
+    });
+    blocks::for_each_in_flight(|addr, size| {
+        let mut b = Blk::new(addr, size, OTHER, 0);
+        (b.ignored, b.in_flight) = (true, true);
         all.push(b);
     });
     let n = sort_blocks(&mut all);
@@ -632,6 +656,9 @@ fn classify(objects: &Objects, not_checked: u32, caller: &Caller) -> Result<Foun
     let mut groups = HashMap::new();
     let mut retentions = HashMap::new();
     for (b, &path) in blocks.iter().zip(&ids) {
+        if b.in_flight {
+            continue;
+        }
         if path != NO_PATH && !retentions.contains_key(&path) {
             if let Some(r) = paths.retention(path) {
                 retentions.insert(path, r);
@@ -744,6 +771,44 @@ mod tests {
             kinds[b.site as usize] = kind_of(b.state);
         }
         kinds
+    }
+
+    #[test]
+    fn blocks_in_flight_keep_only_what_no_listed_block_holds() {
+        let listed = |start, size| Blk::new(start, size, 1, 0);
+        let moving = |start, size| {
+            let mut b = Blk::new(start, size, OTHER, 0);
+            (b.ignored, b.in_flight) = (true, true);
+            b
+        };
+        let mut bufs: Buf<Blk> = Buf::new(9).unwrap();
+        for b in [
+            moving(1000, 64), // two records of one block: one is kept
+            listed(250, 50),
+            moving(100, 32),  // the same block as a listed one: the listed
+            moving(200, 100), // runs into the next block: cut at 250
+            listed(100, 50),
+            moving(120, 8), // inside a listed block (freed, reused): out
+            moving(1000, 64),
+            moving(600, 16), // on its own: whole
+        ] {
+            bufs.push(b);
+        }
+        let n = sort_blocks(&mut bufs);
+        let kept: Vec<_> = bufs.as_slice()[..n]
+            .iter()
+            .map(|b| (b.start, b.size, b.in_flight))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (100, 50, false),
+                (200, 50, true),
+                (250, 50, false),
+                (600, 16, true),
+                (1000, 64, true)
+            ]
+        );
     }
 
     #[test]
