@@ -12,6 +12,9 @@
 #   writer thread's timing moves a run by a few instructions per pair),
 #   CARGO_FLAGS="--no-default-features --features formats" (the build
 #   measured; this one without feature c-heap)
+#   MODES may name jemalloc-prof: jemalloc's own heap profiler at the same
+#   interval, measured against jemalloc alone (Debian's libjemalloc2, see
+#   workload.rs)
 #
 # Per workload: the plain run (System) and each tracked run, same requests.
 # Extra per pair = (tracked run's instructions - the snapshot the workload
@@ -45,6 +48,8 @@ run() { # workload[:idle threads] mode -> callgrind file
     local f="$out/$1.$2"
     local sample=()
     [ "$2" = leakscope-sampled ] && sample=(LEAKSCOPE_SAMPLE_BYTES=512k LEAKSCOPE_SAMPLE_SEED=1)
+    case "$2" in jemalloc*) sample=(GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536) ;; esac
+    [ "$2" = jemalloc-prof ] && sample+=(MALLOC_CONF=prof:true,lg_prof_sample:19,prof_final:false)
     local idle="${1#*:}"
     [ "$idle" = "$1" ] && idle=2
     env -u LEAKSCOPE_REPORT "${sample[@]}" LEAKSCOPE_BENCH_WORKLOAD="${1%%:*}" LEAKSCOPE_BENCH_MODE="$2" \
@@ -101,7 +106,9 @@ for w in "${workloads[@]}"; do
     for m in $modes; do
         all=()
         for _ in $(seq "$runs"); do
-            plain="$(run "$w" system)"
+            base=system
+            [ "$m" = jemalloc-prof ] && base=jemalloc
+            plain="$(run "$w" "$base")"
             tracked="$(run "$w" "$m")"
             read -r extra pairs base < <(figures "$plain" "$tracked")
             all+=("$extra")

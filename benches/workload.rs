@@ -6,7 +6,8 @@
 //!
 //! `cargo bench --bench workload` (LEAKSCOPE_BENCH_ROUNDS=N for more rounds,
 //! LEAKSCOPE_BENCH_MODES=system,leakscope,... for a subset, =all to add
-//! dhat-rs, which takes 20 to 50 times as long as System here;
+//! dhat-rs, which takes 20 to 50 times as long as System here, and Debian's
+//! jemalloc with and without its heap profiler (see [`je`]);
 //! LEAKSCOPE_BENCH_WORKERS=1,2,4,8 for other worker counts than 1 and 2)
 //!
 //! Each measurement is its own child process (this program, run with
@@ -63,7 +64,9 @@ const SAMPLE_BYTES: &str = "512k";
 /// `leakscope-sites` tracks call-sites only (no scopes); `leakscope` both.
 /// `leakscope-sampled` is full tracking in sampling mode (a stack per
 /// [`SAMPLE_BYTES`] bytes on average; every block still counted per scope).
-const MODES: [(&str, &str); 7] = [
+/// `jemalloc-prof` is jemalloc's own heap profiler at the same interval
+/// (`lg_prof_sample:19`), against jemalloc alone.
+const MODES: [(&str, &str); 9] = [
     ("system", "system"),
     ("leakscope-sites", "system"),
     ("leakscope", "system"),
@@ -71,6 +74,8 @@ const MODES: [(&str, &str); 7] = [
     ("dhat", "system"),
     ("mimalloc", "mimalloc"),
     ("leakscope+mimalloc", "mimalloc"),
+    ("jemalloc", "jemalloc"),
+    ("jemalloc-prof", "jemalloc"),
 ];
 
 /// The allocator of this process, chosen once from the environment at the
@@ -84,6 +89,7 @@ enum Mode {
     Dhat,
     Mimalloc,
     LeakscopeMimalloc,
+    Jemalloc,
 }
 
 struct Switch;
@@ -100,6 +106,7 @@ fn mode() -> Mode {
         3 => Mode::Dhat,
         4 => Mode::Mimalloc,
         5 => Mode::LeakscopeMimalloc,
+        6 => Mode::Jemalloc,
         _ => read_mode(),
     }
 }
@@ -121,6 +128,7 @@ fn read_mode() -> Mode {
         b"dhat" => Mode::Dhat,
         b"mimalloc" => Mode::Mimalloc,
         b"leakscope+mimalloc" => Mode::LeakscopeMimalloc,
+        b"jemalloc" | b"jemalloc-prof" if je::open() => Mode::Jemalloc,
         _ => Mode::System,
     };
     MODE.store(m as u8, Ordering::Relaxed);
@@ -138,6 +146,7 @@ macro_rules! dispatch {
                 Mode::Dhat => dhat::Alloc.$method($($arg),*),
                 Mode::Mimalloc => MiMalloc.$method($($arg),*),
                 Mode::LeakscopeMimalloc => TRACKER_MI.$method($($arg),*),
+                Mode::Jemalloc => je::Jemalloc.$method($($arg),*),
                 Mode::System | Mode::Unknown => System.$method($($arg),*),
             }
         }
@@ -166,6 +175,100 @@ unsafe impl GlobalAlloc for Switch {
 
 #[global_allocator]
 static GLOBAL: Switch = Switch;
+
+/// Debian's jemalloc (package libjemalloc2, built with its heap profiler),
+/// the allocator of modes `jemalloc` and `jemalloc-prof` (the latter with
+/// `MALLOC_CONF=prof:true,lg_prof_sample:19`: a stack per 512 KiB on
+/// average, as `leakscope-sampled` takes). Opened with `dlopen` and called
+/// through its `mallocx` family, as the tikv-jemallocator crate calls it:
+/// preloaded, it would come after this program's own `malloc` (leakscope's
+/// feature `c-heap`) and never be called.
+mod je {
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    type Mallocx = unsafe extern "C" fn(usize, i32) -> *mut u8;
+    type Rallocx = unsafe extern "C" fn(*mut u8, usize, i32) -> *mut u8;
+    type Sdallocx = unsafe extern "C" fn(*mut u8, usize, i32);
+    static FNS: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+    const ZERO: i32 = 0x40;
+
+    /// Loads the library; false if it is not installed. Called at the
+    /// process's first allocation: `dlopen`'s own blocks are C's.
+    pub(super) fn open() -> bool {
+        // SAFETY: dlopen/dlsym with NUL-terminated names.
+        unsafe {
+            let h = libc::dlopen(
+                c"libjemalloc.so.2".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_LOCAL,
+            );
+            if h.is_null() {
+                return false;
+            }
+            for (f, name) in FNS.iter().zip([c"mallocx", c"rallocx", c"sdallocx"]) {
+                let p = libc::dlsym(h, name.as_ptr());
+                if p.is_null() {
+                    return false;
+                }
+                f.store(p as usize, Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
+    /// Whether the library was loaded (for the child to say so).
+    pub(super) fn loaded() -> bool {
+        FNS[0].load(Ordering::Relaxed) != 0
+    }
+
+    /// jemalloc's flags for `l`: its alignment, where malloc's is not enough.
+    fn flags(l: Layout) -> i32 {
+        if l.align() <= 16 && l.align() <= l.size() {
+            0
+        } else {
+            l.align().trailing_zeros() as i32
+        }
+    }
+
+    pub(super) struct Jemalloc;
+
+    // SAFETY: jemalloc's blocks, with `GlobalAlloc`'s contract (sizes are
+    // non-zero; `mallocx` honours the alignment flag).
+    unsafe impl GlobalAlloc for Jemalloc {
+        #[inline]
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            // SAFETY: `mallocx`, loaded by `open`.
+            unsafe {
+                let f: Mallocx = std::mem::transmute(FNS[0].load(Ordering::Relaxed));
+                f(l.size(), flags(l))
+            }
+        }
+        #[inline]
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            // SAFETY: as in `alloc`.
+            unsafe {
+                let f: Mallocx = std::mem::transmute(FNS[0].load(Ordering::Relaxed));
+                f(l.size(), flags(l) | ZERO)
+            }
+        }
+        #[inline]
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            // SAFETY: `sdallocx` of a block `mallocx` made with `l`.
+            unsafe {
+                let f: Sdallocx = std::mem::transmute(FNS[2].load(Ordering::Relaxed));
+                f(p, l.size(), flags(l))
+            }
+        }
+        #[inline]
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+            // SAFETY: `rallocx` of a block `mallocx` made with `l`.
+            unsafe {
+                let f: Rallocx = std::mem::transmute(FNS[1].load(Ordering::Relaxed));
+                f(p, n, flags(Layout::from_size_align_unchecked(n, l.align())))
+            }
+        }
+    }
+}
 
 static LEAKED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -707,6 +810,12 @@ fn child(mode: &str) {
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
     let tracked = matches!(self::mode(), Mode::Leakscope | Mode::LeakscopeMimalloc);
+    if mode.starts_with("jemalloc") && !je::loaded() {
+        eprintln!(
+            "{mode}: libjemalloc.so.2 cannot be loaded (Debian: apt-get install libjemalloc2)"
+        );
+        std::process::exit(2);
+    }
     assert_eq!(
         tracked,
         mode.starts_with("leakscope"),
@@ -785,6 +894,21 @@ fn child_command(exe: &std::path::Path, mode: &str) -> Command {
     } else {
         cmd.env_remove("LEAKSCOPE_SAMPLE_BYTES");
     }
+    if mode.starts_with("jemalloc") {
+        // jemalloc's thread-locals are initial-exec: loaded by `dlopen`,
+        // they need room in the static TLS block that glibc keeps only
+        // when asked.
+        cmd.env("GLIBC_TUNABLES", "glibc.rtld.optional_static_tls=65536");
+    }
+    if mode == "jemalloc-prof" {
+        // Profiles are written nowhere: a dump only at request.
+        cmd.env(
+            "MALLOC_CONF",
+            "prof:true,lg_prof_sample:19,prof_final:false",
+        );
+    } else {
+        cmd.env_remove("MALLOC_CONF");
+    }
     cmd.env(MODE_VAR, mode).env_remove("LEAKSCOPE_REPORT");
     cmd
 }
@@ -813,7 +937,7 @@ fn main() {
         .iter()
         .copied()
         .filter(|(m, _)| match wanted.as_str() {
-            "" => *m != "dhat",
+            "" => *m != "dhat" && !m.starts_with("jemalloc"),
             "all" => true,
             // A mode named, or the plain allocator a named mode is compared with.
             _ => named.contains(m) || MODES.iter().any(|(n, base)| named.contains(n) && base == m),
