@@ -21,7 +21,7 @@ use crate::report::warn::warn;
 use crate::serve::env::Dest;
 use crate::serve::exit;
 use crate::serve::live::Previous;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// The write end of the pipe the handlers write to (-1: none yet).
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
@@ -33,11 +33,20 @@ const REPORT: u8 = b'!';
 /// first, as valgrind writes its leak report when one kills the program.
 pub(crate) const FATAL: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGHUP];
 
+/// Threads running one of these handlers now. The report waits until none
+/// is: a handler's frames (and the kernel's signal frame under them) lie
+/// below the frames the signal interrupted, over dead stack, and a check
+/// that stopped a thread there would read what they left unwritten of that
+/// dead stack as roots (a vector lost in a function that had returned was
+/// called still reachable, about one SIGTERM in ten).
+static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
 /// Writes `byte` to the pipe unless `sig`'s installed action is no longer
 /// `handler` (a later handler chained to this one: it decides).
 /// Async-signal-safe: errno is saved and put back; write(2) on a pipe never
 /// blocks here (a full pipe means a report is pending anyway).
 fn notify(sig: i32, handler: usize, byte: u8) {
+    IN_HANDLER.fetch_add(1, Ordering::SeqCst);
     // SAFETY: errno is this thread's; the write is from a one-byte buffer.
     unsafe {
         let errno = *libc::__errno_location();
@@ -46,6 +55,22 @@ fn notify(sig: i32, handler: usize, byte: u8) {
             libc::write(fd, [byte].as_ptr().cast(), 1);
         }
         *libc::__errno_location() = errno;
+    }
+    IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Waits (a second at most) until no thread runs a handler of ours, so
+/// that the report's check finds every thread in the program's own frames
+/// (see [`IN_HANDLER`]). What is left is the handler's return itself, a
+/// few instructions: a stop signal sent then is taken once the kernel has
+/// put the interrupted frames back, unless the thread is preempted there.
+fn wait_for_handlers() {
+    for _ in 0..100_000 {
+        if IN_HANDLER.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        // SAFETY: no preconditions.
+        unsafe { libc::sched_yield() };
     }
 }
 
@@ -179,6 +204,7 @@ extern "C" fn watch(arg: *mut libc::c_void) -> *mut libc::c_void {
             break;
         }
         let got = bytes.get(..n as usize).unwrap_or(&[]);
+        wait_for_handlers();
         if let Some(&sig) = got.iter().find(|&&b| b != REPORT) {
             die_by(sig as i32);
         }
