@@ -53,6 +53,8 @@
 //! live server; `integrations/` tower and tracing. Each layer imports only
 //! the layers before it in that list.
 
+#![deny(missing_docs)]
+
 mod alloc;
 mod check;
 mod integrations;

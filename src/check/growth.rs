@@ -26,9 +26,11 @@ pub struct GrowthSummary {
     pub runs: u64,
     /// `outstanding_blocks / runs` and `outstanding_bytes / runs`.
     pub blocks_per_run: f64,
+    /// Outstanding bytes per run.
     pub bytes_per_run: f64,
     /// Blocks the runs allocated and nobody has freed since.
     pub outstanding_blocks: u64,
+    /// Their bytes.
     pub outstanding_bytes: u64,
     /// By call-site, most bytes first.
     pub by_callsite: Vec<GrowthCallsite>,
@@ -49,9 +51,13 @@ pub struct GrowthSummary {
 pub struct GrowthCallsite {
     /// The call-site id, as in the report (`Report::callsites`).
     pub callsite: u32,
+    /// Blocks its runs left behind.
     pub blocks: u64,
+    /// Their bytes.
     pub bytes: u64,
+    /// `blocks / runs`.
     pub blocks_per_run: f64,
+    /// `bytes / runs`.
     pub bytes_per_run: f64,
     /// Innermost first, as in the report.
     pub frames: Vec<Frame>,

@@ -32,6 +32,9 @@ pub struct LeakScopeLayer<N = ByRoute> {
 }
 
 impl LeakScopeLayer {
+    /// The layer that names each request's scope `"<METHOD> <route>"`: the
+    /// route template where axum matched one (`GET /users/{id}`), else the
+    /// path.
     pub fn new() -> LeakScopeLayer {
         LeakScopeLayer { name: ByRoute }
     }

@@ -46,7 +46,9 @@ impl LeakKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Amount {
+    /// How many blocks.
     pub blocks: u64,
+    /// Their bytes, summed.
     pub bytes: u64,
 }
 
@@ -68,8 +70,11 @@ impl std::ops::AddAssign for Amount {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LossRecord {
+    /// What the check found them to be.
     pub kind: LeakKind,
+    /// How many blocks.
     pub blocks: u64,
+    /// Their bytes, summed.
     pub bytes: u64,
     /// The call-site's id in the report's `callsites`.
     pub callsite: u32,
@@ -86,6 +91,7 @@ pub struct LossRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Retention {
+    /// What kind of memory the first reference lies in, and whose.
     pub root: Root,
     /// Call-site ids, from the block the root points to to the block itself
     /// (its own call-site last). A run of blocks from one call-site (a
@@ -101,6 +107,7 @@ pub struct Retention {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Root {
+    /// Static data, a stack, registers or thread-local storage.
     pub kind: RootKind,
     /// A static's symbol (`my_app::USER_CACHE`), when it has one.
     pub name: Option<String>,
@@ -140,8 +147,11 @@ impl RootKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ScopeRetention {
+    /// The path that holds them.
     pub retained_by: Retention,
+    /// How many blocks it holds.
     pub blocks: u64,
+    /// Their bytes, summed.
     pub bytes: u64,
 }
 
@@ -149,8 +159,11 @@ pub struct ScopeRetention {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SuppressionUse {
+    /// The suppression as written in its file (`leak:`, `growth:` lines) or built in.
     pub pattern: String,
+    /// Lost blocks it hid.
     pub blocks: u64,
+    /// Their bytes, summed.
     pub bytes: u64,
 }
 
@@ -158,9 +171,13 @@ pub struct SuppressionUse {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LeakCheck {
+    /// Nothing points to them, nor into them.
     pub definitely_lost: Amount,
+    /// Reached only from lost blocks.
     pub indirectly_lost: Amount,
+    /// Reached only through pointers into their interior.
     pub possibly_lost: Amount,
+    /// A pointer to their start is reachable from a root.
     pub still_reachable: Amount,
     /// Of `still_reachable`: blocks reached only through an interior pointer
     /// that a heuristic explains: valgrind's stdstring, length64 and
@@ -172,6 +189,7 @@ pub struct LeakCheck {
     /// Unsuppressed blocks, grouped by kind, call-site, scope and (for the
     /// reachable kinds) retention path, largest bytes first.
     pub loss_records: Vec<LossRecord>,
+    /// The suppressions that matched, with what each hid, most bytes first.
     pub suppressions_used: Vec<SuppressionUse>,
     /// Why the check did not run, when it did not (all counts are then 0).
     pub error: Option<String>,

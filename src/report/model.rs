@@ -16,8 +16,11 @@ use std::collections::HashMap;
 pub struct Frame {
     /// The return address (the same for the inlined frames of one call).
     pub ip: usize,
+    /// The function, demangled, when the symbols name it.
     pub function: Option<String>,
+    /// The source file: relative to the workspace root under it, absolute otherwise.
     pub file: Option<String>,
+    /// The line in `file`.
     pub line: Option<u32>,
 }
 
@@ -25,9 +28,13 @@ pub struct Frame {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Totals {
+    /// Blocks allocated and not yet freed.
     pub live_blocks: u64,
+    /// Their bytes.
     pub live_bytes: u64,
+    /// Blocks allocated since the tracker started.
     pub total_blocks: u64,
+    /// Their bytes.
     pub total_bytes: u64,
     /// Exact when one thread at a time allocates; with several threads it may be
     /// off by up to 64 KiB per other thread (threads publish live bytes in batches).
@@ -38,10 +45,15 @@ pub struct Totals {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CallsiteStats {
+    /// Its id: the same in this report's loss records, scopes and JSON.
     pub id: u32,
+    /// Its blocks allocated and not yet freed.
     pub live_blocks: u64,
+    /// Their bytes.
     pub live_bytes: u64,
+    /// Its blocks allocated since the tracker started.
     pub total_blocks: u64,
+    /// Their bytes.
     pub total_bytes: u64,
     /// As precise as [`Totals::peak_live_bytes`].
     pub peak_live_bytes: u64,
@@ -84,8 +96,11 @@ impl CallsiteStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ScopeCallsite {
+    /// The call-site's id ([`CallsiteStats::id`]).
     pub callsite: u32,
+    /// The scope's outstanding blocks made there.
     pub blocks: u64,
+    /// Their bytes.
     pub bytes: u64,
 }
 
@@ -93,10 +108,13 @@ pub struct ScopeCallsite {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ScopeStats {
+    /// The name the runs were opened with.
     pub name: String,
+    /// Runs opened (each `track_scope` call, guard, future or span entered).
     pub runs: u64,
     /// Blocks opened in a run of this scope and never freed since.
     pub outstanding_blocks: u64,
+    /// Their bytes.
     pub outstanding_bytes: u64,
     /// Largest first.
     pub by_callsite: Vec<ScopeCallsite>,
@@ -139,7 +157,9 @@ pub(crate) fn per_run(n: f64, runs: u64) -> f64 {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Report {
+    /// The process the report was taken in.
     pub pid: u32,
+    /// Whole-process counts.
     pub totals: Totals,
     /// Call-sites that allocated, largest live bytes first: in a [`snapshot`],
     /// every one seen; in the exit report and the live ones, those with live
@@ -186,12 +206,14 @@ pub struct Timeline {
     pub interval_ms: u64,
     /// The scopes followed, in the order of each point's `scope_bytes`.
     pub scopes: Vec<String>,
+    /// The points, oldest first.
     pub points: Vec<TimelinePoint>,
     /// When the live bytes were highest at a call-site pass (milliseconds
     /// since the tracker started), and what each call-site held then, what
     /// it held at most, and how long its blocks lived: see
     /// [`TimelineCallsite`]. Empty before the first pass.
     pub peak_ms: u64,
+    /// Call-sites that held the most at `peak_ms`, most bytes first.
     pub callsites: Vec<TimelineCallsite>,
 }
 
@@ -209,6 +231,7 @@ pub struct TimelineCallsite {
     /// Its live blocks and bytes at the pass with the most live bytes in
     /// the process (`peak_ms`).
     pub peak_blocks: u64,
+    /// Their bytes.
     pub peak_bytes: u64,
     /// Its most live blocks at any pass.
     pub max_blocks: u64,
@@ -225,7 +248,9 @@ pub struct TimelineCallsite {
 pub struct TimelinePoint {
     /// Milliseconds since the tracker started.
     pub ms: u64,
+    /// Live bytes in the process.
     pub live_bytes: u64,
+    /// Live blocks in the process.
     pub live_blocks: u64,
     /// Outstanding bytes of each of the timeline's `scopes` (0 before one
     /// was followed).
@@ -277,6 +302,7 @@ pub struct Growth {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ScopeGrowth {
+    /// The scope's name.
     pub name: String,
     /// Runs opened in between.
     pub runs: u64,
@@ -284,6 +310,7 @@ pub struct ScopeGrowth {
     /// behind, less the earlier runs' blocks freed since (so it can be
     /// negative).
     pub outstanding_blocks: i64,
+    /// Change in outstanding bytes, as for blocks.
     pub outstanding_bytes: i64,
 }
 
@@ -335,10 +362,12 @@ impl Report {
         self.leak_check = Some(lc);
     }
 
+    /// The call-site with this id, if the report lists it.
     pub fn callsite(&self, id: u32) -> Option<&CallsiteStats> {
         self.callsites.iter().find(|c| c.id == id)
     }
 
+    /// The scope with this name, if it was ever opened.
     pub fn scope(&self, name: &str) -> Option<&ScopeStats> {
         self.scopes.iter().find(|s| s.name == name)
     }

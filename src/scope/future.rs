@@ -57,6 +57,7 @@ pub fn scoped_with<F: Future>(name: &str, make: impl FnOnce() -> F) -> Scoped<F>
 
 /// `fut.track_scope("GET /users")`: the method form of [`scoped`].
 pub trait TrackScopeExt: Future + Sized {
+    /// `scoped(name, self)`: one run of scope `name` for the blocks allocated while it is polled.
     fn track_scope(self, name: &str) -> Scoped<Self> {
         scoped(name, self)
     }

@@ -101,10 +101,13 @@ fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
 pub struct CallsiteCount {
     /// The call-site id, as in the report (`Report::callsites`) and its JSON.
     pub callsite: u32,
+    /// Blocks made in the run at this call-site.
     pub allocated_blocks: u64,
+    /// Their bytes.
     pub allocated_bytes: u64,
     /// Still live when the scope closed.
     pub outstanding_blocks: u64,
+    /// Their bytes.
     pub outstanding_bytes: u64,
 }
 
@@ -116,10 +119,15 @@ pub struct CallsiteCount {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ScopeSummary {
+    /// The scope's name.
     pub name: String,
+    /// Blocks made in the run (not in scopes nested in it).
     pub allocated_blocks: u64,
+    /// Their bytes.
     pub allocated_bytes: u64,
+    /// Of those, blocks still live when the run closed.
     pub outstanding_blocks: u64,
+    /// Their bytes.
     pub outstanding_bytes: u64,
     /// Largest outstanding first.
     pub by_callsite: Vec<CallsiteCount>,
