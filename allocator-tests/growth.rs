@@ -28,7 +28,7 @@ struct Session {
 fn open_session(calls: &mut u64) {
     *calls += 1;
     let s = black_box(Box::new(Session { _state: [1; 200] }));
-    if *calls % 5 == 0 {
+    if (*calls).is_multiple_of(5) {
         std::mem::forget(s);
     }
 }

@@ -126,7 +126,7 @@ impl tower_service::Service<http::Request<()>> for Items {
             .parse()
             .unwrap_or(1);
         let block = black_box(vec![n as u8; 16].into_boxed_slice());
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             KEPT.lock().unwrap().push(block);
         }
         std::future::ready(Ok(n))

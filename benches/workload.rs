@@ -339,7 +339,7 @@ fn shape() -> Shape {
 /// (its call-site's first frame of the program is this function).
 #[inline(never)]
 fn leak(i: usize) {
-    if i % 100 == 0 {
+    if i.is_multiple_of(100) {
         LEAKED.lock().unwrap().push(format!("audit {i}"));
     }
 }
@@ -387,7 +387,7 @@ fn siblings_request(i: usize) -> String {
         user_key(&params),
         cache_key(i),
         trace_id(i),
-        content_type(i % 3 != 0),
+        content_type(!i.is_multiple_of(3)),
     ];
     let mut body = String::new();
     for h in &headers {

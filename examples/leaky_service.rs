@@ -273,7 +273,7 @@ fn request(id: u64) -> Request {
         5 => (
             "POST",
             "/orders".to_owned(),
-            if id % 3 == 0 {
+            if id.is_multiple_of(3) {
                 "{\"express\":true}"
             } else {
                 "{\"sku\":42}"

@@ -20,7 +20,7 @@ pub fn run(tests: &[(&str, fn())]) {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let selected: Vec<_> = tests
         .iter()
-        .filter(|(name, _)| filter.as_deref().map_or(true, |f| name.contains(f)))
+        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
         .collect();
     println!("\nrunning {} tests", selected.len());
     let mut failed = Vec::new();

@@ -388,7 +388,8 @@ pub(crate) fn step(f: &Frame, first: bool, (lo, hi): (usize, usize)) -> Option<(
             CfaRule::Expression(_) => return None,
         };
         let read = |at: usize| {
-            let inside = at % 8 == 0 && at >= lo && at.checked_add(8).is_some_and(|e| e <= hi);
+            let inside =
+                at.is_multiple_of(8) && at >= lo && at.checked_add(8).is_some_and(|e| e <= hi);
             // SAFETY: an aligned word inside the thread's stack.
             inside.then(|| unsafe { std::ptr::read_volatile(at as *const usize) })
         };

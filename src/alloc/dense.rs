@@ -456,8 +456,8 @@ mod tests {
             site: i as u16,
             scope: (i * 7) as u16,
             size: (i * 13) as u32,
-            big: i % 5 == 0,
-            tagged: i % 3 == 0,
+            big: i.is_multiple_of(5),
+            tagged: i.is_multiple_of(3),
         }
     }
 

@@ -336,7 +336,7 @@ fn take(locked: &AtomicBool) {
 #[inline]
 pub(crate) fn back_off(spins: &mut u32) {
     *spins = spins.wrapping_add(1);
-    if *spins % 64 == 0 {
+    if (*spins).is_multiple_of(64) {
         // SAFETY: sched_yield has no preconditions and does not allocate.
         unsafe { libc::sched_yield() };
     } else {

@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(class_of(l(MAX_SLOT + 1, 8)), None);
         let a = alloc(l(100, 64), false) as usize;
         let b = alloc(l(100, 64), true) as usize;
-        assert!(holds(a) && holds(b) && a % 128 == 0 && b % 128 == 0 && a != b);
+        assert!(holds(a) && holds(b) && a.is_multiple_of(128) && b.is_multiple_of(128) && a != b);
         // SAFETY: `a` is a fresh slot of 128 bytes.
         unsafe { std::ptr::write_bytes(a as *mut u8, 0xAB, 100) };
         free(a);

@@ -370,7 +370,7 @@ fn walk_frame_pointers(
     let mut n = 0;
     let mut h = 0u64;
     while n < MAX_FRAMES {
-        if fp < lo || fp % 8 != 0 || fp > stack_hi - 16 {
+        if fp < lo || !fp.is_multiple_of(8) || fp > stack_hi - 16 {
             break;
         }
         // SAFETY: `fp..fp + 16` is inside `[sp, stack_hi)` and aligned (checked

@@ -204,7 +204,7 @@ impl<'a> Marker<'a> {
     /// The word at `addr` inside block `b`, if readable.
     fn word(&self, b: &Blk, addr: usize) -> Option<usize> {
         let end = addr.checked_add(8)?;
-        if addr < b.start || end > b.start + b.size || addr % 8 != 0 {
+        if addr < b.start || end > b.start + b.size || !addr.is_multiple_of(8) {
             return None;
         }
         if roots::readable_end(self.maps, addr)? < end {
@@ -247,7 +247,7 @@ impl<'a> Marker<'a> {
             let Some(buckets) = tail.checked_sub(w) else {
                 return false;
             };
-            if !buckets.is_power_of_two() || offset % w != 0 {
+            if !buckets.is_power_of_two() || !offset.is_multiple_of(w) {
                 return false;
             }
             // At most 7/8 of the buckets are full (fewer than that in a
@@ -280,7 +280,7 @@ impl<'a> Marker<'a> {
         if ptr == b.start + 8 {
             if let Some(n) = w(0) {
                 let rest = b.size.saturating_sub(8);
-                if n > 0 && (rest == n || rest % n == 0) {
+                if n > 0 && (rest == n || rest.is_multiple_of(n)) {
                     return true;
                 }
             }

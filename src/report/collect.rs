@@ -112,7 +112,7 @@ fn by_scope_and_site(only: Option<u32>) -> HashMap<(u32, u32), (u64, u64)> {
     let mean = sample::current();
     let mut by_scope: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
     blocks::for_each(|_, meta| {
-        if meta.scope != 0 && only.map_or(true, |s| s == meta.scope) {
+        if meta.scope != 0 && only.is_none_or(|s| s == meta.scope) {
             let (units, bytes) = if mean == 0 {
                 (1, meta.size as u64)
             } else {

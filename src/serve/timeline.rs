@@ -152,7 +152,7 @@ impl SitePasses {
             seen.0 = seen.0.max(blocks);
             seen.1 = seen.1.saturating_add(blocks.saturating_mul(since));
         }
-        if self.peak_bytes.map_or(true, |p| live_bytes > p) {
+        if self.peak_bytes.is_none_or(|p| live_bytes > p) {
             self.peak_us = at_us;
             self.peak_bytes = Some(live_bytes);
             self.at_peak = (sites.iter().enumerate())
