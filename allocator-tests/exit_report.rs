@@ -7,6 +7,8 @@ static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 
 mod common;
 
+use common::Deadline;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -106,7 +108,8 @@ fn run_child(mode: &str, env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run the child")
+    cmd.output_within(common::CHILD_SECS)
+        .expect("run the child")
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -264,6 +267,10 @@ fn dwarf_unwinding_counts_the_same() {
         String::from_utf8_lossy(&out.stderr)
     );
     check_json(&path);
+    // ...and the stacks were walked by DWARF, not by frame pointers.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(doc["unwinder"], "dwarf");
 }
 
 fn empty_value_warns_once() {

@@ -84,6 +84,16 @@ fn install(sig: i32, handler: usize) -> libc::sigaction {
     }
 }
 
+/// The handler now installed for `sig`.
+fn current_handler(sig: i32) -> usize {
+    // SAFETY: sigaction that only reads the action into a zeroed struct.
+    unsafe {
+        let mut now: libc::sigaction = std::mem::zeroed();
+        assert_eq!(libc::sigaction(sig, std::ptr::null(), &mut now), 0);
+        now.sa_sigaction
+    }
+}
+
 fn child(mode: &str) {
     KEEP.lock().unwrap().reserve(16);
     for _ in 0..3 {
@@ -111,9 +121,17 @@ fn child(mode: &str) {
         "tokio" => {
             let rt = common::two_worker_runtime();
             rt.block_on(async {
+                let before = current_handler(libc::SIGINT);
                 let ctrl_c = tokio::spawn(tokio::signal::ctrl_c());
-                // The handler is installed once the task has polled.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Ready once tokio's handler is the installed one (the
+                // task installs it when it first polls).
+                for _ in 0..1000 {
+                    if current_handler(libc::SIGINT) != before {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                assert_ne!(current_handler(libc::SIGINT), before, "tokio's handler");
                 println!("ready");
                 std::io::stdout().flush().unwrap();
                 ctrl_c.await.unwrap().unwrap();
@@ -252,7 +270,7 @@ fn an_exit_during_the_signal_report_waits_for_it() {
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     drop(child.stdin.take());
-    let status = child.wait().unwrap();
+    let status = common::timeout::wait_child(&mut child, common::CHILD_SECS);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
     let text = std::fs::read_to_string(&path).unwrap();

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::Deadline;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -133,7 +135,7 @@ fn child_files() -> &'static Path {
             .env("LEAKSCOPE_REPORT", dests)
             .env("LEAKSCOPE_LEAK_CHECK", "no")
             .env("LEAKSCOPE_FORMATS_DIR", &d);
-        let out = cmd.output().unwrap();
+        let out = cmd.output_within(common::CHILD_SECS).unwrap();
         assert!(
             out.status.success(),
             "child: {}",
@@ -213,7 +215,10 @@ fn several_destinations_and_folded_stacks() {
 /// unless `needed` is set in the environment (.ci/run installs the tools and
 /// sets it: there, a missing tool is a failure, not a skip).
 fn run_tool(program: &str, package: &str, needed: &str, cmd: &mut Command) -> Option<String> {
-    let out: Output = match cmd.env("HOME", std::env::temp_dir()).output() {
+    let out: Output = match cmd
+        .env("HOME", std::env::temp_dir())
+        .output_within(common::BUILD_SECS)
+    {
         Ok(o) => o,
         Err(_) if std::env::var_os(needed).is_none() => {
             println!("{program} is not installed (Debian: {package}): skipped");
@@ -330,7 +335,7 @@ fn a_bad_entry_is_said_and_the_others_written() {
             "LEAKSCOPE_REPORT",
             format!("{}, ,{}", json.display(), folded.display()),
         )
-        .output()
+        .output_within(common::CHILD_SECS)
         .unwrap();
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -496,7 +501,7 @@ fn the_timeline_follows_a_growing_scope() {
             "LEAKSCOPE_REPORT",
             format!("{},{}", json.display(), html.display()),
         )
-        .output()
+        .output_within(common::CHILD_SECS)
         .unwrap();
     assert!(
         out.status.success(),
@@ -670,7 +675,7 @@ fn dhat_file() -> (serde_json::Value, PathBuf, u64, u64) {
             "LEAKSCOPE_REPORT",
             format!("{},{}", file.display(), json.display()),
         )
-        .output()
+        .output_within(common::CHILD_SECS)
         .unwrap();
     assert!(
         out.status.success() && out.stderr.is_empty(),
@@ -766,7 +771,7 @@ fn dhat_viewer_reads_the_file() {
     let viewer = Path::new("/usr/libexec/valgrind");
     if !viewer.join("dh_view.js").exists() {
         assert!(
-            std::env::var_os("LEAKSCOPE_TEST_NEEDS_CHROMIUM").is_none(),
+            std::env::var_os("LEAKSCOPE_TEST_NEEDS_VALGRIND").is_none(),
             "DHAT's viewer is not installed (Debian: valgrind)"
         );
         eprintln!("skipped: DHAT's viewer is not installed (Debian: valgrind)");

@@ -26,6 +26,8 @@ static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 
 mod common;
 
+use common::Deadline;
+
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Write};
@@ -318,7 +320,9 @@ fn command(mode: &str, env: &[(&str, &str)]) -> Command {
 }
 
 fn run(mode: &str, env: &[(&str, &str)]) -> Output {
-    command(mode, env).output().unwrap()
+    command(mode, env)
+        .output_within(common::CHILD_SECS)
+        .unwrap()
 }
 
 /// (definitely lost blocks, bytes, indirectly lost blocks, bytes) in a
@@ -366,10 +370,10 @@ fn stale_stack_hides_nothing_at_exit() {
     }
 }
 
-/// valgrind says the same of the same child (skipped without valgrind).
+/// valgrind says the same of the same child (skipped without valgrind,
+/// unless `LEAKSCOPE_TEST_NEEDS_VALGRIND` is set).
 fn valgrind_agrees() {
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        println!("valgrind is not installed: skipped");
+    if !common::tool_runs("valgrind", "valgrind", "LEAKSCOPE_TEST_NEEDS_VALGRIND") {
         return;
     }
     let out = Command::new("valgrind")
@@ -378,7 +382,7 @@ fn valgrind_agrees() {
         .env(CHILD, "return")
         .env_remove("LEAKSCOPE_REPORT")
         .env_remove("LEAKSCOPE_ERROR_EXITCODE")
-        .output()
+        .output_within(common::BUILD_SECS)
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -419,7 +423,7 @@ fn stale_stack_hides_nothing_on_sigterm_once(round: usize) {
     blocked_reading_stdin(child.id());
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let status = common::timeout::wait_child(&mut child, common::CHILD_SECS);
     drop(stdin);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGTERM));

@@ -7,6 +7,8 @@ static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 
 mod common;
 
+use common::Deadline;
+
 use leakscope::{LeakKind, Report};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -186,7 +188,7 @@ fn child_run(mode: &str, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Outp
     for (k, v) in env {
         c.env(k, v);
     }
-    c.output().unwrap()
+    c.output_within(common::CHILD_SECS).unwrap()
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -742,7 +744,6 @@ fn checks_while_threads_allocate_round() -> Vec<String> {
         })
         .collect();
     drop(tx);
-    let mut checks = 0;
     let mut lost_in_stress = Vec::new();
     for _ in 0..20 {
         let report = leakscope::leak_check();
@@ -757,7 +758,6 @@ fn checks_while_threads_allocate_round() -> Vec<String> {
                 lost_in_stress.push(format!("{r:?} {:?} {frames:?}", site.origin));
             }
         }
-        checks += 1;
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     stop.store(true, Ordering::Relaxed);
@@ -766,7 +766,6 @@ fn checks_while_threads_allocate_round() -> Vec<String> {
     }
     // Drain what is left in the channel.
     while rx.lock().unwrap().try_recv().is_ok() {}
-    assert_eq!(checks, 20);
     lost_in_stress
 }
 
@@ -864,8 +863,7 @@ fn a_thread_that_cannot_be_stopped_fails_the_check_not_the_program() {
 }
 
 fn same_classification_as_valgrind() {
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        println!("valgrind is not installed: skipped");
+    if !common::tool_runs("valgrind", "valgrind", "LEAKSCOPE_TEST_NEEDS_VALGRIND") {
         return;
     }
     let dir = scratch("valgrind");
@@ -881,7 +879,7 @@ fn same_classification_as_valgrind() {
         .arg(std::env::current_exe().unwrap())
         .env(CHILD, "1")
         .env("LEAKSCOPE_REPORT", &json)
-        .status()
+        .status_within(common::BUILD_SECS)
         .unwrap();
     assert!(status.success(), "child under valgrind: {status}");
     let ours = planted_in_json(&read_json(&json));
@@ -904,12 +902,15 @@ fn same_classification_as_valgrind() {
             continue;
         }
         // The tracker's own tables (libc memory, allocated when a planted
-        // call first needed room) are not the program's blocks.
+        // call first needed room) are not the program's blocks. (Not all of
+        // `leakscope::alloc`: every planted block's own stack passes
+        // through the tracker's `alloc` below the planted function.)
         if [
             "hashbrown",
-            "leakscope::callsite",
-            "leakscope::blocks",
-            "leakscope::scope",
+            "leakscope::alloc::callsite",
+            "leakscope::alloc::blocks",
+            "leakscope::alloc::dense",
+            "leakscope::scope::",
         ]
         .iter()
         .any(|m| body.contains(m))

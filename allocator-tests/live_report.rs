@@ -6,6 +6,8 @@ static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 
 mod common;
 
+use common::Deadline;
+
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -241,7 +243,7 @@ fn run_child(mode: &str, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Outp
     Command::new(std::env::current_exe().unwrap())
         .env(CHILD, mode)
         .envs(env.iter().copied())
-        .output()
+        .output_within(common::CHILD_SECS)
         .unwrap()
 }
 

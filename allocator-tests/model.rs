@@ -16,6 +16,8 @@ static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 
 mod common;
 
+use common::Deadline;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -550,7 +552,7 @@ fn sampling_child(limit: Option<u64>) {
             });
         }
     }
-    let out = cmd.output().unwrap();
+    let out = cmd.output_within(common::CHILD_SECS).unwrap();
     assert!(
         out.status.success(),
         "{}{}",

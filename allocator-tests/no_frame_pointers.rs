@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::Deadline;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -47,7 +49,7 @@ fn build_with(config: &[&str], name: &str) -> PathBuf {
         .env("CARGO_TARGET_DIR", &target)
         // Overrides this repository's `.cargo/config.toml`, which forces them.
         .env("RUSTFLAGS", "-C force-frame-pointers=no")
-        .output()
+        .output_within(common::BUILD_SECS)
         .expect("run cargo");
     assert!(
         out.status.success(),
@@ -71,7 +73,7 @@ fn run(exe: &PathBuf, unwind: Option<&str>, name: &str) -> (serde_json::Value, S
     if let Some(u) = unwind {
         cmd.env("LEAKSCOPE_UNWIND", u);
     }
-    let out = cmd.output().unwrap();
+    let out = cmd.output_within(common::CHILD_SECS).unwrap();
     assert!(out.status.success(), "{out:?}");
     let doc = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     (doc, String::from_utf8_lossy(&out.stderr).into_owned())
@@ -130,7 +132,7 @@ fn text_report(exe: &PathBuf) -> String {
         .env("LEAKSCOPE_REPORT", "stderr")
         .env("LEAKSCOPE_LEAK_CHECK", "no")
         .env_remove("LEAKSCOPE_UNWIND")
-        .output()
+        .output_within(common::CHILD_SECS)
         .unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -13,6 +13,8 @@ static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system().sample_
 
 mod common;
 
+use common::Deadline;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 use std::process::Command;
@@ -497,7 +499,7 @@ fn child_report(env: &[(&str, &str)]) -> (String, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    let out = cmd.output_within(common::CHILD_SECS).unwrap();
     assert!(out.status.success(), "{out:?}");
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -544,7 +546,7 @@ fn main() {
             .args(std::env::args_os().skip(1))
             .env(SEED_VAR, "20261125")
             .env_remove("LEAKSCOPE_SAMPLE_BYTES")
-            .status()
+            .status_within(common::CHILD_SECS)
             .unwrap();
         std::process::exit(status.code().unwrap_or(1));
     }

@@ -8,6 +8,8 @@ static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 
 mod common;
 
+use common::Deadline;
+
 use std::hint::black_box;
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -446,7 +448,7 @@ fn fork_while_threads_check_and_report() {
     // In a child of its own: `report_on_exit` arms the report at its exit.
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .env(CHILD, "fork-report")
-        .output()
+        .output_within(common::CHILD_SECS)
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let why: Vec<&str> = stderr

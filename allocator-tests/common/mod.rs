@@ -13,6 +13,10 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+pub mod timeout;
+#[allow(unused_imports)]
+pub use timeout::{Deadline, BUILD_SECS, CHILD_SECS};
+
 /// Runs `tests` in order, prints libtest-like lines, exits 1 on any failure.
 /// A test name given on the command line (as `cargo test -- NAME` passes it)
 /// runs only the tests whose names contain it.
@@ -153,4 +157,23 @@ pub fn scrub_all() {
     scrub_below::<1>();
     scrub_below::<3>();
     scrub_below::<8>();
+}
+
+/// Whether `program` runs (`program --version`). When it does not, a test
+/// that compares with it fails if `needed` is set (`.ci/run` sets it, so CI
+/// never passes a comparison by skipping it), and otherwise says so and skips.
+pub fn tool_runs(program: &str, package: &str, needed: &str) -> bool {
+    if std::process::Command::new(program)
+        .arg("--version")
+        .output_within(60)
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        std::env::var_os(needed).is_none(),
+        "{needed} is set and {program} does not run (Debian: {package})"
+    );
+    println!("{program} is not installed (Debian: {package}): skipped");
+    false
 }
