@@ -3,23 +3,28 @@
 //! and the same service with its leaks fixed (check passes). Every bad
 //! input gets one line on stderr and exit status 2.
 
+#[path = "../../allocator-tests/common/timeout.rs"]
+#[allow(dead_code)]
+mod timeout;
+
 use leakscope::Report;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use timeout::{Deadline, BUILD_SECS, CHILD_SECS};
 
 /// The example's binary, built by `cargo test` beside this test (or built
 /// now when only this package is tested).
 fn example() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let path = profile_dir.join("examples").join("leaky_service");
+    let path = profile_dir.join("leaky_service");
     if !path.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "leakscope", "--example", "leaky_service"])
+            .args(["build", "-p", "leaky-service"])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
+            .status_within(BUILD_SECS)
             .unwrap();
         assert!(status.success());
     }
@@ -51,7 +56,7 @@ fn reports() -> &'static Path {
             if !checked {
                 cmd.env("LEAKSCOPE_LEAK_CHECK", "no");
             }
-            let out = cmd.output().unwrap();
+            let out = cmd.output_within(CHILD_SECS).unwrap();
             assert!(
                 out.status.success(),
                 "{}",
@@ -67,7 +72,7 @@ fn leakscope(args: &[&str]) -> Output {
         .args(args)
         .current_dir(reports())
         .env_remove("LEAKSCOPE_REPORT")
-        .output()
+        .output_within(CHILD_SECS)
         .unwrap()
 }
 
@@ -109,7 +114,9 @@ fn diff_names_the_growing_scope_with_its_exact_growth() {
         text.contains("GET /graph-fixed:  +125 runs, +0 blocks / +0 bytes outstanding, +0 blocks (+0 bytes) per run"),
         "{text}"
     );
-    assert!(text.contains("     at leaky_service::build_graph (examples/leaky_service.rs:"));
+    assert!(
+        text.contains("     at leaky_service::build_graph (examples/leaky-service/src/main.rs:")
+    );
 
     let out = leakscope(&["diff", "r1000.json", "r2000.json", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
