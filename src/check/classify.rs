@@ -73,6 +73,16 @@ impl Blk {
             parent: 0,
         }
     }
+
+    /// A block a stopped thread's `realloc` had in flight: scanned when
+    /// reached, never reported.
+    fn in_flight(start: usize, size: usize) -> Blk {
+        Blk {
+            ignored: true,
+            in_flight: true,
+            ..Blk::new(start, size, OTHER, 0)
+        }
+    }
 }
 
 fn kind_of(state: u8) -> LeakKind {
@@ -531,9 +541,7 @@ fn classify(objects: &Objects, not_checked: u32, caller: &Caller) -> Result<Foun
         all.push(b);
     });
     blocks::for_each_in_flight(|addr, size| {
-        let mut b = Blk::new(addr, size, OTHER, 0);
-        (b.ignored, b.in_flight) = (true, true);
-        all.push(b);
+        all.push(Blk::in_flight(addr, size));
     });
     let n = sort_blocks(&mut all);
     let blocks = all.as_mut_slice().get_mut(..n).unwrap_or(&mut []);
@@ -776,11 +784,7 @@ mod tests {
     #[test]
     fn blocks_in_flight_keep_only_what_no_listed_block_holds() {
         let listed = |start, size| Blk::new(start, size, 1, 0);
-        let moving = |start, size| {
-            let mut b = Blk::new(start, size, OTHER, 0);
-            (b.ignored, b.in_flight) = (true, true);
-            b
-        };
+        let moving = Blk::in_flight;
         let mut bufs: Buf<Blk> = Buf::new(9).unwrap();
         for b in [
             moving(1000, 64), // two records of one block: one is kept
