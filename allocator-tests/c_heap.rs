@@ -13,7 +13,7 @@ mod common;
 
 use common::Deadline;
 
-use leakscope::{Origin, Report};
+use leakscope::report::{Origin, Report};
 use leakscope_c_lib as c;
 use std::ffi::c_void;
 use std::hint::black_box;

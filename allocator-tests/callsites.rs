@@ -70,7 +70,7 @@ fn same_helper_two_callers_two_callsites() {
     // The same return address into shared_helper's allocation, two stacks.
     assert_eq!(sites.len(), 2, "{sites:#?}");
     let caller =
-        |c: &leakscope::CallsiteStats| c.frames.get(1).and_then(|f| f.function.clone()).unwrap();
+        |c: &leakscope::report::Callsite| c.frames.get(1).and_then(|f| f.function.clone()).unwrap();
     let alpha = sites
         .iter()
         .find(|c| caller(c).contains("caller_alpha"))

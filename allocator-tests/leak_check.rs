@@ -9,7 +9,7 @@ mod common;
 
 use common::Deadline;
 
-use leakscope::{LeakKind, Report};
+use leakscope::report::{LeakKind, Report};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -355,7 +355,7 @@ fn a_pointer_in_a_vector_register_is_a_root() {
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].kind, LeakKind::StillReachable);
     let root = &held[0].retained_by.as_ref().unwrap().root;
-    assert_eq!(root.kind, leakscope::RootKind::Register, "{root:?}");
+    assert_eq!(root.kind, leakscope::report::RootKind::Register, "{root:?}");
 }
 
 /// A word of libc's own data, past any copy in the program: glibc's
@@ -426,7 +426,7 @@ fn libc_data_holds_a_block_by_its_start_only() {
         "{records:?}"
     );
     let root = &records[1].retained_by.as_ref().unwrap().root;
-    assert_eq!(root.kind, leakscope::RootKind::Static, "{root:?}");
+    assert_eq!(root.kind, leakscope::report::RootKind::Static, "{root:?}");
 }
 
 thread_local! {
@@ -854,7 +854,7 @@ fn a_thread_that_cannot_be_stopped_fails_the_check_not_the_program() {
         "{:?}",
         lc.error
     );
-    assert_eq!(lc.definitely_lost, leakscope::Amount::default());
+    assert_eq!(lc.definitely_lost, leakscope::report::BlockTotal::default());
     assert!(start.elapsed().as_secs() < 10);
     go.send(()).unwrap();
     assert_eq!(deaf.join().unwrap(), 10);

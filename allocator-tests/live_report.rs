@@ -151,7 +151,7 @@ fn each_report_says_what_grew_since_the_one_before() {
         "{doc}"
     );
     // A snapshot made in code carries no growth.
-    assert_eq!(leakscope::snapshot().growth, None);
+    assert_eq!(leakscope::snapshot().changes, None);
 }
 
 fn reports_while_threads_allocate() {

@@ -269,7 +269,7 @@ fn model_batch(rng: &mut Rng, log: &mut Log, level: u8, scope: Option<u8>, ops: 
 
 /// The key of a report's call-site, from its frames; `None` for stacks
 /// that are not the model's.
-fn key_of(site: &leakscope::CallsiteStats) -> Option<Key> {
+fn key_of(site: &leakscope::report::Callsite) -> Option<Key> {
     let names: Vec<&str> = site
         .frames
         .iter()

@@ -11,7 +11,7 @@ static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 
 mod common;
 
-use leakscope::{LeakKind, LossRecord, Report, RootKind};
+use leakscope::report::{LeakKind, LossRecord, Report, RootKind};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hint::black_box;

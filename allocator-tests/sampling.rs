@@ -49,7 +49,7 @@ fn blocks_sd(n: u64, size: usize) -> f64 {
     (n as f64 * (1.0 - p) / p).sqrt()
 }
 
-fn totals() -> leakscope::Totals {
+fn totals() -> leakscope::report::Totals {
     leakscope::snapshot().totals
 }
 
@@ -414,7 +414,7 @@ fn the_trackers_blocks_handed_to_the_program() {
     let before = totals();
     let mut r = leakscope::snapshot();
     r.callsites.reserve(100_000);
-    let grown = r.callsites.capacity() * std::mem::size_of::<leakscope::CallsiteStats>();
+    let grown = r.callsites.capacity() * std::mem::size_of::<leakscope::report::Callsite>();
     let mid = totals();
     assert_eq!(mid.live_blocks - before.live_blocks, 1);
     assert_eq!(mid.live_bytes - before.live_bytes, grown as u64);

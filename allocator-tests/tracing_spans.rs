@@ -29,7 +29,7 @@ fn scope(name: &str) -> (u64, u64, u64) {
 
 fn spans_open_scopes() {
     KEPT.lock().unwrap().reserve(1024);
-    let subscriber = tracing_subscriber::registry().with(leakscope::tracing::ScopeLayer::new());
+    let subscriber = tracing_subscriber::registry().with(leakscope::tracing::LeakScopeLayer::new());
     tracing::subscriber::with_default(subscriber, || {
         for _ in 0..10 {
             let span = tracing::info_span!("job");
@@ -50,8 +50,8 @@ fn spans_open_scopes() {
 }
 
 fn a_span_entered_on_other_threads_and_in_futures() {
-    let subscriber =
-        tracing_subscriber::registry().with(leakscope::tracing::ScopeLayer::with_field("route"));
+    let subscriber = tracing_subscriber::registry()
+        .with(leakscope::tracing::LeakScopeLayer::with_field("route"));
     let dispatch = tracing::Dispatch::new(subscriber);
     tracing::dispatcher::with_default(&dispatch, || {
         // One span, entered on three threads in turn.

@@ -114,7 +114,7 @@ fn main() {
     let check_secs = start.elapsed().as_secs_f64();
     let lc = checked.leak_check.as_ref().expect("a leak check");
     assert_eq!(lc.error, None);
-    let planted = |kind: leakscope::LeakKind| -> u64 {
+    let planted = |kind: leakscope::report::LeakKind| -> u64 {
         lc.loss_records
             .iter()
             .filter(|r| r.kind == kind)
@@ -127,7 +127,7 @@ fn main() {
             .sum()
     };
     assert_eq!(
-        planted(leakscope::LeakKind::StillReachable),
+        planted(leakscope::report::LeakKind::StillReachable),
         (sites * PER_SITE) as u64
     );
     // Who holds them: `main`'s `live`, then its buffer, then the leaves
@@ -136,7 +136,7 @@ fn main() {
     let held_by_main = |hops: usize| {
         lc.loss_records
             .iter()
-            .filter(|r| r.kind == leakscope::LeakKind::StillReachable)
+            .filter(|r| r.kind == leakscope::report::LeakKind::StillReachable)
             .filter(|r| {
                 checked
                     .callsite(r.callsite)
@@ -144,7 +144,7 @@ fn main() {
             })
             .filter_map(|r| r.retained_by.as_ref().map(|by| (r, by)))
             .filter(|(_, by)| {
-                by.root.kind == leakscope::RootKind::Stack
+                by.root.kind == leakscope::report::RootKind::Stack
                     && by.root.function.as_deref() == Some("report::main")
                     && (hops == 0 || by.path.len() == hops)
             })

@@ -41,7 +41,7 @@
 //! The default feature `c-heap` (Linux, glibc, x86_64) makes the tracker the
 //! process's `malloc` family too, so what C libraries allocate is counted,
 //! scoped and checked like Rust's blocks (call-sites say their
-//! [`Origin`]); `default-features = false, features = ["formats"]` turns it
+//! [`report::Origin`]); `default-features = false, features = ["formats"]` turns it
 //! off and changes nothing else. Elsewhere it builds nothing.
 //!
 //! Where things are: `src/alloc/` is everything that runs inside an
@@ -58,24 +58,18 @@
 mod alloc;
 mod check;
 mod integrations;
-mod report;
+pub mod report;
 mod scope;
 mod serve;
 
 pub use alloc::tracker::LeakTracker;
-pub use check::{disable, growth, ignore, leak_check, Disabled, GrowthCallsite, GrowthSummary};
+pub use check::{disable, growth, ignore, leak_check, DisableGuard};
 #[cfg(feature = "tower")]
 pub use integrations::tower;
 #[cfg(feature = "tracing")]
 pub use integrations::tracing;
-pub use report::{
-    snapshot, Amount, CallsiteStats, Frame, Growth, LeakCheck, LeakKind, LossRecord, Origin,
-    ParseReportError, Report, Retention, Root, RootKind, ScopeCallsite, ScopeGrowth,
-    ScopeRetention, ScopeStats, SuppressionUse, Timeline, TimelineCallsite, TimelinePoint, Totals,
-    Unwinder,
-};
-pub use scope::{
-    scope, scoped, scoped_with, track_scope, CallsiteCount, ScopeGuard, ScopeSummary, Scoped,
-    TrackScopeExt,
-};
+pub use report::collect::snapshot;
+#[doc(no_inline)]
+pub use report::{GrowthSummary, Report, ScopeSummary};
+pub use scope::{scope, scoped, scoped_with, track_scope, ScopeGuard, Scoped, TrackScopeExt};
 pub use serve::{report_on_exit, report_on_signal, serve_report, ReportServer};

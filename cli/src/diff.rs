@@ -1,12 +1,12 @@
 //! `leakscope diff`: what grew between two saved reports, and the number
 //! formatting the command's text shares.
 //!
-//! Scopes are matched by name (the library's `scope_growth_since`).
+//! Scopes are matched by name (the library's `scope_changes_since`).
 //! Call-sites are matched by their symbolized stack (function, file and
 //! line of each frame), not by id or address: two runs of one program
 //! compare as well as two reports of one process.
 
-use leakscope::{Frame, Report, ScopeGrowth};
+use leakscope::report::{Frame, Report, ScopeChange};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +17,7 @@ const SHOWN_FRAMES: usize = 8;
 pub(crate) struct Diff {
     seconds: f64,
     pids: (u32, u32),
-    scopes: Vec<ScopeGrowth>,
+    scopes: Vec<ScopeChange>,
     /// Call-sites whose live blocks or bytes changed: their frames (from
     /// the later report when it has them) and the change; largest first.
     callsites: Vec<(Vec<Frame>, i64, i64)>,
@@ -63,7 +63,7 @@ impl Diff {
         Diff {
             seconds: after.seconds - before.seconds,
             pids: (before.pid, after.pid),
-            scopes: after.scope_growth_since(before),
+            scopes: after.scope_changes_since(before),
             callsites,
         }
     }

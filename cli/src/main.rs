@@ -17,7 +17,7 @@
 mod diff;
 
 use clap::{Parser, Subcommand};
-use leakscope::{LeakKind, Report};
+use leakscope::report::{LeakKind, Report};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -279,7 +279,7 @@ fn check(report: &Report, gates: &Gates<'_>) -> Result<ExitCode, Bad> {
                     diff::thousands(r.bytes),
                     diff::thousands(r.blocks),
                     if r.blocks == 1 { "block" } else { "blocks" },
-                    r.kind.words(),
+                    r.kind,
                     r.scope
                         .as_deref()
                         .map(|s| format!(" (scope {s})"))

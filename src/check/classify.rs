@@ -24,7 +24,7 @@ use crate::check::stop::{self, Buf, Range};
 use crate::check::suppress::{self, Matcher, Suppressions};
 use crate::report::collect::snapshot;
 use crate::report::leak::{
-    Amount, LeakCheck, LeakKind, LossRecord, Retention, RootKind, SuppressionUse,
+    BlockTotal, LeakCheck, LeakKind, LossRecord, Retention, RootKind, SuppressionUse,
 };
 use crate::report::model::Report;
 use crate::scope::names;
@@ -485,7 +485,7 @@ static CHECKING: ForkSafeLock<()> = ForkSafeLock::new(FORK_RANK_CHECK, ());
 /// amounts by state, call-site, scope, heuristic and retention path (an id
 /// in `paths`, or `NO_PATH`).
 struct Found {
-    groups: HashMap<(u8, u32, u32, bool, u32), Amount>,
+    groups: HashMap<(u8, u32, u32, bool, u32), BlockTotal>,
     paths: HashMap<u32, Retention>,
 }
 
@@ -681,7 +681,7 @@ fn classify(objects: &Objects, not_checked: u32, caller: &Caller) -> Result<Foun
         );
         groups
             .entry(key)
-            .or_insert_with(Amount::default)
+            .or_insert_with(BlockTotal::default)
             .add(b.size as u64);
     }
     Ok(Found {
@@ -693,8 +693,8 @@ fn classify(objects: &Objects, not_checked: u32, caller: &Caller) -> Result<Foun
 /// Names, suppressions and totals, after the world runs again.
 fn summarize(found: Found, suppressions: &Suppressions) -> LeakCheck {
     let mut out = LeakCheck::default();
-    let mut used: HashMap<usize, Amount> = HashMap::new();
-    let mut records: HashMap<(LeakKind, u32, u32, u32), Amount> = HashMap::new();
+    let mut used: HashMap<usize, BlockTotal> = HashMap::new();
+    let mut records: HashMap<(LeakKind, u32, u32, u32), BlockTotal> = HashMap::new();
     let mut matcher = Matcher::default();
     for ((state, site, scope, heuristic, path), amount) in found.groups {
         let kind = kind_of(state);

@@ -24,10 +24,10 @@ pub fn ignore<T: ?Sized>(ptr: *const T) {
 /// as leaks (LeakSanitizer's `ScopedDisabler`). It is a scope named
 /// `(leakscope: not checked)`: a scope opened inside it takes its blocks.
 #[must_use = "blocks are unchecked only while the guard lives"]
-pub struct Disabled(#[allow(dead_code)] ScopeGuard);
+pub struct DisableGuard(#[allow(dead_code)] ScopeGuard);
 
 /// Stops checking what this thread allocates until the guard is dropped.
-pub fn disable() -> Disabled {
+pub fn disable() -> DisableGuard {
     // Never finished, so its run keeps no per-call-site counts.
-    Disabled(enter_scope(NOT_CHECKED, false))
+    DisableGuard(enter_scope(NOT_CHECKED, false))
 }

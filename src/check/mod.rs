@@ -17,5 +17,5 @@ pub(crate) mod stop;
 pub(crate) mod suppress;
 
 pub use classify::leak_check;
-pub use controls::{disable, ignore, Disabled};
-pub use growth::{growth, GrowthCallsite, GrowthSummary};
+pub use controls::{disable, ignore, DisableGuard};
+pub use growth::growth;

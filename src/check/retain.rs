@@ -12,7 +12,7 @@
 
 use crate::check::classify::Blk;
 use crate::check::stop::{Buf, Range};
-use crate::report::leak::{Retention, Root, RootKind};
+use crate::report::leak::{Retention, RetentionRoot, RootKind};
 use crate::report::symbolize::Symbolizer;
 use std::collections::HashMap;
 
@@ -109,8 +109,8 @@ pub(crate) struct Paths<'a> {
     symbols: Symbolizer,
     statics: HashMap<usize, Option<String>>,
     functions: HashMap<usize, Option<String>>,
-    root_ids: HashMap<Root, u32>,
-    root_list: Vec<Root>,
+    root_ids: HashMap<RetentionRoot, u32>,
+    root_list: Vec<RetentionRoot>,
     /// Path nodes: (the path it extends or `u32::MAX` from a root, the
     /// root's id, the call-site, a heuristic on the way).
     nodes: Vec<(u32, u32, u32, bool)>,
@@ -243,7 +243,7 @@ impl<'a> Paths<'a> {
             .find(|r| r.range.start <= addr && addr < r.range.end)
             .copied();
         let root = match info {
-            None => Root {
+            None => RetentionRoot {
                 kind: RootKind::Static,
                 name: None,
                 thread: None,
@@ -258,7 +258,7 @@ impl<'a> Paths<'a> {
         })
     }
 
-    fn describe(&mut self, addr: usize, info: RootInfo) -> Root {
+    fn describe(&mut self, addr: usize, info: RootInfo) -> RetentionRoot {
         let thread = (info.kind != RootKind::Static).then(|| self.thread_name(info.thread));
         match info.kind {
             RootKind::Static => {
@@ -268,7 +268,7 @@ impl<'a> Paths<'a> {
                     .entry(addr)
                     .or_insert_with(|| symbols.data_symbol(addr))
                     .clone();
-                Root {
+                RetentionRoot {
                     kind: RootKind::Static,
                     name,
                     thread: None,
@@ -298,14 +298,14 @@ impl<'a> Paths<'a> {
                         })
                         .clone()
                 });
-                Root {
+                RetentionRoot {
                     kind: RootKind::Stack,
                     name: None,
                     thread,
                     function,
                 }
             }
-            kind => Root {
+            kind => RetentionRoot {
                 kind,
                 name: None,
                 thread,

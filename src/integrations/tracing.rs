@@ -3,14 +3,14 @@
 //!
 //! ```no_run
 //! use tracing_subscriber::layer::SubscriberExt;
-//! let subscriber = tracing_subscriber::registry().with(leakscope::tracing::ScopeLayer::new());
+//! let subscriber = tracing_subscriber::registry().with(leakscope::tracing::LeakScopeLayer::new());
 //! tracing::subscriber::set_global_default(subscriber).unwrap();
 //! ```
 //!
 //! A span's run opens when the span is made and closes when it is closed
 //! (its last handle dropped); blocks allocated while the span is entered, on
 //! whichever thread, belong to it. The scope is named by the span's name, or
-//! by the value of a field ([`ScopeLayer::with_field`]). A span entered on
+//! by the value of a field ([`LeakScopeLayer::with_field`]). A span entered on
 //! two threads at once counts on the first only.
 
 use crate::alloc::runs::{self, RunRecord};
@@ -24,21 +24,21 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// A `tracing_subscriber` layer that gives every span a scope run.
 #[derive(Clone, Debug, Default)]
-pub struct ScopeLayer {
+pub struct LeakScopeLayer {
     field: Option<&'static str>,
 }
 
-impl ScopeLayer {
+impl LeakScopeLayer {
     /// Scopes named by span names.
-    pub fn new() -> ScopeLayer {
-        ScopeLayer { field: None }
+    pub fn new() -> LeakScopeLayer {
+        LeakScopeLayer { field: None }
     }
 
     /// Scopes named by the value of `field` where a span records one at
     /// creation (`info_span!("request", route = "GET /users/{id}")`), by the
     /// span's name otherwise.
-    pub fn with_field(field: &'static str) -> ScopeLayer {
-        ScopeLayer { field: Some(field) }
+    pub fn with_field(field: &'static str) -> LeakScopeLayer {
+        LeakScopeLayer { field: Some(field) }
     }
 }
 
@@ -70,7 +70,7 @@ impl tracing_core::field::Visit for FieldValue<'_> {
     }
 }
 
-impl<S> tracing_subscriber::Layer<S> for ScopeLayer
+impl<S> tracing_subscriber::Layer<S> for LeakScopeLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {

@@ -9,7 +9,7 @@
 
 use crate::alloc::{blocks, callsite, process, sample, thread, unwind};
 use crate::report::model::{
-    CallsiteStats, Origin, Report, ScopeCallsite, ScopeStats, Totals, Unwinder, FRAME_POINTERS_FIX,
+    Callsite, Origin, Report, ScopeCallsite, ScopeStats, Totals, Unwinder, FRAME_POINTERS_FIX,
 };
 use crate::report::symbolize::Symbolizer;
 use crate::report::warn::warn;
@@ -170,7 +170,7 @@ fn build(sites: Sites<'_>) -> Report {
         Sites::Shown { also } => also.iter().copied().collect(),
     };
     let mut symbols = Symbolizer::default();
-    let mut callsites: Vec<CallsiteStats> = sums
+    let mut callsites: Vec<Callsite> = sums
         .iter()
         .enumerate()
         .filter(|(id, s)| {
@@ -183,7 +183,7 @@ fn build(sites: Sites<'_>) -> Report {
         .filter_map(|(id, s)| {
             let site = callsite::get(id as u32)?;
             let (live_units, live_bytes) = s.live();
-            Some(CallsiteStats {
+            Some(Callsite {
                 id: id as u32,
                 live_blocks: blocks(live_units),
                 live_bytes,
@@ -244,7 +244,7 @@ fn build(sites: Sites<'_>) -> Report {
         untracked_blocks: process::untracked_count(),
         sample_bytes: mean as u64,
         leak_check: None,
-        growth: None,
+        changes: None,
         seconds: process::seconds_since_start(),
         unwinder: match unwind::unwinder() {
             (false, _) => Unwinder::FramePointers,

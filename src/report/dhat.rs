@@ -25,7 +25,7 @@ impl Report {
     /// (`/usr/libexec/valgrind/dh_view.html` on Debian, or
     /// <https://nnethercote.github.io/dh_view/dh_view.html>) with "Load…".
     /// Lists the report's call-sites: in the exit report with a `.dhat.json`
-    /// destination, and in a [`crate::report::snapshot`], every one seen.
+    /// destination, and in a [`snapshot`](crate::report::collect::snapshot), every one seen.
     pub fn to_dhat_json(&self) -> String {
         thread::untracked(|| self.write_dhat())
     }

@@ -85,7 +85,7 @@ const EMPTY_SVG: &str = concat!(
 #[cfg(test)]
 mod tests {
     use crate::report::model::{
-        CallsiteStats, Frame, Origin, Report, ScopeCallsite, ScopeStats, Totals, Unwinder,
+        Callsite, Frame, Origin, Report, ScopeCallsite, ScopeStats, Totals, Unwinder,
     };
 
     fn frame(ip: usize, name: Option<&str>) -> Frame {
@@ -97,8 +97,8 @@ mod tests {
         }
     }
 
-    fn site(id: u32, live_blocks: u64, live_bytes: u64, frames: Vec<Frame>) -> CallsiteStats {
-        CallsiteStats {
+    fn site(id: u32, live_blocks: u64, live_bytes: u64, frames: Vec<Frame>) -> Callsite {
+        Callsite {
             id,
             live_blocks,
             live_bytes,
@@ -142,7 +142,7 @@ mod tests {
             untracked_blocks: 0,
             sample_bytes: 0,
             leak_check: None,
-            growth: None,
+            changes: None,
             seconds: 0.0,
             unwinder: Unwinder::FramePointers,
             timeline: None,

@@ -11,11 +11,11 @@
 //! empty value. Never panics on any input.
 
 use crate::report::leak::{
-    Amount, LeakCheck, LeakKind, LossRecord, Retention, Root, RootKind, ScopeRetention,
-    SuppressionUse,
+    BlockTotal, LeakCheck, LeakKind, LossRecord, Retention, RetentionRoot, RootKind,
+    ScopeRetention, SuppressionUse,
 };
 use crate::report::model::{
-    CallsiteStats, Frame, Growth, Origin, Report, ScopeCallsite, ScopeGrowth, ScopeStats, Timeline,
+    Callsite, Changes, Frame, Origin, Report, ScopeCallsite, ScopeChange, ScopeStats, Timeline,
     TimelineCallsite, TimelinePoint, Totals, Unwinder,
 };
 use serde_json::Value;
@@ -152,7 +152,7 @@ fn read_report(doc: &Value) -> Result<Report> {
         untracked_blocks: count(doc, "untracked_blocks")?,
         sample_bytes: count(doc, "sample_bytes")?,
         leak_check: read_leak_check(doc)?,
-        growth: read_growth(doc)?,
+        changes: read_growth(doc)?,
         seconds: number(doc, "seconds")?,
         unwinder,
         timeline: read_timeline(doc)?,
@@ -160,7 +160,7 @@ fn read_report(doc: &Value) -> Result<Report> {
     })
 }
 
-fn read_callsite(c: &Value) -> Result<CallsiteStats> {
+fn read_callsite(c: &Value) -> Result<Callsite> {
     const SITE: &str = "a call-site";
     let frames = need(c, "frames", SITE, list)?
         .iter()
@@ -192,7 +192,7 @@ fn read_callsite(c: &Value) -> Result<CallsiteStats> {
             })
         })
         .collect::<Result<_>>()?;
-    Ok(CallsiteStats {
+    Ok(Callsite {
         id: need(c, "id", SITE, id)?,
         live_blocks: need(c, "live_blocks", SITE, count)?,
         live_bytes: need(c, "live_bytes", SITE, count)?,
@@ -213,13 +213,13 @@ fn read_leak_check(doc: &Value) -> Result<Option<LeakCheck>> {
         return Ok(None);
     };
     // Every writer wrote these; `reachable_via_heuristic` came later.
-    let amount = |key: &str, required: bool| -> Result<Amount> {
+    let amount = |key: &str, required: bool| -> Result<BlockTotal> {
         if !required && field(lc, key).is_null() {
-            return Ok(Amount::default());
+            return Ok(BlockTotal::default());
         }
         let a = need(lc, key, "\"leak_check\"", |v, k| Ok(field(v, k)))?;
         let what = format!("\"leak_check\".{key}");
-        Ok(Amount {
+        Ok(BlockTotal {
             blocks: need(a, "blocks", &what, count)?,
             bytes: need(a, "bytes", &what, count)?,
         })
@@ -286,7 +286,7 @@ fn read_retention(v: &Value) -> Result<Retention> {
         }
     };
     Ok(Retention {
-        root: Root {
+        root: RetentionRoot {
             kind,
             name: optional_string(root, "name")?,
             thread: optional_string(root, "thread")?,
@@ -306,7 +306,7 @@ fn read_retention(v: &Value) -> Result<Retention> {
     })
 }
 
-fn read_growth(doc: &Value) -> Result<Option<Growth>> {
+fn read_growth(doc: &Value) -> Result<Option<Changes>> {
     let Some(g) = doc.get("growth").filter(|v| !v.is_null()) else {
         return Ok(None);
     };
@@ -317,7 +317,7 @@ fn read_growth(doc: &Value) -> Result<Option<Growth>> {
     let scopes = list(g, "scopes")?
         .iter()
         .map(|s| {
-            Ok(ScopeGrowth {
+            Ok(ScopeChange {
                 name: string(s, "name")?,
                 runs: count(s, "runs")?,
                 outstanding_blocks: signed(s, "outstanding_blocks")?,
@@ -325,7 +325,7 @@ fn read_growth(doc: &Value) -> Result<Option<Growth>> {
             })
         })
         .collect::<Result<_>>()?;
-    Ok(Some(Growth { seconds, scopes }))
+    Ok(Some(Changes { seconds, scopes }))
 }
 
 fn read_timeline(doc: &Value) -> Result<Option<Timeline>> {
@@ -495,7 +495,7 @@ mod tests {
 
     fn held() -> Retention {
         Retention {
-            root: Root {
+            root: RetentionRoot {
                 kind: RootKind::Static,
                 name: Some("app::CACHE".to_owned()),
                 thread: None,
@@ -513,7 +513,7 @@ mod tests {
             file: Some("src/app.rs".to_owned()),
             line: Some(line),
         };
-        let amount = |blocks, bytes| Amount { blocks, bytes };
+        let amount = |blocks, bytes| BlockTotal { blocks, bytes };
         Report {
             pid: 42,
             totals: Totals {
@@ -523,7 +523,7 @@ mod tests {
                 total_bytes: 9000,
                 peak_live_bytes: 4000,
             },
-            callsites: vec![CallsiteStats {
+            callsites: vec![Callsite {
                 id: 3,
                 live_blocks: 5,
                 live_bytes: 600,
@@ -593,9 +593,9 @@ mod tests {
                 }],
                 error: None,
             }),
-            growth: Some(Growth {
+            changes: Some(Changes {
                 seconds: Some(1.5),
-                scopes: vec![ScopeGrowth {
+                scopes: vec![ScopeChange {
                     name: "GET /users/{id}".to_owned(),
                     runs: 4,
                     outstanding_blocks: -1,

@@ -8,8 +8,8 @@
 
 use crate::alloc::thread;
 use crate::report::folded::function_of;
-use crate::report::leak::{Amount, LeakKind};
-use crate::report::model::{CallsiteStats, Report};
+use crate::report::leak::{BlockTotal, LeakKind};
+use crate::report::model::{Callsite, Report};
 use crate::report::text::{where_of, PerRun, Signed, SignedPerRun, Thousands};
 use std::fmt::Write;
 
@@ -92,7 +92,7 @@ impl Report {
             return;
         }
         h.push_str("<table id=\"leak-summary\"><tr><th></th><th>bytes</th><th>blocks</th></tr>");
-        let rows: [(&str, Amount); 5] = [
+        let rows: [(&str, BlockTotal); 5] = [
             ("definitely lost", lc.definitely_lost),
             ("indirectly lost", lc.indirectly_lost),
             ("possibly lost", lc.possibly_lost),
@@ -145,7 +145,7 @@ impl Report {
             );
         }
         h.push_str("</table>");
-        let Some(g) = &self.growth else {
+        let Some(g) = &self.changes else {
             return;
         };
         let since = g.seconds.map_or("the start".to_owned(), |s| {
@@ -250,8 +250,7 @@ impl Report {
     }
 
     fn html_callsites(&self, h: &mut String) {
-        let mut live: Vec<&CallsiteStats> =
-            self.callsites.iter().filter(|c| c.live_bytes > 0).collect();
+        let mut live: Vec<&Callsite> = self.callsites.iter().filter(|c| c.live_bytes > 0).collect();
         if live.is_empty() {
             return;
         }
@@ -364,7 +363,7 @@ impl Report {
 }
 
 /// A call-site's stack: its allocating function, the frames folded under it.
-fn stack(h: &mut String, site: Option<&CallsiteStats>) {
+fn stack(h: &mut String, site: Option<&Callsite>) {
     let Some(site) = site else {
         h.push_str("<span class=\"muted\">(not in this report)</span>");
         return;

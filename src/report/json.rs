@@ -4,8 +4,8 @@
 //! time into one buffer, never as a tree of the whole document.
 
 use crate::alloc::thread;
-use crate::report::leak::{Amount, Retention};
-use crate::report::model::{CallsiteStats, Report};
+use crate::report::leak::{BlockTotal, Retention};
+use crate::report::model::{Callsite, Report};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -24,7 +24,7 @@ impl Report {
     }
 
     /// Whether the JSON lists call-site `c` (see [`Report::to_json`]).
-    fn shows(&self, c: &CallsiteStats, named: &HashSet<u32>) -> bool {
+    fn shows(&self, c: &Callsite, named: &HashSet<u32>) -> bool {
         c.live_blocks > 0 || c.live_bytes > 0 || named.contains(&c.id)
     }
 
@@ -59,7 +59,7 @@ impl Report {
                     .flat_map(|lc| lc.loss_records.iter().map(|r| r.callsite)),
             )
             .collect();
-        let sites: Vec<&CallsiteStats> = (self.callsites.iter())
+        let sites: Vec<&Callsite> = (self.callsites.iter())
             .filter(|c| all_sites || self.shows(c, &named))
             .collect();
         out.extend_from_slice(b",\"callsites\":");
@@ -107,7 +107,7 @@ impl Report {
             }
             v
         });
-        if let Some(g) = &self.growth {
+        if let Some(g) = &self.changes {
             let growth = json!({
                 "seconds": g.seconds,
                 "scopes": g.scopes.iter().map(|s| scope_json(
@@ -152,7 +152,7 @@ impl Report {
             });
         }
         if let Some(lc) = &self.leak_check {
-            let amount = |a: Amount| json!({"blocks": a.blocks, "bytes": a.bytes});
+            let amount = |a: BlockTotal| json!({"blocks": a.blocks, "bytes": a.bytes});
             let head = json!({
                 "definitely_lost": amount(lc.definitely_lost),
                 "indirectly_lost": amount(lc.indirectly_lost),

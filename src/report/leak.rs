@@ -31,8 +31,8 @@ impl LeakKind {
         }
     }
 
-    /// As valgrind writes it: `definitely lost` and so on.
-    pub fn words(self) -> &'static str {
+    /// As valgrind writes it: `definitely lost` and so on (its `Display`).
+    pub(crate) fn words(self) -> &'static str {
         match self {
             LeakKind::DefinitelyLost => "definitely lost",
             LeakKind::IndirectlyLost => "indirectly lost",
@@ -42,25 +42,32 @@ impl LeakKind {
     }
 }
 
-/// Blocks and their bytes.
+impl std::fmt::Display for LeakKind {
+    /// As valgrind writes it: `definitely lost` and so on.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.words())
+    }
+}
+
+/// A number of blocks and their bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Amount {
+pub struct BlockTotal {
     /// How many blocks.
     pub blocks: u64,
     /// Their bytes, summed.
     pub bytes: u64,
 }
 
-impl Amount {
+impl BlockTotal {
     pub(crate) fn add(&mut self, bytes: u64) {
         self.blocks += 1;
         self.bytes += bytes;
     }
 }
 
-impl std::ops::AddAssign for Amount {
-    fn add_assign(&mut self, other: Amount) {
+impl std::ops::AddAssign for BlockTotal {
+    fn add_assign(&mut self, other: BlockTotal) {
         self.blocks += other.blocks;
         self.bytes += other.bytes;
     }
@@ -92,7 +99,7 @@ pub struct LossRecord {
 #[non_exhaustive]
 pub struct Retention {
     /// What kind of memory the first reference lies in, and whose.
-    pub root: Root,
+    pub root: RetentionRoot,
     /// Call-site ids, from the block the root points to to the block itself
     /// (its own call-site last). A run of blocks from one call-site (a
     /// linked list) is one hop.
@@ -106,7 +113,7 @@ pub struct Retention {
 /// Where a retention path starts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub struct Root {
+pub struct RetentionRoot {
     /// Static data, a stack, registers or thread-local storage.
     pub kind: RootKind,
     /// A static's symbol (`my_app::USER_CACHE`), when it has one.
@@ -172,20 +179,20 @@ pub struct SuppressionUse {
 #[non_exhaustive]
 pub struct LeakCheck {
     /// Nothing points to them, nor into them.
-    pub definitely_lost: Amount,
+    pub definitely_lost: BlockTotal,
     /// Reached only from lost blocks.
-    pub indirectly_lost: Amount,
+    pub indirectly_lost: BlockTotal,
     /// Reached only through pointers into their interior.
-    pub possibly_lost: Amount,
+    pub possibly_lost: BlockTotal,
     /// A pointer to their start is reachable from a root.
-    pub still_reachable: Amount,
+    pub still_reachable: BlockTotal,
     /// Of `still_reachable`: blocks reached only through an interior pointer
     /// that a heuristic explains: valgrind's stdstring, length64 and
     /// newarray, and leakscope's hashbrown (the table of a `HashMap`, held
     /// by a pointer to its control bytes).
-    pub reachable_via_heuristic: Amount,
+    pub reachable_via_heuristic: BlockTotal,
     /// Lost blocks (of any of the three lost kinds) that a suppression matched.
-    pub suppressed: Amount,
+    pub suppressed: BlockTotal,
     /// Unsuppressed blocks, grouped by kind, call-site, scope and (for the
     /// reachable kinds) retention path, largest bytes first.
     pub loss_records: Vec<LossRecord>,
@@ -204,8 +211,8 @@ impl LeakCheck {
         self.error.is_some() || self.definitely_lost.blocks + self.indirectly_lost.blocks > 0
     }
 
-    /// The amount of one kind.
-    pub fn amount(&self, kind: LeakKind) -> Amount {
+    /// The blocks and bytes of one kind.
+    pub fn total(&self, kind: LeakKind) -> BlockTotal {
         match kind {
             LeakKind::DefinitelyLost => self.definitely_lost,
             LeakKind::IndirectlyLost => self.indirectly_lost,
@@ -257,7 +264,7 @@ mod tests {
         };
         assert!(not_run.has_leaks());
         let lost = LeakCheck {
-            indirectly_lost: Amount {
+            indirectly_lost: BlockTotal {
                 blocks: 1,
                 bytes: 8,
             },

@@ -44,7 +44,7 @@ pub struct Totals {
 /// Counts of one call-site (one distinct allocating stack).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct CallsiteStats {
+pub struct Callsite {
     /// Its id: the same in this report's loss records, scopes and JSON.
     pub id: u32,
     /// Its blocks allocated and not yet freed.
@@ -85,7 +85,7 @@ impl Origin {
     }
 }
 
-impl CallsiteStats {
+impl Callsite {
     /// The function of the first frame: the code that allocated.
     pub fn function(&self) -> Option<&str> {
         self.frames.first().and_then(|f| f.function.as_deref())
@@ -96,7 +96,7 @@ impl CallsiteStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ScopeCallsite {
-    /// The call-site's id ([`CallsiteStats::id`]).
+    /// The call-site's id ([`Callsite::id`]).
     pub callsite: u32,
     /// The scope's outstanding blocks made there.
     pub blocks: u64,
@@ -164,7 +164,7 @@ pub struct Report {
     /// Call-sites that allocated, largest live bytes first: in a [`snapshot`],
     /// every one seen; in the exit report and the live ones, those with live
     /// blocks or a loss record (`LEAKSCOPE_REPORT_ALL_SITES=1`: every one).
-    pub callsites: Vec<CallsiteStats>,
+    pub callsites: Vec<Callsite>,
     /// Every scope name opened so far, largest outstanding bytes first.
     pub scopes: Vec<ScopeStats>,
     /// Blocks the tracker could not record for lack of memory for its tables.
@@ -179,8 +179,9 @@ pub struct Report {
     pub leak_check: Option<LeakCheck>,
     /// What each scope did since the previous report of the same kind: set
     /// in the reports `serve_report` serves and a signal writes
-    /// (see [`Report::scope_growth_since`]); `None` in a [`snapshot`].
-    pub growth: Option<Growth>,
+    /// (see [`Report::scope_changes_since`]); `None` in a [`snapshot`]. The
+    /// JSON keeps it under `growth`, its name in schema `leakscope/1`.
+    pub changes: Option<Changes>,
     /// When the snapshot was taken: seconds since the tracker started (the
     /// process's first allocation).
     pub seconds: f64,
@@ -226,7 +227,7 @@ pub struct Timeline {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TimelineCallsite {
-    /// The call-site's id ([`CallsiteStats::id`]).
+    /// The call-site's id ([`Callsite::id`]).
     pub id: u32,
     /// Its live blocks and bytes at the pass with the most live bytes in
     /// the process (`peak_ms`).
@@ -287,21 +288,22 @@ pub(crate) const FRAME_POINTERS_FIX: &str = "for full speed build with frame poi
 /// What to add for file and line in frames that have none.
 pub(crate) const LINE_TABLES_FIX: &str = "frames have no file and line: build with line tables, in Cargo.toml [profile.release] debug = \"limited\"";
 
-/// Scopes' growth between an earlier report and this one.
+/// What the scopes did between an earlier report and this one: their runs
+/// and the change in what they hold.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub struct Growth {
+pub struct Changes {
     /// Seconds since the earlier report; `None`: it is the first, and the
     /// figures run from the program's start.
     pub seconds: Option<f64>,
     /// Scopes that ran or changed in between, largest byte growth first.
-    pub scopes: Vec<ScopeGrowth>,
+    pub scopes: Vec<ScopeChange>,
 }
 
-/// How one scope moved between two reports ([`Report::scope_growth_since`]).
+/// How one scope moved between two reports ([`Report::scope_changes_since`]).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub struct ScopeGrowth {
+pub struct ScopeChange {
     /// The scope's name.
     pub name: String,
     /// Runs opened in between.
@@ -314,7 +316,7 @@ pub struct ScopeGrowth {
     pub outstanding_bytes: i64,
 }
 
-impl ScopeGrowth {
+impl ScopeChange {
     /// Outstanding blocks gained per run in between: how fast this scope
     /// grows the heap now.
     pub fn blocks_per_run(&self) -> f64 {
@@ -363,7 +365,7 @@ impl Report {
     }
 
     /// The call-site with this id, if the report lists it.
-    pub fn callsite(&self, id: u32) -> Option<&CallsiteStats> {
+    pub fn callsite(&self, id: u32) -> Option<&Callsite> {
         self.callsites.iter().find(|c| c.id == id)
     }
 
@@ -377,7 +379,7 @@ impl Report {
     /// blocks and bytes. [`ScopeStats`]' per-run figures average over the
     /// program's whole life; these say which endpoint grows now. Scopes that
     /// neither ran nor changed are left out; largest byte growth first.
-    pub fn scope_growth_since(&self, earlier: &Report) -> Vec<ScopeGrowth> {
+    pub fn scope_changes_since(&self, earlier: &Report) -> Vec<ScopeChange> {
         growth(&self.scopes, &earlier.scopes)
     }
 
@@ -386,7 +388,7 @@ impl Report {
     pub fn callsites_in<'a>(
         &'a self,
         function: &'a str,
-    ) -> impl Iterator<Item = &'a CallsiteStats> + 'a {
+    ) -> impl Iterator<Item = &'a Callsite> + 'a {
         self.callsites
             .iter()
             .filter(move |c| c.function().is_some_and(|f| f.contains(function)))
@@ -397,7 +399,7 @@ impl Report {
 /// A call-site's live blocks opened in one scope (or in none): the unit the
 /// renderings that split a call-site by scope (pprof, folded stacks) draw.
 pub(crate) struct Part<'a> {
-    pub(crate) site: &'a CallsiteStats,
+    pub(crate) site: &'a Callsite,
     /// `None`: blocks opened outside any scope, and the call-site's totals.
     pub(crate) scope: Option<&'a str>,
     #[cfg_attr(not(feature = "formats"), allow(dead_code))]
@@ -444,16 +446,16 @@ impl Report {
     }
 }
 
-pub(crate) fn growth(now: &[ScopeStats], earlier: &[ScopeStats]) -> Vec<ScopeGrowth> {
+pub(crate) fn growth(now: &[ScopeStats], earlier: &[ScopeStats]) -> Vec<ScopeChange> {
     let before: std::collections::HashMap<&str, &ScopeStats> =
         earlier.iter().map(|s| (s.name.as_str(), s)).collect();
-    let mut out: Vec<ScopeGrowth> = now
+    let mut out: Vec<ScopeChange> = now
         .iter()
         .map(|s| {
             let (runs, blocks, bytes) = before.get(s.name.as_str()).map_or((0, 0, 0), |e| {
                 (e.runs, e.outstanding_blocks, e.outstanding_bytes)
             });
-            ScopeGrowth {
+            ScopeChange {
                 name: s.name.clone(),
                 runs: s.runs.saturating_sub(runs),
                 outstanding_blocks: s.outstanding_blocks as i64 - blocks as i64,

@@ -5,9 +5,9 @@
 //! in a live report, what grew since the previous one.
 
 use crate::alloc::thread;
-use crate::report::leak::{Amount, LeakCheck, LeakKind, Retention, RootKind};
+use crate::report::leak::{BlockTotal, LeakCheck, LeakKind, Retention, RootKind};
 use crate::report::model::{
-    Frame, Growth, Report, ScopeStats, Unwinder, FRAME_POINTERS_FIX, LINE_TABLES_FIX,
+    Changes, Frame, Report, ScopeStats, Unwinder, FRAME_POINTERS_FIX, LINE_TABLES_FIX,
 };
 use crate::report::symbolize::is_runtime_boundary;
 use std::fmt::{self, Display, Formatter};
@@ -80,7 +80,7 @@ pub(crate) fn plural(n: u64, one: &'static str, many: &'static str) -> &'static 
 }
 
 /// The scopes that ran or changed since the previous report.
-fn write_growth(f: &mut Formatter<'_>, p: &str, g: &Growth) -> fmt::Result {
+fn write_growth(f: &mut Formatter<'_>, p: &str, g: &Changes) -> fmt::Result {
     writeln!(f, "{p}")?;
     match g.seconds {
         Some(s) if s < 10.0 => writeln!(f, "{p} Since the previous report, {s:.2} s ago:")?,
@@ -279,7 +279,7 @@ impl Report {
                 )?;
             }
         }
-        if let Some(g) = &self.growth {
+        if let Some(g) = &self.changes {
             write_growth(f, &p, g)?;
         }
 
@@ -381,7 +381,7 @@ impl Report {
                 }
             }
         }
-        let line = |f: &mut Formatter<'_>, label: &str, a: Amount| {
+        let line = |f: &mut Formatter<'_>, label: &str, a: BlockTotal| {
             writeln!(
                 f,
                 "{p}    {label:>15}: {} bytes in {} blocks",

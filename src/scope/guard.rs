@@ -72,7 +72,7 @@ fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
     // blocks, weighted, as for call-sites).
     let blocks = sample::blocks;
     for s in counts {
-        let c = CallsiteCount {
+        let c = RunCallsite {
             callsite: s.site,
             allocated_blocks: blocks(s.allocated_blocks),
             allocated_bytes: s.allocated_bytes,
@@ -98,7 +98,7 @@ fn summary(scope: u32, counts: &[SiteRun]) -> ScopeSummary {
 /// Counts of one call-site within one scope run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct CallsiteCount {
+pub struct RunCallsite {
     /// The call-site id, as in the report (`Report::callsites`) and its JSON.
     pub callsite: u32,
     /// Blocks made in the run at this call-site.
@@ -130,7 +130,7 @@ pub struct ScopeSummary {
     /// Their bytes.
     pub outstanding_bytes: u64,
     /// Largest outstanding first.
-    pub by_callsite: Vec<CallsiteCount>,
+    pub by_callsite: Vec<RunCallsite>,
 }
 
 /// An open scope run on this thread; closes when finished or dropped.

@@ -12,4 +12,4 @@ pub(crate) mod history;
 pub(crate) mod names;
 
 pub use future::{scoped, scoped_with, Scoped, TrackScopeExt};
-pub use guard::{scope, track_scope, CallsiteCount, ScopeGuard, ScopeSummary};
+pub use guard::{scope, track_scope, RunCallsite, ScopeGuard, ScopeSummary};

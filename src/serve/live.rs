@@ -9,7 +9,7 @@
 use crate::alloc::thread;
 use crate::check::roots::Caller;
 use crate::check::stop;
-use crate::report::model::{growth, Growth, Report, ScopeStats};
+use crate::report::model::{growth, Changes, Report, ScopeStats};
 use crate::serve::exit;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -52,7 +52,7 @@ impl Drop for ReportServer {
 /// stacks and `/flamegraph.svg` as their flamegraph, `/timeline.svg` the
 /// heap over time, and `/dhat.json` every call-site in DHAT's format
 /// ([`Report::to_dhat_json`]). Each report served says
-/// what every scope did since the one served before it ([`Report::growth`]),
+/// what every scope did since the one served before it ([`Report::changes`]),
 /// so the endpoint that grows now stands out.
 pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
     crate::serve::timeline::start(crate::serve::env::timeline_ms());
@@ -106,7 +106,7 @@ impl Previous {
             Some((at, earlier)) => (Some(report.seconds - at), growth(&report.scopes, earlier)),
             None => (None, growth(&report.scopes, &[])),
         };
-        report.growth = Some(Growth { seconds, scopes });
+        report.changes = Some(Changes { seconds, scopes });
         self.0 = Some((report.seconds, report.scopes.clone()));
     }
 }
