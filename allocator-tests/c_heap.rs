@@ -636,8 +636,7 @@ fn planted_c_leaks_are_lost_as_valgrind_says() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let doc = common::report_doc(&std::fs::read_to_string(&json).unwrap());
     let amount = |kind: &str| {
         let a = &doc["leak_check"][kind];
         (a["blocks"].as_u64().unwrap(), a["bytes"].as_u64().unwrap())

@@ -128,7 +128,7 @@ fn stderr_lines(out: &Output) -> Vec<String> {
 /// Checks the child's JSON document: the scope and the call-site of its leak.
 fn check_json(path: &std::path::Path) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let doc = common::report_doc(&text);
     assert_eq!(doc["schema"], "leakscope/1");
     let scope = doc["scopes"]
         .as_array()

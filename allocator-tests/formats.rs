@@ -508,8 +508,7 @@ fn the_timeline_follows_a_growing_scope() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let doc = common::report_doc(&std::fs::read_to_string(&json).unwrap());
     // As the contract has it: points oldest first, each with its seconds
     // and the followed scopes' bytes by name.
     assert_eq!(doc["timeline_interval_ms"], 25);

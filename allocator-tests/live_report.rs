@@ -54,7 +54,7 @@ fn the_report_is_served_on_loopback() {
     });
     let (status, body) = get(addr, "/report.json");
     assert_eq!(status, "HTTP/1.1 200 OK");
-    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let doc = common::report_doc(&body);
     assert_eq!(scope_in(&doc, "GET /live"), (1, 5));
     let (status, text) = get(addr, "/report");
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -64,7 +64,7 @@ fn the_report_is_served_on_loopback() {
     assert!(html.contains("<tr data-scope=\"GET /live\">"), "{html}");
     let (status, body) = get(addr, "/leak-check.json");
     assert_eq!(status, "HTTP/1.1 200 OK");
-    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let doc = common::report_doc(&body);
     assert_eq!(doc["leak_check"]["error"], serde_json::Value::Null);
     assert_eq!(get(addr, "/nope").0, "HTTP/1.1 404 Not Found");
     drop(server);
@@ -110,7 +110,7 @@ fn each_report_says_what_grew_since_the_one_before() {
         held.push(black_box(vec![0u8; 40]));
     });
     // The first report served: growth since the program started.
-    let doc: serde_json::Value = serde_json::from_str(&get(addr, "/report.json").1).unwrap();
+    let doc = common::report_doc(&get(addr, "/report.json").1);
     assert_eq!(growth_in(&doc, "grows-now"), (None, Some((3, 6, 144))));
     assert_eq!(growth_in(&doc, "shrinks").1, Some((1, 2, 80)));
     for _ in 0..4 {
@@ -141,7 +141,7 @@ fn each_report_says_what_grew_since_the_one_before() {
     assert_eq!(line("grew-before"), None, "{text}");
     assert!(text.contains(" grew-before:"), "{text}");
     // Nothing happened since: an empty list, and the time since.
-    let doc: serde_json::Value = serde_json::from_str(&get(addr, "/report.json").1).unwrap();
+    let doc = common::report_doc(&get(addr, "/report.json").1);
     let (seconds, grows) = growth_in(&doc, "grows-now");
     assert!(seconds.is_some_and(|s| s >= 0.0), "{doc}");
     assert_eq!(grows, None);
@@ -182,7 +182,7 @@ fn reports_while_threads_allocate() {
         };
         let (status, body) = get(server.local_addr(), path);
         assert_eq!(status, "HTTP/1.1 200 OK");
-        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let doc = common::report_doc(&body);
         assert!(doc["scopes"].is_array());
     }
     stop.store(true, Ordering::Relaxed);

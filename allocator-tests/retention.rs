@@ -374,7 +374,7 @@ fn planted_paths_are_exact() {
         html.contains("<tr data-scope=\"GET /cache\"><td>GET /cache</td><td>400</td><td>10</td>"),
         "{html}"
     );
-    let doc: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    let doc = common::report_doc(&report.to_json());
     let rec = doc["loss_records"]
         .as_array()
         .unwrap()

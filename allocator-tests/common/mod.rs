@@ -177,3 +177,25 @@ pub fn tool_runs(program: &str, package: &str, needed: &str) -> bool {
     println!("{program} is not installed (Debian: {package}): skipped");
     false
 }
+
+/// A leakscope JSON report, parsed and checked against the JSON Schema in
+/// `docs/report.schema.json` (generated from the document types): what other
+/// tools validating our reports would see. Panics with every violation.
+pub fn report_doc(text: &str) -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/report.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", &text[..text.len().min(200)]));
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the report breaks its schema:\n{}",
+        errors.join("\n")
+    );
+    doc
+}

@@ -303,11 +303,11 @@ fn bad_input_is_one_line_and_status_2() {
         ),
         (
             &["check", "gutted.json"],
-            "leakscope: gutted.json: the report has no \"pid\"",
+            "leakscope: gutted.json: the report: missing field `pid`",
         ),
         (
             &["check", "no-scopes.json"],
-            "leakscope: no-scopes.json: the report has no \"scopes\"",
+            "leakscope: no-scopes.json: the report: missing field `scopes`",
         ),
         (
             &["show", "numbered.json"],

@@ -27,9 +27,9 @@
 
 pub(crate) mod collect;
 pub(crate) mod dhat;
+pub(crate) mod document;
 pub(crate) mod dwarf;
 pub(crate) mod folded;
-pub(crate) mod from_json;
 pub(crate) mod growth;
 pub(crate) mod html;
 pub(crate) mod json;
@@ -42,8 +42,8 @@ pub(crate) mod text;
 pub(crate) mod warn;
 
 pub use crate::scope::{RunCallsite, ScopeSummary};
-pub use from_json::ParseReportError;
 pub use growth::{GrowthCallsite, GrowthSummary};
+pub use json::ParseReportError;
 pub use leak::{
     BlockTotal, LeakCheck, LeakKind, LossRecord, Retention, RetentionRoot, RootKind,
     ScopeRetention, SuppressionUse,
