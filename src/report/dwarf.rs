@@ -702,4 +702,158 @@ mod tests {
         assert!(dep.starts_with('/') && dep.contains("backtrace"), "{dep}");
         assert_eq!(program.shown_path(&dep), dep);
     }
+
+    /// A frame chain: function, file and line of each frame, innermost first.
+    type Chain = Vec<(Option<String>, Option<String>, Option<u32>)>;
+
+    /// Return addresses in every `step`th function of the object `data`
+    /// (one past its middle byte), and the object's first load address.
+    fn sample_ips(data: &[u8], step: usize) -> (Vec<usize>, u64) {
+        let obj = object::File::parse(data).unwrap();
+        let first_load = obj.segments().map(|s| s.address()).min().unwrap_or(0);
+        let mut funcs: Vec<(u64, u64)> = (obj.symbols())
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.size() >= 16)
+            .map(|s| (s.address(), s.size()))
+            .collect();
+        funcs.sort_unstable();
+        funcs.dedup();
+        let ips = (funcs.iter().step_by(step))
+            .map(|(a, n)| (a + n / 2 + 1) as usize)
+            .collect();
+        (ips, first_load)
+    }
+
+    /// Our reader's frames at each of `ips` in the object at `file`.
+    fn ours(file: &str, first_load: u64, ips: &[usize]) -> Vec<Chain> {
+        let mut p = Program::load(file, first_load as usize).unwrap();
+        (ips.iter())
+            .map(|&ip| {
+                (p.frames(ip).unwrap_or_default().into_iter())
+                    .map(|f| (f.function, f.file, f.line))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The `addr2line` crate's frames, from a `Context` over the same
+    /// sections of the object at `file` (mapped as `Program` maps it);
+    /// `done` runs while the context lives.
+    fn addr2lines(file: &str, ips: &[usize], done: impl FnOnce()) -> Vec<Chain> {
+        let map = Mapped::open(file).unwrap();
+        // SAFETY: `map` outlives `context`, dropped at the end of this function.
+        let obj = object::File::parse(unsafe { map.bytes() }).unwrap();
+        let endian = if obj.is_little_endian() {
+            RunTimeEndian::Little
+        } else {
+            RunTimeEndian::Big
+        };
+        let dwarf = gimli::Dwarf::load(|id| -> Result<R, ()> {
+            let b = (obj.section_by_name(id.name()))
+                .and_then(|s| s.data().ok())
+                .unwrap_or(&[]);
+            Ok(EndianSlice::new(b, endian))
+        })
+        .unwrap();
+        let context = addr2line::Context::from_dwarf(dwarf).unwrap();
+        let chains = (ips.iter())
+            .map(|&ip| {
+                let mut chain = Vec::new();
+                if let Ok(mut frames) = context.find_frames(ip as u64 - 1).skip_all_loads() {
+                    while let Ok(Some(f)) = frames.next() {
+                        let function = (f.function.as_ref())
+                            .and_then(|n| n.raw_name().ok())
+                            .map(|n| demangle(n.as_ref()));
+                        let location = f.location.as_ref();
+                        let file = location.and_then(|l| l.file).map(str::to_owned);
+                        chain.push((function, file, location.and_then(|l| l.line)));
+                    }
+                }
+                chain
+            })
+            .collect();
+        done();
+        chains
+    }
+
+    /// Our reader against the `addr2line` crate, on this test program's
+    /// own debug info (this crate, its dependencies, the standard
+    /// library): the same functions, inlined frames, files and lines
+    /// wherever the debug info covers the address. Ours also names code it
+    /// does not cover, from the symbol table.
+    #[test]
+    fn agrees_with_the_addr2line_crate() {
+        let here = loaded_object(stack_here as *const () as usize).unwrap();
+        let map = Mapped::open(&here.file).unwrap();
+        // SAFETY: `map` lives to the end of the test.
+        let (ips, first_load) = sample_ips(unsafe { map.bytes() }, 250);
+        let (a, b) = (
+            ours(&here.file, first_load, &ips),
+            addr2lines(&here.file, &ips, || ()),
+        );
+        let mut compared = 0;
+        for ((ip, x), y) in ips.iter().zip(&a).zip(&b) {
+            if y.iter().any(|f| f.0.is_some()) {
+                assert_eq!(x, y, "at {ip:#x}");
+                compared += 1;
+            } else {
+                assert!(x.len() <= 1 && x.iter().all(|f| f.1.is_none()), "{x:?}");
+            }
+        }
+        assert!(compared > 150, "{compared} of {}", ips.len());
+    }
+
+    /// What each reader costs on the program at `LEAKSCOPE_DWARF_BIN` (a
+    /// release build with line tables: ripgrep's, the leaky service's), one
+    /// reader per process (`LEAKSCOPE_DWARF_READER=ours|addr2line`): every
+    /// 7th function's address resolved, the time, and while the reader
+    /// lives its heap (`RssAnon`) and the file pages it touched (`RssFile`).
+    /// Issue 27's note has the figures:
+    /// `cargo test --release --lib dwarf_readers -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, printed: needs LEAKSCOPE_DWARF_BIN"]
+    fn dwarf_readers_measured() {
+        let (Some(bin), Ok(reader)) = (
+            std::env::var_os("LEAKSCOPE_DWARF_BIN"),
+            std::env::var("LEAKSCOPE_DWARF_READER"),
+        ) else {
+            return;
+        };
+        let bin = bin.to_string_lossy().into_owned();
+        let map = Mapped::open(&bin).unwrap();
+        // SAFETY: `map` lives to the end of the test.
+        let (ips, first_load) = sample_ips(unsafe { map.bytes() }, 7);
+        let status = || {
+            let s = std::fs::read_to_string("/proc/self/status").unwrap();
+            let kib = |key: &str| {
+                let line = s.lines().find(|l| l.starts_with(key)).unwrap();
+                line.split_whitespace().nth(1).unwrap().to_owned()
+            };
+            format!(
+                "heap {} KiB, file pages {} KiB",
+                kib("RssAnon"),
+                kib("RssFile")
+            )
+        };
+        let t = std::time::Instant::now();
+        let (frames, held) = match reader.as_str() {
+            "ours" => {
+                let mut p = Program::load(&bin, first_load as usize).unwrap();
+                let n: usize = ips
+                    .iter()
+                    .map(|&ip| p.frames(ip).map_or(0, |f| f.len()))
+                    .sum();
+                (n, status())
+            }
+            _ => {
+                let mut held = String::new();
+                let chains = addr2lines(&bin, &ips, || held = status());
+                (chains.iter().map(Vec::len).sum(), held)
+            }
+        };
+        println!(
+            "{reader}: {} addresses, {frames} frames in {:.1} ms; {held}",
+            ips.len(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
 }
