@@ -22,6 +22,7 @@
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian, Section, UnitOffset};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 type R = EndianSlice<'static, RunTimeEndian>;
 
@@ -199,7 +200,39 @@ pub(crate) struct Program {
     _map: Mapped,
 }
 
+/// The [`Program`] kept between reports (null: none, or a report has it).
+/// Taken and put back by swaps, never locked: a report on another thread
+/// (or a `fork` while one had it) only means the next report reads its
+/// own, and a child of `fork` finds what its parent had read.
+static KEPT: AtomicPtr<Program> = AtomicPtr::new(std::ptr::null_mut());
+
 impl Program {
+    /// The program read by an earlier report, with the units it parsed, if
+    /// no other report has it now.
+    pub(crate) fn take_kept() -> Option<Program> {
+        let p = KEPT.swap(std::ptr::null_mut(), Ordering::Acquire);
+        // SAFETY: a non-null pointer in `KEPT` is a `Box<Program>` that
+        // `keep` gave up, and the swap made it ours alone.
+        (!p.is_null()).then(|| *unsafe { Box::from_raw(p) })
+    }
+
+    /// Keeps this for the next report (what it has parsed stays parsed:
+    /// reports of a running service, and children of `fork`, skip reading
+    /// it again); dropped if another is kept already.
+    pub(crate) fn keep(self) {
+        let p = Box::into_raw(Box::new(self));
+        let kept = KEPT.compare_exchange(
+            std::ptr::null_mut(),
+            p,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+        if kept.is_err() {
+            // SAFETY: `p` was not published: still ours.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+
     /// The debug info of the object loaded at `base` from `file`; `None` if
     /// it has none this reader can use.
     pub(crate) fn load(file: &str, base: usize) -> Option<Program> {

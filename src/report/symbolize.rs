@@ -69,6 +69,15 @@ pub(crate) struct Symbolizer {
     statics: HashMap<String, Option<DataSymbols>>,
 }
 
+impl Drop for Symbolizer {
+    /// The debug info read so far goes back for the next report.
+    fn drop(&mut self) {
+        if let Some(Some(program)) = self.program.take() {
+            program.keep();
+        }
+    }
+}
+
 impl Symbolizer {
     /// The frames of a stack, innermost first, allocator frames left out.
     pub(crate) fn stack(&mut self, ips: &[usize]) -> Vec<Frame> {
@@ -112,7 +121,9 @@ impl Symbolizer {
             let here = Symbolizer::resolve as fn(&mut Symbolizer, usize) -> _ as usize;
             let own = loaded_object(here);
             self.own_base = own.as_ref().map_or(usize::MAX, |o| o.base);
-            self.program = Some(own.and_then(|o| Program::load(&o.file, o.base)));
+            self.program = Some(
+                own.and_then(|o| Program::take_kept().or_else(|| Program::load(&o.file, o.base))),
+            );
         }
         match loaded_object(ip) {
             Some(o) if o.base != self.own_base => return vec![foreign_frame(ip, &o)],
