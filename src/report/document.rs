@@ -751,47 +751,22 @@ trait Named: Copy + 'static {
     fn name(self) -> &'static str;
 }
 
-impl Named for Unwinder {
-    const ALL: &'static [Self] = &[
-        Unwinder::FramePointers,
-        Unwinder::Dwarf,
-        Unwinder::DwarfFallback,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
+/// `Named` for an enum with these variants.
+macro_rules! named {
+    ($t:ident: $($v:ident),+) => {
+        impl Named for $t {
+            const ALL: &'static [Self] = &[$($t::$v),+];
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+        }
+    };
 }
 
-impl Named for Origin {
-    const ALL: &'static [Self] = &[Origin::Rust, Origin::C];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-}
-
-impl Named for RootKind {
-    const ALL: &'static [Self] = &[
-        RootKind::Static,
-        RootKind::Stack,
-        RootKind::Tls,
-        RootKind::Register,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-}
-
-impl Named for LeakKind {
-    const ALL: &'static [Self] = &[
-        LeakKind::DefinitelyLost,
-        LeakKind::IndirectlyLost,
-        LeakKind::PossiblyLost,
-        LeakKind::StillReachable,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-}
+named!(Unwinder: FramePointers, Dwarf, DwarfFallback);
+named!(Origin: Rust, C);
+named!(RootKind: Static, Stack, Tls, Register);
+named!(LeakKind: DefinitelyLost, IndirectlyLost, PossiblyLost, StillReachable);
 
 mod named {
     use super::Named;
