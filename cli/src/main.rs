@@ -15,6 +15,7 @@
 //! stderr. The reading and rendering are the library's; this is the command.
 
 mod diff;
+mod run;
 
 use clap::{Parser, Subcommand};
 use leakscope::report::{LeakKind, Report};
@@ -81,6 +82,29 @@ enum Command {
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
+    /// Run PROGRAM with the tracker preloaded (LD_PRELOAD): a program that
+    /// does not link leakscope gets the exit report and the full leak check
+    /// that the LEAKSCOPE_* variables ask for. Its output, input, exit status
+    /// (or the gate's) and death by a signal are its own: the command
+    /// replaces itself with PROGRAM.
+    Run {
+        /// Where the report goes (LEAKSCOPE_REPORT): stderr, a path whose
+        /// suffix chooses the format, several separated by commas.
+        #[arg(long, value_name = "DEST")]
+        report: Option<String>,
+        /// Exit with N when something is lost or a scope keeps growing
+        /// (LEAKSCOPE_ERROR_EXITCODE).
+        #[arg(long, value_name = "N")]
+        error_exitcode: Option<u8>,
+        /// The program and its arguments.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "PROGRAM"
+        )]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// `NAME=N`: a scope's name (which may hold `=`) and its budget.
@@ -134,6 +158,11 @@ fn main() -> ExitCode {
             check(&r, &gates)
         }),
         Command::Convert { report, output } => load(&report).and_then(|r| convert(&r, &output)),
+        Command::Run {
+            report,
+            error_exitcode,
+            command,
+        } => run::run(report, error_exitcode, &command).map_err(Bad),
     };
     match done {
         Ok(code) => code,

@@ -331,3 +331,117 @@ fn bad_input_is_one_line_and_status_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!stderr(&out).contains("panicked"));
 }
+
+/// A C program built here, which does not link leakscope: ten `strdup`
+/// copies it loses and a block a static keeps.
+const LEAKY_C: &str = r#"#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+static char *kept;
+int main(int argc, char **argv) {
+    for (int i = 0; i < 10; i++) {
+        char *copy = strdup("lost, ten times");
+        (void)copy;
+    }
+    kept = malloc(100);
+    printf("hello %s\n", argc > 1 ? argv[1] : "");
+    return argc > 2 ? atoi(argv[2]) : 0;
+}
+"#;
+
+/// The preload library beside the command, built now if `cargo test` did
+/// not (it builds no test of a cdylib).
+fn preload_library() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_leakscope"));
+    if !exe.with_file_name("libleakscope_preload.so").exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "leakscope-preload"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status_within(BUILD_SECS)
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+/// `leakscope run` on a binary nobody rebuilt: the program's output and
+/// exit status are its own, the gate's status when it loses blocks, and the
+/// report names its lost `strdup` copies and the static that keeps a block,
+/// with its frames' file and line.
+#[test]
+fn run_checks_a_c_program_that_does_not_link_leakscope() {
+    preload_library();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-c");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("leaky.c"), LEAKY_C).unwrap();
+    let cc = Command::new("cc")
+        .args(["-g", "-O0", "-o", "leaky", "leaky.c"])
+        .current_dir(&dir)
+        .status_within(BUILD_SECS)
+        .unwrap();
+    assert!(cc.success());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_leakscope"))
+            .arg("run")
+            .args(args)
+            .current_dir(&dir)
+            .output_within(CHILD_SECS)
+            .unwrap()
+    };
+    // Its own exit status and output, with nothing asked of leakscope.
+    let out = run(&["--", "./leaky", "world", "3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
+    assert_eq!(stderr(&out), "");
+    // The gate's status, and the report.
+    let out = run(&[
+        "--report",
+        "r.json",
+        "--error-exitcode",
+        "23",
+        "./leaky",
+        "again",
+    ]);
+    assert_eq!(out.status.code(), Some(23), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello again\n");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("r.json")).unwrap()).unwrap();
+    let lc = &doc["leak_check"];
+    assert_eq!(
+        (
+            &lc["definitely_lost"]["blocks"],
+            &lc["definitely_lost"]["bytes"]
+        ),
+        (&Value::from(10), &Value::from(160))
+    );
+    assert_eq!(lc["indirectly_lost"]["blocks"], 0);
+    let frames = |id: &Value| -> Vec<(String, String, u64)> {
+        let site = (doc["callsites"].as_array().unwrap().iter())
+            .find(|c| &c["id"] == id)
+            .unwrap();
+        (site["frames"].as_array().unwrap().iter())
+            .map(|f| {
+                (
+                    f["function"].as_str().unwrap_or("").to_owned(),
+                    f["file"].as_str().unwrap_or("").to_owned(),
+                    f["line"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let records = doc["loss_records"].as_array().unwrap();
+    let lost = (records.iter())
+        .find(|r| r["kind"] == "definitely_lost")
+        .unwrap();
+    let stack = frames(&lost["callsite"]);
+    assert!(stack[0].0.contains("strdup"), "{stack:?}");
+    assert_eq!(stack[1].0, "main", "{stack:?}");
+    assert!(stack[1].1.ends_with("run-c/leaky.c"), "{stack:?}");
+    assert_eq!(stack[1].2, 7, "{stack:?}");
+    let kept = (records.iter())
+        .find(|r| r["kind"] == "still_reachable" && r["bytes"] == 100)
+        .unwrap();
+    assert_eq!(kept["retained_by"]["root"]["name"], "kept");
+    let stack = frames(&kept["callsite"]);
+    assert_eq!((&stack[0].0[..], stack[0].2), ("main", 10), "{stack:?}");
+}

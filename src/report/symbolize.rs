@@ -64,6 +64,11 @@ pub(crate) struct Symbolizer {
     /// That object's debug info, read on the first lookup (`None` inside:
     /// none this reader can use, so the backtrace crate resolves).
     program: Option<Option<Program>>,
+    /// The program's own executable when it is another object than this
+    /// crate's (leakscope preloaded, or linked as a shared library): its
+    /// load address (0: not looked up yet) and its debug info, read on the
+    /// first frame in it, so that its frames get files and lines too.
+    exe: (usize, Option<Option<Program>>),
     /// The statics of each loaded object a static root lies in, by file
     /// (`None` inside: the file could not be read).
     statics: HashMap<String, Option<DataSymbols>>,
@@ -126,26 +131,27 @@ impl Symbolizer {
             );
         }
         match loaded_object(ip) {
-            Some(o) if o.base != self.own_base => return vec![foreign_frame(ip, &o)],
+            Some(o) if o.base != self.own_base => {
+                if self.exe.0 == 0 {
+                    self.exe.0 = executable_base().unwrap_or(usize::MAX);
+                }
+                if o.base != self.exe.0 {
+                    return vec![foreign_frame(ip, &o)];
+                }
+                let exe = self
+                    .exe
+                    .1
+                    .get_or_insert_with(|| Program::load(&o.file, o.base));
+                return exe
+                    .as_mut()
+                    .and_then(|p| frames_from(p, ip))
+                    .unwrap_or_else(|| vec![foreign_frame(ip, &o)]);
+            }
             _ => {}
         }
-        if let Some(program) = self.program.as_mut().and_then(Option::as_mut) {
-            if let Some(found) = program.frames(ip) {
-                return found
-                    .into_iter()
-                    .map(|l| {
-                        let role = Role::of(l.function.as_deref().unwrap_or(""), l.file.as_deref());
-                        let file = l.file.as_deref().map(|p| program.shown_path(p).to_owned());
-                        let frame = Frame {
-                            ip,
-                            function: l.function,
-                            file,
-                            line: l.line,
-                        };
-                        (frame, role)
-                    })
-                    .collect();
-            }
+        let own = self.program.as_mut().and_then(Option::as_mut);
+        if let Some(found) = own.and_then(|p| frames_from(p, ip)) {
+            return found;
         }
         let cwd = self.cwd.as_deref().unwrap_or("");
         let mut out = Vec::new();
@@ -207,6 +213,36 @@ pub(crate) fn loaded_object(ip: usize) -> Option<LoadedObject> {
             symbol,
         })
     }
+}
+
+/// The frames `program` reads at `ip`, each with its role.
+fn frames_from(program: &mut Program, ip: usize) -> Option<Vec<(Frame, Role)>> {
+    let found = program.frames(ip)?;
+    let frames = (found.into_iter())
+        .map(|l| {
+            let role = Role::of(l.function.as_deref().unwrap_or(""), l.file.as_deref());
+            let file = l.file.as_deref().map(|p| program.shown_path(p).to_owned());
+            let frame = Frame {
+                ip,
+                function: l.function,
+                file,
+                line: l.line,
+            };
+            (frame, role)
+        })
+        .collect();
+    Some(frames)
+}
+
+/// The load address of the program's executable: the object holding its
+/// program headers, which the loader passes in the auxiliary vector.
+fn executable_base() -> Option<usize> {
+    // SAFETY: getauxval reads the auxiliary vector; 0 when absent.
+    let phdr = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
+    (phdr != 0)
+        .then(|| loaded_object(phdr))
+        .flatten()
+        .map(|o| o.base)
 }
 
 /// A frame in another object than this crate's: its dynamic symbol (demangled)
