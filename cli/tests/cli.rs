@@ -14,21 +14,25 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use timeout::{Deadline, BUILD_SECS, CHILD_SECS};
 
-/// The example's binary, built by `cargo test` beside this test (or built
-/// now when only this package is tested).
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let path = profile_dir.join("leaky_service");
+/// `file` in the profile's directory (beside this command), built now by
+/// `cargo build -p package` when `cargo test` has not (only this package
+/// tested; or a cdylib, which it builds no test of).
+fn built(file: &str, package: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_leakscope")).with_file_name(file);
     if !path.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "leaky-service"])
+            .args(["build", "-p", package])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status_within(BUILD_SECS)
             .unwrap();
         assert!(status.success());
     }
     path
+}
+
+/// The example's binary.
+fn example() -> PathBuf {
+    built("leaky_service", "leaky-service")
 }
 
 /// The reports, written once: `r1000.json`, `r2000.json`, `fixed.json`,
@@ -349,27 +353,13 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// The preload library beside the command, built now if `cargo test` did
-/// not (it builds no test of a cdylib).
-fn preload_library() {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_leakscope"));
-    if !exe.with_file_name("libleakscope_preload.so").exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "leakscope-preload"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status_within(BUILD_SECS)
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
 /// `leakscope run` on a binary nobody rebuilt: the program's output and
 /// exit status are its own, the gate's status when it loses blocks, and the
 /// report names its lost `strdup` copies and the static that keeps a block,
 /// with its frames' file and line.
 #[test]
 fn run_checks_a_c_program_that_does_not_link_leakscope() {
-    preload_library();
+    built("libleakscope_preload.so", "leakscope-preload");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-c");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
