@@ -341,6 +341,8 @@ fn bad_input_is_one_line_and_status_2() {
 const LEAKY_C: &str = r#"#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 static char *kept;
 int main(int argc, char **argv) {
     for (int i = 0; i < 10; i++) {
@@ -348,6 +350,16 @@ int main(int argc, char **argv) {
         (void)copy;
     }
     kept = malloc(100);
+    if (argc > 1 && strcmp(argv[1], "spawn") == 0) {
+        pid_t child = fork();
+        if (child == 0) {
+            execl(argv[0], argv[0], "child", (char *)0);
+            _exit(127);
+        }
+        int status = 0;
+        waitpid(child, &status, 0);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+    }
     printf("hello %s\n", argc > 1 ? argv[1] : "");
     return argc > 2 ? atoi(argv[2]) : 0;
 }
@@ -356,7 +368,7 @@ int main(int argc, char **argv) {
 /// `leakscope run` on a binary nobody rebuilt: the program's output and
 /// exit status are its own, the gate's status when it loses blocks, and the
 /// report names its lost `strdup` copies and the static that keeps a block,
-/// with its frames' file and line.
+/// with its frames' file and line; a child it execs reports too.
 #[test]
 fn run_checks_a_c_program_that_does_not_link_leakscope() {
     built("libleakscope_preload.so", "leakscope-preload");
@@ -427,11 +439,55 @@ fn run_checks_a_c_program_that_does_not_link_leakscope() {
     assert!(stack[0].0.contains("strdup"), "{stack:?}");
     assert_eq!(stack[1].0, "main", "{stack:?}");
     assert!(stack[1].1.ends_with("run-c/leaky.c"), "{stack:?}");
-    assert_eq!(stack[1].2, 7, "{stack:?}");
+    assert_eq!(stack[1].2, 9, "{stack:?}");
     let kept = (records.iter())
         .find(|r| r["kind"] == "still_reachable" && r["bytes"] == 100)
         .unwrap();
     assert_eq!(kept["retained_by"]["root"]["name"], "kept");
     let stack = frames(&kept["callsite"]);
-    assert_eq!((&stack[0].0[..], stack[0].2), ("main", 10), "{stack:?}");
+    assert_eq!((&stack[0].0[..], stack[0].2), ("main", 12), "{stack:?}");
+    // The gate alone (no report asked) fails it too: the preloaded
+    // tracker starts as it loads, not at a Rust allocation C code never makes.
+    let out = run(&["--error-exitcode", "23", "./leaky"]);
+    assert_eq!(out.status.code(), Some(23), "{}", stderr(&out));
+    // A child it forks and execs inherits LD_PRELOAD: each process writes
+    // its own report, with its own lost copies.
+    let out = run(&["--report", "spawn-%p.json", "./leaky", "spawn"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut lost: Vec<(u64, u64)> = (std::fs::read_dir(&dir).unwrap())
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("spawn-"))
+        .map(|n| {
+            let doc: Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join(n)).unwrap()).unwrap();
+            let d = &doc["leak_check"]["definitely_lost"];
+            (doc["pid"].as_u64().unwrap(), d["blocks"].as_u64().unwrap())
+        })
+        .collect();
+    lost.sort_unstable();
+    assert_eq!(lost.len(), 2, "{lost:?}");
+    assert!(
+        lost[0].0 != lost[1].0 && lost.iter().all(|l| l.1 == 10),
+        "{lost:?}"
+    );
+}
+
+/// A program that links leakscope itself (the leaky service, with the
+/// allocator line and `c-heap`) under `leakscope run`: the preloaded copy
+/// says once that it stands aside, and the program's own tracker writes
+/// the one report, scopes and all.
+#[test]
+fn run_stands_aside_for_a_program_that_links_leakscope() {
+    built("libleakscope_preload.so", "leakscope-preload");
+    let out = Command::new(env!("CARGO_BIN_EXE_leakscope"))
+        .args(["run", "--report", "stderr", "--"])
+        .arg(example())
+        .output_within(CHILD_SECS)
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let count = |s: &str| err.matches(s).count();
+    assert_eq!(count("the preloaded leakscope stands aside"), 1, "{err}");
+    assert_eq!(count("LEAK SUMMARY:"), 1, "{err}");
+    assert!(err.contains("  GET /graph: "), "{err}");
 }

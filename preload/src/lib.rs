@@ -11,3 +11,15 @@
 
 #[global_allocator]
 static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
+
+/// Starts the tracker as the library loads. The tracker starts at its
+/// first allocation, and a C program makes none through Rust's global
+/// allocator: without this, its `malloc` calls would pass through uncounted
+/// and only a report's own thread (`LEAKSCOPE_REPORT`) would start it.
+#[used]
+#[link_section = ".init_array"]
+static START: extern "C" fn() = start;
+
+extern "C" fn start() {
+    drop(std::hint::black_box(Box::new(0u8)));
+}

@@ -30,12 +30,45 @@ use std::ffi::CStr;
 static REGISTER: extern "C" fn() = register;
 
 extern "C" fn register() {
+    if another_malloc_comes_first() {
+        warn("this program has its own malloc (it links leakscope, or an allocator that replaces malloc): the preloaded leakscope stands aside");
+        return;
+    }
     process::on_start(start);
     // The timeline's thread starts here, before `main`, not in the start
     // hook: that runs inside the first allocation, no place to make a thread.
     if env(c"LEAKSCOPE_REPORT").is_some_and(|v| !v.trim().is_empty()) {
         timeline::start(timeline_ms());
     }
+}
+
+/// Whether the process's `malloc` is another object's than this copy of
+/// leakscope's, which makes it the process's `malloc` (feature `c-heap`):
+/// then this copy was preloaded (`leakscope run`) into a program that has
+/// its own (one that links leakscope comes first in symbol lookup), and
+/// stands aside, so that nothing is counted or reported twice. Asks the
+/// loader without allocating.
+fn another_malloc_comes_first() -> bool {
+    #[cfg(all(
+        feature = "c-heap",
+        target_os = "linux",
+        target_env = "gnu",
+        target_arch = "x86_64"
+    ))]
+    // SAFETY: dlsym and dladdr with a NUL-terminated name and addresses of
+    // loaded code; they fill `info` and allocate nothing.
+    unsafe {
+        let base = |addr: *const libc::c_void| {
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            (libc::dladdr(addr, &mut info) != 0).then_some(info.dli_fbase as usize)
+        };
+        let winner = libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr());
+        let here = base(register as *const () as *const libc::c_void);
+        if !winner.is_null() && here.is_some() && base(winner) != here {
+            return true;
+        }
+    }
+    false
 }
 
 /// `LEAKSCOPE_TIMELINE_MS`, or the default (a bad value is said in [`start`]).
