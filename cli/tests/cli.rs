@@ -14,12 +14,15 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use timeout::{Deadline, BUILD_SECS, CHILD_SECS};
 
-/// `file` in the profile's directory (beside this command), built now by
-/// `cargo build -p package` when `cargo test` has not (only this package
-/// tested; or a cdylib, which it builds no test of).
-fn built(file: &str, package: &str) -> PathBuf {
+/// `file` in the profile's directory (beside this command), built by
+/// `cargo build -p package`: always for a package `cargo test` builds
+/// nothing of (the preload cdylib, which has no test: a library left from
+/// an earlier build would be stale), else when it has not (only this
+/// package tested). Rebuilding the example would relink it with other
+/// features, under tests that run it.
+fn built(file: &str, package: &str, always: bool) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_leakscope")).with_file_name(file);
-    if !path.exists() {
+    if always || !path.exists() {
         let status = Command::new(env!("CARGO"))
             .args(["build", "-p", package])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -32,7 +35,7 @@ fn built(file: &str, package: &str) -> PathBuf {
 
 /// The example's binary.
 fn example() -> PathBuf {
-    built("leaky_service", "leaky-service")
+    built("leaky_service", "leaky-service", false)
 }
 
 /// The reports, written once: `r1000.json`, `r2000.json`, `fixed.json`,
@@ -371,7 +374,7 @@ int main(int argc, char **argv) {
 /// with its frames' file and line; a child it execs reports too.
 #[test]
 fn run_checks_a_c_program_that_does_not_link_leakscope() {
-    built("libleakscope_preload.so", "leakscope-preload");
+    built("libleakscope_preload.so", "leakscope-preload", true);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-c");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -478,7 +481,7 @@ fn run_checks_a_c_program_that_does_not_link_leakscope() {
 /// the one report, scopes and all.
 #[test]
 fn run_stands_aside_for_a_program_that_links_leakscope() {
-    built("libleakscope_preload.so", "leakscope-preload");
+    built("libleakscope_preload.so", "leakscope-preload", true);
     let out = Command::new(env!("CARGO_BIN_EXE_leakscope"))
         .args(["run", "--report", "stderr", "--"])
         .arg(example())
