@@ -1,7 +1,8 @@
 //! The tracker as a shared library, for `LD_PRELOAD`: `leakscope run --
 //! PROGRAM` puts it into a program that does not link leakscope.
 //!
-//! Nothing here but the allocator line. The library's `malloc` family
+//! Nothing here but the allocator line and a start as the library loads
+//! (below). The library's `malloc` family
 //! (feature `c-heap`) is exported from this shared object, so the loader
 //! binds every object's `malloc` and `free` to it, as it binds a program
 //! that links leakscope; its start hook (in `.init_array`) reads the
