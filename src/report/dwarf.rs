@@ -200,17 +200,29 @@ pub(crate) struct Program {
     _map: Mapped,
 }
 
-/// The [`Program`] kept between reports (null: none, or a report has it).
-/// Taken and put back by swaps, never locked: a report on another thread
-/// (or a `fork` while one had it) only means the next report reads its
-/// own, and a child of `fork` finds what its parent had read.
-static KEPT: AtomicPtr<Program> = AtomicPtr::new(std::ptr::null_mut());
+/// Which object a kept [`Program`] reads: the one this crate is linked
+/// into, or the executable when that is another (leakscope preloaded).
+#[derive(Clone, Copy)]
+pub(crate) enum Kept {
+    Own = 0,
+    Executable = 1,
+}
+
+/// The [`Program`]s kept between reports, one per [`Kept`] (null: none, or
+/// a report has it). Taken and put back by swaps, never locked: a report
+/// on another thread (or a `fork` while one had it) only means the next
+/// report reads its own, and a child of `fork` finds what its parent had
+/// read.
+static KEPT: [AtomicPtr<Program>; 2] = [
+    AtomicPtr::new(std::ptr::null_mut()),
+    AtomicPtr::new(std::ptr::null_mut()),
+];
 
 impl Program {
     /// The program read by an earlier report, with the units it parsed, if
     /// no other report has it now.
-    pub(crate) fn take_kept() -> Option<Program> {
-        let p = KEPT.swap(std::ptr::null_mut(), Ordering::Acquire);
+    pub(crate) fn take_kept(which: Kept) -> Option<Program> {
+        let p = KEPT[which as usize].swap(std::ptr::null_mut(), Ordering::Acquire);
         // SAFETY: a non-null pointer in `KEPT` is a `Box<Program>` that
         // `keep` gave up, and the swap made it ours alone.
         (!p.is_null()).then(|| *unsafe { Box::from_raw(p) })
@@ -219,9 +231,9 @@ impl Program {
     /// Keeps this for the next report (what it has parsed stays parsed:
     /// reports of a running service, and children of `fork`, skip reading
     /// it again); dropped if another is kept already.
-    pub(crate) fn keep(self) {
+    pub(crate) fn keep(self, which: Kept) {
         let p = Box::into_raw(Box::new(self));
-        let kept = KEPT.compare_exchange(
+        let kept = KEPT[which as usize].compare_exchange(
             std::ptr::null_mut(),
             p,
             Ordering::Release,

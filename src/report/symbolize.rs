@@ -6,7 +6,7 @@
 //! allocation plumbing or the user's code, so that a stack starts at the
 //! code that allocated. Never runs on the allocation path.
 
-use crate::report::dwarf::{demangle, DataSymbols, Program};
+use crate::report::dwarf::{demangle, DataSymbols, Kept, Program};
 use crate::report::model::Frame;
 use std::collections::HashMap;
 
@@ -67,7 +67,8 @@ pub(crate) struct Symbolizer {
     /// The program's own executable when it is another object than this
     /// crate's (leakscope preloaded, or linked as a shared library): its
     /// load address (0: not looked up yet) and its debug info, read on the
-    /// first frame in it, so that its frames get files and lines too.
+    /// first frame in it (or kept from an earlier report), so that its
+    /// frames get files and lines too.
     exe: (usize, Option<Option<Program>>),
     /// The statics of each loaded object a static root lies in, by file
     /// (`None` inside: the file could not be read).
@@ -78,7 +79,10 @@ impl Drop for Symbolizer {
     /// The debug info read so far goes back for the next report.
     fn drop(&mut self) {
         if let Some(Some(program)) = self.program.take() {
-            program.keep();
+            program.keep(Kept::Own);
+        }
+        if let Some(Some(program)) = self.exe.1.take() {
+            program.keep(Kept::Executable);
         }
     }
 }
@@ -126,9 +130,9 @@ impl Symbolizer {
             let here = Symbolizer::resolve as fn(&mut Symbolizer, usize) -> _ as usize;
             let own = loaded_object(here);
             self.own_base = own.as_ref().map_or(usize::MAX, |o| o.base);
-            self.program = Some(
-                own.and_then(|o| Program::take_kept().or_else(|| Program::load(&o.file, o.base))),
-            );
+            self.program = Some(own.and_then(|o| {
+                Program::take_kept(Kept::Own).or_else(|| Program::load(&o.file, o.base))
+            }));
         }
         match loaded_object(ip) {
             Some(o) if o.base != self.own_base => {
@@ -138,10 +142,9 @@ impl Symbolizer {
                 if o.base != self.exe.0 {
                     return vec![foreign_frame(ip, &o)];
                 }
-                let exe = self
-                    .exe
-                    .1
-                    .get_or_insert_with(|| Program::load(&o.file, o.base));
+                let exe = self.exe.1.get_or_insert_with(|| {
+                    Program::take_kept(Kept::Executable).or_else(|| Program::load(&o.file, o.base))
+                });
                 return exe
                     .as_mut()
                     .and_then(|p| frames_from(p, ip))
