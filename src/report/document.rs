@@ -159,10 +159,9 @@ struct DocScopeCallsite {
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[cfg_attr(test, schemars(rename = "ScopeRetention"))]
 struct DocScopeRetention<'a> {
-    root: DocRoot<'a>,
-    path: Vec<u32>,
-    #[serde(default)]
-    via_heuristic: bool,
+    /// The retention's fields, beside the blocks and bytes it holds.
+    #[serde(flatten)]
+    retained_by: DocRetention<'a>,
     blocks: u64,
     bytes: u64,
 }
@@ -570,15 +569,10 @@ impl<'a> DocScope<'a> {
                 .collect(),
             retained_by: with_check.then(|| {
                 (s.retained_by.iter())
-                    .map(|r| {
-                        let by = DocRetention::of(&r.retained_by);
-                        DocScopeRetention {
-                            root: by.root,
-                            path: by.path,
-                            via_heuristic: by.via_heuristic,
-                            blocks: r.blocks,
-                            bytes: r.bytes,
-                        }
+                    .map(|r| DocScopeRetention {
+                        retained_by: DocRetention::of(&r.retained_by),
+                        blocks: r.blocks,
+                        bytes: r.bytes,
                     })
                     .collect()
             }),
@@ -600,12 +594,7 @@ impl<'a> DocScope<'a> {
                 .collect(),
             retained_by: (self.retained_by.unwrap_or_default().into_iter())
                 .map(|r| ScopeRetention {
-                    retained_by: DocRetention {
-                        root: r.root,
-                        path: r.path,
-                        via_heuristic: r.via_heuristic,
-                    }
-                    .into_retention(),
+                    retained_by: r.retained_by.into_retention(),
                     blocks: r.blocks,
                     bytes: r.bytes,
                 })
