@@ -8,7 +8,6 @@
 
 use crate::alloc::thread;
 use crate::check::roots::Caller;
-use crate::check::stop;
 use crate::report::model::{growth, Changes, Report, ScopeStats};
 use crate::serve::exit;
 use std::io::{Read, Write};
@@ -21,7 +20,7 @@ use std::sync::Arc;
 pub struct ReportServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<crate::serve::OwnThread>,
 }
 
 impl ReportServer {
@@ -37,7 +36,7 @@ impl Drop for ReportServer {
         // Wake the accept.
         let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join();
         }
     }
 }
@@ -67,23 +66,16 @@ pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = crate::serve::with_signals_blocked(|| {
-            std::thread::Builder::new()
-                .name("leakscope-report".to_owned())
-                .spawn(move || {
-                    stop::mark_own_thread();
-                    thread::untracked(|| {
-                        let mut previous = Previous::default();
-                        for conn in listener.incoming() {
-                            if flag.load(Ordering::Acquire) {
-                                break;
-                            }
-                            if let Ok(conn) = conn {
-                                let _ = answer(conn, &mut previous);
-                            }
-                        }
-                    })
-                })
+        let thread = crate::serve::spawn_own(c"leakscope-serve", move || {
+            let mut previous = Previous::default();
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Acquire) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let _ = answer(conn, &mut previous);
+                }
+            }
         })?;
         Ok(ReportServer {
             addr,

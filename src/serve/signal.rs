@@ -128,8 +128,7 @@ fn take(signal: i32, handler: usize) -> std::io::Result<()> {
     stop::set_handler(signal, handler, 0, false)
 }
 
-/// The pipe and the thread that reads it: a raw pthread, since this may run
-/// inside the first allocation.
+/// The pipe and the thread that reads it.
 fn start_watch() -> std::io::Result<()> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two descriptors; the write end never blocks.
@@ -138,26 +137,14 @@ fn start_watch() -> std::io::Result<()> {
     }
     // SAFETY: fcntl on a descriptor we own.
     unsafe { libc::fcntl(fds[1], libc::F_SETFL, libc::O_NONBLOCK) };
-    // SAFETY: a detached thread running `watch` with the read end; the
-    // attribute struct lives across the call.
-    let made = unsafe {
-        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        libc::pthread_attr_init(&mut attr);
-        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
-        let mut t: libc::pthread_t = std::mem::zeroed();
-        let arg = fds[0] as usize as *mut libc::c_void;
-        let rc =
-            crate::serve::with_signals_blocked(|| libc::pthread_create(&mut t, &attr, watch, arg));
-        libc::pthread_attr_destroy(&mut attr);
-        rc
-    };
-    if made != 0 {
+    let read = fds[0];
+    if let Err(e) = crate::serve::spawn_own(c"leakscope-sig", move || watch(read)) {
         // SAFETY: closing our own descriptors.
         unsafe {
             libc::close(fds[0]);
             libc::close(fds[1]);
         }
-        return Err(std::io::Error::from_raw_os_error(made));
+        return Err(e);
     }
     PIPE_WRITE.store(fds[1], Ordering::Release);
     Ok(())
@@ -186,9 +173,7 @@ pub(crate) fn parse_signal(value: &str) -> Result<Option<i32>, String> {
 
 /// The signal thread: a report per byte from a handler; after a fatal
 /// signal's report, that signal again, with its default action.
-extern "C" fn watch(arg: *mut libc::c_void) -> *mut libc::c_void {
-    stop::mark_own_thread();
-    let fd = arg as usize as i32;
+fn watch(fd: i32) {
     let mut previous = Previous::default();
     loop {
         let mut bytes = [0u8; 64];
@@ -208,17 +193,14 @@ extern "C" fn watch(arg: *mut libc::c_void) -> *mut libc::c_void {
         if let Some(&sig) = got.iter().find(|&&b| b != REPORT) {
             die_by(sig as i32);
         }
-        // A panic must not unwind out of an `extern "C"` thread. (After one,
+        // A panic in one report must not end the thread. (After one,
         // `previous` is at worst the report before: still a valid base.)
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            thread::untracked(|| {
-                let mut report = exit::report_now(Caller::OWN_THREAD);
-                previous.mark(&mut report);
-                exit::write_report(&exit::dest().unwrap_or_else(|| vec![Dest::Stderr]), &report);
-            })
+            let mut report = exit::report_now(Caller::OWN_THREAD);
+            previous.mark(&mut report);
+            exit::write_report(&exit::dest().unwrap_or_else(|| vec![Dest::Stderr]), &report);
         }));
     }
-    std::ptr::null_mut()
 }
 
 /// Writes the exit report (once: not again at exit), then ends the process

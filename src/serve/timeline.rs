@@ -81,21 +81,13 @@ pub(crate) fn start(every_ms: u64) {
     if every_ms == 0 || STARTED.swap(true, Ordering::AcqRel) {
         return;
     }
-    thread::untracked(|| {
-        RING.lock().interval_ms = every_ms;
-        let spawned = crate::serve::with_signals_blocked(|| {
-            std::thread::Builder::new()
-                .name("leakscope-timeline".to_owned())
-                .spawn(|| thread::untracked(run))
-        });
-        if spawned.is_err() {
-            STARTED.store(false, Ordering::Release);
-        }
-    });
+    thread::untracked(|| RING.lock().interval_ms = every_ms);
+    if crate::serve::spawn_own(c"leakscope-time", run).is_err() {
+        STARTED.store(false, Ordering::Release);
+    }
 }
 
 fn run() {
-    crate::check::stop::mark_own_thread();
     // The tracker starts at the first allocation through it: in a program
     // with the allocator line, before `main` (the runtime allocates). Not
     // started after a second, it is not the global allocator (a program
