@@ -11,7 +11,7 @@ use crate::alloc::{blocks, callsite, process, sample, thread, unwind};
 use crate::report::model::{
     Callsite, Origin, Report, ScopeCallsite, ScopeStats, Totals, Unwinder, FRAME_POINTERS_FIX,
 };
-use crate::report::symbolize::Symbolizer;
+use crate::report::symbolize::{self, Symbolizer};
 use crate::report::warn::warn;
 use crate::scope::history;
 use crate::scope::names::{self, ScopeEntry};
@@ -252,6 +252,7 @@ fn build(sites: Sites<'_>) -> Report {
             (true, true) => Unwinder::DwarfFallback,
         },
         timeline: None,
+        preloaded: symbolize::preloaded(),
         in_process: true,
     }
 }

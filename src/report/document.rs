@@ -51,6 +51,10 @@ pub(crate) struct Document<'a> {
     #[serde(default = "frame_pointers", with = "named")]
     #[cfg_attr(test, schemars(with = "DocUnwinder"))]
     unwinder: Unwinder,
+    /// The tracker was preloaded into a program that does not link
+    /// leakscope (`leakscope run`): no scopes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    preloaded: bool,
     callsites: Vec<DocCallsite<'a>>,
     scopes: Vec<DocScope<'a>>,
     /// What each scope did since the previous report (`Report::changes`).
@@ -361,6 +365,7 @@ impl<'a> Document<'a> {
             sample_bytes: r.sample_bytes,
             seconds: r.seconds,
             unwinder: r.unwinder,
+            preloaded: r.preloaded,
             callsites: (r.callsites.iter().filter(|c| shows(c)))
                 .map(DocCallsite::of)
                 .collect(),
@@ -453,6 +458,7 @@ impl<'a> Document<'a> {
             seconds: self.seconds,
             unwinder: self.unwinder,
             timeline,
+            preloaded: self.preloaded,
             in_process: false,
         })
     }

@@ -146,6 +146,7 @@ mod tests {
             seconds: 0.0,
             unwinder: Unwinder::FramePointers,
             timeline: None,
+            preloaded: false,
             in_process: true,
         }
     }

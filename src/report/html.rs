@@ -9,7 +9,7 @@
 use crate::alloc::thread;
 use crate::report::folded::function_of;
 use crate::report::leak::{BlockTotal, LeakKind};
-use crate::report::model::{Callsite, Report};
+use crate::report::model::{Callsite, Report, PRELOADED_NO_SCOPES};
 use crate::report::text::{where_of, PerRun, Signed, SignedPerRun, Thousands};
 use std::fmt::Write;
 
@@ -56,6 +56,9 @@ impl Report {
             self.unwinder.as_str().replace('_', " "),
             pid = self.pid,
         );
+        if self.preloaded {
+            let _ = write!(h, "<p class=\"muted\">{}.</p>", esc(PRELOADED_NO_SCOPES));
+        }
         if self.sample_bytes > 0 {
             let _ = write!(
                 h,

@@ -279,6 +279,7 @@ mod tests {
                     lifetimes_us: 1_000_000,
                 }],
             }),
+            preloaded: true,
             in_process: false,
         }
     }

@@ -190,6 +190,10 @@ pub struct Report {
     /// The heap over time, when a timeline is kept (`LEAKSCOPE_TIMELINE_MS`):
     /// in the exit report and the live ones; `None` in a [`snapshot`].
     pub timeline: Option<Timeline>,
+    /// The tracker was preloaded into a program that does not link
+    /// leakscope (`leakscope run`): it counts every allocation, but scopes
+    /// need the program's own code, so there are none.
+    pub preloaded: bool,
     /// Taken in this process (not read back with [`Report::from_json`]):
     /// its addresses may be looked up in this process's mappings.
     pub(crate) in_process: bool,
@@ -287,6 +291,12 @@ pub(crate) const FRAME_POINTERS_FIX: &str = "for full speed build with frame poi
 
 /// What to add for file and line in frames that have none.
 pub(crate) const LINE_TABLES_FIX: &str = "frames have no file and line: build with line tables, in Cargo.toml [profile.release] debug = \"limited\"";
+
+/// What a preloaded run's report says in its header.
+pub(crate) const PRELOADED_NO_SCOPES: &str = "preloaded (leakscope run): every allocation is counted, but request scopes need the program's own code (the allocator line and track_scope), so there are none";
+
+/// [`LINE_TABLES_FIX`] for a program that may not be Rust's.
+pub(crate) const PRELOADED_LINE_TABLES_FIX: &str = "frames have no file and line: build the program with debug info (cc -g; for Rust, in Cargo.toml [profile.release] debug = \"limited\")";
 
 /// What the scopes did between an earlier report and this one: their runs
 /// and the change in what they hold.

@@ -237,6 +237,25 @@ fn frames_from(program: &mut Program, ip: usize) -> Option<Vec<(Frame, Role)>> {
     Some(frames)
 }
 
+/// Whether this copy of leakscope was preloaded (`LD_PRELOAD`, as
+/// `leakscope run` does) into a program that does not link it: its code is
+/// in a shared object, not in the executable, and that object is one
+/// `LD_PRELOAD` names.
+pub(crate) fn preloaded() -> bool {
+    static PRELOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRELOADED.get_or_init(|| {
+        let Some(own) = loaded_object(preloaded as *const () as usize) else {
+            return false;
+        };
+        let name = own.file.rsplit('/').next().unwrap_or("");
+        let listed = std::env::var("LD_PRELOAD").is_ok_and(|list| {
+            (list.split([':', ' ']))
+                .any(|entry| !name.is_empty() && entry.rsplit('/').next() == Some(name))
+        });
+        listed && executable_base() != Some(own.base)
+    })
+}
+
 /// The load address of the program's executable: the object holding its
 /// program headers, which the loader passes in the auxiliary vector.
 fn executable_base() -> Option<usize> {

@@ -8,6 +8,7 @@ use crate::alloc::thread;
 use crate::report::leak::{BlockTotal, LeakCheck, LeakKind, Retention, RootKind};
 use crate::report::model::{
     Changes, Frame, Report, ScopeStats, Unwinder, FRAME_POINTERS_FIX, LINE_TABLES_FIX,
+    PRELOADED_LINE_TABLES_FIX, PRELOADED_NO_SCOPES,
 };
 use crate::report::symbolize::is_runtime_boundary;
 use std::fmt::{self, Display, Formatter};
@@ -227,6 +228,9 @@ impl Report {
     fn write_text(&self, f: &mut Formatter<'_>) -> fmt::Result {
         let p = format!("=={}==", self.pid);
         writeln!(f, "{p} leakscope: outstanding allocations")?;
+        if self.preloaded {
+            writeln!(f, "{p} {PRELOADED_NO_SCOPES}")?;
+        }
         if self.unwinder == Unwinder::DwarfFallback {
             writeln!(
                 f,
@@ -241,7 +245,11 @@ impl Report {
             .collect();
         let mut frames = live.iter().flat_map(|c| c.frames.iter()).peekable();
         if frames.peek().is_some() && frames.all(|fr| fr.file.is_none() && fr.line.is_none()) {
-            writeln!(f, "{p} {LINE_TABLES_FIX}")?;
+            let fix = match self.preloaded {
+                true => PRELOADED_LINE_TABLES_FIX,
+                false => LINE_TABLES_FIX,
+            };
+            writeln!(f, "{p} {fix}")?;
         }
         if self.sample_bytes != 0 {
             writeln!(

@@ -35,6 +35,8 @@ extern "C" fn register() {
         return;
     }
     process::on_start(start);
+    // Read now, before the program can change `LD_PRELOAD` for its children.
+    crate::alloc::thread::untracked(crate::report::symbolize::preloaded);
     // The timeline's thread starts here, before `main`, not in the start
     // hook: that runs inside the first allocation, no place to make a thread.
     if env(c"LEAKSCOPE_REPORT").is_some_and(|v| !v.trim().is_empty()) {
