@@ -680,6 +680,14 @@ pub(crate) fn with_tracking<R>(f: impl FnOnce(&Tracking<'_>) -> R) -> Option<R> 
         .flatten()
 }
 
+/// Starts the tracker now, if it has not started, without an allocation:
+/// for a copy that is the process's `malloc` but not the global allocator
+/// (a program that links leakscope for its scopes alone, run under
+/// `leakscope run`), which no allocation through Rust's allocator starts.
+pub(crate) fn start_now() {
+    let _ = with_tracking(|_| ());
+}
+
 #[cold]
 fn init_once() {
     if INIT

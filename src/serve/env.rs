@@ -37,6 +37,17 @@ extern "C" fn register() {
     process::on_start(start);
     // Read now, before the program can change `LD_PRELOAD` for its children.
     crate::alloc::thread::untracked(crate::report::symbolize::preloaded);
+    // Under `leakscope run` (the preload library in `LD_PRELOAD`), the
+    // copy that is the process's `malloc` starts now: the preloaded one,
+    // where no Rust code allocates (a C program), or a program's own when
+    // it links leakscope for its scopes alone (no allocator line), whose
+    // every block then comes through `malloc`.
+    let preload_lib = |entry: &str| {
+        (entry.rsplit('/').next()).is_some_and(|name| name.starts_with("libleakscope_preload"))
+    };
+    if env(c"LD_PRELOAD").is_some_and(|v| v.split([':', ' ']).any(preload_lib)) {
+        crate::alloc::thread::start_now();
+    }
     // The timeline's thread starts here, before `main`, not in the start
     // hook: that runs inside the first allocation, no place to make a thread.
     if env(c"LEAKSCOPE_REPORT").is_some_and(|v| !v.trim().is_empty()) {
