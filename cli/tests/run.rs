@@ -8,7 +8,7 @@
 mod support;
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,7 +19,8 @@ use support::{example, wait_child, Deadline, BUILD_SECS, CHILD_SECS};
 /// loses and a block a static keeps; then, as its first argument says,
 /// it runs itself as a child, waits to be killed, aborts, or prints and
 /// exits with its second argument.
-const LEAKY_C: &str = r#"#include <stdio.h>
+const LEAKY_C: &str = r#"#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -55,9 +56,23 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "wait") == 0) {
         printf("ready\n");
         fflush(stdout);
-        for (;;) {
-            pause();
+        sleep(60);
+        printf("went on after the signal\n");
+        return 9;
+    }
+    if (strcmp(mode, "kill-child") == 0) {
+        pid_t child = fork();
+        if (child == 0) {
+            for (;;) {
+                pause();
+            }
         }
+        usleep(100000);
+        kill(child, SIGTERM);
+        int status = 0;
+        waitpid(child, &status, 0);
+        printf("child killed by %d\n", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+        return 0;
     }
     if (strcmp(mode, "abort") == 0) {
         abort();
@@ -406,14 +421,14 @@ fn run_checks_a_c_program_that_does_not_link_leakscope() {
     assert!(stack[0].0.contains("strdup"), "{stack:?}");
     assert_eq!(stack[1].0, "lose_copies", "{stack:?}");
     assert!(stack[1].1.ends_with("run-c/leaky.c"), "{stack:?}");
-    assert_eq!(stack[1].2, 9, "{stack:?}");
+    assert_eq!(stack[1].2, 10, "{stack:?}");
     assert_eq!(stack[2].0, "main", "{stack:?}");
     let kept = (records.iter())
         .find(|r| r["kind"] == "still_reachable" && r["bytes"] == 100)
         .unwrap();
     assert_eq!(kept["retained_by"]["root"]["name"], "kept");
     let stack = frames(&doc, &kept["callsite"]);
-    assert_eq!((&stack[0].0[..], stack[0].2), ("main", 21), "{stack:?}");
+    assert_eq!((&stack[0].0[..], stack[0].2), ("main", 22), "{stack:?}");
     // Nothing of leakscope's own threads is the program's: stdout's buffer
     // (4 KiB for a pipe) and the kept block, as valgrind finds.
     assert_eq!(amount(&doc, "still_reachable"), (2, 4196));
@@ -461,8 +476,10 @@ fn c_program(name: &str) -> PathBuf {
 }
 
 /// Killed by SIGTERM, the preloaded program writes its report and dies by
-/// SIGTERM, as a program that links leakscope does; one that aborts dies
-/// by SIGABRT, as without leakscope.
+/// SIGTERM, as a program that links leakscope does, and the thread the
+/// signal interrupted runs none of the program's code meanwhile (it would
+/// print); one that aborts dies by SIGABRT, as without leakscope; a child
+/// it forks and kills with SIGTERM dies by it, and the parent lives on.
 #[test]
 fn run_keeps_death_by_signal_and_reports_on_sigterm() {
     let dir = c_program("run-signal");
@@ -471,10 +488,9 @@ fn run_keeps_death_by_signal_and_reports_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n");
     // `leakscope run` execs the program: the child is the program.
     let kill = Command::new("kill")
@@ -484,8 +500,16 @@ fn run_keeps_death_by_signal_and_reports_on_sigterm() {
     assert!(kill.success());
     let status = wait_child(&mut child, CHILD_SECS);
     assert_eq!(status.signal(), Some(15), "{status:?}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "");
     let doc = report(&dir.join("term.json"));
     assert_eq!(amount(&doc, "definitely_lost"), (10, 160));
+    let out = (run(&dir, &["--report", "fork-%p.json", "./leaky", "kill-child"]))
+        .output_within(CHILD_SECS)
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "child killed by 15\n");
     let out = (run(&dir, &["--report", "abort.json", "./leaky", "abort"]))
         .output_within(CHILD_SECS)
         .unwrap();

@@ -646,6 +646,15 @@ pub(crate) fn c_call_counted() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether this thread is inside the tracker or the Rust global allocator
+/// (and so may hold their locks, or the inner allocator's). Async-signal-
+/// safe: the state is a `const` thread-local with no destructor.
+pub(crate) fn inside_allocator() -> bool {
+    STATE
+        .try_with(|st| st.busy.get() || st.rust.get())
+        .unwrap_or(true)
+}
+
 /// For the `fork` handlers: the forking thread is inside the tracker from
 /// the first handler to the last, so that whatever the other handlers
 /// allocate meanwhile (while this layer's locks are held) goes straight to

@@ -143,6 +143,45 @@ thread_local! {
     static OWN: Cell<bool> = const { Cell::new(false) };
 }
 
+thread_local! {
+    /// The record (`ucontext_t`) of the registers a fatal signal
+    /// interrupted on this thread, parked in its handler until the process
+    /// dies ([`park_until_death`]); 0 when not parked.
+    static PARKED_AT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Parks the calling thread, inside a handler of a signal that ends the
+/// process, until the process ends, for `secs` seconds at most; `ctx` is
+/// the handler's record of the registers the signal interrupted. A check
+/// that stops it meanwhile scans the program's frames from there, as if
+/// the handler were not there: what lies below (the kernel's signal frame,
+/// the handler's, over dead stack) is not the program's. The limit: the
+/// signal may have come while the thread held a lock of glibc's `malloc`
+/// (a C call) that the report then waits for; after it the thread goes on.
+/// Async-signal-safe.
+pub(crate) fn park_until_death(ctx: usize, secs: i64) {
+    let _ = PARKED_AT.try_with(|p| p.set(ctx));
+    let now = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: fills `t`; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+        t.tv_sec
+    };
+    let until = now() + secs;
+    while now() < until {
+        let nap = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        };
+        // SAFETY: sleeps; a check's stop signal wakes it early.
+        unsafe { libc::nanosleep(&nap, std::ptr::null_mut()) };
+    }
+    let _ = PARKED_AT.try_with(|p| p.set(0));
+}
+
 /// Marks the calling thread as one of leakscope's own (see [`OWN`]).
 pub(crate) fn mark_own_thread() {
     let _ = OWN.try_with(|o| o.set(true));
@@ -173,7 +212,10 @@ extern "C" fn on_stop(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut 
         if let Some(p) = PARKED.get(i) {
             p.sp.store(sp, Ordering::Relaxed);
             p.anchor.store(anchor(), Ordering::Relaxed);
-            p.ctx.store(ctx as usize, Ordering::Relaxed);
+            // A thread parked by a fatal signal: the registers it interrupted.
+            let parked = PARKED_AT.try_with(Cell::get).unwrap_or(0);
+            let ctx = if parked != 0 { parked } else { ctx as usize };
+            p.ctx.store(ctx, Ordering::Relaxed);
             p.own.store(own_thread(), Ordering::Relaxed);
             p.tid.store(gettid(), Ordering::Release);
         }

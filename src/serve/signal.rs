@@ -25,6 +25,10 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// The write end of the pipe the handlers write to (-1: none yet).
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+/// The process whose thread reads the pipe. A child `fork` made inherits
+/// the handlers and the pipe but not the thread: a byte it wrote would ask
+/// its parent's thread for the parent's report, or the parent's death.
+static WATCH_PID: AtomicI32 = AtomicI32::new(0);
 
 /// The byte that asks for a report; a fatal signal writes its number (< 32).
 const REPORT: u8 = b'!';
@@ -41,22 +45,41 @@ pub(crate) const FATAL: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, 
 /// called still reachable, about one SIGTERM in ten).
 static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
-/// Writes `byte` to the pipe unless `sig`'s installed action is no longer
-/// `handler` (a later handler chained to this one: it decides).
-/// Async-signal-safe: errno is saved and put back; write(2) on a pipe never
-/// blocks here (a full pipe means a report is pending anyway).
-fn notify(sig: i32, handler: usize, byte: u8) {
+/// What a handler found to do.
+#[derive(PartialEq)]
+enum Notified {
+    /// The byte is written: this process's thread acts on it.
+    Written,
+    /// `sig`'s installed action is no longer this handler (a later handler
+    /// chained to this one: it decides).
+    NotOurs,
+    /// A child made by `fork`, whose parent's thread reads the pipe.
+    Forked,
+}
+
+/// Writes `byte` to the pipe, if this process's thread reads it and `sig`'s
+/// installed action is still `handler`. Async-signal-safe: errno is saved
+/// and put back; write(2) on a pipe never blocks here (a full pipe means a
+/// report is pending anyway).
+fn notify(sig: i32, handler: usize, byte: u8) -> Notified {
     IN_HANDLER.fetch_add(1, Ordering::SeqCst);
     // SAFETY: errno is this thread's; the write is from a one-byte buffer.
-    unsafe {
+    let done = unsafe {
         let errno = *libc::__errno_location();
         let fd = PIPE_WRITE.load(Ordering::Relaxed);
-        if fd >= 0 && stop::current_action(sig).is_ok_and(|a| a == handler) {
+        let done = if !stop::current_action(sig).is_ok_and(|a| a == handler) {
+            Notified::NotOurs
+        } else if fd < 0 || libc::getpid() != WATCH_PID.load(Ordering::Relaxed) {
+            Notified::Forked
+        } else {
             libc::write(fd, [byte].as_ptr().cast(), 1);
-        }
+            Notified::Written
+        };
         *libc::__errno_location() = errno;
-    }
+        done
+    };
     IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+    done
 }
 
 /// Waits (a second at most) until no thread runs a handler of ours, so
@@ -78,8 +101,31 @@ extern "C" fn on_report_signal(sig: libc::c_int) {
     notify(sig, on_report_signal as *const () as usize, REPORT);
 }
 
-extern "C" fn on_fatal_signal(sig: libc::c_int) {
-    notify(sig, on_fatal_signal as *const () as usize, sig as u8);
+/// A fatal signal: the thread it interrupted goes no further in the
+/// program's code (without us the process would be gone), but waits here,
+/// parked, while the report is written and the signal then ends the
+/// process: ten seconds at most, and not at all inside the tracker or the
+/// Rust allocator (see [`stop::park_until_death`]). A forked child, which
+/// has no thread to write its report, dies by the signal at once, as
+/// without us.
+extern "C" fn on_fatal_signal(
+    sig: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    match notify(sig, on_fatal_signal as *const () as usize, sig as u8) {
+        Notified::Written if !thread::inside_allocator() => {
+            stop::park_until_death(ctx as usize, 10)
+        }
+        Notified::Written => {}
+        Notified::NotOurs => {}
+        // SAFETY: the default action, and the signal again: it stays
+        // pending (blocked in its handler) until this handler returns.
+        Notified::Forked => unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        },
+    }
 }
 
 /// Writes the report each time the process gets `signal` (`libc::SIGUSR2`,
@@ -96,7 +142,7 @@ pub fn report_on_signal(signal: i32) -> std::io::Result<()> {
 /// time). Makes no Rust allocation (it runs inside the first allocation
 /// when `LEAKSCOPE_REPORT` asks for it).
 pub(crate) fn install(signal: i32) -> std::io::Result<()> {
-    take(signal, on_report_signal as *const () as usize)
+    take(signal, on_report_signal as *const () as usize, 0)
 }
 
 /// With `LEAKSCOPE_REPORT` set: the fatal signals that still have their
@@ -107,7 +153,7 @@ pub(crate) fn install_fatal() {
     let handler = on_fatal_signal as *const () as usize;
     for sig in FATAL {
         if stop::current_action(sig).is_ok_and(|a| a == libc::SIG_DFL) {
-            if let Err(e) = take(sig, handler) {
+            if let Err(e) = take(sig, handler, libc::SA_SIGINFO) {
                 warn(&format!(
                     "no report when signal {sig} ends the program: {e}"
                 ));
@@ -116,16 +162,17 @@ pub(crate) fn install_fatal() {
     }
 }
 
-/// Makes `handler` the action of `signal` unless the program has one (an
-/// `AlreadyExists` error), starting the pipe and its thread the first time.
-fn take(signal: i32, handler: usize) -> std::io::Result<()> {
+/// Makes `handler` (of the signature `flags` says) the action of `signal`
+/// unless the program has one (an `AlreadyExists` error), starting the
+/// pipe and its thread the first time.
+fn take(signal: i32, handler: usize, flags: i32) -> std::io::Result<()> {
     if stop::signal_owner(signal, handler)? {
         return Ok(());
     }
     if PIPE_WRITE.load(Ordering::Acquire) < 0 {
         start_watch()?;
     }
-    stop::set_handler(signal, handler, 0, false)
+    stop::set_handler(signal, handler, flags, false)
 }
 
 /// The pipe and the thread that reads it.
@@ -146,6 +193,8 @@ fn start_watch() -> std::io::Result<()> {
         }
         return Err(e);
     }
+    // SAFETY: no preconditions.
+    WATCH_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
     PIPE_WRITE.store(fds[1], Ordering::Release);
     Ok(())
 }
