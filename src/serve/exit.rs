@@ -72,16 +72,32 @@ pub fn report_on_exit() {
     });
 }
 
+extern "C" {
+    /// glibc's (and every C++ ABI's) registration of exit handlers.
+    fn __cxa_atexit(
+        f: extern "C" fn(*mut libc::c_void),
+        arg: *mut libc::c_void,
+        dso: *mut libc::c_void,
+    ) -> libc::c_int;
+}
+
+/// Registers the exit report, once. With no object handle, not `atexit`'s
+/// (which passes the calling object's): a preloaded copy registers before
+/// the loader's own exit handler, and `exit` would then run a handler tied
+/// to this shared object from the loader's, inside its destructors'
+/// frames (some with no CFI), and the report could not find the frame that
+/// called `exit`, below which the stack is not the program's. Unbound, it
+/// runs from `exit` itself, as it does in a program that links leakscope.
 fn hook_exit() {
     if !HOOKED.swap(true, Ordering::AcqRel) {
-        // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.
-        if unsafe { libc::atexit(at_exit) } != 0 {
+        // SAFETY: `at_exit` is an `extern "C"` function that never unwinds.
+        if unsafe { __cxa_atexit(at_exit, std::ptr::null_mut(), std::ptr::null_mut()) } != 0 {
             warn("could not register the exit report (atexit failed)");
         }
     }
 }
 
-extern "C" fn at_exit() {
+extern "C" fn at_exit(_: *mut libc::c_void) {
     let handler = Caller::here();
     if REPORTED.swap(true, Ordering::AcqRel) {
         // A fatal signal's report is being written: the program would have
