@@ -96,6 +96,10 @@ enum Command {
         /// (LEAKSCOPE_ERROR_EXITCODE).
         #[arg(long, value_name = "N")]
         error_exitcode: Option<u8>,
+        /// Serve the live report on this loopback address while it runs
+        /// (LEAKSCOPE_SERVE): 127.0.0.1:0 picks a port, said on stderr.
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<String>,
         /// The program and its arguments.
         #[arg(
             required = true,
@@ -161,8 +165,19 @@ fn main() -> ExitCode {
         Command::Run {
             report,
             error_exitcode,
+            serve,
             command,
-        } => run::run(report, error_exitcode, &command).map_err(Bad),
+        } => {
+            let vars = [
+                ("LEAKSCOPE_REPORT", report),
+                (
+                    "LEAKSCOPE_ERROR_EXITCODE",
+                    error_exitcode.map(|n| n.to_string()),
+                ),
+                ("LEAKSCOPE_SERVE", serve),
+            ];
+            run::run(&vars, &command).map_err(Bad)
+        }
     };
     match done {
         Ok(code) => code,

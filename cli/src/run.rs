@@ -17,12 +17,9 @@ use std::process::ExitCode;
 /// The preload library's file name.
 const LIB: &str = "libleakscope_preload.so";
 
-/// Runs `command` preloaded; returns only when it could not be started.
-pub fn run(
-    report: Option<String>,
-    error_exitcode: Option<u8>,
-    command: &[OsString],
-) -> Result<ExitCode, String> {
+/// Runs `command` preloaded, with the variables the options set; returns
+/// only when it could not be started.
+pub fn run(vars: &[(&str, Option<String>)], command: &[OsString]) -> Result<ExitCode, String> {
     let lib = library()?;
     let (program, args) = command.split_first().ok_or("run: no program given")?;
     let mut preload = OsString::from(&lib);
@@ -32,11 +29,10 @@ pub fn run(
     }
     let mut cmd = std::process::Command::new(program);
     cmd.args(args).env("LD_PRELOAD", preload);
-    if let Some(dest) = report {
-        cmd.env("LEAKSCOPE_REPORT", dest);
-    }
-    if let Some(n) = error_exitcode {
-        cmd.env("LEAKSCOPE_ERROR_EXITCODE", n.to_string());
+    for (name, value) in vars {
+        if let Some(value) = value {
+            cmd.env(name, value);
+        }
     }
     let e = cmd.exec();
     Err(format!("cannot run {}: {e}", program.to_string_lossy()))

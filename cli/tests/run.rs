@@ -60,6 +60,14 @@ int main(int argc, char **argv) {
         printf("went on after the signal\n");
         return 9;
     }
+    if (strcmp(mode, "pause") == 0) {
+        alarm(60);
+        printf("ready\n");
+        fflush(stdout);
+        for (;;) {
+            pause();
+        }
+    }
     if (strcmp(mode, "kill-child") == 0) {
         pid_t child = fork();
         if (child == 0) {
@@ -568,4 +576,45 @@ fn run_counts_the_scopes_of_a_program_without_the_allocator_line() {
     };
     assert_eq!(scope("GET /push"), (100, 101, 100 * 96 + 128 * 24));
     assert_eq!(scope("GET /clean"), (100, 0, 0));
+}
+
+/// `--serve 127.0.0.1:0` (`LEAKSCOPE_SERVE`): the live server in a program
+/// that does not link leakscope, its address on stderr; its leak check
+/// finds the C program's ten lost copies while it runs.
+#[test]
+fn run_serves_the_live_report() {
+    let dir = c_program("run-serve");
+    // (`pause` in a loop: a check stops the program's threads with a
+    // signal, which ends a `sleep` early.)
+    let mut child = run(&dir, &["--serve", "127.0.0.1:0", "--", "./leaky", "pause"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = (line.strip_prefix("leakscope: serving reports on http://"))
+        .and_then(|rest| rest.strip_suffix("/ (LEAKSCOPE_SERVE)\n"))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        b"GET /leak-check.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    wait_child(&mut child, CHILD_SECS);
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let doc: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(doc["preloaded"], true);
+    assert_eq!(amount(&doc, "definitely_lost"), (10, 160));
 }

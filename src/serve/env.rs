@@ -1,6 +1,6 @@
 //! Configuration from the environment, read once when the tracker starts.
 //!
-//! Owns `LEAKSCOPE_REPORT`, `LEAKSCOPE_REPORT_SIGNAL`, `LEAKSCOPE_UNWIND`,
+//! Owns `LEAKSCOPE_REPORT`, `LEAKSCOPE_SERVE`, `LEAKSCOPE_REPORT_SIGNAL`, `LEAKSCOPE_UNWIND`,
 //! `LEAKSCOPE_LEAK_CHECK`, `LEAKSCOPE_ERROR_EXITCODE` and
 //! `LEAKSCOPE_REPORT_ALL_SITES`
 //! (`LEAKSCOPE_SAMPLE_BYTES` is read by the allocation layer before the first
@@ -30,13 +30,24 @@ use std::ffi::CStr;
 static REGISTER: extern "C" fn() = register;
 
 extern "C" fn register() {
+    if crate::alloc::thread::untracked(set_up) {
+        // Outside `untracked`: starting is an entry into the tracker.
+        crate::alloc::thread::start_now();
+    }
+    scrub_stack();
+}
+
+/// [`register`]'s work, with its allocations untracked (leakscope's, not
+/// the program's). Returns whether the tracker is to start now.
+#[inline(never)]
+fn set_up() -> bool {
     if another_malloc_comes_first() {
         warn("this program has its own malloc (it links leakscope, or an allocator that replaces malloc): the preloaded leakscope stands aside");
-        return;
+        return false;
     }
     process::on_start(start);
     // Read now, before the program can change `LD_PRELOAD` for its children.
-    crate::alloc::thread::untracked(crate::report::symbolize::preloaded);
+    let preloaded = crate::report::symbolize::preloaded();
     // Under `leakscope run` (the preload library in `LD_PRELOAD`), the
     // copy that is the process's `malloc` starts now: the preloaded one,
     // where no Rust code allocates (a C program), or a program's own when
@@ -45,14 +56,60 @@ extern "C" fn register() {
     let preload_lib = |entry: &str| {
         (entry.rsplit('/').next()).is_some_and(|name| name.starts_with("libleakscope_preload"))
     };
-    if env(c"LD_PRELOAD").is_some_and(|v| v.split([':', ' ']).any(preload_lib)) {
-        crate::alloc::thread::start_now();
-    }
+    let start_now =
+        preloaded || env(c"LD_PRELOAD").is_some_and(|v| v.split([':', ' ']).any(preload_lib));
     // The timeline's thread starts here, before `main`, not in the start
     // hook: that runs inside the first allocation, no place to make a thread.
     if env(c"LEAKSCOPE_REPORT").is_some_and(|v| !v.trim().is_empty()) {
         timeline::start(timeline_ms());
     }
+    if let Some(addr) = env(c"LEAKSCOPE_SERVE").filter(|v| !v.trim().is_empty()) {
+        serve(addr.trim());
+    }
+    start_now
+}
+
+/// Zeroes the stack below [`register`]'s frame, where its work ran. A
+/// shared object's constructors run before `main`, on the stack that the C
+/// start code's frames then take, and some of those frames' slots are never
+/// written: a block address the work left there (one it freed, which
+/// `malloc` hands out again later) would be read by the exit report's check
+/// as a root, and a block the program lost called reachable.
+#[inline(never)]
+fn scrub_stack() {
+    std::hint::black_box([0u8; 64 * 1024]);
+}
+
+/// `LEAKSCOPE_SERVE=<loopback address>`: the live server
+/// ([`serve_report`](crate::serve::live::serve_report)) for the whole run,
+/// with no code; one stderr line says where (the port, when it was 0), or
+/// why not. Started from a thread of its own (made here, before `main`:
+/// the start hook runs inside an allocation) once the tracker has started;
+/// not started within a second, this copy is not the program's tracker
+/// (a program that links leakscope without the allocator line, as the
+/// `leakscope` command does before it execs a program), and serves nothing.
+fn serve(addr: &str) {
+    let addr = addr.to_owned();
+    let _ = crate::serve::spawn_own(c"leakscope-serve", move || {
+        let since = std::time::Instant::now();
+        while !process::started() {
+            if since.elapsed() > std::time::Duration::from_secs(1) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        match crate::serve::live::serve_report(addr.as_str()) {
+            Ok(server) => {
+                warn(&format!(
+                    "serving reports on http://{}/ (LEAKSCOPE_SERVE)",
+                    server.local_addr()
+                ));
+                // It serves until the process ends.
+                std::mem::forget(server);
+            }
+            Err(e) => warn(&format!("LEAKSCOPE_SERVE={addr:?}: {e}; not serving")),
+        }
+    });
 }
 
 /// Whether the process's `malloc` is another object's than this copy of
