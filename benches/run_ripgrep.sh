@@ -3,7 +3,8 @@
 # tool it replaces): ripgrep 14.1.1 as anyone installs it (`cargo install
 # ripgrep`: release, no debug info, no frame pointers, no leakscope),
 # searching a few hundred MB of Rust sources (the cargo registry's sources,
-# copied three times) from the page cache. Plain, under `leakscope run` with
+# copied COPIES times, 3 by default; hard links where they can be, so the
+# page cache holds them once) from the page cache. Plain, under `leakscope run` with
 # the JSON report and its full leak check at exit (also with no report,
 # and in sampling mode), and under heaptrack (Debian's), interleaved; medians of wall time, each as a ratio to the
 # plain run. Every run's output (sorted: the search is parallel) must
@@ -12,6 +13,7 @@
 #
 #   bash benches/run_ripgrep.sh             # 7 rounds
 #   ROUNDS=11 RG=/path/to/rg bash benches/run_ripgrep.sh
+#   COPIES=9 LEAKSCOPE_BENCH_DIR=/tmp/big bash benches/run_ripgrep.sh   # ~1 GB
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="${LEAKSCOPE_BENCH_DIR:-${TMPDIR:-/tmp}/leakscope-run-ripgrep}"
@@ -29,7 +31,10 @@ leakscope="$root/target/release/leakscope"
 corpus="$work/corpus"
 if [ ! -d "$corpus" ]; then
     src="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/ | head -1)"
-    for i in 1 2 3; do mkdir -p "$corpus/$i" && cp -r "$src." "$corpus/$i/"; done
+    for i in $(seq "${COPIES:-3}"); do
+        mkdir -p "$corpus"
+        cp -al "$src" "$corpus/$i" 2>/dev/null || cp -r "$src" "$corpus/$i"
+    done
 fi
 
 python3 - "$rg" "$leakscope" "$corpus" "$rounds" "$work" <<'PY'
