@@ -30,7 +30,7 @@ leakscope="$root/target/release/leakscope"
 
 corpus="$work/corpus"
 if [ ! -d "$corpus" ]; then
-    src="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/ | head -1)"
+    src="${CARGO_HOME:-$HOME/.cargo}/registry/src"
     for i in $(seq "${COPIES:-3}"); do
         mkdir -p "$corpus"
         cp -al "$src" "$corpus/$i" 2>/dev/null || cp -r "$src" "$corpus/$i"
