@@ -81,7 +81,12 @@ pub(crate) fn spawn_own<F: FnOnce() + Send + 'static>(
         return Err(std::io::Error::from_raw_os_error(rc));
     }
     // SAFETY: a thread we just made; a name of 15 bytes or less.
-    unsafe { libc::pthread_setname_np(t, name.as_ptr()) };
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    unsafe {
+        libc::pthread_setname_np(t, name.as_ptr())
+    };
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = name;
     Ok(OwnThread(Some(t)))
 }
 
