@@ -315,6 +315,28 @@ impl Program {
                 }
             }
         }
+        // Units `.debug_aranges` leaves out (clang's, as in the sanitizer
+        // runtimes; rustc lists all of its own): their ranges from their
+        // root entries.
+        let listed: std::collections::HashSet<usize> = aranges.iter().map(|a| a.2).collect();
+        let mut headers = dwarf.units();
+        while let Ok(Some(h)) = headers.next() {
+            let Some(offset) = h.debug_info_offset().map(|o| o.0) else {
+                continue;
+            };
+            if listed.contains(&offset) {
+                continue;
+            }
+            let Ok(unit) = dwarf.unit(h) else { continue };
+            let Ok(mut ranges) = dwarf.unit_ranges(&unit) else {
+                continue;
+            };
+            while let Ok(Some(r)) = ranges.next() {
+                if r.begin < r.end && r.begin != 0 {
+                    aranges.push((r.begin, r.end, offset));
+                }
+            }
+        }
         if aranges.is_empty() {
             return None;
         }
@@ -729,7 +751,12 @@ mod tests {
             stacks
                 .iter()
                 .flatten()
-                .find(|f| f.function.as_deref().is_some_and(|n| n.ends_with(name)))
+                // (Some toolchains name a generic function with its
+                // parameters: `backtrace::trace::<F>`.)
+                .find(|f| {
+                    (f.function.as_deref())
+                        .is_some_and(|n| n.split("::<").next().unwrap_or(n).ends_with(name))
+                })
                 .unwrap_or_else(|| panic!("no {name} in {stacks:?}"))
                 .clone()
         };
