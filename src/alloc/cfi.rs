@@ -152,14 +152,14 @@ pub(crate) fn walk(out: &mut Frames, (lo, hi): (usize, usize)) -> usize {
         }
         // SAFETY: `cfa - 8` is 8-byte aligned and inside `[sp, hi)`, this
         // thread's live stack (checked above).
-        let ra = unsafe { std::ptr::read_volatile((cfa - 8) as *const usize) };
+        let ra = unsafe { crate::alloc::unwind::raw_word(cfa - 8) };
         if rule & RBP_SAVED != 0 {
             let at = cfa.wrapping_add_signed(rule as u16 as i16 as isize);
             if at % 8 != 0 || at < sp || at > hi.saturating_sub(8) {
                 break;
             }
             // SAFETY: as above, for the word where the caller's rbp was saved.
-            bp = unsafe { std::ptr::read_volatile(at as *const usize) };
+            bp = unsafe { crate::alloc::unwind::raw_word(at) };
         }
         if ra == 0 {
             break;
@@ -391,7 +391,7 @@ pub(crate) fn step(f: &Frame, first: bool, (lo, hi): (usize, usize)) -> Option<(
             let inside =
                 at.is_multiple_of(8) && at >= lo && at.checked_add(8).is_some_and(|e| e <= hi);
             // SAFETY: an aligned word inside the thread's stack.
-            inside.then(|| unsafe { std::ptr::read_volatile(at as *const usize) })
+            inside.then(|| unsafe { crate::alloc::unwind::raw_word(at) })
         };
         let restored = |r: Register, now: usize| match row.register(r) {
             None | Some(RegisterRule::SameValue) | Some(RegisterRule::Undefined) => Some(now),

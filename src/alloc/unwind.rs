@@ -375,12 +375,7 @@ fn walk_frame_pointers(
         }
         // SAFETY: `fp..fp + 16` is inside `[sp, stack_hi)` and aligned (checked
         // above); that range is this thread's live, mapped stack.
-        let (next, ret) = unsafe {
-            (
-                std::ptr::read_volatile(fp as *const usize),
-                std::ptr::read_volatile((fp + 8) as *const usize),
-            )
-        };
+        let [next, ret] = unsafe { raw_pair(fp) };
         if let Some(r) = read.get_mut(n) {
             *r = Record([next, ret]);
         }
@@ -460,7 +455,7 @@ impl Fork {
             if at != 0 && at % 8 == 0 && at >= start && at <= hi.wrapping_sub(16) {
                 // SAFETY: 16 aligned bytes between our stack pointer and
                 // the top of this thread's stack (checked above): mapped.
-                let r = unsafe { std::ptr::read_volatile(at as *const [usize; 2]) };
+                let r = unsafe { raw_pair(at) };
                 key = key.rotate_left(17) ^ r[0] ^ r[1].rotate_left(32);
             }
         }
@@ -577,15 +572,15 @@ unsafe fn same_words(start: usize, records: &[Record]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{
-            __m128i, _mm_cmpeq_epi8, _mm_load_si128, _mm_loadu_si128, _mm_movemask_epi8,
-            _mm_or_si128, _mm_setzero_si128, _mm_xor_si128,
+            __m128i, _mm_cmpeq_epi8, _mm_load_si128, _mm_movemask_epi8, _mm_or_si128,
+            _mm_setzero_si128, _mm_xor_si128,
         };
         // SAFETY: SSE2 is part of x86_64; `at` points to 16 readable bytes
         // (caller's contract) and each record is 16-byte aligned.
         unsafe {
             let mut diff = _mm_setzero_si128();
             for r in records {
-                let now = _mm_loadu_si128(at as *const __m128i);
+                let now = raw_16(at);
                 let then = _mm_load_si128(r as *const Record as *const __m128i);
                 diff = _mm_or_si128(diff, _mm_xor_si128(now, then));
                 at = r.0[0];
@@ -598,12 +593,92 @@ unsafe fn same_words(start: usize, records: &[Record]) -> bool {
         let mut diff = 0;
         for r in records {
             // SAFETY: `at..at + 16` is readable (caller's contract).
-            let now = unsafe { std::ptr::read_volatile(at as *const [usize; 2]) };
+            let now = unsafe { raw_pair(at) };
             diff |= (now[0] ^ r.0[0]) | (now[1] ^ r.0[1]);
             at = r.0[0];
         }
         diff == 0
     }
+}
+
+/// The word at `at`, read in assembly, past AddressSanitizer's checks:
+/// for the reads that look at memory as memory, not through any object of
+/// the program's. The stack walk re-reads the frame records it saw last
+/// time, wherever the stack now has them (a dead frame's locals, a
+/// redzone); the leak check scans data and bss wholesale (with the
+/// redzones between globals) and stacks, the way valgrind and
+/// LeakSanitizer do. A plain load would be instrumented under
+/// `-Zsanitizer=address` and report each of those as an overflow or a use
+/// after scope. (The leak check reads a block only within its bounds, and
+/// every read is inside a readable mapping.)
+///
+/// # Safety
+/// `at` is 8-aligned and its 8 bytes are inside a readable mapping.
+#[inline(always)]
+pub(crate) unsafe fn raw_word(at: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let v: usize;
+        // SAFETY: the caller's: an aligned, readable word.
+        unsafe {
+            std::arch::asm!(
+                "mov {v}, qword ptr [{at}]",
+                at = in(reg) at,
+                v = out(reg) v,
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+        v
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let v: usize;
+        // SAFETY: the caller's: an aligned, readable word.
+        unsafe {
+            std::arch::asm!(
+                "ldr {v}, [{at}]",
+                at = in(reg) at,
+                v = out(reg) v,
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+        v
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    // SAFETY: the caller's.
+    unsafe {
+        (at as *const usize).read_volatile()
+    }
+}
+
+/// The 16 bytes at `at` (a frame record), read as [`raw_word`] reads.
+///
+/// # Safety
+/// `at..at + 16` is inside a readable mapping.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn raw_16(at: usize) -> std::arch::x86_64::__m128i {
+    let v: std::arch::x86_64::__m128i;
+    // SAFETY: the caller's: 16 readable bytes.
+    unsafe {
+        std::arch::asm!(
+            "movdqu {v}, xmmword ptr [{at}]",
+            at = in(reg) at,
+            v = out(xmm_reg) v,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+    v
+}
+
+/// The two words at `at` (a frame record), read as [`raw_word`] reads.
+///
+/// # Safety
+/// `at..at + 16` is 8-aligned and inside a readable mapping.
+#[inline(always)]
+unsafe fn raw_pair(at: usize) -> [usize; 2] {
+    // SAFETY: the caller's.
+    unsafe { [raw_word(at), raw_word(at + 8)] }
 }
 
 fn capture_dwarf(out: &mut Frames) -> usize {

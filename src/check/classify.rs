@@ -221,7 +221,7 @@ impl<'a> Marker<'a> {
             return None;
         }
         // SAFETY: an aligned word inside a readable mapping.
-        Some(unsafe { (addr as *const usize).read_volatile() })
+        Some(unsafe { crate::alloc::unwind::raw_word(addr) })
     }
 
     /// valgrind's interior-pointer heuristics that can apply to Rust data:
@@ -318,7 +318,7 @@ impl<'a> Marker<'a> {
             for k in 0..words {
                 let at = first + 8 * if down { words - 1 - k } else { k };
                 // SAFETY: an aligned word inside a readable mapping.
-                let v = unsafe { (at as *const usize).read_volatile() };
+                let v = unsafe { crate::alloc::unwind::raw_word(at) };
                 if v >= self.lo && v < self.hi {
                     f(self, at, v);
                 }
