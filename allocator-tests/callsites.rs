@@ -166,10 +166,20 @@ fn frames_start_at_user_code() {
     assert_eq!(f.line, Some(JSON_SITE_LINE));
 }
 
+#[cfg(feature = "c-heap")]
 extern "C" {
     /// glibc's malloc under its own name: past the process's `malloc`
     /// (which is the tracker's too, with feature `c-heap`).
     fn __libc_malloc(size: usize) -> *mut u8;
+}
+
+/// Without `c-heap` the process's `malloc` is not the tracker's: it is
+/// glibc's, or AddressSanitizer's under `-Zsanitizer=address`, the one
+/// `System` frees into.
+#[cfg(not(feature = "c-heap"))]
+unsafe fn __libc_malloc(size: usize) -> *mut u8 {
+    // SAFETY: as the caller's.
+    unsafe { libc::malloc(size).cast() }
 }
 
 fn foreign_blocks_pass_through() {

