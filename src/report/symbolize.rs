@@ -248,11 +248,15 @@ pub(crate) fn preloaded() -> bool {
             return false;
         };
         let name = own.file.rsplit('/').next().unwrap_or("");
-        let listed = std::env::var("LD_PRELOAD").is_ok_and(|list| {
-            (list.split([':', ' ']))
-                .any(|entry| !name.is_empty() && entry.rsplit('/').next() == Some(name))
-        });
-        listed && executable_base() != Some(own.base)
+        !name.is_empty() && ld_preload_lists(|n| n == name) && executable_base() != Some(own.base)
+    })
+}
+
+/// Whether `LD_PRELOAD` lists a file whose name (without its directory)
+/// `wanted` accepts.
+pub(crate) fn ld_preload_lists(wanted: impl Fn(&str) -> bool) -> bool {
+    std::env::var("LD_PRELOAD").is_ok_and(|list| {
+        (list.split([':', ' '])).any(|entry| entry.rsplit('/').next().is_some_and(&wanted))
     })
 }
 

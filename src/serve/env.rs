@@ -53,11 +53,8 @@ fn set_up() -> bool {
     // where no Rust code allocates (a C program), or a program's own when
     // it links leakscope for its scopes alone (no allocator line), whose
     // every block then comes through `malloc`.
-    let preload_lib = |entry: &str| {
-        (entry.rsplit('/').next()).is_some_and(|name| name.starts_with("libleakscope_preload"))
-    };
-    let start_now =
-        preloaded || env(c"LD_PRELOAD").is_some_and(|v| v.split([':', ' ']).any(preload_lib));
+    let start_now = preloaded
+        || crate::report::symbolize::ld_preload_lists(|n| n.starts_with("libleakscope_preload"));
     // The timeline's thread starts here, before `main`, not in the start
     // hook: that runs inside the first allocation, no place to make a thread.
     if env(c"LEAKSCOPE_REPORT").is_some_and(|v| !v.trim().is_empty()) {
@@ -91,12 +88,8 @@ fn scrub_stack() {
 fn serve(addr: &str) {
     let addr = addr.to_owned();
     let _ = crate::serve::spawn_own(c"leakscope-serve", move || {
-        let since = std::time::Instant::now();
-        while !process::started() {
-            if since.elapsed() > std::time::Duration::from_secs(1) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+        if !crate::serve::tracker_started() {
+            return;
         }
         match crate::serve::live::serve_report(addr.as_str()) {
             Ok(server) => {

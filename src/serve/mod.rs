@@ -20,6 +20,21 @@ pub use signal::report_on_signal;
 use crate::alloc::thread;
 use std::ffi::CStr;
 
+/// Waits, on one of leakscope's own threads, for the tracker to start (a
+/// second at most): whether it did. A copy of leakscope that has not
+/// started by then is not the program's tracker (a program that links
+/// leakscope without the allocator line, as the `leakscope` command does).
+pub(crate) fn tracker_started() -> bool {
+    let since = std::time::Instant::now();
+    while !crate::alloc::process::started() {
+        if since.elapsed() > std::time::Duration::from_secs(1) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
+
 /// One of leakscope's own threads (the report signal's, the timeline's, the
 /// live server's), made by [`spawn_own`]. Dropped unjoined, it is detached.
 #[derive(Debug)]

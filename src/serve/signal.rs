@@ -46,7 +46,6 @@ pub(crate) const FATAL: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, 
 static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
 /// What a handler found to do.
-#[derive(PartialEq)]
 enum Notified {
     /// The byte is written: this process's thread acts on it.
     Written,

@@ -93,13 +93,9 @@ fn run() {
     // started after a second, it is not the global allocator (a program
     // that links leakscope without the line, as its command does), and
     // there is nothing to sample.
-    let since = Instant::now();
-    while !process::started() {
-        if since.elapsed() > Duration::from_secs(1) {
-            STARTED.store(false, Ordering::Release);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
+    if !crate::serve::tracker_started() {
+        STARTED.store(false, Ordering::Release);
+        return;
     }
     let mut next_pass = Instant::now();
     loop {
