@@ -599,6 +599,13 @@ fn run_serves_the_live_report() {
         .and_then(|rest| rest.strip_suffix("/ (LEAKSCOPE_SERVE)\n"))
         .unwrap_or_else(|| panic!("{line}"))
         .to_owned();
+    // The server starts before `main`: ask once the program has lost its
+    // copies and says so.
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     std::io::Write::write_all(
         &mut conn,
