@@ -156,7 +156,7 @@ fn reallocated(p: *mut c_void, size: usize, inner: impl FnOnce() -> *mut c_void)
     // start): the bytes the leak check scans while it is in flight.
     // SAFETY: `p` is a block from glibc, as `realloc`'s contract says.
     let old_size = unsafe { glibc_usable_size(p) };
-    realloc_tracked(p.cast(), old_size, size, || inner().cast(), track_c).cast()
+    realloc_tracked(p.cast(), old_size, size, |_| inner().cast(), track_c).cast()
 }
 
 /// # Safety

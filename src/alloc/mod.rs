@@ -8,7 +8,8 @@
 //! capture ([`unwind`], with the DWARF fallback's walk in [`cfi`]), sampling
 //! ([`sample`], with the sampled blocks' address range in [`region`]), the per-run counts a block
 //! updates ([`runs`]), blocks kept out of leak reports ([`ignored`]), spin
-//! locks and metadata memory ([`meta`]), and the process-wide start, `fork`
+//! locks and metadata memory ([`meta`]), the tracker's own blocks the inner
+//! allocator refused ([`own`]), and the process-wide start, `fork`
 //! handlers and counters ([`process`]).
 //!
 //! Must never panic, allocate through the global allocator, or take a lock
@@ -28,6 +29,7 @@ pub(crate) mod cfi;
 pub(crate) mod dense;
 pub(crate) mod ignored;
 pub(crate) mod meta;
+pub(crate) mod own;
 pub(crate) mod process;
 pub(crate) mod region;
 pub(crate) mod runs;

@@ -646,6 +646,12 @@ pub(crate) fn c_call_counted() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether this thread is inside the tracker (its re-entrancy flag is up:
+/// a report, a check, scope bookkeeping, the allocation path itself).
+pub(crate) fn busy() -> bool {
+    STATE.try_with(|st| st.busy.get()).unwrap_or(false)
+}
+
 /// Whether this thread is inside the tracker or the Rust global allocator
 /// (and so may hold their locks, or the inner allocator's). Async-signal-
 /// safe: the state is a `const` thread-local with no destructor.

@@ -19,7 +19,7 @@
 use crate::alloc::blocks::{self, Inserted, Meta};
 use crate::alloc::sample::Weight;
 use crate::alloc::thread::{self, RustAlloc, SiteRef, Tracking};
-use crate::alloc::{ignored, meta, process, region, runs, sample};
+use crate::alloc::{ignored, meta, own, process, region, runs, sample};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::any::TypeId;
 
@@ -139,7 +139,12 @@ unsafe impl<A: GlobalAlloc + 'static> GlobalAlloc for LeakTracker<A> {
         }
         // Forget the block before the inner allocator may hand its address to
         // another thread, whose insert must not meet our entry.
-        on_free(ptr);
+        let tracked = on_free(ptr);
+        // SAFETY: forwarded contract: a block of the set (never a tracked
+        // one) goes back to `Raw`.
+        if !tracked && own::any() && unsafe { own::free(ptr, layout) } {
+            return;
+        }
         // SAFETY: forwarded contract.
         unsafe { self.below().dealloc(ptr, layout) }
     }
@@ -163,7 +168,8 @@ unsafe impl<A: GlobalAlloc + 'static> GlobalAlloc for LeakTracker<A> {
             return unsafe { sampled_realloc(&self.below(), ptr, layout, new_size, marked) };
         }
         // SAFETY: forwarded contract.
-        let inner = || unsafe { self.below().realloc(ptr, layout, new_size) };
+        let inner =
+            |tracked| unsafe { own::realloc(&self.below(), ptr, layout, new_size, tracked) };
         realloc_tracked(ptr, layout.size(), new_size, inner, track)
     }
 }
@@ -175,19 +181,20 @@ unsafe impl<A: GlobalAlloc + 'static> GlobalAlloc for LeakTracker<A> {
 /// null result keeps the old block (put back, never counted as freed), but
 /// for C's `realloc(p, 0)`, which frees it. Meanwhile the thread's young
 /// table shows the leak check the blocks in flight, which no table lists.
+/// `inner` is told whether the block was tracked.
 #[inline]
 pub(crate) fn realloc_tracked(
     ptr: *mut u8,
     old_size: usize,
     new_size: usize,
-    inner: impl FnOnce() -> *mut u8,
+    inner: impl FnOnce(bool) -> *mut u8,
     track: fn(&Tracking<'_>, usize, usize),
 ) -> *mut u8 {
     let old = thread::with_tracking(|t| {
         t.young().realloc_begins(ptr as usize, old_size);
         blocks::remove(t.young(), ptr as usize)
     });
-    let p = inner();
+    let p = inner(matches!(old, Some(Some(_))));
     thread::with_tracking(|t| {
         let young = t.young();
         young.realloc_returned(p as usize, new_size);
@@ -253,9 +260,11 @@ impl<A: GlobalAlloc + 'static> LeakTracker<A> {
             return unsafe { sampled_alloc(&self.below(), layout, zeroed) };
         }
         let p = inner();
-        if !p.is_null() {
-            on_alloc(p, layout.size());
+        if p.is_null() {
+            // The tracker's own block, refused: made good, never tracked.
+            return own::alloc(layout, zeroed);
         }
+        on_alloc(p, layout.size());
         p
     }
 }
@@ -332,13 +341,15 @@ fn on_alloc(p: *mut u8, size: usize) {
     thread::with_tracking(|t| track(t, p as usize, size));
 }
 
+/// Counts the free of the block at `p`; whether it was tracked.
 #[inline]
-pub(crate) fn on_free(p: *mut u8) {
+pub(crate) fn on_free(p: *mut u8) -> bool {
     thread::with_tracking(|t| {
-        if let Some(meta) = blocks::remove(t.young(), p as usize) {
-            count_free(t, p as usize, &meta);
-        }
-    });
+        blocks::remove(t.young(), p as usize)
+            .map(|meta| count_free(t, p as usize, &meta))
+            .is_some()
+    })
+    .unwrap_or(false)
 }
 
 /// Records a new live block at `addr`, made by Rust's global allocator.

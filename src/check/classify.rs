@@ -461,9 +461,11 @@ pub(crate) fn sort_blocks(blocks: &mut Buf<Blk>) -> usize {
 pub fn leak_check() -> Report {
     // The caller's frame and registers: inlined, `here` is the caller's.
     leak_check_then(Caller::here(), |check| {
-        let mut r = snapshot();
-        r.attach_leak_check(check);
-        r
+        thread::untracked(|| {
+            let mut r = snapshot();
+            r.attach_leak_check(check);
+            r
+        })
     })
 }
 
