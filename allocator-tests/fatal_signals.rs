@@ -11,7 +11,7 @@ static GLOBAL: leakscope::LeakTracker = leakscope::LeakTracker::system();
 mod common;
 
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -191,10 +191,7 @@ fn spawn(mode: &str, env: &[(&str, &Path)]) -> (Child, BufReader<std::process::C
         });
     }
     let mut child = cmd.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let out = common::ready(&mut child);
     (child, out)
 }
 
@@ -263,10 +260,7 @@ fn an_exit_during_the_signal_report_waits_for_it() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    common::ready(&mut child);
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     drop(child.stdin.take());

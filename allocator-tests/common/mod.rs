@@ -119,6 +119,18 @@ pub fn two_worker_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Takes `child`'s piped stdout and reads its first line, which must be
+/// `ready` (a scenario says so once it is where the test wants it); the
+/// rest of its output is left to read.
+pub fn ready(child: &mut std::process::Child) -> std::io::BufReader<std::process::ChildStdout> {
+    use std::io::BufRead;
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    out
+}
+
 /// Waits up to 10 s for forked child `pid` to exit with status 0; kills it
 /// and fails if it hangs (a lock held across `fork`).
 pub fn expect_child_exits_cleanly(pid: libc::pid_t) {

@@ -18,6 +18,7 @@ use crate::report::warn::warn;
 use crate::serve::env::{Dest, Format};
 use crate::serve::timeline;
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 /// Where the report goes; a lock the fork handlers hold across `fork`.
@@ -374,8 +375,41 @@ pub(crate) fn write_report(dests: &[Dest], report: &Report) {
             #[cfg(not(feature = "formats"))]
             Format::Pprof | Format::Flamegraph => continue,
         };
-        if let Err(e) = std::fs::write(&path, body) {
+        if let Err(e) = write_whole(Path::new(&path), &body) {
             warn(&format!("cannot write the report to {path}: {e}"));
         }
     }
+}
+
+/// Writes `body` to `path` whole or not at all: to a temporary name beside
+/// it, then renamed over it, so that a full disk, a directory removed
+/// meanwhile or a process killed half way never leaves half a report (a
+/// reader such as `leakscope diff`, or a CI step, would take it for a bad
+/// one). A path that is not a regular file (`/dev/stderr`, a pipe, or a
+/// link to one) is written as it is; a symbolic link to a file, where it
+/// points; a file in a directory where no other file can be made, in place.
+fn write_whole(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let is_link = || std::fs::symlink_metadata(path).is_ok_and(|l| l.file_type().is_symlink());
+    let path = match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return std::fs::write(path, body),
+        Ok(_) if is_link() => std::fs::canonicalize(path)?,
+        _ => path.to_owned(),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    match std::fs::write(&temp, body) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.is_file() => {
+            return std::fs::write(&path, body);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+        Ok(()) => {}
+    }
+    let renamed = std::fs::rename(&temp, &path);
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    renamed
 }
