@@ -72,4 +72,7 @@ pub use report::collect::snapshot;
 #[doc(no_inline)]
 pub use report::{GrowthSummary, Report, ScopeSummary};
 pub use scope::{scope, scoped, scoped_with, track_scope, ScopeGuard, Scoped, TrackScopeExt};
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use serve::fuzz as __fuzz;
 pub use serve::{report_on_exit, report_on_signal, serve_report, ReportServer};

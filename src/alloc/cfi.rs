@@ -21,8 +21,8 @@
 use crate::alloc::meta::{mix, SpinLock};
 use crate::alloc::unwind::{Frames, MAX_FRAMES};
 use gimli::{
-    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, Pointer, Register,
-    RegisterRule, UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EhFrameOffset, EndianSlice, LittleEndian, Pointer,
+    Register, RegisterRule, UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
 };
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -330,20 +330,53 @@ fn with_row<R>(
     let bases = bases
         .set_eh_frame(eh_frame_at as u64)
         .set_text(o.text.0 as u64);
-    let table = hdr.table()?;
-    let fde = table
-        .fde_for_address(
-            &eh_frame,
+    // gimli's `fde_for_address` would do these three steps, but it subtracts
+    // the section's address from the entry's unchecked: a table entry below
+    // `.eh_frame` (a corrupt header, found by fuzz/cfi_rules) would panic
+    // on overflow in a build with overflow checks, inside an allocation.
+    let fde_at = hdr.table()?.lookup(at as u64, &bases).ok()?.direct().ok()?;
+    let offset = fde_at.checked_sub(eh_frame_at as u64)?;
+    let fde = eh_frame
+        .fde_from_offset(
             &bases,
-            at as u64,
+            EhFrameOffset(usize::try_from(offset).ok()?),
             EhFrame::<EndianSlice<'_, LittleEndian>>::cie_from_offset,
         )
-        .ok()?;
+        .ok()
+        .filter(|fde| fde.contains(at as u64))?;
     let mut ctx: UnwindContext<usize, OnStack> = UnwindContext::new_in();
     let row = fde
         .unwind_info_for_address(&eh_frame, &bases, &mut ctx, at as u64)
         .ok()?;
     f(row, fde.initial_address() as usize)
+}
+
+/// For the fuzz target `cfi` (feature `fuzzing`): the rule lookup the walk
+/// makes, in an object laid out in `image` as the loader would map it
+/// (`.eh_frame_hdr` at `hdr`, code at `text`, both offsets and lengths in
+/// `image`), at each offset of `at`; how many rules it found. Whatever the
+/// bytes say, the lookup reads only `image`.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_rules(
+    image: &[u8],
+    hdr: (usize, usize),
+    text: (usize, usize),
+    at: impl Iterator<Item = usize>,
+) -> usize {
+    let base = image.as_ptr() as usize;
+    let inside =
+        |(off, len): (usize, usize)| off.checked_add(len).is_some_and(|e| e <= image.len());
+    if !inside(hdr) || !inside(text) {
+        return 0;
+    }
+    let o = Object {
+        text: (base + text.0, base + text.0 + text.1),
+        hdr: (base + hdr.0, hdr.1),
+        segment: (base, base + image.len()),
+    };
+    at.filter(|&a| a < image.len())
+        .filter_map(|a| rule_in(&o, base + a))
+        .count()
 }
 
 // ---------------------------------------------------------------- a full step

@@ -152,6 +152,19 @@ impl DataSymbols {
     }
 }
 
+/// A section's bytes, inflated if compressed; an error for a size no
+/// compressor makes from these bytes (zlib's ratio is at most 1032:1), which
+/// would otherwise be allocated whole, from a corrupt header, before a byte
+/// is inflated (found by fuzz/debug_info).
+fn inflate<'d>(s: &object::Section<'d, '_>) -> Result<std::borrow::Cow<'d, [u8]>, ()> {
+    let c = s.compressed_data().map_err(drop)?;
+    let most = (c.data.len() as u64).saturating_mul(1032).min(1 << 32);
+    if c.format != object::CompressionFormat::None && c.uncompressed_size > most {
+        return Err(());
+    }
+    c.decompress().map_err(drop)
+}
+
 /// A line-table row: from `addr` on, `file` and `line` (an end of sequence
 /// has `file == NO_FILE`).
 #[derive(Clone, Copy)]
@@ -197,6 +210,8 @@ pub(crate) struct Program {
     /// Function symbols (file address, name), sorted: for code the debug
     /// info does not cover (`_start`, the `main` shim).
     symbols: Vec<(u64, &'static str)>,
+    /// Compressed sections, inflated: `dwarf` reads them.
+    _inflated: Vec<Box<[u8]>>,
     _map: Mapped,
 }
 
@@ -285,16 +300,26 @@ impl Program {
         }
         symbols.sort_unstable_by_key(|s| s.0);
         let mut missing = false;
+        let mut inflated = Vec::new();
         let dwarf = gimli::Dwarf::load(|id| -> Result<R, ()> {
-            let bytes = match obj.section_by_name(id.name()) {
-                // Compressed sections would need inflating: not here.
-                Some(s) => match s.uncompressed_data() {
-                    Ok(std::borrow::Cow::Borrowed(b)) => b,
-                    _ => {
-                        missing = true;
-                        &[][..]
-                    }
-                },
+            let bytes = match obj.section_by_name(id.name()).map(|s| inflate(&s)) {
+                Some(Ok(std::borrow::Cow::Borrowed(b))) => b,
+                // Compressed (`cc -gz`, zlib or zstd): inflated, and kept
+                // beside the mapping for as long as the program.
+                Some(Ok(std::borrow::Cow::Owned(v))) => {
+                    let v = v.into_boxed_slice();
+                    // SAFETY: the box's bytes do not move when it does; it
+                    // is kept in `inflated`, dropped after `dwarf` (fields
+                    // drop in declaration order).
+                    let b: &'static [u8] =
+                        unsafe { std::slice::from_raw_parts(v.as_ptr(), v.len()) };
+                    inflated.push(v);
+                    b
+                }
+                Some(Err(_)) => {
+                    missing = true;
+                    &[][..]
+                }
                 None => &[][..],
             };
             Ok(EndianSlice::new(bytes, endian))
@@ -328,7 +353,11 @@ impl Program {
                 continue;
             }
             let Ok(unit) = dwarf.unit(h) else { continue };
-            let Ok(mut ranges) = dwarf.unit_ranges(&unit) else {
+            let mut root = unit.entries();
+            let Ok(Some(root)) = root.next_dfs() else {
+                continue;
+            };
+            let Ok(mut ranges) = die_ranges(&dwarf, &unit, root) else {
                 continue;
             };
             while let Ok(Some(r)) = ranges.next() {
@@ -349,6 +378,7 @@ impl Program {
             bias: (base as u64).wrapping_sub(first_load),
             root: None,
             symbols,
+            _inflated: inflated,
             _map: map,
         };
         program.root = main.and_then(|m| program.workspace_root(m));
@@ -360,19 +390,22 @@ impl Program {
     pub(crate) fn frames(&mut self, ip: usize) -> Option<Vec<Located>> {
         // A return address points after the call; the call is one byte before.
         let addr = (ip as u64).wrapping_sub(1).wrapping_sub(self.bias);
-        let Some((unit, (function, inlined))) = self
-            .unit_of(addr)
-            .and_then(|unit| Some((unit, self.chain(unit, addr)?)))
+        let unit = self.unit_of(addr);
+        let Some((unit, (function, inlined))) =
+            unit.and_then(|unit| Some((unit, self.chain(unit, addr)?)))
         else {
-            // Code without debug info: the function symbol before it.
+            // Code without debug info: the function symbol before it. A
+            // unit without its functions (`-gsplit-dwarf` leaves them in a
+            // `.dwo` beside the object) still has its line table here.
             let i = self
                 .symbols
                 .partition_point(|s| s.0 <= addr)
                 .checked_sub(1)?;
+            let (file, line) = unit.map_or((None, None), |u| self.location(u, addr));
             return Some(vec![Located {
                 function: self.symbols.get(i).map(|s| demangle(s.1)),
-                file: None,
-                line: None,
+                file,
+                line,
             }]);
         };
         let mut out = Vec::with_capacity(inlined.len() + 1);
@@ -393,6 +426,34 @@ impl Program {
             line: at.1,
         });
         Some(out)
+    }
+
+    /// For the fuzz target `debug_info` (feature `fuzzing`): reads `file`
+    /// as a report would, as if loaded at 64 KiB, and asks for the frames
+    /// at each function symbol and at each end of each address range (256
+    /// of each at most); the number of frames it named.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn fuzz(file: &str) -> usize {
+        const BASE: usize = 0x10000;
+        let mut named = DataSymbols::load(file, BASE)
+            .and_then(|d| d.name(BASE))
+            .map_or(0, |_| 1);
+        let Some(mut p) = Program::load(file, BASE) else {
+            return named;
+        };
+        let at: Vec<u64> = (p.symbols.iter().take(256).map(|s| s.0))
+            .chain(p.aranges.iter().take(256).flat_map(|a| [a.0, a.1]))
+            .collect();
+        for addr in at {
+            let ip = addr.wrapping_add(p.bias).wrapping_add(1) as usize;
+            for f in p.frames(ip).unwrap_or_default() {
+                named += usize::from(f.function.is_some());
+                if let Some(file) = &f.file {
+                    named += usize::from(!p.shown_path(file).is_empty());
+                }
+            }
+        }
+        named
     }
 
     /// `path` as a report shows it: relative to the workspace root when it
@@ -586,6 +647,33 @@ fn program_crate(path: &str) -> Option<String> {
     Some(name.replace('-', "_"))
 }
 
+/// gimli's `die_ranges`, except for an entry whose `DW_AT_high_pc`, a size,
+/// takes it past the end of the address space: gimli adds it to
+/// `DW_AT_low_pc` unchecked, which panics in a build with overflow checks
+/// (a corrupt object, found by fuzz/debug_info); such an entry has no
+/// ranges.
+fn die_ranges(
+    dwarf: &gimli::Dwarf<R>,
+    unit: &gimli::Unit<R>,
+    entry: &gimli::DebuggingInformationEntry<R>,
+) -> gimli::Result<gimli::RangeIter<R>> {
+    let mut low = None;
+    let mut size = None;
+    for attr in entry.attrs() {
+        match (attr.name(), attr.value()) {
+            (gimli::DW_AT_low_pc, v) => low = dwarf.attr_address(unit, v).ok().flatten(),
+            (gimli::DW_AT_high_pc, gimli::AttributeValue::Udata(n)) => size = Some(n),
+            _ => {}
+        }
+    }
+    if let (Some(low), Some(size)) = (low, size) {
+        if low.checked_add(size).is_none() {
+            return Err(gimli::Error::AddressOverflow);
+        }
+    }
+    dwarf.die_ranges(unit, entry)
+}
+
 /// The ranges of a unit's functions, sorted by start.
 fn functions(dwarf: &gimli::Dwarf<R>, unit: &gimli::Unit<R>) -> Vec<(u64, u64, UnitOffset)> {
     let mut out = Vec::new();
@@ -594,7 +682,7 @@ fn functions(dwarf: &gimli::Dwarf<R>, unit: &gimli::Unit<R>) -> Vec<(u64, u64, U
         if entry.tag() != gimli::DW_TAG_subprogram {
             continue;
         }
-        if let Ok(mut ranges) = dwarf.die_ranges(unit, entry) {
+        if let Ok(mut ranges) = die_ranges(dwarf, unit, entry) {
             while let Ok(Some(r)) = ranges.next() {
                 if r.begin < r.end && r.begin != 0 {
                     out.push((r.begin, r.end, entry.offset()));
@@ -626,7 +714,7 @@ fn inlined_at(
         if tag != gimli::DW_TAG_inlined_subroutine && tag != gimli::DW_TAG_lexical_block {
             continue;
         }
-        let holds = dwarf.die_ranges(unit, entry).is_ok_and(|mut ranges| {
+        let holds = die_ranges(dwarf, unit, entry).is_ok_and(|mut ranges| {
             while let Ok(Some(r)) = ranges.next() {
                 if r.begin <= addr && addr < r.end {
                     return true;
@@ -868,7 +956,15 @@ mod tests {
                 assert_eq!(x, y, "at {ip:#x}");
                 compared += 1;
             } else {
-                assert!(x.len() <= 1 && x.iter().all(|f| f.1.is_none()), "{x:?}");
+                // No function there for addr2line: ours names it from the
+                // symbol table, with the line table's file and line where
+                // addr2line finds that too (a unit whose functions are not
+                // described, as in a `.dwo`), else none.
+                let location = y.first().map_or((None, None), |f| (f.1.clone(), f.2));
+                assert!(
+                    x.len() <= 1 && x.iter().all(|f| (f.1.clone(), f.2) == location),
+                    "{x:?} against {y:?}"
+                );
             }
         }
         assert!(compared > 150, "{compared} of {}", ips.len());

@@ -300,7 +300,9 @@ impl Report {
             .max()
             .unwrap_or(0)
             .max(1) as f64;
-        let x = |ms: u64| left + (ms - t0) as f64 / span * (w - left - 10.0);
+        // A saved report may list its points out of order (fuzz/report_json):
+        // one before the first is drawn at the left edge, not a panic.
+        let x = |ms: u64| left + ms.saturating_sub(t0) as f64 / span * (w - left - 10.0);
         let y = |b: u64| top + (1.0 - b as f64 / max) * (hgt - top - bottom);
         let mut s = String::new();
         let _ = write!(

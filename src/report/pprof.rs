@@ -250,7 +250,7 @@ impl Profile {
 }
 
 /// An object's code mapped into this process.
-struct Mapping {
+pub(crate) struct Mapping {
     start: usize,
     end: usize,
     offset: usize,
@@ -264,7 +264,7 @@ fn mappings() -> Vec<Mapping> {
 }
 
 /// One line of `/proc/self/maps`, if it maps a file's code.
-fn parse_mapping(line: &str) -> Option<Mapping> {
+pub(crate) fn parse_mapping(line: &str) -> Option<Mapping> {
     let mut f = line.split_whitespace();
     let (range, perms, offset) = (f.next()?, f.next()?, f.next()?);
     let file = f.nth(2)?;

@@ -46,15 +46,18 @@ impl Role {
 
 /// Symbolizes return addresses, each once per report.
 ///
-/// Only the object this crate is linked into (the program, for a Rust
-/// binary: its code and the standard library's) has its debug info read,
-/// for function, file and line, inlined frames included, one unit at a time
-/// ([`Program`]). A frame in another
-/// loaded object (libc, the dynamic loader, a C library) is named from that
-/// object's dynamic symbols, `symbol+0xoffset` as glibc's backtraces write
-/// it, without file or line: its debug info, when installed, is often a
-/// compressed file of its own that would cost tens of megabytes to read for
-/// the frames below `main`.
+/// The object this crate is linked into (the program, for a Rust binary:
+/// its code and the standard library's) has its debug info read, for
+/// function, file and line, inlined frames included, one unit at a time
+/// ([`Program`]); so has the executable when that is another object. A
+/// frame in another loaded object (a C library, a
+/// plugin) gets function, file and line from that object's own debug info
+/// when its file carries it; otherwise (libc, the dynamic loader, a
+/// stripped library) it is named from the object's dynamic symbols,
+/// `symbol+0xoffset` as glibc's backtraces write it, without file or line:
+/// debug info installed apart (`/usr/lib/debug`) is often a compressed file
+/// of its own that would cost tens of megabytes to read for the frames
+/// below `main`, and is not looked for.
 #[derive(Default)]
 pub(crate) struct Symbolizer {
     cache: HashMap<usize, Vec<(Frame, Role)>>,
@@ -70,6 +73,9 @@ pub(crate) struct Symbolizer {
     /// first frame in it (or kept from an earlier report), so that its
     /// frames get files and lines too.
     exe: (usize, Option<Option<Program>>),
+    /// The debug info of each other shared object a frame lies in, by load
+    /// address (`None` inside: its file has none this reader can use).
+    libraries: HashMap<usize, Option<Program>>,
     /// The statics of each loaded object a static root lies in, by file
     /// (`None` inside: the file could not be read).
     statics: HashMap<String, Option<DataSymbols>>,
@@ -140,7 +146,14 @@ impl Symbolizer {
                     self.exe.0 = executable_base().unwrap_or(usize::MAX);
                 }
                 if o.base != self.exe.0 {
-                    return vec![foreign_frame(ip, &o)];
+                    // Another shared object (a C library, a plugin): its
+                    // own debug info when the file carries it, read once.
+                    let lib = (self.libraries.entry(o.base))
+                        .or_insert_with(|| Program::load(&o.file, o.base));
+                    return lib
+                        .as_mut()
+                        .and_then(|p| frames_from(p, ip))
+                        .unwrap_or_else(|| vec![foreign_frame(ip, &o)]);
                 }
                 let exe = self.exe.1.get_or_insert_with(|| {
                     Program::take_kept(Kept::Executable).or_else(|| Program::load(&o.file, o.base))

@@ -9,6 +9,8 @@
 
 pub(crate) mod env;
 pub(crate) mod exit;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub(crate) mod live;
 pub(crate) mod signal;
 pub(crate) mod timeline;
