@@ -140,9 +140,15 @@ pub fn expect_child_exits_cleanly(pid: libc::pid_t) {
     while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
         waited += 1;
         if waited > 2000 {
+            // Where it waits, for the log, where gdb runs (the machine's image has it).
+            let stacks = std::process::Command::new("gdb")
+                .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
+                .output_within(60)
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
             // SAFETY: our own child, hung.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("the forked child hung (a lock held across fork?)");
+            panic!("the forked child hung (a lock held across fork?); its stacks:\n{stacks}");
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }

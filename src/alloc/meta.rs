@@ -382,7 +382,30 @@ impl<T> Drop for SpinGuard<'_, T> {
 pub(crate) struct ForkSafeLock<T> {
     lock: SpinLock<T>,
     rank: u8,
-    joined: AtomicBool,
+    /// [`NOT_JOINED`], [`JOINING`] or [`JOINED`].
+    joined: AtomicU8,
+}
+
+const NOT_JOINED: u8 = 0;
+const JOINING: u8 = 1;
+const JOINED: u8 = 2;
+
+/// The thread (`pthread_self`) whose `fork` is under way, from its first
+/// handler to its last; 0 for none.
+static FORKING: AtomicUsize = AtomicUsize::new(0);
+/// Threads joining a lock to the handlers' list now. A fork's first handler
+/// announces the fork ([`FORKING`]), then waits for this to be 0 before it
+/// takes the listed locks; a joiner counts itself here, then looks at
+/// [`FORKING`] (both sequentially consistent), and stands back while another
+/// thread forks. So a fork never misses a lock that is then taken before
+/// it ends (its child would inherit it held, and wait for it forever: seen
+/// under AddressSanitizer, a child forked while another thread took the
+/// check's lock for the first time), nor copies a half-joined one.
+static JOINING_NOW: AtomicUsize = AtomicUsize::new(0);
+
+fn this_thread() -> usize {
+    // SAFETY: no precondition.
+    unsafe { libc::pthread_self() as usize }
 }
 
 /// Ranks of the layers' fork-safe locks: a report's destinations (serve)
@@ -407,30 +430,53 @@ impl<T> ForkSafeLock<T> {
         ForkSafeLock {
             lock: SpinLock::new(value),
             rank,
-            joined: AtomicBool::new(false),
+            joined: AtomicU8::new(NOT_JOINED),
         }
     }
 
     pub(crate) fn lock(&'static self) -> SpinGuard<'static, T> {
-        if !self.joined.load(Ordering::Relaxed) {
+        if self.joined.load(Ordering::Acquire) != JOINED {
             self.join();
         }
         self.lock.lock()
     }
 
+    /// Joins the fork handlers' list (one thread does; others wait for it),
+    /// never while another thread forks ([`JOINING_NOW`]).
     #[cold]
     fn join(&'static self) {
-        if self.joined.swap(true, Ordering::AcqRel) {
-            return;
+        let me = this_thread();
+        loop {
+            JOINING_NOW.fetch_add(1, Ordering::SeqCst);
+            let forking = FORKING.load(Ordering::SeqCst);
+            if forking == 0 || forking == me {
+                break;
+            }
+            JOINING_NOW.fetch_sub(1, Ordering::SeqCst);
+            while FORKING.load(Ordering::SeqCst) != 0 {
+                std::thread::yield_now();
+            }
         }
-        let i = FORK_SAFE_JOINED.fetch_add(1, Ordering::AcqRel);
-        if let (Some(flag), Some(rank)) = (FORK_SAFE_FLAGS.get(i), FORK_SAFE_RANKS.get(i)) {
-            rank.store(self.rank, Ordering::Relaxed);
-            flag.store(
-                &self.lock.locked as *const AtomicBool as *mut AtomicBool,
-                Ordering::Release,
-            );
+        let first = self
+            .joined
+            .compare_exchange(NOT_JOINED, JOINING, Ordering::AcqRel, Ordering::Acquire);
+        if first.is_ok() {
+            let i = FORK_SAFE_JOINED.fetch_add(1, Ordering::SeqCst);
+            if let (Some(flag), Some(rank)) = (FORK_SAFE_FLAGS.get(i), FORK_SAFE_RANKS.get(i)) {
+                rank.store(self.rank, Ordering::SeqCst);
+                flag.store(
+                    &self.lock.locked as *const AtomicBool as *mut AtomicBool,
+                    Ordering::SeqCst,
+                );
+            }
+            self.joined.store(JOINED, Ordering::Release);
+        } else {
+            // The first joiner is past the same gate: no fork waits on us.
+            while self.joined.load(Ordering::Acquire) != JOINED {
+                std::hint::spin_loop();
+            }
         }
+        JOINING_NOW.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -441,14 +487,14 @@ static FORK_SAFE_HELD: AtomicU8 = AtomicU8::new(0);
 
 /// The joined locks, by entry, highest rank first.
 fn fork_safe_flags() -> impl Iterator<Item = (usize, &'static AtomicBool)> {
-    let joined = FORK_SAFE_JOINED.load(Ordering::Acquire).min(FORK_SAFE);
+    let joined = FORK_SAFE_JOINED.load(Ordering::SeqCst).min(FORK_SAFE);
     (0..=u8::MAX).rev().flat_map(move |rank| {
         (0..joined).filter_map(move |i| {
-            let flag = FORK_SAFE_FLAGS[i].load(Ordering::Acquire);
+            let flag = FORK_SAFE_FLAGS[i].load(Ordering::SeqCst);
             // SAFETY: a non-null entry is the flag of a `ForkSafeLock` in a
             // static (`join` takes `&'static self`).
             let flag = unsafe { flag.as_ref()? };
-            (FORK_SAFE_RANKS[i].load(Ordering::Relaxed) == rank).then_some((i, flag))
+            (FORK_SAFE_RANKS[i].load(Ordering::SeqCst) == rank).then_some((i, flag))
         })
     })
 }
@@ -456,6 +502,10 @@ fn fork_safe_flags() -> impl Iterator<Item = (usize, &'static AtomicBool)> {
 /// For the `fork` handlers: takes every joined lock of the layers above,
 /// highest rank first, and keeps them until [`unlock_upper_after_fork`].
 pub(crate) fn lock_upper_for_fork() {
+    FORKING.store(this_thread(), Ordering::SeqCst);
+    while JOINING_NOW.load(Ordering::SeqCst) != 0 {
+        std::thread::yield_now();
+    }
     let mut held = 0u8;
     for (i, flag) in fork_safe_flags() {
         take(flag);
@@ -473,6 +523,7 @@ pub(crate) unsafe fn unlock_upper_after_fork() {
             flag.store(false, Ordering::Release);
         }
     }
+    FORKING.store(0, Ordering::SeqCst);
 }
 
 /// A value on cache lines of its own, so that writes to it do not slow
