@@ -142,7 +142,13 @@ pub fn expect_child_exits_cleanly(pid: libc::pid_t) {
         if waited > 2000 {
             // Where it waits, for the log, where gdb runs (the machine's image has it).
             let stacks = std::process::Command::new("gdb")
-                .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
+                .args([
+                    "-p",
+                    &pid.to_string(),
+                    "-batch",
+                    "-ex",
+                    "thread apply all bt 30",
+                ])
                 .output_within(60)
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();

@@ -457,9 +457,9 @@ impl<T> ForkSafeLock<T> {
                 std::thread::yield_now();
             }
         }
-        let first = self
-            .joined
-            .compare_exchange(NOT_JOINED, JOINING, Ordering::AcqRel, Ordering::Acquire);
+        let first =
+            self.joined
+                .compare_exchange(NOT_JOINED, JOINING, Ordering::AcqRel, Ordering::Acquire);
         if first.is_ok() {
             let i = FORK_SAFE_JOINED.fetch_add(1, Ordering::SeqCst);
             if let (Some(flag), Some(rank)) = (FORK_SAFE_FLAGS.get(i), FORK_SAFE_RANKS.get(i)) {

@@ -12,9 +12,10 @@
 //! A free or realloc of a block the block table does not hold looks here
 //! (a relaxed load unless such a block lives), to send it back where it
 //! came from: such a block is never tracked, even when the program, handed
-//! one in a report, frees it or grows it (it grows into the inner allocator). Full mode only: in sampling mode the tracker's own blocks of up to
-//! 64 KiB live in the sampler's region (`region`), larger ones in the inner
-//! allocator, refused as before.
+//! one in a report, frees it or grows it (it grows into the inner
+//! allocator). Full mode only: in sampling mode the tracker's own blocks of
+//! up to 64 KiB live in the sampler's region (`region`), larger ones in the
+//! inner allocator, refused as before.
 //!
 //! The set is a fixed open-addressed table of addresses, changed by
 //! compare-and-swap, so that it takes no lock (nothing to hold across
