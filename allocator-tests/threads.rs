@@ -445,11 +445,12 @@ fn fork_while_threads_look_up_scope_names() {
 /// and the symbolizer's state as it goes): the child, whose only thread is
 /// the forking one, must be able to check and report too.
 fn fork_while_threads_check_and_report() {
-    // Under AddressSanitizer the forked child hung in about one run in
-    // five (issue 29): a thread took the check's lock for the first time
-    // while the main thread forked, after the fork's handler had looked for
-    // the locks to hold, so the child inherited it held. Locks now join the
-    // handlers' list only while no other thread forks (alloc::meta).
+    // Under AddressSanitizer the forked child once spun on the check's lock
+    // in about one run in five (issue 29). One way there, a lock that
+    // joined the fork handlers' list while another thread forked, is
+    // closed (alloc::meta); the hang did not come back with or without
+    // that change, so it is run under ASan again, and a hung child's
+    // stacks are in the failure.
     // In a child of its own: `report_on_exit` arms the report at its exit.
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .env(CHILD, "fork-report")

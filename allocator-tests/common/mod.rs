@@ -131,15 +131,17 @@ pub fn ready(child: &mut std::process::Child) -> std::io::BufReader<std::process
     out
 }
 
-/// Waits up to 10 s for forked child `pid` to exit with status 0; kills it
-/// and fails if it hangs (a lock held across `fork`).
+/// Waits up to 30 s for forked child `pid` to exit with status 0; kills it
+/// and fails if it hangs (a lock held across `fork`). A child that checks
+/// and reports under AddressSanitizer on a loaded machine takes seconds,
+/// and a lock held across `fork` is never released: the wait is long.
 pub fn expect_child_exits_cleanly(pid: libc::pid_t) {
     let mut status = 0;
     let mut waited = 0;
     // SAFETY: waits for our own child without blocking.
     while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
         waited += 1;
-        if waited > 2000 {
+        if waited > 6000 {
             // Where it waits, for the log, where gdb runs (the machine's image has it).
             let stacks = std::process::Command::new("gdb")
                 .args([
