@@ -208,6 +208,16 @@ pub fn under_asan(why: &str) -> bool {
     asan
 }
 
+/// Whether this run is under ThreadSanitizer (`.ci/run` sets
+/// `LEAKSCOPE_TEST_UNDER_TSAN` for it); if so, says why the caller skips.
+pub fn under_tsan(why: &str) -> bool {
+    let tsan = std::env::var_os("LEAKSCOPE_TEST_UNDER_TSAN").is_some();
+    if tsan {
+        println!("under ThreadSanitizer, {why}: skipped");
+    }
+    tsan
+}
+
 /// Whether `program` runs (`program --version`). When it does not, a test
 /// that compares with it fails if `needed` is set (`.ci/run` sets it, so CI
 /// never passes a comparison by skipping it), and otherwise says so and skips.
