@@ -68,33 +68,32 @@ fn insert(addr: usize) -> bool {
     false
 }
 
+/// The slot that holds `addr`, if the set has it.
+fn find(addr: usize) -> Option<&'static AtomicUsize> {
+    for slot in probe(addr) {
+        match slot.load(Ordering::Acquire) {
+            EMPTY => return None,
+            a if a == addr => return Some(slot),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn holds(addr: usize) -> bool {
+    find(addr).is_some()
+}
+
 /// Whether the block at `addr` is `Raw`'s, taking it out of the set if so
 /// (before its memory goes back, so that an address handed out again is
 /// never found here).
 pub(crate) fn take(addr: usize) -> bool {
-    for slot in probe(addr) {
-        match slot.load(Ordering::Acquire) {
-            EMPTY => return false,
-            a if a == addr => {
-                slot.store(GONE, Ordering::Release);
-                LIVE.fetch_sub(1, Ordering::Relaxed);
-                return true;
-            }
-            _ => {}
-        }
-    }
-    false
-}
-
-fn holds(addr: usize) -> bool {
-    for slot in probe(addr) {
-        match slot.load(Ordering::Acquire) {
-            EMPTY => return false,
-            a if a == addr => return true,
-            _ => {}
-        }
-    }
-    false
+    let Some(slot) = find(addr) else {
+        return false;
+    };
+    slot.store(GONE, Ordering::Release);
+    LIVE.fetch_sub(1, Ordering::Relaxed);
+    true
 }
 
 /// A block of `layout` (zeroed if `zeroed`) from `Raw`, for a thread

@@ -261,7 +261,8 @@ impl<A: GlobalAlloc + 'static> LeakTracker<A> {
         }
         let p = inner();
         if p.is_null() {
-            // The tracker's own block, refused: made good, never tracked.
+            // Refused: the tracker's own block is made good from `Raw`
+            // (never tracked); the program's stays refused.
             return own::alloc(layout, zeroed);
         }
         on_alloc(p, layout.size());
