@@ -64,6 +64,8 @@ mod serve;
 
 pub use alloc::tracker::LeakTracker;
 pub use check::{disable, growth, ignore, leak_check, DisableGuard};
+#[cfg(feature = "metrics")]
+pub use integrations::metrics::{publish_metrics, MetricsPublisher};
 #[cfg(feature = "tower")]
 pub use integrations::tower;
 #[cfg(feature = "tracing")]
@@ -75,4 +77,6 @@ pub use scope::{scope, scoped, scoped_with, track_scope, ScopeGuard, Scoped, Tra
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use serve::fuzz as __fuzz;
-pub use serve::{report_on_exit, report_on_signal, serve_report, ReportServer};
+pub use serve::{
+    metrics_text, openmetrics_text, report_on_exit, report_on_signal, serve_report, ReportServer,
+};

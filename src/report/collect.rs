@@ -229,16 +229,9 @@ fn build(sites: Sites<'_>) -> Report {
             .then_with(|| a.name.cmp(&b.name))
     });
 
-    let (live_blocks, live_bytes) = totals.live();
     Report {
         pid: std::process::id(),
-        totals: Totals {
-            live_blocks,
-            live_bytes,
-            total_blocks: totals.alloc_blocks,
-            total_bytes: totals.alloc_bytes,
-            peak_live_bytes: thread::TOTAL_PEAK.peak.load(Relaxed).max(live_bytes),
-        },
+        totals: process_totals(&totals),
         callsites,
         scopes,
         untracked_blocks: process::untracked_count(),
@@ -282,14 +275,45 @@ fn scope_stats(entry: &ScopeEntry, sum: Option<&Sum>) -> ScopeStats {
 /// alone (no block walk, no symbols): what the gate at exit looks at when
 /// no report is written.
 pub(crate) fn scopes_from_counters() -> Vec<ScopeStats> {
+    counters(false).1
+}
+
+/// What the metrics read ([`crate::report::metrics`]), from the threads'
+/// counters alone (no block walk, no symbols): the process's totals, every
+/// scope's figures but its call-sites (in id order: first seen first), and
+/// with `sites` every call-site holding live bytes, as (id, live blocks,
+/// live bytes).
+pub(crate) fn counters(sites: bool) -> (Totals, Vec<ScopeStats>, Vec<(u32, u64, u64)>) {
     thread::untracked(|| {
         let entries = names::scope_entries();
-        let (_, sums) = totals_and_scopes(entries.len());
-        entries
-            .into_iter()
+        let (totals, sums) = totals_and_scopes(entries.len());
+        let scopes = (entries.into_iter())
             .map(|(id, entry)| scope_stats(entry, sums.get(id as usize)))
-            .collect()
+            .collect();
+        let mut live = Vec::new();
+        if sites {
+            live = (site_sums().iter().enumerate())
+                .map(|(id, s)| (id as u32, s.live()))
+                .filter(|(_, (_, bytes))| *bytes > 0)
+                .map(|(id, (units, bytes))| (id, sample::blocks(units), bytes))
+                .collect();
+        }
+        (process_totals(&totals), scopes, live)
     })
+}
+
+/// The process's totals from the threads' summed counters.
+fn process_totals(totals: &Sum) -> Totals {
+    let (live_blocks, live_bytes) = totals.live();
+    Totals {
+        live_blocks,
+        live_bytes,
+        total_blocks: totals.alloc_blocks,
+        total_bytes: totals.alloc_bytes,
+        peak_live_bytes: (thread::TOTAL_PEAK.peak)
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(live_bytes),
+    }
 }
 
 /// The process's live bytes and blocks, and the outstanding bytes of every

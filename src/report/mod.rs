@@ -34,6 +34,7 @@ pub(crate) mod growth;
 pub(crate) mod html;
 pub(crate) mod json;
 pub(crate) mod leak;
+pub(crate) mod metrics;
 pub(crate) mod model;
 #[cfg(feature = "formats")]
 pub(crate) mod pprof;

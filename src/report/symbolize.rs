@@ -374,6 +374,21 @@ fn is_std_alloc_file(path: &str) -> bool {
         || path.starts_with("/rust/deps/")
 }
 
+/// Whether `f` is the Rust standard library's (`std`, `core`, `alloc`, or a
+/// crate std vendors), by its source file, or by its name where it has none.
+pub(crate) fn is_standard_library(f: &Frame) -> bool {
+    match (&f.file, &f.function) {
+        (Some(file), _) => is_std_alloc_file(file) || file.contains("/library/std/src/"),
+        (None, Some(name)) => {
+            let name = name.strip_prefix('<').unwrap_or(name);
+            ["std::", "core::", "alloc::"]
+                .iter()
+                .any(|c| name.starts_with(c))
+        }
+        (None, None) => false,
+    }
+}
+
 /// Whether `f` is the runtime's frame just below `main`, where a stack shown to
 /// a person can stop.
 pub(crate) fn is_runtime_boundary(f: &Frame) -> bool {

@@ -1,8 +1,8 @@
 //! Configuration from the environment, read once when the tracker starts.
 //!
 //! Owns `LEAKSCOPE_REPORT`, `LEAKSCOPE_SERVE`, `LEAKSCOPE_REPORT_SIGNAL`, `LEAKSCOPE_UNWIND`,
-//! `LEAKSCOPE_LEAK_CHECK`, `LEAKSCOPE_ERROR_EXITCODE` and
-//! `LEAKSCOPE_REPORT_ALL_SITES`
+//! `LEAKSCOPE_LEAK_CHECK`, `LEAKSCOPE_ERROR_EXITCODE`,
+//! `LEAKSCOPE_REPORT_ALL_SITES` and `LEAKSCOPE_METRICS_SITES`
 //! (`LEAKSCOPE_SAMPLE_BYTES` is read by the allocation layer before the first
 //! block is made, and a bad value is warned about here). [`start`] is the
 //! hook the allocation layer runs at its start (the first allocation): this
@@ -247,6 +247,27 @@ pub(crate) fn parse_exitcode(value: &str) -> Result<i32, String> {
     }
 }
 
+/// The call-sites the metrics show by default ([`metrics_sites`]).
+pub(crate) const METRICS_SITES: usize = 10;
+
+/// `LEAKSCOPE_METRICS_SITES`: for how many functions (those whose
+/// call-sites hold the most live bytes) `/metrics` shows them (0 to 100).
+pub(crate) fn parse_metrics_sites(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n <= 100 => Ok(n),
+        _ => Err(format!(
+            "LEAKSCOPE_METRICS_SITES={value:?} is not a number from 0 to 100; using {METRICS_SITES}"
+        )),
+    }
+}
+
+/// `LEAKSCOPE_METRICS_SITES`, or the default (a bad value is said in [`start`]).
+pub(crate) fn metrics_sites() -> usize {
+    env(c"LEAKSCOPE_METRICS_SITES")
+        .map_or(Ok(METRICS_SITES), |v| parse_metrics_sites(&v))
+        .unwrap_or(METRICS_SITES)
+}
+
 fn env(name: &CStr) -> Option<String> {
     // SAFETY: getenv takes a NUL-terminated name and returns null or a
     // NUL-terminated string, which is copied at once.
@@ -287,6 +308,9 @@ fn start() {
         }
     }
     if let Some(Err(msg)) = env(c"LEAKSCOPE_TIMELINE_MS").map(|v| timeline::parse_ms(&v)) {
+        warn(&msg);
+    }
+    if let Some(Err(msg)) = env(c"LEAKSCOPE_METRICS_SITES").map(|v| parse_metrics_sites(&v)) {
         warn(&msg);
     }
     if let Some(value) = env(c"LEAKSCOPE_REPORT_ALL_SITES") {

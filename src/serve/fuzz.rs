@@ -18,6 +18,7 @@ pub fn env_value(value: &str) -> usize {
     ok += usize::from(env::parse_exitcode(value).is_ok());
     ok += usize::from(signal::parse_signal(value).is_ok());
     ok += usize::from(timeline::parse_ms(value).is_ok());
+    ok += usize::from(env::parse_metrics_sites(value).is_ok());
     ok += usize::from(sample::parse_bytes(value.as_bytes()).is_some());
     ok += usize::from(unwind::maps_line(value.as_bytes()).is_some());
     #[cfg(feature = "formats")]

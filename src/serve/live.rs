@@ -8,6 +8,7 @@
 
 use crate::alloc::thread;
 use crate::check::roots::Caller;
+use crate::report::metrics::{render, Exposition, Readings};
 use crate::report::model::{growth, Changes, Report, ScopeStats};
 use crate::serve::exit;
 use std::io::{Read, Write};
@@ -45,7 +46,9 @@ impl Drop for ReportServer {
 /// address (`127.0.0.1:0` picks a free port): `GET /` gives the HTML page
 /// ([`Report::to_html`]), `/report` the text, `GET /report.json` the JSON document, and `/leak-check` and
 /// `/leak-check.json` the same with a full leak check (it stops the
-/// program's threads for the time of the check). `GET /debug/pprof/heap`
+/// program's threads for the time of the check), `GET /metrics` the
+/// metrics for Prometheus ([`metrics_text`], or OpenMetrics when the
+/// request's `Accept` asks for it). `GET /debug/pprof/heap`
 /// gives the live blocks as a pprof profile (with the `formats` feature;
 /// the path Parca and Pyroscope scrape), `/report.folded` as folded
 /// stacks and `/flamegraph.svg` as their flamegraph, `/timeline.svg` the
@@ -85,6 +88,31 @@ pub fn serve_report(addr: impl ToSocketAddrs) -> std::io::Result<ReportServer> {
     })
 }
 
+/// The metrics now, in Prometheus's text exposition format (version
+/// 0.0.4), for a service that serves `/metrics` from its own router: the
+/// same text as the live server's `GET /metrics`
+/// ([`serve_report`]). The process's live, allocated and peak bytes and
+/// blocks and the sampling interval; per scope (label `scope`) its
+/// outstanding bytes and blocks, its runs and whether it keeps growing;
+/// the live bytes and blocks of the call-sites whose first frame in the
+/// program's code is in a function (label `function`), for the `LEAKSCOPE_METRICS_SITES`
+/// functions holding the most (10 by default). Read from counters: no leak
+/// check and no stack walk; the first time a call-site holds live bytes at
+/// a read, its first frame is symbolized, and kept.
+pub fn metrics_text() -> String {
+    metrics(Exposition::Prometheus)
+}
+
+/// [`metrics_text`] in the OpenMetrics 1.0.0 text format
+/// (`application/openmetrics-text`), as Prometheus asks for it first.
+pub fn openmetrics_text() -> String {
+    metrics(Exposition::OpenMetrics)
+}
+
+fn metrics(format: Exposition) -> String {
+    thread::untracked(|| render(&Readings::now(crate::serve::env::metrics_sites()), format))
+}
+
 /// The scopes of the last report a channel (the server, the signal) gave,
 /// so that the next one says what grew in between.
 #[derive(Default)]
@@ -108,6 +136,17 @@ fn live_report(previous: &mut Previous) -> Report {
     let mut report = exit::snapshot_now();
     previous.mark(&mut report);
     report
+}
+
+/// Whether a request's `Accept` header names OpenMetrics (Prometheus's
+/// does, first, before the text format).
+fn asks_for_openmetrics(head: &str) -> bool {
+    head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("accept")
+                && value.contains("application/openmetrics-text")
+        })
+    })
 }
 
 /// Reads one request and writes its answer.
@@ -134,6 +173,14 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
             "text/html; charset=utf-8",
             live_report(previous).to_html().into(),
         ),
+        ("GET", "/metrics") => {
+            let format = if asks_for_openmetrics(&head) {
+                Exposition::OpenMetrics
+            } else {
+                Exposition::Prometheus
+            };
+            ("200 OK", format.content_type(), metrics(format).into())
+        }
         ("GET", "/report") => ("200 OK", TEXT, live_report(previous).to_string().into()),
         ("GET", "/report.json") => ("200 OK", JSON, exit::json(&live_report(previous)).into()),
         ("GET", "/leak-check") => ("200 OK", TEXT, exit::checked_report(Caller::OWN_THREAD).to_string().into()),
@@ -173,7 +220,7 @@ fn answer(mut conn: TcpStream, previous: &mut Previous) -> std::io::Result<()> {
         ("GET", _) => (
             "404 Not Found",
             TEXT,
-            "try /report, /report.json, /leak-check, /leak-check.json, /debug/pprof/heap, /report.folded, /flamegraph.svg, /timeline.svg or /dhat.json\n".into(),
+            "try /report, /report.json, /metrics, /leak-check, /leak-check.json, /debug/pprof/heap, /report.folded, /flamegraph.svg, /timeline.svg or /dhat.json\n".into(),
         ),
         _ => ("405 Method Not Allowed", TEXT, "GET only\n".into()),
     };

@@ -16,7 +16,7 @@ pub(crate) mod signal;
 pub(crate) mod timeline;
 
 pub use exit::report_on_exit;
-pub use live::{serve_report, ReportServer};
+pub use live::{metrics_text, openmetrics_text, serve_report, ReportServer};
 pub use signal::report_on_signal;
 
 use crate::alloc::thread;
