@@ -8,7 +8,9 @@
 //! LEAKSCOPE_BENCH_MODES=system,leakscope,... for a subset, =all to add
 //! dhat-rs, which takes 20 to 50 times as long as System here, and Debian's
 //! jemalloc with and without its heap profiler (see [`je`]);
-//! LEAKSCOPE_BENCH_WORKERS=1,2,4,8 for other worker counts than 1 and 2)
+//! LEAKSCOPE_BENCH_WORKERS=1,2,4,8 for other worker counts than 1 and 2;
+//! `leakscope+scraped` and `leakscope-sampled+scraped`, run only when named,
+//! serve `/metrics` and fetch it every second)
 //!
 //! Each measurement is its own child process (this program, run with
 //! LEAKSCOPE_BENCH_MODE set), so that the allocator is chosen before the first
@@ -66,11 +68,16 @@ const SAMPLE_BYTES: &str = "512k";
 /// [`SAMPLE_BYTES`] bytes on average; every block still counted per scope).
 /// `jemalloc-prof` is jemalloc's own heap profiler at the same interval
 /// (`lg_prof_sample:19`), against jemalloc alone.
-const MODES: [(&str, &str); 9] = [
+/// `leakscope+scraped` and `leakscope-sampled+scraped` are those two with
+/// the live server up and `/metrics` fetched every second (as Prometheus
+/// scrapes), against themselves without: what serving metrics costs.
+const MODES: [(&str, &str); 11] = [
     ("system", "system"),
     ("leakscope-sites", "system"),
     ("leakscope", "system"),
     ("leakscope-sampled", "system"),
+    ("leakscope+scraped", "leakscope"),
+    ("leakscope-sampled+scraped", "leakscope-sampled"),
     ("dhat", "system"),
     ("mimalloc", "mimalloc"),
     ("leakscope+mimalloc", "mimalloc"),
@@ -124,7 +131,11 @@ fn read_mode() -> Mode {
         }
     };
     let m = match value {
-        b"leakscope" | b"leakscope-sites" | b"leakscope-sampled" => Mode::Leakscope,
+        b"leakscope"
+        | b"leakscope-sites"
+        | b"leakscope-sampled"
+        | b"leakscope+scraped"
+        | b"leakscope-sampled+scraped" => Mode::Leakscope,
         b"dhat" => Mode::Dhat,
         b"mimalloc" => Mode::Mimalloc,
         b"leakscope+mimalloc" => Mode::LeakscopeMimalloc,
@@ -760,7 +771,7 @@ fn heap_phase(exe: &std::path::Path, modes: &[(&str, &str)], rounds: usize) {
             let vars = [("LEAKSCOPE_BENCH_HEAP_CHILD", blocks.as_str())];
             let (out, plain_secs, plain_rss) = timed_child(exe, mode, &vars);
             build.push(out.trim().parse::<f64>().expect("seconds"));
-            if mode.starts_with("leakscope") && *mode != "leakscope-sampled" {
+            if mode.starts_with("leakscope") && !mode.starts_with("leakscope-sampled") {
                 let vars = [
                     ("LEAKSCOPE_BENCH_HEAP_CHILD", blocks.as_str()),
                     ("LEAKSCOPE_ERROR_EXITCODE", "23"),
@@ -801,6 +812,56 @@ fn peak_rss_kib() -> i64 {
         let mut u: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_SELF, &mut u);
         u.ru_maxrss
+    }
+}
+
+/// Prometheus, in a benchmark: the live server, and a thread that fetches
+/// `/metrics` from it at once and then every second.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+    _server: leakscope::ReportServer,
+}
+
+impl Scraper {
+    fn start() -> Scraper {
+        use std::io::{Read, Write};
+        let server = leakscope::serve_report("127.0.0.1:0").expect("serve");
+        let addr = server.local_addr();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut body = Vec::with_capacity(1 << 16);
+            let mut scrapes = 0;
+            loop {
+                let mut c = std::net::TcpStream::connect(addr).expect("connect");
+                c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                body.clear();
+                c.read_to_end(&mut body).unwrap();
+                assert!(body.starts_with(b"HTTP/1.1 200 OK"));
+                scrapes += 1;
+                let next = start + std::time::Duration::from_secs(scrapes as u64);
+                while Instant::now() < next {
+                    if flag.load(Ordering::Relaxed) {
+                        return scrapes;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        });
+        Scraper {
+            stop,
+            thread,
+            _server: server,
+        }
+    }
+
+    /// Stops the scraper: how many scrapes it made.
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
     }
 }
 
@@ -845,15 +906,25 @@ fn child(mode: &str) {
         return;
     }
     LEAKED.lock().unwrap().reserve(requests() / 100);
+    let scraper = mode.ends_with("+scraped").then(Scraper::start);
     let start = Instant::now();
     let bytes = workload(threads, scoped);
     let secs = start.elapsed().as_secs_f64();
+    if let Some(scraper) = scraper {
+        let scrapes = scraper.stop();
+        // At the start, then each second (the scraper ran a little longer).
+        let whole = secs as usize;
+        assert!(
+            (whole + 1..=whole + 2).contains(&scrapes),
+            "{scrapes} scrapes in {secs} s"
+        );
+    }
     let rss_kib = peak_rss_kib();
     if tracked {
         let r = leakscope::snapshot();
         // Exact in full mode: per call-site without scopes, per scope with
         // them. In sampling mode those are estimates; runs stay exact.
-        if mode == "leakscope-sampled" {
+        if mode.starts_with("leakscope-sampled") {
             let runs = r.scopes.iter().map(|s| s.runs).sum::<u64>();
             assert_eq!(runs, requests() as u64, "the requests' scope runs");
         } else {
@@ -866,7 +937,7 @@ fn child(mode: &str) {
             };
             assert_eq!(leaked, (requests() / 100) as u64, "the planted leaks");
         }
-        assert_eq!(r.sample_bytes != 0, mode == "leakscope-sampled");
+        assert_eq!(r.sample_bytes != 0, mode.starts_with("leakscope-sampled"));
     }
     println!("{secs} {rss_kib} {bytes}");
     drop(profiler);
@@ -889,7 +960,7 @@ fn run_child(exe: &std::path::Path, mode: &str, setup: impl FnOnce(&mut Command)
 /// of `leakscope-sampled`, and no report).
 fn child_command(exe: &std::path::Path, mode: &str) -> Command {
     let mut cmd = Command::new(exe);
-    if mode == "leakscope-sampled" {
+    if mode.starts_with("leakscope-sampled") {
         cmd.env("LEAKSCOPE_SAMPLE_BYTES", SAMPLE_BYTES);
     } else {
         cmd.env_remove("LEAKSCOPE_SAMPLE_BYTES");
@@ -937,7 +1008,7 @@ fn main() {
         .iter()
         .copied()
         .filter(|(m, _)| match wanted.as_str() {
-            "" => *m != "dhat" && !m.starts_with("jemalloc"),
+            "" => *m != "dhat" && !m.starts_with("jemalloc") && !m.ends_with("+scraped"),
             "all" => true,
             // A mode named, or the plain allocator a named mode is compared with.
             _ => named.contains(m) || MODES.iter().any(|(n, base)| named.contains(n) && base == m),
