@@ -180,6 +180,41 @@ fn metrics_are_exact_for_planted_scopes() {
     }
 }
 
+/// `LEAKSCOPE_METRICS_SITES` in a child that plants [`plant`]'s blocks and
+/// prints its metrics: how many functions, and a bad value said once.
+fn metrics_sites_is_read_and_a_bad_value_said() {
+    let child = |value: &str| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env("LEAKSCOPE_TEST_CHILD", "sites")
+            .env("LEAKSCOPE_METRICS_SITES", value)
+            .env_remove("LEAKSCOPE_REPORT")
+            .output_within(common::CHILD_SECS)
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let m = parse(&String::from_utf8_lossy(&out.stdout));
+        let functions: Vec<(String, f64)> = (m.iter())
+            .filter(|((name, _), _)| name == "leakscope_callsite_live_bytes")
+            .map(|((_, function), v)| (function.clone(), *v))
+            .collect();
+        (functions, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // The one function holding the most: leak_pair's 20,000 bytes.
+    let (functions, err) = child("1");
+    assert_eq!(functions, [("prometheus::leak_pair".to_owned(), 20_000.0)]);
+    assert_eq!(err, "");
+    assert_eq!(child(" 0 "), (Vec::new(), String::new()));
+    let (functions, err) = child("1000");
+    assert!(
+        functions.len() >= 2 && functions.len() <= 10,
+        "{functions:?}"
+    );
+    assert!(functions.contains(&("prometheus::leak_one".to_owned(), 19_200.0)));
+    assert_eq!(
+        err,
+        "leakscope: LEAKSCOPE_METRICS_SITES=\"1000\" is not a number from 0 to 100; using 10\n"
+    );
+}
+
 /// One GET of `path` with `accept`: (content type, body).
 fn get(addr: SocketAddr, path: &str, accept: &str) -> (String, String) {
     let mut c = TcpStream::connect(addr).unwrap();
@@ -638,13 +673,22 @@ fn a_real_prometheus_scrapes_the_scopes_and_alerts() {
 }
 
 fn main() {
-    if std::env::var("LEAKSCOPE_TEST_CHILD").as_deref() == Ok("serve") {
-        return child();
+    match std::env::var("LEAKSCOPE_TEST_CHILD").as_deref() {
+        Ok("serve") => return child(),
+        Ok("sites") => {
+            plant();
+            return print!("{}", leakscope::metrics_text());
+        }
+        _ => {}
     }
     common::run(&[
         (
             "metrics_are_exact_for_planted_scopes",
             metrics_are_exact_for_planted_scopes,
+        ),
+        (
+            "metrics_sites_is_read_and_a_bad_value_said",
+            metrics_sites_is_read_and_a_bad_value_said,
         ),
         (
             "the_server_answers_both_formats",

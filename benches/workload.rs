@@ -9,8 +9,8 @@
 //! dhat-rs, which takes 20 to 50 times as long as System here, and Debian's
 //! jemalloc with and without its heap profiler (see [`je`]);
 //! LEAKSCOPE_BENCH_WORKERS=1,2,4,8 for other worker counts than 1 and 2;
-//! `leakscope+scraped` and `leakscope-sampled+scraped`, run only when named,
-//! serve `/metrics` and fetch it every second)
+//! `leakscope+served`, `leakscope+scraped` and their `-sampled` twins, run
+//! only when named, serve the live report and fetch `/metrics` every second)
 //!
 //! Each measurement is its own child process (this program, run with
 //! LEAKSCOPE_BENCH_MODE set), so that the allocator is chosen before the first
@@ -68,16 +68,20 @@ const SAMPLE_BYTES: &str = "512k";
 /// [`SAMPLE_BYTES`] bytes on average; every block still counted per scope).
 /// `jemalloc-prof` is jemalloc's own heap profiler at the same interval
 /// (`lg_prof_sample:19`), against jemalloc alone.
-/// `leakscope+scraped` and `leakscope-sampled+scraped` are those two with
-/// the live server up and `/metrics` fetched every second (as Prometheus
-/// scrapes), against themselves without: what serving metrics costs.
-const MODES: [(&str, &str); 11] = [
+/// `leakscope+served` and `leakscope-sampled+served` are those two with the
+/// live server up (and so its timeline thread, sampling every 200 ms),
+/// against themselves without; `+scraped`, the same with `/metrics` fetched
+/// every second (as Prometheus scrapes), against the server up and not
+/// asked: what serving metrics costs.
+const MODES: [(&str, &str); 13] = [
     ("system", "system"),
     ("leakscope-sites", "system"),
     ("leakscope", "system"),
     ("leakscope-sampled", "system"),
-    ("leakscope+scraped", "leakscope"),
-    ("leakscope-sampled+scraped", "leakscope-sampled"),
+    ("leakscope+served", "leakscope"),
+    ("leakscope+scraped", "leakscope+served"),
+    ("leakscope-sampled+served", "leakscope-sampled"),
+    ("leakscope-sampled+scraped", "leakscope-sampled+served"),
     ("dhat", "system"),
     ("mimalloc", "mimalloc"),
     ("leakscope+mimalloc", "mimalloc"),
@@ -134,7 +138,9 @@ fn read_mode() -> Mode {
         b"leakscope"
         | b"leakscope-sites"
         | b"leakscope-sampled"
+        | b"leakscope+served"
         | b"leakscope+scraped"
+        | b"leakscope-sampled+served"
         | b"leakscope-sampled+scraped" => Mode::Leakscope,
         b"dhat" => Mode::Dhat,
         b"mimalloc" => Mode::Mimalloc,
@@ -815,22 +821,26 @@ fn peak_rss_kib() -> i64 {
     }
 }
 
-/// Prometheus, in a benchmark: the live server, and a thread that fetches
-/// `/metrics` from it at once and then every second.
+/// Prometheus, in a benchmark: the live server, and with `scrapes` a
+/// thread that fetches `/metrics` from it at once and then every second,
+/// asleep in between (woken only by the second or by `stop`).
 struct Scraper {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    scrapes: bool,
+    stop: mpsc::Sender<()>,
     thread: std::thread::JoinHandle<usize>,
     _server: leakscope::ReportServer,
 }
 
 impl Scraper {
-    fn start() -> Scraper {
+    fn start(scrapes: bool) -> Scraper {
         use std::io::{Read, Write};
         let server = leakscope::serve_report("127.0.0.1:0").expect("serve");
         let addr = server.local_addr();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
+            if !scrapes {
+                return 0;
+            }
             let start = Instant::now();
             let mut body = Vec::with_capacity(1 << 16);
             let mut scrapes = 0;
@@ -843,15 +853,14 @@ impl Scraper {
                 assert!(body.starts_with(b"HTTP/1.1 200 OK"));
                 scrapes += 1;
                 let next = start + std::time::Duration::from_secs(scrapes as u64);
-                while Instant::now() < next {
-                    if flag.load(Ordering::Relaxed) {
-                        return scrapes;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+                let wait = next.saturating_duration_since(Instant::now());
+                if stopped.recv_timeout(wait) != Err(mpsc::RecvTimeoutError::Timeout) {
+                    return scrapes;
                 }
             }
         });
         Scraper {
+            scrapes,
             stop,
             thread,
             _server: server,
@@ -860,7 +869,7 @@ impl Scraper {
 
     /// Stops the scraper: how many scrapes it made.
     fn stop(self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(());
         self.thread.join().unwrap()
     }
 }
@@ -906,11 +915,12 @@ fn child(mode: &str) {
         return;
     }
     LEAKED.lock().unwrap().reserve(requests() / 100);
-    let scraper = mode.ends_with("+scraped").then(Scraper::start);
+    let scraper = (mode.ends_with("+served") || mode.ends_with("+scraped"))
+        .then(|| Scraper::start(mode.ends_with("+scraped")));
     let start = Instant::now();
     let bytes = workload(threads, scoped);
     let secs = start.elapsed().as_secs_f64();
-    if let Some(scraper) = scraper {
+    if let Some(scraper) = scraper.filter(|s| s.scrapes) {
         let scrapes = scraper.stop();
         // At the start, then each second (the scraper ran a little longer).
         let whole = secs as usize;
@@ -1008,7 +1018,12 @@ fn main() {
         .iter()
         .copied()
         .filter(|(m, _)| match wanted.as_str() {
-            "" => *m != "dhat" && !m.starts_with("jemalloc") && !m.ends_with("+scraped"),
+            "" => {
+                *m != "dhat"
+                    && !m.starts_with("jemalloc")
+                    && !m.ends_with("+served")
+                    && !m.ends_with("+scraped")
+            }
             "all" => true,
             // A mode named, or the plain allocator a named mode is compared with.
             _ => named.contains(m) || MODES.iter().any(|(n, base)| named.contains(n) && base == m),
