@@ -13,8 +13,8 @@
 
 use crate::alloc::{callsite, sample, thread};
 use crate::report::collect;
-use crate::report::model::{ScopeStats, Totals};
-use crate::report::symbolize::{is_standard_library, Symbolizer};
+use crate::report::model::{Frame, ScopeStats, Totals};
+use crate::report::symbolize::{is_standard_library, loaded_object, Symbolizer};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -154,7 +154,7 @@ fn functions_of(ids: impl Iterator<Item = u32> + Clone) -> Vec<Arc<str>> {
             // The program's first frame: past the standard library's.
             let first = (frames.iter().find(|f| !is_standard_library(f))).or(frames.first());
             let name = match first {
-                Some(f) => (f.function.clone()).unwrap_or_else(|| format!("{:#x}", f.ip)),
+                Some(f) => function_label(f),
                 None => "(unknown)".to_owned(),
             };
             (id, name)
@@ -168,6 +168,31 @@ fn functions_of(ids: impl Iterator<Item = u32> + Clone) -> Vec<Arc<str>> {
         names.of_site.insert(id, shared.clone());
     }
     ids.map(|id| names.of_site[&id].clone()).collect()
+}
+
+/// A frame's function as a label value: the same for every call-site in
+/// it and in every process running the same code. A name from a symbol
+/// table loses its offset (`Perl_safesysmalloc+0x26`); a frame with no
+/// name is named by its object's file (`(libfoo.so.1)`), never by its
+/// address, which differs between processes.
+fn function_label(f: &Frame) -> String {
+    match &f.function {
+        Some(name) => match name.rsplit_once("+0x") {
+            Some((function, offset))
+                if !function.is_empty()
+                    && !offset.is_empty()
+                    && offset.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                function.to_owned()
+            }
+            _ => name.clone(),
+        },
+        None => {
+            let object = loaded_object(f.ip).map(|o| o.file).unwrap_or_default();
+            let file = object.rsplit('/').next().unwrap_or_default();
+            format!("({})", if file.is_empty() { "unknown" } else { file })
+        }
+    }
 }
 
 /// Which exposition format.
@@ -358,6 +383,30 @@ mod tests {
                 live_blocks: 2,
             }],
         }
+    }
+
+    #[test]
+    fn a_functions_label_is_the_same_in_every_process() {
+        let frame = |function: Option<&str>, ip: usize| Frame {
+            ip,
+            function: function.map(str::to_owned),
+            file: None,
+            line: None,
+        };
+        let label = |function| function_label(&frame(function, 0x1000));
+        assert_eq!(label(Some("Perl_safesysmalloc+0x26")), "Perl_safesysmalloc");
+        assert_eq!(label(Some("app::handler")), "app::handler");
+        assert_eq!(
+            label(Some("<dyn Fn() + Send>::call")),
+            "<dyn Fn() + Send>::call"
+        );
+        assert_eq!(label(Some("odd+0xzz")), "odd+0xzz");
+        // No name: the object's file (this test program), or "(unknown)".
+        let here = a_functions_label_is_the_same_in_every_process as fn() as usize;
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_str().unwrap();
+        assert_eq!(function_label(&frame(None, here)), format!("({name})"));
+        assert_eq!(function_label(&frame(None, 16)), "(unknown)");
     }
 
     #[test]
