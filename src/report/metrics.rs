@@ -129,8 +129,9 @@ fn site_readings(sites: &[(u32, u64, u64)], top: usize) -> Vec<SiteReading> {
 
 /// The function of each call-site's first frame in the program's code (past
 /// the allocator's and the standard library's; the first frame when all
-/// are the standard library's), in the order of `ids`: symbolized at a call-site's first read and
-/// kept, since its stack never changes. One name per function, shared.
+/// are the standard library's), in the order of `ids`: symbolized at a
+/// call-site's first read and kept, since its stack never changes. One
+/// name per function, shared.
 fn functions_of(ids: impl Iterator<Item = u32> + Clone) -> Vec<Arc<str>> {
     /// Each call-site's function, and each function's one shared name.
     #[derive(Default)]
@@ -146,11 +147,12 @@ fn functions_of(ids: impl Iterator<Item = u32> + Clone) -> Vec<Arc<str>> {
             .collect()
     };
     // Symbolized without the lock: another reader waits for none of it.
-    let mut symbols = Symbolizer::default();
+    let mut symbols = (!missing.is_empty()).then(Symbolizer::default);
     let found: Vec<(u32, String)> = (missing.into_iter())
         .map(|id| {
-            let frames = callsite::get(id).map(|site| symbols.stack(&site.frames()));
-            let frames = frames.unwrap_or_default();
+            let frames = (callsite::get(id).zip(symbols.as_mut()))
+                .map(|(site, symbols)| symbols.stack(&site.frames()))
+                .unwrap_or_default();
             // The program's first frame: past the standard library's.
             let first = (frames.iter().find(|f| !is_standard_library(f))).or(frames.first());
             let name = match first {
