@@ -45,7 +45,10 @@ fn parse(text: &str) -> Series {
             | prometheus_parse::Value::Untyped(v) => v,
             other => panic!("{other:?}"),
         };
-        assert!(series.insert((s.metric, label), value).is_none());
+        // prometheus-parse cuts a label value at a comma (a function's
+        // generics, `Pool<T, F>::get`), so two such series may read alike;
+        // `promtool check metrics` reads the text whole.
+        series.insert((s.metric, label), value);
     }
     series
 }
@@ -264,6 +267,10 @@ fn the_facade_publishes_the_same_values() {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .unwrap();
+    // Every function with live blocks, so that the planted ones are shown
+    // beside the regular expressions the parser of the first test compiled
+    // (read at each reading; no other thread reads the environment now).
+    std::env::set_var("LEAKSCOPE_METRICS_SITES", "100");
     let publisher = leakscope::publish_metrics(Duration::from_millis(20)).unwrap();
     let ours = parse(&leakscope::metrics_text());
     let since = Instant::now();
@@ -276,16 +283,17 @@ fn the_facade_publishes_the_same_values() {
         std::thread::sleep(Duration::from_millis(20));
     };
     drop(publisher);
-    // Every scope and call-site series alike (nothing planted moved since).
+    std::env::remove_var("LEAKSCOPE_METRICS_SITES");
+    // Every scope series alike (nothing planted moved since), and the
+    // planted functions' (others' live bytes move as the test runs).
+    let planted = ["prometheus::leak_one", "prometheus::leak_pair"];
     let kept: Vec<_> = (ours.iter())
-        .filter(|((name, _), _)| {
-            name.starts_with("leakscope_scope_") || name.starts_with("leakscope_callsite_")
+        .filter(|((name, label), _)| {
+            name.starts_with("leakscope_scope_")
+                || (name.starts_with("leakscope_callsite_") && planted.contains(&label.as_str()))
         })
         .collect();
-    let scopes = kept
-        .iter()
-        .filter(|((name, _), _)| name.starts_with("leakscope_scope_"));
-    assert_eq!(scopes.count(), 101 * 4);
+    assert_eq!(kept.len(), 101 * 4 + 2 * 2);
     for ((name, label), v) in kept {
         assert_eq!(value(&theirs, name, label), *v, "{name}{{{label}}}");
     }
@@ -352,7 +360,7 @@ fn the_guides_config_and_rules_pass_promtool() {
 const LEAK: usize = 1000;
 const RUNS_PER_SECOND: u64 = 100;
 /// Seconds the child runs its scopes.
-const RUN_SECONDS: u64 = 20;
+const RUN_SECONDS: u64 = 25;
 
 /// The child Prometheus scrapes: serves (LEAKSCOPE_SERVE), says "ready",
 /// waits for "go" on stdin, then runs a leaking scope and a clean one
@@ -499,11 +507,13 @@ fn a_real_prometheus_scrapes_the_scopes_and_alerts() {
     // 4 KiB: the error bound below is a few percent of what the window holds.
     let sample_bytes = 4096.0;
     let mut sampled = start_child(Some("4k"));
-    // The guide's rules, their 30-minute windows made seconds: a test cannot
-    // wait an hour.
+    // The guide's rules, their 30 minutes made 10 seconds (a test cannot
+    // wait an hour), the window and the `for` alike: a single scrape that
+    // caught a clean run's block before its free tilts the slope up for half
+    // a window only, so it never fires.
     let rules = guide_yaml("leakscope.rules.yml")
         .replace("[30m]", "[10s]")
-        .replace("for: 30m", "for: 5s");
+        .replace("for: 30m", "for: 10s");
     std::fs::write(dir.join("rules.yml"), rules).unwrap();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  - job_name: full\n    static_configs: [{{targets: ['{}']}}]\n  - job_name: sampled\n    static_configs: [{{targets: ['{}']}}]\n",
@@ -553,12 +563,12 @@ fn a_real_prometheus_scrapes_the_scopes_and_alerts() {
     loop {
         let alerts = api(port, "/api/v1/alerts")["alerts"].clone();
         let alerts = alerts.as_array().unwrap();
-        for a in alerts {
-            assert_eq!(a["labels"]["alertname"], "LeakscopeScopeGrowing", "{a}");
-            assert_eq!(a["labels"]["scope"], "POST /leaky", "{a}");
-        }
         let firing = (alerts.iter())
             .filter(|a| a["state"] == "firing")
+            .inspect(|a| {
+                assert_eq!(a["labels"]["alertname"], "LeakscopeScopeGrowing", "{a}");
+                assert_eq!(a["labels"]["scope"], "POST /leaky", "{a}");
+            })
             .map(|a| a["labels"]["job"].as_str().unwrap().to_owned())
             .collect::<std::collections::BTreeSet<_>>();
         if firing.len() == 2 {
@@ -627,15 +637,16 @@ fn a_real_prometheus_scrapes_the_scopes_and_alerts() {
             (planted - LEAK as f64 * RUNS_PER_SECOND as f64).abs() < 0.2 * planted,
             "{job}: {planted}"
         );
-        assert_eq!(
-            one(
-                port,
-                &format!("deriv(leakscope_scope_outstanding_bytes{clean}[15s])"),
-                at
-            ),
-            0.0,
-            "{job}"
+        // 0, or (a scrape that caught a clean run between its block's
+        // allocation and its free, once in about ten thousand) a few dozen
+        // bytes a second.
+        let still = one(
+            port,
+            &format!("deriv(leakscope_scope_outstanding_bytes{clean}[15s])"),
+            at,
         );
+        println!("{job}: the clean scope's deriv {still} B/s");
+        assert!(still.abs() <= 0.01 * planted, "{job}: {still}");
         let now = unix_now();
         assert_eq!(
             one(port, &format!("leakscope_scope_runs_total{leaky}"), now),
