@@ -275,30 +275,21 @@ fn scope_stats(entry: &ScopeEntry, sum: Option<&Sum>) -> ScopeStats {
 /// alone (no block walk, no symbols): what the gate at exit looks at when
 /// no report is written.
 pub(crate) fn scopes_from_counters() -> Vec<ScopeStats> {
-    counters(false).1
+    counters().1
 }
 
 /// What the metrics read ([`crate::report::metrics`]), from the threads'
-/// counters alone (no block walk, no symbols): the process's totals, every
-/// scope's figures but its call-sites (in id order: first seen first), and
-/// with `sites` every call-site holding live bytes, as (id, live blocks,
-/// live bytes).
-pub(crate) fn counters(sites: bool) -> (Totals, Vec<ScopeStats>, Vec<(u32, u64, u64)>) {
+/// counters alone (no block walk, no symbols): the process's totals, and
+/// every scope's figures but its call-sites (in id order: first seen
+/// first). Its call-sites' figures are [`site_levels`].
+pub(crate) fn counters() -> (Totals, Vec<ScopeStats>) {
     thread::untracked(|| {
         let entries = names::scope_entries();
         let (totals, sums) = totals_and_scopes(entries.len());
         let scopes = (entries.into_iter())
             .map(|(id, entry)| scope_stats(entry, sums.get(id as usize)))
             .collect();
-        let mut live = Vec::new();
-        if sites {
-            live = (site_sums().iter().enumerate())
-                .map(|(id, s)| (id as u32, s.live()))
-                .filter(|(_, (_, bytes))| *bytes > 0)
-                .map(|(id, (units, bytes))| (id, sample::blocks(units), bytes))
-                .collect();
-        }
-        (process_totals(&totals), scopes, live)
+        (process_totals(&totals), scopes)
     })
 }
 
@@ -345,7 +336,7 @@ pub(crate) fn levels() -> Levels {
 
 /// Each call-site's live blocks and bytes now, by id, from the threads'
 /// counters alone (in sampling mode, the estimates): what the timeline's
-/// call-site passes sum.
+/// call-site passes sum, and the metrics' functions.
 pub(crate) fn site_levels() -> Vec<(u64, u64)> {
     thread::untracked(|| {
         site_sums()

@@ -2,14 +2,14 @@
 //! (the text exposition format, or OpenMetrics), and what the `metrics`
 //! feature publishes through the `metrics` facade.
 //!
-//! Read from the threads' counters alone ([`collect::counters`]): no leak
-//! check, no block walk, no stack walk. The one lookup beyond counters is
-//! the function of each live call-site's first frame, symbolized once per
-//! call-site and kept. Label cardinality is bounded: the first
-//! [`SCOPE_LABELS`] scopes (in the order they were first seen, so that a
-//! scope's series never moves) by name, the rest summed under
-//! [`OTHER_SCOPES`]; the `top` functions by the live bytes of the
-//! call-sites whose first frame is in them.
+//! Read from the threads' counters alone ([`collect::counters`] and
+//! [`collect::site_levels`]): no leak check, no block walk, no stack walk.
+//! The one lookup beyond counters is the function of each live
+//! call-site's first frame, symbolized once per call-site and kept. Label
+//! cardinality is bounded: the first [`SCOPE_LABELS`] scopes (in the order
+//! they were first seen, so that a scope's series never moves) by name, the
+//! rest summed under [`OTHER_SCOPES`]; the `top` functions by the live
+//! bytes of the call-sites whose first frame is in them.
 
 use crate::alloc::{callsite, sample, thread};
 use crate::report::collect;
@@ -58,12 +58,12 @@ impl Readings {
     /// The values now, with the `top` functions by their call-sites' live bytes.
     pub(crate) fn now(top: usize) -> Readings {
         thread::untracked(|| {
-            let (totals, scopes, sites) = collect::counters(top > 0);
+            let (totals, scopes) = collect::counters();
             Readings {
                 totals,
                 sample_bytes: sample::current() as u64,
                 scopes: scope_readings(scopes),
-                sites: site_readings(&sites, top),
+                sites: site_readings(top),
             }
         })
     }
@@ -101,13 +101,17 @@ fn scope_readings(scopes: Vec<ScopeStats>) -> Vec<ScopeReading> {
     out
 }
 
-/// The `top` functions holding the most live bytes, each with every
-/// call-site in `sites` ((id, blocks, bytes)) whose first frame is in it,
-/// the most bytes first.
-fn site_readings(sites: &[(u32, u64, u64)], top: usize) -> Vec<SiteReading> {
+/// The `top` functions holding the most live bytes, each with every live
+/// call-site whose first frame is in it ([`collect::site_levels`]), the
+/// most bytes first.
+fn site_readings(top: usize) -> Vec<SiteReading> {
     if top == 0 {
         return Vec::new();
     }
+    let sites: Vec<(u32, u64, u64)> = (collect::site_levels().into_iter().enumerate())
+        .filter(|(_, (_, bytes))| *bytes > 0)
+        .map(|(id, (blocks, bytes))| (id as u32, blocks, bytes))
+        .collect();
     let names = functions_of(sites.iter().map(|s| s.0));
     let mut by_function: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
     for (&(_, blocks, bytes), name) in sites.iter().zip(names) {
