@@ -98,7 +98,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -208,15 +208,6 @@ fn main() {
     ]);
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("faults")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn command(mode: &str, report: &Path) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.env(CHILD, mode)
@@ -247,7 +238,7 @@ fn stderr_lines(out: &Output) -> Vec<String> {
 /// fails with EFBIG as a full disk's fails with ENOSPC): the report of the
 /// last run, already there, is left as it was.
 fn a_full_disk_leaves_the_old_report() {
-    let dir = scratch("full");
+    let dir = common::fresh_dir("faults", "full");
     let report = dir.join("r.json");
     std::fs::write(&report, "the last run's report").unwrap();
     let mut c = command("exit", &report);
@@ -292,7 +283,7 @@ fn a_full_disk_leaves_the_old_report() {
 
 /// The report's directory removed while the program runs.
 fn a_removed_directory_is_one_line() {
-    let dir = scratch("removed").join("reports");
+    let dir = common::fresh_dir("faults", "removed").join("reports");
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("r.json");
     let out = command("remove-dir", &report)
@@ -318,7 +309,7 @@ fn a_removed_directory_is_one_line() {
 /// the watcher took, `%n`, and the exit's) is whole, the program's handler
 /// kept running, and the exit status is the program's.
 fn a_signal_storm_during_the_report() {
-    let dir = scratch("storm");
+    let dir = common::fresh_dir("faults", "storm");
     let mut child = command("storm", &dir.join("r-%n.json"))
         .env("LEAKSCOPE_REPORT_SIGNAL", "USR2")
         .stdout(Stdio::piped())
@@ -364,7 +355,7 @@ fn a_signal_storm_during_the_report() {
 /// to a file (the link stays, the file gets the report) or a device
 /// (`/dev/stderr`, itself a link to the stderr pipe).
 fn links_and_devices_are_written_through() {
-    let dir = scratch("links");
+    let dir = common::fresh_dir("faults", "links");
     std::fs::write(dir.join("real.json"), "old").unwrap();
     std::os::unix::fs::symlink("real.json", dir.join("link.json")).unwrap();
     let out = command("exit", &dir.join("link.json"))
@@ -395,7 +386,7 @@ fn links_and_devices_are_written_through() {
 /// the program's output and exit status are its own. The refusals are
 /// counted, so the test knows they happened where it meant them to.
 fn a_refusing_inner_allocator_changes_nothing() {
-    let dir = scratch("flaky");
+    let dir = common::fresh_dir("faults", "flaky");
     let report = dir.join("r.json");
     let out = command("flaky", &report)
         .output_within(common::CHILD_SECS)

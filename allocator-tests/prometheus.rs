@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -167,7 +167,7 @@ fn metrics_are_exact_for_planted_scopes() {
     assert!(value(&m, "leakscope_peak_live_bytes", "") >= live);
     // promtool's strict parser and linter find nothing to say.
     if common::tool_runs("promtool", "prometheus", "LEAKSCOPE_TEST_NEEDS_PROMETHEUS") {
-        let dir = scratch("check-metrics");
+        let dir = common::fresh_dir("prometheus", "check-metrics");
         std::fs::write(dir.join("metrics.txt"), &text).unwrap();
         let out = Command::new("sh")
             .args(["-c", "promtool check metrics < metrics.txt"])
@@ -319,13 +319,6 @@ fn guide_yaml(name: &str) -> String {
     format!("# {name}\n{}", rest.split_once("```").unwrap().0)
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("leakscope-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn promtool(args: &[&str], dir: &Path) {
     let out = Command::new("promtool")
         .args(args)
@@ -344,7 +337,7 @@ fn the_guides_config_and_rules_pass_promtool() {
     if !common::tool_runs("promtool", "prometheus", "LEAKSCOPE_TEST_NEEDS_PROMETHEUS") {
         return;
     }
-    let dir = scratch("promtool");
+    let dir = common::fresh_dir("prometheus", "promtool");
     std::fs::write(
         dir.join("leakscope.rules.yml"),
         guide_yaml("leakscope.rules.yml"),
@@ -502,7 +495,7 @@ fn a_real_prometheus_scrapes_the_scopes_and_alerts() {
     ) {
         return;
     }
-    let dir = scratch("prometheus");
+    let dir = common::fresh_dir("prometheus", "prometheus");
     let mut full = start_child(None);
     // 4 KiB: the error bound below is a few percent of what the window holds.
     let sample_bytes = 4096.0;

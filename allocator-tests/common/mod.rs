@@ -198,6 +198,18 @@ pub fn scrub_all() {
     scrub_below::<8>();
 }
 
+/// An empty directory `name` of test program `program`'s own, under
+/// Cargo's scratch directory for tests (what an earlier run left there
+/// removed first).
+pub fn fresh_dir(program: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(program)
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Whether this run is under AddressSanitizer (`.ci/run` sets
 /// `LEAKSCOPE_TEST_UNDER_ASAN` for it); if so, says why the caller skips.
 pub fn under_asan(why: &str) -> bool {
